@@ -1,0 +1,614 @@
+//! Auth: finds a request's token and verifies it into an [`Identity`] (tenant and user).
+//!
+//! Key sources: an HS256 secret, a PEM public key (RS256 or ES256) and a JWKS URL. A token's
+//! `alg` picks the source and must be the algorithm of the key it is checked with, which
+//! rules out `none` and the classic confusion of an RSA public key used as an HMAC secret.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::JwtConfig;
+use crate::telemetry::AuthFailure;
+
+/// Who a verified token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The tenant claim.
+    pub tenant: String,
+    /// `sub`.
+    pub user: String,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// Time left until `exp` plus `leeway`, the moment the connection must end.
+    pub fn remaining(&self, leeway: Duration) -> Duration {
+        let deadline = Duration::from_secs(self.expires_at) + leeway;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        deadline.saturating_sub(now)
+    }
+}
+
+/// Where the token of a request was found; cookie auth gets the origin check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer`.
+    Header,
+    /// `?access_token=`.
+    Query,
+    /// The configured cookie.
+    Cookie,
+}
+
+/// Finds the token in, in this order, the `Authorization: Bearer` header, the
+/// `access_token` query parameter, the cookie. The first place that has one wins, so a
+/// bad header token is not silently replaced by a cookie.
+pub fn find_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    cookie_name: &str,
+) -> Option<(String, TokenSource)> {
+    if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let mut parts = value.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
+        {
+            return Some((token.trim().to_owned(), TokenSource::Header));
+        }
+    }
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if k == "access_token" && !v.is_empty() {
+                return Some((v.into_owned(), TokenSource::Query));
+            }
+        }
+    }
+    for value in headers.get_all(COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && k == cookie_name
+                && !v.is_empty()
+            {
+                return Some((v.to_owned(), TokenSource::Cookie));
+            }
+        }
+    }
+    None
+}
+
+/// Problems loading keys at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The PEM file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File named by GATEWAY_JWT_PUBLIC_KEY_FILE.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The PEM is not an RSA or EC public key.
+    #[error("{0} is not an RSA or P-256 EC public key in PEM format")]
+    Pem(String),
+    /// The HTTP client for the JWKS could not be built.
+    #[error("JWKS client: {0}")]
+    Client(String),
+}
+
+/// A verification key and the only algorithm it may be used with.
+#[derive(Clone)]
+struct Key {
+    key: Arc<DecodingKey>,
+    alg: Algorithm,
+}
+
+/// Verifies tokens against the configured key sources.
+pub struct Verifier {
+    secret: Option<Key>,
+    pem: Option<Key>,
+    jwks: Option<Jwks>,
+    tenant_claim: String,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Duration,
+}
+
+impl Verifier {
+    /// Loads the static keys; the JWKS is fetched by [`Verifier::refresh_jwks`].
+    pub fn new(cfg: &JwtConfig) -> Result<Verifier, KeyError> {
+        let secret = cfg.secret.as_ref().map(|s| Key {
+            key: Arc::new(DecodingKey::from_secret(s.as_bytes())),
+            alg: Algorithm::HS256,
+        });
+        let pem = match &cfg.public_key_file {
+            None => None,
+            Some(path) => {
+                let shown = path.display().to_string();
+                let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                Some(pem_key(&bytes).ok_or(KeyError::Pem(shown))?)
+            }
+        };
+        let jwks = match &cfg.jwks_url {
+            None => None,
+            Some(url) => Some(Jwks::new(url.clone(), cfg.jwks_min_refetch)?),
+        };
+        Ok(Verifier {
+            secret,
+            pem,
+            jwks,
+            tenant_claim: cfg.tenant_claim.clone(),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway,
+        })
+    }
+
+    /// Whether a JWKS URL is configured (and so needs periodic refreshes).
+    pub fn has_jwks(&self) -> bool {
+        self.jwks.is_some()
+    }
+
+    /// Refetches the JWKS now, whatever the rate limit; used at start and periodically.
+    pub async fn refresh_jwks(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.fetch().await;
+        }
+    }
+
+    /// Verifies `token`: signature, algorithm, `exp`/`nbf` with leeway, issuer, audience,
+    /// `sub` and the tenant claim.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(_) => return Err(classify_bad_header(token)),
+        };
+        let key = self.key_for(header.alg, header.kid.as_deref()).await?;
+
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthFailure::Expired,
+                ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthFailure::Issuer,
+                ErrorKind::InvalidAudience => AuthFailure::Audience,
+                ErrorKind::MissingRequiredClaim(_)
+                | ErrorKind::InvalidClaimFormat(_)
+                | ErrorKind::InvalidSubject => AuthFailure::Claims,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthFailure::Algorithm,
+                ErrorKind::InvalidToken
+                | ErrorKind::Base64(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::Utf8(_) => AuthFailure::Malformed,
+                _ => AuthFailure::Signature,
+            })?;
+        let claims = data.claims;
+        let text = |name: &str| match claims.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let user = text("sub").ok_or(AuthFailure::Claims)?;
+        let tenant = text(&self.tenant_claim).ok_or(AuthFailure::Claims)?;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthFailure::Claims)?;
+        Ok(Identity {
+            tenant,
+            user,
+            expires_at,
+        })
+    }
+
+    async fn key_for(&self, alg: Algorithm, kid: Option<&str>) -> Result<Key, AuthFailure> {
+        if alg == Algorithm::HS256 {
+            return self.secret.clone().ok_or(AuthFailure::Algorithm);
+        }
+        if let (Some(jwks), Some(kid)) = (&self.jwks, kid) {
+            let key = jwks.key(kid).await;
+            match key {
+                Ok(k) if k.alg == alg => return Ok(k),
+                Ok(_) => return Err(AuthFailure::Algorithm),
+                // A token with a kid may still be meant for the static PEM key.
+                Err(e) => match &self.pem {
+                    Some(p) if p.alg == alg => return Ok(p.clone()),
+                    _ => return Err(e),
+                },
+            }
+        }
+        match &self.pem {
+            Some(p) if p.alg == alg => Ok(p.clone()),
+            Some(_) => Err(AuthFailure::Algorithm),
+            None if self.jwks.is_some() => Err(AuthFailure::UnknownKey),
+            None => Err(AuthFailure::Algorithm),
+        }
+    }
+}
+
+/// `decode_header` fails both on garbage and on algorithms it does not know (`none`);
+/// the two are told apart for the metrics.
+fn classify_bad_header(token: &str) -> AuthFailure {
+    let Some(first) = token.split('.').next() else {
+        return AuthFailure::Malformed;
+    };
+    let alg = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("alg").cloned());
+    match alg {
+        Some(Value::String(_)) => AuthFailure::Algorithm,
+        _ => AuthFailure::Malformed,
+    }
+}
+
+fn pem_key(bytes: &[u8]) -> Option<Key> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(bytes) {
+        return Some(Key {
+            key: Arc::new(k),
+            alg: Algorithm::RS256,
+        });
+    }
+    DecodingKey::from_ec_pem(bytes).ok().map(|k| Key {
+        key: Arc::new(k),
+        alg: Algorithm::ES256,
+    })
+}
+
+/// The algorithm a JWK may be used with, or `None` when the gateway does not accept it.
+fn jwk_key(jwk: &Jwk) -> Option<Key> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return None;
+    }
+    let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
+        (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+        (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
+            if ec.curve == EllipticCurve::P256 =>
+        {
+            Algorithm::ES256
+        }
+        _ => return None,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(Key {
+        key: Arc::new(key),
+        alg,
+    })
+}
+
+/// Timeout of one JWKS fetch, so a hung identity provider cannot hold handshakes.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS document accepted.
+const JWKS_MAX_BYTES: usize = 256 * 1024;
+
+/// Keys from a JWKS endpoint, by `kid`.
+struct Jwks {
+    url: String,
+    client: reqwest::Client,
+    keys: RwLock<Arc<HashMap<String, Key>>>,
+    /// Held while fetching so concurrent handshakes with an unknown kid share one fetch;
+    /// holds the time of the last fetch for the refetch floor.
+    fetching: tokio::sync::Mutex<Option<Instant>>,
+    min_refetch: Duration,
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+impl Jwks {
+    fn new(url: String, min_refetch: Duration) -> Result<Jwks, KeyError> {
+        let client = reqwest::Client::builder()
+            .timeout(JWKS_FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| KeyError::Client(e.to_string()))?;
+        Ok(Jwks {
+            url,
+            client,
+            keys: RwLock::new(Arc::new(HashMap::new())),
+            fetching: tokio::sync::Mutex::new(None),
+            min_refetch,
+            loaded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn lookup(&self, kid: &str) -> Option<Key> {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(kid)
+            .cloned()
+    }
+
+    async fn key(&self, kid: &str) -> Result<Key, AuthFailure> {
+        if let Some(k) = self.lookup(kid) {
+            return Ok(k);
+        }
+        {
+            let mut last = self.fetching.lock().await;
+            // Another handshake may have fetched while we waited for the lock.
+            if let Some(k) = self.lookup(kid) {
+                return Ok(k);
+            }
+            let due = last.is_none_or(|t| t.elapsed() >= self.min_refetch);
+            if due {
+                *last = Some(Instant::now());
+                self.fetch_locked().await;
+            }
+        }
+        match self.lookup(kid) {
+            Some(k) => Ok(k),
+            None if !self.loaded.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(AuthFailure::KeysUnavailable)
+            }
+            None => Err(AuthFailure::UnknownKey),
+        }
+    }
+
+    async fn fetch(&self) {
+        let mut last = self.fetching.lock().await;
+        *last = Some(Instant::now());
+        self.fetch_locked().await;
+    }
+
+    async fn fetch_locked(&self) {
+        match self.download().await {
+            Ok(keys) => {
+                tracing::info!(jwks.keys = keys.len(), "JWKS loaded");
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.loaded
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            // Keep the keys we have: an identity provider hiccup must not log everyone out.
+            Err(e) => tracing::warn!(error = %e, "JWKS fetch failed; keeping the previous keys"),
+        }
+    }
+
+    async fn download(&self) -> Result<HashMap<String, Key>, String> {
+        let resp = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if body.len() > JWKS_MAX_BYTES {
+            return Err("JWKS document too large".into());
+        }
+        let doc: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("no `keys` array")?;
+        let mut out = HashMap::new();
+        // Keys are parsed one by one so one exotic key does not hide the others.
+        for raw in keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+                continue;
+            };
+            let (Some(kid), Some(key)) = (jwk.common.key_id.clone(), jwk_key(&jwk)) else {
+                continue;
+            };
+            out.insert(kid, key);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            secret: Some(SECRET.into()),
+            tenant_claim: "tenant_id".into(),
+            cookie: "access_token".into(),
+            leeway: Duration::from_secs(5),
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(10),
+            ..JwtConfig::default()
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn hs(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn verify(cfg: &JwtConfig, token: &str) -> Result<Identity, AuthFailure> {
+        let v = Verifier::new(cfg).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(v.verify(token))
+    }
+
+    #[test]
+    fn valid_token_gives_identity() {
+        let id = verify(
+            &config(),
+            &hs(json!({"sub": "u1", "tenant_id": "t1", "exp": now() + 60})),
+        )
+        .unwrap();
+        assert_eq!((id.tenant.as_str(), id.user.as_str()), ("t1", "u1"));
+    }
+
+    #[test]
+    fn refusals_have_reasons() {
+        let cfg = config();
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let claims = json!({"sub": "u", "tenant_id": "t", "exp": now() + 60});
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(claims.clone())
+        );
+        let hs512 = encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let wrong_key = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+        )
+        .unwrap();
+        let cases = [
+            ("garbage", "not-a-token".to_owned(), AuthFailure::Malformed),
+            ("none", none, AuthFailure::Algorithm),
+            ("hs512", hs512, AuthFailure::Algorithm),
+            ("wrong key", wrong_key, AuthFailure::Signature),
+            (
+                "expired",
+                hs(json!({"sub": "u", "tenant_id": "t", "exp": now() - 60})),
+                AuthFailure::Expired,
+            ),
+            (
+                "nbf",
+                hs(json!({"sub": "u", "tenant_id": "t", "exp": now() + 600, "nbf": now() + 300})),
+                AuthFailure::NotYetValid,
+            ),
+            (
+                "no exp",
+                hs(json!({"sub": "u", "tenant_id": "t"})),
+                AuthFailure::Claims,
+            ),
+            (
+                "no sub",
+                hs(json!({"tenant_id": "t", "exp": now() + 60})),
+                AuthFailure::Claims,
+            ),
+            (
+                "no tenant",
+                hs(json!({"sub": "u", "exp": now() + 60})),
+                AuthFailure::Claims,
+            ),
+            (
+                "empty tenant",
+                hs(json!({"sub": "u", "tenant_id": "", "exp": now() + 60})),
+                AuthFailure::Claims,
+            ),
+            (
+                "numeric tenant",
+                hs(json!({"sub": "u", "tenant_id": 5, "exp": now() + 60})),
+                AuthFailure::Claims,
+            ),
+        ];
+        for (name, token, want) in cases {
+            assert_eq!(verify(&cfg, &token).unwrap_err(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn leeway_applies_to_exp() {
+        let token = hs(json!({"sub": "u", "tenant_id": "t", "exp": now() - 2}));
+        assert!(verify(&config(), &token).is_ok());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let cfg = JwtConfig {
+            issuer: Some("https://id.flatrender.example".into()),
+            audience: Some("realtime".into()),
+            ..config()
+        };
+        let good = hs(json!({"sub": "u", "tenant_id": "t", "exp": now() + 60,
+            "iss": "https://id.flatrender.example", "aud": "realtime"}));
+        assert!(verify(&cfg, &good).is_ok());
+        let bad_iss = hs(json!({"sub": "u", "tenant_id": "t", "exp": now() + 60,
+            "iss": "https://evil.example", "aud": "realtime"}));
+        assert_eq!(verify(&cfg, &bad_iss).unwrap_err(), AuthFailure::Issuer);
+        let bad_aud = hs(json!({"sub": "u", "tenant_id": "t", "exp": now() + 60,
+            "iss": "https://id.flatrender.example", "aud": "billing"}));
+        assert_eq!(verify(&cfg, &bad_aud).unwrap_err(), AuthFailure::Audience);
+        // Not configured: an aud claim is fine.
+        assert!(verify(&config(), &bad_aud).is_ok());
+    }
+
+    #[test]
+    fn custom_tenant_claim() {
+        let cfg = JwtConfig {
+            tenant_claim: "org".into(),
+            ..config()
+        };
+        let id = verify(
+            &cfg,
+            &hs(json!({"sub": "u", "org": "o", "exp": now() + 60})),
+        )
+        .unwrap();
+        assert_eq!(id.tenant, "o");
+    }
+
+    #[test]
+    fn token_sources_in_contract_order() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, "a=b; access_token=from-cookie".parse().unwrap());
+        assert_eq!(
+            find_token(&h, Some("x=1"), "access_token"),
+            Some(("from-cookie".into(), TokenSource::Cookie))
+        );
+        assert_eq!(
+            find_token(&h, Some("access_token=from%2Bquery"), "access_token"),
+            Some(("from+query".into(), TokenSource::Query))
+        );
+        h.insert(AUTHORIZATION, "Bearer from-header".parse().unwrap());
+        assert_eq!(
+            find_token(&h, Some("access_token=q"), "access_token"),
+            Some(("from-header".into(), TokenSource::Header))
+        );
+        assert_eq!(find_token(&HeaderMap::new(), None, "access_token"), None);
+        assert_eq!(
+            find_token(&h, None, "session").map(|t| t.1),
+            Some(TokenSource::Header)
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Broker: the RabbitMQ link. Declares this instance's queue and bindings, consumes, hands
+//! each message to the envelope parser and the hub, acknowledges, and reconnects with
+//! capped exponential backoff and jitter whenever the link is lost.
+//!
+//! Clients never depend on the link: while it is down they stay connected and `/readyz`
+//! says 503.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AmqpConfig;
+use crate::envelope::Event;
+use crate::hub::Hub;
+use crate::telemetry::Metrics;
+
+/// First reconnect delay; doubled after each failed attempt up to the configured cap.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Time allowed for TCP connect plus the AMQP handshake, so a black-holed broker address
+/// does not stall the reconnect loop.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consumer tag, visible in the management UI.
+const CONSUMER_TAG: &str = "realtime-gateway";
+
+/// What the consumer needs besides the broker settings.
+pub struct Consumer {
+    /// Broker settings.
+    pub config: AmqpConfig,
+    /// Largest body accepted.
+    pub max_event_bytes: usize,
+    /// Where events go.
+    pub hub: Arc<Hub>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// True while consuming; `/readyz` reads it.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Why a session with the broker ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("consumer stream ended")]
+    StreamEnded,
+}
+
+impl Consumer {
+    /// Runs until `shutdown` is cancelled, reconnecting as needed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let mut consuming = false;
+            let result = self.session(&shutdown, &mut consuming).await;
+            self.set_ready(false);
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    if consuming {
+                        // It worked for a while: start over from a short delay.
+                        backoff = INITIAL_BACKOFF;
+                    }
+                    let delay = jitter(backoff);
+                    tracing::warn!(
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "broker link down; clients stay connected, retrying"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        tracing::info!("broker consumer stopped");
+    }
+
+    fn set_ready(&self, up: bool) {
+        self.ready.store(up, Ordering::Release);
+        self.metrics.broker_connected(up);
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        consuming: &mut bool,
+    ) -> Result<(), LinkError> {
+        let cfg = &self.config;
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("realtime-gateway {}", cfg.queue)));
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&cfg.url, props)) => {
+                r.map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??
+            }
+        };
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(cfg.prefetch, BasicQosOptions::default())
+            .await?;
+        channel
+            .exchange_declare(
+                cfg.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                cfg.queue.as_str().into(),
+                // Not exclusive: an exclusive queue dies with its connection, and with it
+                // every event published while the link is down. x-expires removes it
+                // once this instance is really gone.
+                QueueDeclareOptions::default(),
+                queue_arguments(cfg),
+            )
+            .await?;
+        for key in &cfg.bindings {
+            channel
+                .queue_bind(
+                    cfg.queue.as_str().into(),
+                    cfg.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let mut consumer = channel
+            .basic_consume(
+                cfg.queue.as_str().into(),
+                CONSUMER_TAG.into(),
+                BasicConsumeOptions {
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        *consuming = true;
+        self.set_ready(true);
+        tracing::info!(
+            amqp.queue = %cfg.queue,
+            amqp.exchange = %cfg.exchange,
+            amqp.bindings = ?cfg.bindings,
+            "consuming"
+        );
+
+        loop {
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    // Unacknowledged deliveries go back to the queue, which outlives us
+                    // for x-expires; nothing is lost that another run could deliver.
+                    let _ = conn.close(200, "gateway shutting down".into()).await;
+                    return Ok(());
+                }
+                d = consumer.next() => d,
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(LinkError::StreamEnded),
+            };
+            self.metrics.event_received();
+            match Event::parse(delivery.data, self.max_event_bytes) {
+                Ok(event) => {
+                    let event = Arc::new(event);
+                    let recipients = self.hub.publish(&event);
+                    tracing::debug!(
+                        event_id = %event.id,
+                        event_type = %event.event_type,
+                        trace_id = event.trace_id.as_deref().unwrap_or(""),
+                        recipients,
+                        "event dispatched"
+                    );
+                }
+                Err(reason) => {
+                    self.metrics.event_dropped(reason);
+                    tracing::warn!(
+                        routing_key = %delivery.routing_key,
+                        reason = reason.as_str(),
+                        "dropping message: {reason}"
+                    );
+                }
+            }
+            // Every message is acknowledged, delivered or dropped: a malformed message
+            // requeued would come straight back forever.
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+    }
+}
+
+fn queue_arguments(cfg: &AmqpConfig) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(cfg.queue_expires.as_millis().min(i64::MAX as u128) as i64),
+    );
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::from(cfg.queue_max_length)),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(cfg.queue_max_bytes.min(i64::MAX as u64) as i64),
+    );
+    // Over the limits, old events go first: for live progress the newest matter most.
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    args
+}
+
+/// A delay between half of `d` and `d`, so a fleet that lost the broker together does not
+/// come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(2));
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Envelope: turns one broker message body into an [`Event`], parsed once, validated, with
+//! its outgoing frames built once and shared by every recipient.
+
+use std::sync::OnceLock;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Why a message body is not a deliverable event. The `as_str` names are metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Body larger than `GATEWAY_MAX_EVENT_BYTES`.
+    #[error("body exceeds the size limit")]
+    Oversized,
+    /// Body is not UTF-8.
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    /// Body is not JSON.
+    #[error("body is not JSON")]
+    NotJson,
+    /// JSON, but not an object.
+    #[error("body is not a JSON object")]
+    NotObject,
+    /// A field is missing, of the wrong type, duplicated, or unsafe to frame.
+    #[error("envelope field missing or of the wrong type")]
+    InvalidField,
+    /// No usable `tenant_id` (absent, not a string, empty): goes to nobody.
+    #[error("no usable tenant_id")]
+    NoTenant,
+}
+
+impl Rejection {
+    /// Every variant, for metrics.
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Oversized,
+        Rejection::NotUtf8,
+        Rejection::NotJson,
+        Rejection::NotObject,
+        Rejection::InvalidField,
+        Rejection::NoTenant,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Oversized => "oversized",
+            Rejection::NotUtf8 => "not_utf8",
+            Rejection::NotJson => "not_json",
+            Rejection::NotObject => "not_object",
+            Rejection::InvalidField => "invalid_field",
+            Rejection::NoTenant => "no_tenant",
+        }
+    }
+}
+
+/// A validated event, shared (`Arc`) by every connection it goes to.
+#[derive(Debug)]
+pub struct Event {
+    /// `event_id`: SSE `id:` and the key for duplicate suppression.
+    pub id: Box<str>,
+    /// `event_type`, for logs.
+    pub event_type: Box<str>,
+    /// `tenant_id`: never empty.
+    pub tenant: Box<str>,
+    /// `user_id`; `None` means every connection of the tenant.
+    pub user: Option<Box<str>>,
+    /// `trace_id`, when the producer set one, for logs.
+    pub trace_id: Option<Box<str>>,
+    /// The envelope on one line, as published: the WebSocket text frame.
+    json: Utf8Bytes,
+    /// The SSE frame, built on first use so WS-only traffic never pays for it.
+    sse: OnceLock<Bytes>,
+}
+
+/// Only the fields the gateway routes on; the rest of the envelope passes through as bytes.
+/// `RawValue` lets us tell "absent", `null` and "wrong type" apart without allocating.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tenant_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    trace_id: Option<&'a RawValue>,
+}
+
+enum Field {
+    Absent,
+    Null,
+    Str(String),
+    Other,
+}
+
+fn field(raw: Option<&RawValue>) -> Field {
+    let Some(raw) = raw else {
+        return Field::Absent;
+    };
+    match raw.get().as_bytes().first() {
+        Some(b'n') => Field::Null,
+        Some(b'"') => serde_json::from_str::<String>(raw.get())
+            .map(Field::Str)
+            .unwrap_or(Field::Other),
+        _ => Field::Other,
+    }
+}
+
+/// A non-empty string without CR/LF: such ids end up in SSE `id:` lines, where a newline
+/// would let a producer inject fields into every client's stream.
+fn required_text(raw: Option<&RawValue>) -> Result<Box<str>, Rejection> {
+    match field(raw) {
+        Field::Str(s) if !s.is_empty() && !s.contains(['\r', '\n']) => Ok(s.into()),
+        _ => Err(Rejection::InvalidField),
+    }
+}
+
+impl Event {
+    /// Parses and validates one message body.
+    pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, Rejection> {
+        if body.len() > max_bytes {
+            return Err(Rejection::Oversized);
+        }
+        let text = std::str::from_utf8(&body).map_err(|_| Rejection::NotUtf8)?;
+        let fields: Fields<'_> = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match e.classify() {
+                    // A well-formed value of another kind (array, number, ...) is "not an
+                    // object"; anything else that fails on a JSON object (a field of the
+                    // wrong shape, a duplicated key) is a bad field.
+                    serde_json::error::Category::Data => {
+                        if text.trim_start().starts_with('{') {
+                            Rejection::InvalidField
+                        } else {
+                            Rejection::NotObject
+                        }
+                    }
+                    _ => Rejection::NotJson,
+                });
+            }
+        };
+
+        let id = required_text(fields.event_id)?;
+        let event_type = required_text(fields.event_type)?;
+        let user = match field(fields.user_id) {
+            Field::Absent | Field::Null => None,
+            // An empty user must not turn into "everyone in the tenant".
+            Field::Str(s) if !s.is_empty() => Some(s.into_boxed_str()),
+            _ => return Err(Rejection::InvalidField),
+        };
+        let trace_id = match field(fields.trace_id) {
+            Field::Str(s) => Some(s.into_boxed_str()),
+            _ => None,
+        };
+        let tenant = match field(fields.tenant_id) {
+            Field::Str(s) if !s.is_empty() => s.into_boxed_str(),
+            _ => return Err(Rejection::NoTenant),
+        };
+
+        Ok(Event {
+            id,
+            event_type,
+            tenant,
+            user,
+            trace_id,
+            json: one_line(body),
+            sse: OnceLock::new(),
+        })
+    }
+
+    /// The WebSocket text frame: the published envelope, byte for byte but on one line.
+    pub fn ws_frame(&self) -> Utf8Bytes {
+        self.json.clone()
+    }
+
+    /// The SSE frame: `id:` and one `data:` line.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse
+            .get_or_init(|| {
+                let json = self.json.as_str();
+                let mut buf = BytesMut::with_capacity(json.len() + self.id.len() + 16);
+                buf.put_slice(b"id: ");
+                buf.put_slice(self.id.as_bytes());
+                buf.put_slice(b"\ndata: ");
+                buf.put_slice(json.as_bytes());
+                buf.put_slice(b"\n\n");
+                buf.freeze()
+            })
+            .clone()
+    }
+
+    /// Length of the envelope, for accounting.
+    pub fn len(&self) -> usize {
+        self.json.len()
+    }
+
+    /// Never true for a parsed event; present because `len` is.
+    pub fn is_empty(&self) -> bool {
+        self.json.is_empty()
+    }
+}
+
+/// JSON strings cannot hold raw CR or LF, so any found in a valid document are whitespace
+/// between tokens: replacing them with spaces keeps the document identical in meaning and
+/// lets it travel as one SSE `data:` line without re-encoding.
+fn one_line(mut body: Vec<u8>) -> Utf8Bytes {
+    for b in body.iter_mut() {
+        if *b == b'\n' || *b == b'\r' {
+            *b = b' ';
+        }
+    }
+    Utf8Bytes::try_from(body).expect("validated as UTF-8 above; only ASCII bytes were replaced")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Event, Rejection> {
+        Event::parse(s.as_bytes().to_vec(), 1024)
+    }
+
+    const FULL: &str = r#"{"event_id":"e1","event_type":"render.job.progress.v1","event_time":"2026-05-27T10:15:00Z","tenant_id":"t1","user_id":"u1","trace_id":"tr","correlation_id":"c","producer":"render-orchestrator","data":{"progress":42}}"#;
+
+    #[test]
+    fn catalog_envelope_is_accepted_unchanged() {
+        let e = parse(FULL).unwrap();
+        assert_eq!(&*e.id, "e1");
+        assert_eq!(&*e.tenant, "t1");
+        assert_eq!(e.user.as_deref(), Some("u1"));
+        assert_eq!(e.trace_id.as_deref(), Some("tr"));
+        assert_eq!(e.ws_frame().as_str(), FULL);
+        let sse = e.sse_frame();
+        assert_eq!(sse, Bytes::from(format!("id: e1\ndata: {FULL}\n\n")));
+    }
+
+    #[test]
+    fn null_or_absent_user_means_tenant_wide() {
+        assert!(
+            parse(r#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":null}"#)
+                .unwrap()
+                .user
+                .is_none()
+        );
+        assert!(
+            parse(r#"{"event_id":"e","event_type":"t","tenant_id":"t"}"#)
+                .unwrap()
+                .user
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn pretty_printed_json_becomes_one_line() {
+        let e = parse("{\r\n  \"event_id\": \"e\",\n  \"event_type\": \"t\",\n  \"tenant_id\": \"t\",\n  \"data\": {\"s\": \"a\\nb\"}\n}").unwrap();
+        let frame = e.sse_frame();
+        let text = std::str::from_utf8(&frame).unwrap();
+        assert_eq!(text.matches('\n').count(), 3, "{text}");
+        let v: serde_json::Value = serde_json::from_str(e.ws_frame().as_str()).unwrap();
+        assert_eq!(v["data"]["s"], "a\nb");
+    }
+
+    #[test]
+    fn unusable_tenant_goes_to_nobody() {
+        for body in [
+            r#"{"event_id":"e","event_type":"t"}"#,
+            r#"{"event_id":"e","event_type":"t","tenant_id":null}"#,
+            r#"{"event_id":"e","event_type":"t","tenant_id":""}"#,
+            r#"{"event_id":"e","event_type":"t","tenant_id":7}"#,
+            r#"{"event_id":"e","event_type":"t","tenant_id":["t"]}"#,
+        ] {
+            assert_eq!(parse(body).unwrap_err(), Rejection::NoTenant, "{body}");
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_classified() {
+        let cases: &[(&[u8], Rejection)] = &[
+            (b"\xff\xfe{}", Rejection::NotUtf8),
+            (b"not json", Rejection::NotJson),
+            (b"{\"event_id\":", Rejection::NotJson),
+            (b"", Rejection::NotJson),
+            (b"[1,2]", Rejection::NotObject),
+            (b"42", Rejection::NotObject),
+            (b"\"str\"", Rejection::NotObject),
+            (b"null", Rejection::NotObject),
+            (
+                br#"{"event_type":"t","tenant_id":"t"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":5,"event_type":"t","tenant_id":"t"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"","event_type":"t","tenant_id":"t"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"a\nid: x","event_type":"t","tenant_id":"t"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"e","tenant_id":"t"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":42}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":""}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":{"id":"u"}}"#,
+                Rejection::InvalidField,
+            ),
+            // Two tenant_ids: browsers' JSON.parse keeps the last, so refuse rather than guess.
+            (
+                br#"{"event_id":"e","event_type":"t","tenant_id":"a","tenant_id":"b"}"#,
+                Rejection::InvalidField,
+            ),
+        ];
+        for (body, want) in cases {
+            let got = Event::parse(body.to_vec(), 1024).unwrap_err();
+            assert_eq!(got, *want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn oversized_is_checked_before_parsing() {
+        let body = format!(
+            r#"{{"event_id":"e","event_type":"t","tenant_id":"t","data":"{}"}}"#,
+            "x".repeat(2000)
+        );
+        assert_eq!(
+            Event::parse(body.into_bytes(), 1024).unwrap_err(),
+            Rejection::Oversized
+        );
+    }
+}

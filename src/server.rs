@@ -1,0 +1,172 @@
+//! Server: the router (`app`) and `run`, which wires broker, hub, auth and transports
+//! together and shuts them down in stages. `main` and the tests both call `run`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{KeyError, Verifier};
+use crate::broker::Consumer;
+use crate::config::Config;
+use crate::hub::{Hub, HubLimits};
+use crate::telemetry::Metrics;
+use crate::transport::{sse, ws};
+
+/// Shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Connection registry and fan-out.
+    pub hub: Arc<Hub>,
+    /// Token verification.
+    pub verifier: Arc<Verifier>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// True while the broker consumer runs.
+    pub broker_ready: Arc<AtomicBool>,
+    /// True from the first moment of shutdown, so `/readyz` turns 503 at once.
+    pub draining: Arc<AtomicBool>,
+    /// Cancelled when clients must be closed.
+    pub shutdown: CancellationToken,
+    /// Tracks WebSocket tasks, which outlive the HTTP server's view of their connection.
+    pub tracker: TaskTracker,
+}
+
+/// Errors that stop the gateway from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A key file could not be used.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The listener failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The router, kept apart from `run` so tests can build the same one.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(ws::handler))
+        .route("/sse", get(sse::handler).options(sse::preflight))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.broker_ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker not connected")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains within the grace period.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
+    let verifier = Arc::new(Verifier::new(&config.jwt)?);
+    let hub = Hub::new(
+        HubLimits {
+            max_connections: config.max_connections,
+            max_per_user: config.max_connections_per_user,
+            queue_len: config.send_queue_len,
+        },
+        metrics.clone(),
+    );
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let state = AppState {
+        config: config.clone(),
+        hub: hub.clone(),
+        verifier: verifier.clone(),
+        metrics: metrics.clone(),
+        broker_ready: Arc::new(AtomicBool::new(false)),
+        draining: Arc::new(AtomicBool::new(false)),
+        shutdown: stop.clone(),
+        tracker: tracker.clone(),
+    };
+
+    let consumer = Consumer {
+        config: config.amqp.clone(),
+        max_event_bytes: config.max_event_bytes,
+        hub,
+        metrics,
+        ready: state.broker_ready.clone(),
+    };
+    let broker = tokio::spawn(consumer.run(stop.clone()));
+
+    if verifier.has_jwks() {
+        let (verifier, stop, every) = (verifier.clone(), stop.clone(), config.jwt.jwks_refresh);
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => verifier.refresh_jwks().await,
+                }
+            }
+        });
+    }
+
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "realtime-gateway listening");
+    let server = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown({
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        })
+        .into_future();
+    let server = tokio::spawn(server);
+
+    shutdown.await;
+    tracing::info!(
+        connections = state.hub.connections(),
+        "shutting down: not ready, closing clients"
+    );
+    state.draining.store(true, Ordering::Release);
+    stop.cancel();
+    tracker.close();
+
+    let grace = config.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = broker.await;
+        tracker.wait().await;
+        let _ = server.await;
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("shutdown complete"),
+        Err(_) => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            connections = state.hub.connections(),
+            "grace period ran out; remaining connections are cut"
+        ),
+    }
+    Ok(())
+}

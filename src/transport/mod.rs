@@ -1,0 +1,156 @@
+//! Transports: what `/ws` and `/sse` share, the admission of a request (token, origin,
+//! limits) before any upgrade or stream starts, and the refusals it can answer with.
+
+pub mod sse;
+pub mod ws;
+
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN, RETRY_AFTER, VARY,
+    WWW_AUTHENTICATE,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::{Identity, TokenSource, find_token};
+use crate::hub::Subscription;
+use crate::server::AppState;
+use crate::telemetry::{AuthFailure, Refusal, Transport};
+
+/// Why a request is not admitted. Bodies name the reason, never internals or the token.
+#[derive(Debug)]
+pub enum Rejection {
+    /// 401.
+    Unauthorized(AuthFailure),
+    /// 403, 429 or 503.
+    Refused(Refusal),
+    /// 400: `/ws` without a WebSocket handshake.
+    NotWebSocket,
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let (status, error, reason) = match self {
+            Rejection::Unauthorized(r) => (StatusCode::UNAUTHORIZED, "unauthorized", r.as_str()),
+            Rejection::Refused(r @ Refusal::Origin) => {
+                (StatusCode::FORBIDDEN, "forbidden", r.as_str())
+            }
+            Rejection::Refused(r @ Refusal::MaxPerUser) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                r.as_str(),
+            ),
+            Rejection::Refused(r @ Refusal::MaxConnections) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "over_capacity", r.as_str())
+            }
+            Rejection::NotWebSocket => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected a WebSocket upgrade",
+            ),
+        };
+        let body = format!(r#"{{"error":"{error}","reason":"{reason}"}}"#);
+        let mut resp = (status, [("content-type", "application/json")], body).into_response();
+        let headers = resp.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                );
+            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A request that passed every check: its identity and its place in the hub.
+pub struct Admitted {
+    /// Who the token speaks for.
+    pub identity: Identity,
+    /// Registration in the hub, made before the upgrade so no event published after the
+    /// handshake answer can be missed.
+    pub subscription: Subscription,
+}
+
+/// Token, origin and limits, in that order, before any upgrade or stream starts.
+pub async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    transport: Transport,
+) -> Result<Admitted, Rejection> {
+    let Some((token, source)) = find_token(headers, query, &state.config.jwt.cookie) else {
+        return Err(refuse_auth(state, AuthFailure::Missing, transport));
+    };
+    let identity = match state.verifier.verify(&token).await {
+        Ok(id) => id,
+        Err(reason) => return Err(refuse_auth(state, reason, transport)),
+    };
+    // A cookie rides along with any page's request, so only listed origins may use it
+    // (cross-site WebSocket hijacking). Requests without Origin are not from a browser
+    // page on another site.
+    if source == TokenSource::Cookie
+        && let Some(origin) = headers.get(ORIGIN)
+        && !origin_allowed(state, origin)
+    {
+        state.metrics.refused(Refusal::Origin);
+        tracing::info!(transport = transport.as_str(), origin = ?origin, "refused: cookie auth from a disallowed origin");
+        return Err(Rejection::Refused(Refusal::Origin));
+    }
+    let subscription = state
+        .hub
+        .subscribe(&identity.tenant, &identity.user, transport)
+        .map_err(|r| {
+            tracing::info!(
+                transport = transport.as_str(),
+                tenant = %identity.tenant,
+                user = %identity.user,
+                reason = r.as_str(),
+                "connection refused"
+            );
+            Rejection::Refused(r)
+        })?;
+    Ok(Admitted {
+        identity,
+        subscription,
+    })
+}
+
+fn refuse_auth(state: &AppState, reason: AuthFailure, transport: Transport) -> Rejection {
+    state.metrics.auth_failed(reason);
+    tracing::info!(
+        transport = transport.as_str(),
+        reason = reason.as_str(),
+        "token refused"
+    );
+    Rejection::Unauthorized(reason)
+}
+
+fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
+    origin.to_str().is_ok_and(|o| {
+        state
+            .config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(o))
+    })
+}
+
+/// CORS headers for an allowed `Origin`, so a studio page on another origin can read
+/// `/sse` with `EventSource` (credentials included, hence no `*`).
+pub fn cors_headers(state: &AppState, request: &HeaderMap, response: &mut HeaderMap) {
+    response.append(VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = request.get(ORIGIN)
+        && origin_allowed(state, origin)
+    {
+        response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        response.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}

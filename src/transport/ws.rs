@@ -1,0 +1,316 @@
+//! WebSocket transport: `GET /ws`. One text frame per event, JSON control messages,
+//! ping/pong liveness, and a close handshake with a documented code for every way the
+//! gateway ends a connection.
+//!
+//! The connection loop is generic over `Sink`/`Stream` so it can be driven by channels in
+//! unit tests as well as by a real socket.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use tokio::time::{Instant, Sleep, sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Identity, Verifier};
+use crate::hub::Subscription;
+use crate::server::AppState;
+use crate::telemetry::{Disconnect, Metrics, Transport};
+use crate::transport::{Rejection, admit};
+
+/// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
+pub mod close_code {
+    /// Graceful shutdown or restart of this instance: reconnect (to another instance).
+    pub const GOING_AWAY: u16 = 1001;
+    /// An invalid control message or a refresh token for someone else.
+    pub const POLICY: u16 = 1008;
+    /// The client sent a message over `GATEWAY_WS_MAX_MESSAGE_BYTES`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client did not read fast enough; its send queue overflowed. Reconnect.
+    pub const SLOW_CLIENT: u16 = 4000;
+    /// The token expired; reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Nothing heard from the client (not even a pong) within the idle timeout.
+    pub const IDLE: u16 = 4002;
+}
+
+/// Most frames written before one flush, so a long backlog still lets the loop look at
+/// shutdown and the client's messages.
+const MAX_BATCH: usize = 64;
+/// Time allowed for the close handshake before the socket is just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /ws`.
+pub async fn handler(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Authenticate before looking at the upgrade, so every unauthenticated request gets
+    // 401 whatever else is wrong with it.
+    let admitted = match admit(&state, &headers, query.as_deref(), Transport::Ws).await {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(upgrade) = upgrade else {
+        return Rejection::NotWebSocket.into_response();
+    };
+    let cfg = &state.config;
+    let session = Session {
+        identity: admitted.identity,
+        subscription: admitted.subscription,
+        shutdown: state.shutdown.clone(),
+        verifier: state.verifier.clone(),
+        metrics: state.metrics.clone(),
+        ping_interval: cfg.ws_ping_interval,
+        idle_timeout: cfg.idle_timeout,
+        leeway: cfg.jwt.leeway,
+    };
+    let tracker = state.tracker.clone();
+    upgrade
+        .read_buffer_size(cfg.ws_read_buffer_bytes)
+        // Frames go out as they are written; batching is done by feeding several and
+        // flushing once, which keeps no idle write buffer per connection.
+        .write_buffer_size(0)
+        .max_message_size(cfg.ws_max_message_bytes)
+        .max_frame_size(cfg.ws_max_message_bytes)
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            tracker.track_future(serve(sink, stream, session))
+        })
+}
+
+/// Everything one WebSocket connection needs.
+pub struct Session {
+    /// Who is connected; `expires_at` moves forward on a refresh.
+    pub identity: Identity,
+    /// Events for this connection.
+    pub subscription: Subscription,
+    /// Gateway shutdown.
+    pub shutdown: CancellationToken,
+    /// For in-band token refresh.
+    pub verifier: Arc<Verifier>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Ping period.
+    pub ping_interval: Duration,
+    /// Silence that ends the connection.
+    pub idle_timeout: Duration,
+    /// Added to `exp`.
+    pub leeway: Duration,
+}
+
+/// How the loop ended.
+enum End {
+    /// The gateway closes with this code.
+    Close(u16, &'static str, Disconnect),
+    /// The client sent a close frame; answer it.
+    ClientClosed,
+    /// The socket is gone or stuck; nothing more can be sent.
+    Gone,
+}
+
+/// Messages a client may send.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Control {
+    /// Application-level ping for clients (browsers) that cannot send ping frames.
+    Ping,
+    /// A fresh token for the same user and tenant, to outlive the current `exp`.
+    Refresh { token: String },
+}
+
+/// Drives one connection until it ends.
+pub async fn serve<S, R, E>(mut sink: S, mut stream: R, mut session: Session)
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: StdError + 'static,
+{
+    let conn_id = session.subscription.id();
+    tracing::debug!(connection.id = conn_id, tenant = %session.identity.tenant, user = %session.identity.user, "websocket open");
+    let mut deadline: std::pin::Pin<Box<Sleep>> =
+        Box::pin(sleep(session.identity.remaining(session.leeway)));
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + session.ping_interval,
+        session.ping_interval,
+    );
+    let mut last_heard = Instant::now();
+    // Cloned once: the loop selects on them for every event.
+    let kicked = session.subscription.kicked.clone();
+    let shutdown = session.shutdown.clone();
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break End::Close(close_code::GOING_AWAY, "server shutting down", Disconnect::Shutdown),
+            _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", Disconnect::SlowClient),
+            _ = &mut deadline => break End::Close(close_code::TOKEN_EXPIRED, "token expired", Disconnect::TokenExpired),
+            event = session.subscription.rx.recv() => {
+                let Some(event) = event else { break End::Gone };
+                let rx = &mut session.subscription.rx;
+                let write = async {
+                    sink.feed(Message::Text(event.ws_frame())).await?;
+                    for _ in 1..MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(e) => sink.feed(Message::Text(e.ws_frame())).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                // A client that stopped reading blocks the write; the hub then kicks it.
+                tokio::select! {
+                    r = write => if r.is_err() { break End::Gone },
+                    _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", Disconnect::SlowClient),
+                    _ = shutdown.cancelled() => break End::Close(close_code::GOING_AWAY, "server shutting down", Disconnect::Shutdown),
+                }
+            }
+            msg = stream.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    None => break End::Gone,
+                    Some(Err(e)) => {
+                        if is_too_big(&e) {
+                            break End::Close(close_code::TOO_BIG, "message too big", Disconnect::MessageTooBig);
+                        }
+                        tracing::debug!(connection.id = conn_id, error = %e, "websocket read error");
+                        break End::Gone;
+                    }
+                    Some(Ok(Message::Close(_))) => break End::ClientClosed,
+                    Some(Ok(Message::Text(text))) => {
+                        match control(&mut session, &text, &mut deadline).await {
+                            Ok(Some(reply)) => {
+                                if send_or_stop(&mut sink, Message::Text(reply), &session).await.is_err() {
+                                    break End::Gone;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(end) => break end,
+                        }
+                    }
+                    // Pings are answered by tungstenite; pongs only prove liveness.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Binary(_))) => session.metrics.client_message_ignored(),
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= session.idle_timeout {
+                    break End::Close(close_code::IDLE, "idle timeout", Disconnect::Idle);
+                }
+                if send_or_stop(&mut sink, Message::Ping(Default::default()), &session).await.is_err() {
+                    break End::Gone;
+                }
+            }
+        }
+    };
+
+    match end {
+        End::Close(code, reason, why) => {
+            session.metrics.disconnected(why);
+            tracing::debug!(connection.id = conn_id, code, reason, "closing websocket");
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }));
+            // Send our close, then give the client a moment to answer it.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if sink.send(frame).await.is_ok() {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            })
+            .await;
+        }
+        // tungstenite queued the reply to the client's close; flushing sends it.
+        End::ClientClosed => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
+        End::Gone => {}
+    }
+    tracing::debug!(connection.id = conn_id, "websocket closed");
+}
+
+/// Sends one message unless the connection is being ended meanwhile.
+async fn send_or_stop<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    msg: Message,
+    session: &Session,
+) -> Result<(), ()> {
+    tokio::select! {
+        r = sink.send(msg) => r.map_err(|_| ()),
+        _ = session.subscription.kicked.cancelled() => Err(()),
+        _ = session.shutdown.cancelled() => Err(()),
+    }
+}
+
+/// Handles one text message from the client; `Err` ends the connection.
+async fn control(
+    session: &mut Session,
+    text: &str,
+    deadline: &mut std::pin::Pin<Box<Sleep>>,
+) -> Result<Option<Utf8Bytes>, End> {
+    match serde_json::from_str::<Control>(text) {
+        Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
+        Ok(Control::Refresh { token }) => match session.verifier.verify(&token).await {
+            Ok(id) if id.tenant == session.identity.tenant && id.user == session.identity.user => {
+                session.identity.expires_at = id.expires_at;
+                deadline
+                    .as_mut()
+                    .reset(Instant::now() + session.identity.remaining(session.leeway));
+                Ok(Some(Utf8Bytes::from(format!(
+                    r#"{{"type":"refreshed","exp":{}}}"#,
+                    id.expires_at
+                ))))
+            }
+            Ok(_) => {
+                tracing::info!(
+                    connection.id = session.subscription.id(),
+                    "refresh token names another user or tenant"
+                );
+                Err(End::Close(
+                    close_code::POLICY,
+                    "refresh token for another identity",
+                    Disconnect::TokenExpired,
+                ))
+            }
+            Err(reason) => {
+                session.metrics.auth_failed(reason);
+                // The current token is still good until its exp; say so and carry on.
+                Ok(Some(Utf8Bytes::from(format!(
+                    r#"{{"type":"error","reason":"refresh_{}"}}"#,
+                    reason.as_str()
+                ))))
+            }
+        },
+        Err(_) => {
+            session.metrics.client_message_ignored();
+            Ok(Some(Utf8Bytes::from_static(
+                r#"{"type":"error","reason":"unknown_message"}"#,
+            )))
+        }
+    }
+}
+
+/// Whether a read error is tungstenite refusing a message or frame over the size limit.
+fn is_too_big(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        cur = err.source();
+    }
+    false
+}
