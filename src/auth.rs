@@ -184,7 +184,16 @@ impl Verifier {
         let mut validation = Validation::new(key.alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken only checks iss/aud when the claim is present, so a configured
+        // issuer or audience must also make the claim required.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -570,6 +579,8 @@ mod tests {
         let bad_aud = hs(json!({"sub": "u", "tenant_id": "t", "exp": now() + 60,
             "iss": "https://id.flatrender.example", "aud": "billing"}));
         assert_eq!(verify(&cfg, &bad_aud).unwrap_err(), AuthFailure::Audience);
+        let bare = hs(json!({"sub": "u", "tenant_id": "t", "exp": now() + 60}));
+        assert_eq!(verify(&cfg, &bare).unwrap_err(), AuthFailure::Claims);
         // Not configured: an aud claim is fine.
         assert!(verify(&config(), &bad_aud).is_ok());
     }

@@ -1,0 +1,662 @@
+//! Shared helpers for the integration tests: a gateway started in-process on port 0 with
+//! its own exchange, a publisher on the real broker, token minting, and WebSocket and SSE
+//! clients that read events with a deadline so no test can hang.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use realtime_gateway::config::{Config, Parsed};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+/// Longest any single wait in a test may take before the test fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(15);
+/// HS256 secret of the test gateways.
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The broker the tests use; `GATEWAY_TEST_AMQP_URL` overrides it.
+pub fn amqp_url() -> String {
+    std::env::var("GATEWAY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("test.{prefix}.{:016x}", rand::random::<u64>())
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Starts a gateway with the given extra flags.
+pub struct GatewayBuilder {
+    args: Vec<String>,
+    exchange: String,
+    wait_ready: bool,
+}
+
+impl GatewayBuilder {
+    pub fn new(name: &str) -> Self {
+        let exchange = unique(name);
+        let args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--amqp-url".into(),
+            amqp_url(),
+            "--amqp-exchange".into(),
+            exchange.clone(),
+            "--amqp-queue".into(),
+            format!("{exchange}.gateway"),
+            // Test queues should not linger long after a test ends.
+            "--amqp-queue-expires-secs".into(),
+            "5".into(),
+            "--jwt-secret".into(),
+            SECRET.into(),
+            "--shutdown-grace-secs".into(),
+            "5".into(),
+            "--log".into(),
+            "warn,realtime_gateway=debug".into(),
+        ];
+        GatewayBuilder {
+            args,
+            exchange,
+            wait_ready: true,
+        }
+    }
+
+    pub fn arg(mut self, flag: &str, value: &str) -> Self {
+        self.args.push(format!("--{flag}"));
+        self.args.push(value.to_owned());
+        self
+    }
+
+    /// Use an existing exchange (a second instance on the same exchange).
+    pub fn exchange(mut self, exchange: &str) -> Self {
+        self.exchange = exchange.to_owned();
+        let i = self
+            .args
+            .iter()
+            .position(|a| a == "--amqp-exchange")
+            .unwrap();
+        self.args[i + 1] = exchange.to_owned();
+        let q = self.args.iter().position(|a| a == "--amqp-queue").unwrap();
+        self.args[q + 1] = unique("second");
+        self
+    }
+
+    pub fn no_wait_ready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    pub fn config(&self) -> Config {
+        // Flags only: the tests never read or change the process environment for config.
+        match Config::parse(self.args.clone(), |_| None).expect("test config is valid") {
+            Parsed::Run(c) => *c,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    pub async fn start(self) -> Gateway {
+        init_logs();
+        let config = self.config();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(realtime_gateway::run(listener, config, async move {
+            let _ = stop_rx.await;
+        }));
+        let gw = Gateway {
+            addr,
+            exchange: self.exchange,
+            stop: Some(stop_tx),
+            handle: Some(handle),
+            http: reqwest::Client::new(),
+        };
+        if self.wait_ready {
+            gw.wait_ready().await;
+        }
+        gw
+    }
+}
+
+fn init_logs() {
+    // Only the first call installs; logs show up for failing tests.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,realtime_gateway=info".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A gateway running inside the test process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub exchange: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), realtime_gateway::StartError>>>,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub async fn status(&self, path: &str) -> u16 {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Waits until `/readyz` says 200: the queue is declared, bound and consumed.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.status("/readyz").await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway not ready within {WAIT:?}; is RabbitMQ running at {}?",
+                amqp_url()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Value of one metric line, e.g. `gateway_events_dropped_total{reason="not_json"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .unwrap_or_else(|| panic!("{series} not in metrics:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until a metric reaches at least `want` (metrics lag the events they count
+    /// only by the time the consumer takes to get to them).
+    pub async fn wait_metric(&self, series: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metric(series).await;
+            if v >= want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {v}, expected {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("gateway did not stop within the grace period")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Publishes to the test's exchange on the real broker.
+pub struct Publisher {
+    conn: Connection,
+    channel: lapin::Channel,
+    pub exchange: String,
+}
+
+impl Publisher {
+    pub async fn connect(exchange: &str) -> Publisher {
+        let conn = tokio::time::timeout(
+            WAIT,
+            Connection::connect(&amqp_url(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("broker connect timed out")
+        .expect("broker connect");
+        let channel = conn.create_channel().await.unwrap();
+        // Same declaration as the gateway's, so whichever comes first wins harmlessly.
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Publisher {
+            conn,
+            channel,
+            exchange: exchange.to_owned(),
+        }
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish(&self, routing_key: &str, body: &Value) {
+        self.publish_raw(routing_key, &serde_json::to_vec(body).unwrap())
+            .await;
+    }
+
+    /// Deletes the test's exchange so runs leave nothing behind.
+    pub async fn cleanup(self) {
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// A catalog envelope; `user` `None` leaves `user_id` out (tenant-wide).
+pub fn envelope(id: &str, event_type: &str, tenant: Option<&str>, user: Option<&str>) -> Value {
+    let mut v = json!({
+        "event_id": id,
+        "event_type": event_type,
+        "event_time": "2026-05-27T10:15:00Z",
+        "trace_id": format!("trace-{id}"),
+        "correlation_id": format!("corr-{id}"),
+        "producer": "render-orchestrator",
+        "data": {"job_id": "job-1", "progress": 42}
+    });
+    if let Some(t) = tenant {
+        v["tenant_id"] = json!(t);
+    }
+    if let Some(u) = user {
+        v["user_id"] = json!(u);
+    }
+    v
+}
+
+/// What a token is signed with.
+pub enum Signer {
+    Hs256(&'static str),
+    Rs256 {
+        pem: &'static str,
+        kid: Option<&'static str>,
+    },
+    Es256 {
+        pem: &'static str,
+        kid: Option<&'static str>,
+    },
+}
+
+pub fn sign(signer: &Signer, claims: &Value) -> String {
+    let (mut header, key) = match signer {
+        Signer::Hs256(secret) => (
+            Header::new(Algorithm::HS256),
+            EncodingKey::from_secret(secret.as_bytes()),
+        ),
+        Signer::Rs256 { pem, kid } => {
+            let mut h = Header::new(Algorithm::RS256);
+            h.kid = kid.map(str::to_owned);
+            let bytes = std::fs::read(fixture(pem)).unwrap();
+            (h, EncodingKey::from_rsa_pem(&bytes).unwrap())
+        }
+        Signer::Es256 { pem, kid } => {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = kid.map(str::to_owned);
+            let bytes = std::fs::read(fixture(pem)).unwrap();
+            (h, EncodingKey::from_ec_pem(&bytes).unwrap())
+        }
+    };
+    header.typ = Some("JWT".into());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+pub fn claims(tenant: &str, user: &str) -> Value {
+    json!({"sub": user, "tenant_id": tenant, "exp": now() + 3600, "iat": now()})
+}
+
+/// A valid HS256 token for the test gateways.
+pub fn token(tenant: &str, user: &str) -> String {
+    sign(&Signer::Hs256(SECRET), &claims(tenant, user))
+}
+
+/// How a client presents its token.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    None,
+    Bearer(String),
+    Query(String),
+    Cookie {
+        token: String,
+        origin: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Ws,
+    Sse,
+}
+
+pub const BOTH: [Transport; 2] = [Transport::Ws, Transport::Sse];
+
+/// A connected client of either transport, reading envelopes.
+pub enum Client {
+    Ws(WsClient),
+    Sse(SseClient),
+}
+
+impl Client {
+    /// Connects; `Err` carries the HTTP status of a refusal.
+    pub async fn connect(gw: &Gateway, t: Transport, auth: Auth) -> Result<Client, u16> {
+        match t {
+            Transport::Ws => WsClient::connect(gw, "/ws", auth).await.map(Client::Ws),
+            Transport::Sse => SseClient::connect(gw, "/sse", auth).await.map(Client::Sse),
+        }
+    }
+
+    pub async fn as_user(gw: &Gateway, t: Transport, tenant: &str, user: &str) -> Client {
+        Client::connect(gw, t, Auth::Bearer(token(tenant, user)))
+            .await
+            .unwrap_or_else(|s| panic!("{t:?} connect refused with {s}"))
+    }
+
+    /// The next domain event, as the JSON envelope the client got. For SSE, also checks
+    /// that `id:` is the `event_id`.
+    pub async fn next_event(&mut self) -> Value {
+        match self {
+            Client::Ws(c) => loop {
+                let v = c.next_json().await;
+                if v.get("event_id").is_some() {
+                    return v;
+                }
+            },
+            Client::Sse(c) => loop {
+                let ev = c.next_event().await;
+                if ev.event.is_none() {
+                    let v: Value = serde_json::from_str(&ev.data).unwrap();
+                    assert_eq!(
+                        ev.id.as_deref(),
+                        v["event_id"].as_str(),
+                        "SSE id: must be event_id"
+                    );
+                    return v;
+                }
+            },
+        }
+    }
+
+    /// Event ids until (and including) `last`.
+    pub async fn ids_until(&mut self, last: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        loop {
+            let v = self.next_event().await;
+            let id = v["event_id"].as_str().unwrap().to_owned();
+            ids.push(id.clone());
+            if id == last {
+                return ids;
+            }
+        }
+    }
+}
+
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl WsClient {
+    pub async fn connect(gw: &Gateway, path: &str, auth: Auth) -> Result<WsClient, u16> {
+        let mut url = gw.ws_url(path);
+        let mut req_headers = Vec::new();
+        match &auth {
+            Auth::None => {}
+            Auth::Bearer(t) => req_headers.push(("authorization", format!("Bearer {t}"))),
+            Auth::Query(t) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                url = format!("{url}{sep}access_token={t}");
+            }
+            Auth::Cookie { token, origin } => {
+                req_headers.push(("cookie", format!("theme=dark; access_token={token}")));
+                if let Some(o) = origin {
+                    req_headers.push(("origin", o.clone()));
+                }
+            }
+        }
+        let mut req = url.into_client_request().unwrap();
+        for (k, v) in req_headers {
+            req.headers_mut().insert(k, v.parse().unwrap());
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await {
+            Err(_) => panic!("websocket connect timed out"),
+            Ok(Ok((stream, _))) => Ok(WsClient { stream }),
+            Ok(Err(tungstenite::Error::Http(resp))) => Err(resp.status().as_u16()),
+            Ok(Err(e)) => panic!("websocket connect failed: {e}"),
+        }
+    }
+
+    /// Next message of any kind except pings/pongs.
+    pub async fn next_message(&mut self) -> Option<tungstenite::Message> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no websocket message within the deadline");
+            match msg {
+                None => return None,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_))) => {}
+                Some(Ok(m)) => return Some(m),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_message().await {
+            Some(tungstenite::Message::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(tungstenite::Message::text(text))
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the server's close frame; returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_message().await {
+                Some(tungstenite::Message::Close(Some(f))) => {
+                    return (u16::from(f.code), f.reason.to_string());
+                }
+                Some(tungstenite::Message::Close(None)) => return (1005, String::new()),
+                Some(tungstenite::Message::Text(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// One SSE event as a client parses it.
+#[derive(Debug, Default, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+}
+
+pub struct SseClient {
+    pub headers: reqwest::header::HeaderMap,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseClient {
+    pub async fn connect(gw: &Gateway, path: &str, auth: Auth) -> Result<SseClient, u16> {
+        Self::connect_with(gw, path, auth, &[]).await
+    }
+
+    pub async fn connect_with(
+        gw: &Gateway,
+        path: &str,
+        auth: Auth,
+        extra: &[(&str, &str)],
+    ) -> Result<SseClient, u16> {
+        let mut url = gw.url(path);
+        let mut req = gw.http.get(&url);
+        match &auth {
+            Auth::None => {}
+            Auth::Bearer(t) => req = req.bearer_auth(t),
+            Auth::Query(t) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                url = format!("{url}{sep}access_token={t}");
+                req = gw.http.get(&url);
+            }
+            Auth::Cookie { token, origin } => {
+                req = req.header("cookie", format!("theme=dark; access_token={token}"));
+                if let Some(o) = origin {
+                    req = req.header("origin", o);
+                }
+            }
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("SSE connect timed out")
+            .unwrap();
+        if resp.status() != 200 {
+            return Err(resp.status().as_u16());
+        }
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Ok(SseClient {
+            headers: resp.headers().clone(),
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        })
+    }
+
+    /// Next event block that carries data (comments and bare `retry:` blocks skipped);
+    /// `None` when the stream ended.
+    pub async fn try_next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut has_data = false;
+                for line in block.lines() {
+                    if line.starts_with(':') || line.is_empty() {
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "id" => ev.id = Some(value.to_owned()),
+                        "event" => ev.event = Some(value.to_owned()),
+                        "retry" => ev.retry = value.parse().ok(),
+                        "data" => {
+                            assert!(!has_data, "data must be on one line: {block:?}");
+                            has_data = true;
+                            ev.data = value.to_owned();
+                        }
+                        other => panic!("unexpected SSE field {other:?} in {block:?}"),
+                    }
+                }
+                if has_data {
+                    return Some(ev);
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("no SSE data within the deadline");
+            match chunk {
+                None => return None,
+                Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+                Some(Err(_)) => return None,
+            }
+        }
+    }
+
+    pub async fn next_event(&mut self) -> SseEvent {
+        self.try_next_event().await.expect("SSE stream ended")
+    }
+}
+
+/// Runs a test body with an overall deadline, so a bug shows as a failure, not a hang.
+pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("test exceeded its overall deadline");
+}
