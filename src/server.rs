@@ -82,6 +82,64 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Accepts connections until `stop`, serving each with hyper's HTTP/1 (upgrades
+/// included). Written out instead of `axum::serve` for the header read timeout (a client
+/// that opens a socket and never sends a request must not hold a descriptor forever) and
+/// to count accept failures such as running out of descriptors instead of only logging.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    handshake_timeout: std::time::Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    metrics.accept_failed();
+                    // EMFILE/ENFILE: the connection stays in the backlog; retrying at once
+                    // would spin. Back off briefly and keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed (out of file descriptors?)");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(handshake_timeout);
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Pause after a failed `accept`.
+const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves on `listener` until `shutdown` completes, then drains within the grace period.
 pub async fn run(
     listener: TcpListener,
@@ -136,13 +194,13 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "realtime-gateway listening");
-    let server = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown({
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        })
-        .into_future();
-    let server = tokio::spawn(server);
+    let server = tokio::spawn(accept_loop(
+        listener,
+        app(state.clone()),
+        config.handshake_timeout,
+        state.metrics.clone(),
+        stop.clone(),
+    ));
 
     shutdown.await;
     tracing::info!(

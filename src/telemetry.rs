@@ -172,6 +172,7 @@ pub struct Metrics {
     broker_connected: AtomicI64,
     broker_reconnects: AtomicU64,
     client_messages_ignored: AtomicU64,
+    accept_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -235,6 +236,11 @@ impl Metrics {
     /// A client sent a message the gateway does not understand.
     pub fn client_message_ignored(&self) {
         self.client_messages_ignored.fetch_add(1, Relaxed);
+    }
+
+    /// `accept` failed (usually: out of file descriptors).
+    pub fn accept_failed(&self) {
+        self.accept_errors.fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format.

@@ -852,3 +852,73 @@ async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_socket_is_dropped_after_the_handshake_timeout() {
+    bounded(async {
+        use tokio::io::AsyncReadExt;
+        let gw = GatewayBuilder::new("handshake")
+            .arg("handshake-timeout-secs", "1")
+            .start()
+            .await;
+        let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        // Send nothing: the gateway must hang up rather than hold the descriptor.
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(WAIT, raw.read(&mut buf))
+            .await
+            .expect("gateway kept a silent socket open")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            n == 0 || text.starts_with("HTTP/1.1 408"),
+            "unexpected answer {text:?}"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_keepalives_and_pings() {
+    bounded(async {
+        let gw = GatewayBuilder::new("keepalive")
+            .arg("sse-keepalive-secs", "1")
+            .arg("ws-ping-interval-secs", "1")
+            .start()
+            .await;
+        // SSE: a comment line arrives on an otherwise idle stream.
+        let resp = gw
+            .http
+            .get(gw.url("/sse"))
+            .bearer_auth(token("t", "u"))
+            .send()
+            .await
+            .unwrap();
+        let mut body = resp.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains(": keep-alive") {
+            let chunk = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut body))
+                .await
+                .expect("no keep-alive comment")
+                .unwrap()
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(
+            seen.starts_with("retry: "),
+            "stream starts with a retry hint: {seen:?}"
+        );
+        // WebSocket: the gateway pings.
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
+            .await
+            .unwrap();
+        let ping = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws.stream))
+            .await
+            .expect("no ping")
+            .unwrap()
+            .unwrap();
+        assert!(ping.is_ping(), "expected a ping, got {ping:?}");
+        gw.shutdown().await;
+    })
+    .await;
+}
