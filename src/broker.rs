@@ -60,13 +60,15 @@ impl Consumer {
     /// Runs until `shutdown` is cancelled, reconnecting as needed.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = INITIAL_BACKOFF;
+        let mut failed_before = false;
         loop {
             let mut consuming = false;
-            let result = self.session(&shutdown, &mut consuming).await;
+            let result = self.session(&shutdown, &mut consuming, failed_before).await;
             self.set_ready(false);
             match result {
                 Ok(()) => break,
                 Err(e) => {
+                    failed_before = true;
                     if consuming {
                         // It worked for a while: start over from a short delay.
                         backoff = INITIAL_BACKOFF;
@@ -100,6 +102,7 @@ impl Consumer {
         &self,
         shutdown: &CancellationToken,
         consuming: &mut bool,
+        reconnecting: bool,
     ) -> Result<(), LinkError> {
         let cfg = &self.config;
         let props = ConnectionProperties::default()
@@ -159,6 +162,9 @@ impl Consumer {
             .await?;
         *consuming = true;
         self.set_ready(true);
+        if reconnecting {
+            self.metrics.broker_reconnected();
+        }
         tracing::info!(
             amqp.queue = %cfg.queue,
             amqp.exchange = %cfg.exchange,

@@ -690,6 +690,18 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../README.md");
+        for s in SETTINGS {
+            assert!(
+                readme.contains(&format!("`{}`", s.env)),
+                "{} missing from README",
+                s.env
+            );
+        }
+    }
+
+    #[test]
     fn help_lists_every_setting_with_its_default() {
         let Parsed::Help(text) = parse(&["--help"], &[]).unwrap() else {
             panic!("expected help");

@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use realtime_gateway::config::{Config, Parsed};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck();
+    }
     let parsed = Config::parse(std::env::args().skip(1), |k| std::env::var(k).ok());
     let config = match parsed {
         Ok(Parsed::Run(config)) => *config,
@@ -56,4 +59,36 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `realtime-gateway healthcheck`: GET /healthz on the configured port of this host, for
+/// container health checks in images that carry no curl. Exit 0 when it answers 200.
+fn healthcheck() -> ExitCode {
+    use std::io::Read as _;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    let listen = std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
+    let Ok(mut addr) = listen.parse::<SocketAddr>() else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "healthcheck: bad GATEWAY_LISTEN `{listen}`"
+        );
+        return ExitCode::FAILURE;
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = Duration::from_secs(3);
+    let answer = TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    });
+    match answer {
+        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
 }

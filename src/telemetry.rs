@@ -446,6 +446,14 @@ mod tests {
         assert!(text.contains("gateway_connections{transport=\"sse\"} 0"));
         assert!(text.contains("gateway_events_dropped_total{reason=\"not_json\"} 1"));
         assert!(text.contains("gateway_auth_failures_total{reason=\"expired\"} 1"));
+        let readme = include_str!("../README.md");
+        for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = name.split(' ').next().unwrap();
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} missing from README"
+            );
+        }
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
