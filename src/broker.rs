@@ -19,6 +19,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
+use crate::dedupe::RecentIds;
 use crate::envelope::Event;
 use crate::hub::Hub;
 use crate::telemetry::Metrics;
@@ -37,6 +38,8 @@ pub struct Consumer {
     pub config: AmqpConfig,
     /// Largest body accepted.
     pub max_event_bytes: usize,
+    /// Recent event ids remembered for duplicate suppression.
+    pub dedupe_window: usize,
     /// Where events go.
     pub hub: Arc<Hub>,
     /// Counters.
@@ -61,9 +64,13 @@ impl Consumer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = INITIAL_BACKOFF;
         let mut failed_before = false;
+        // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
+        let mut recent = RecentIds::new(self.dedupe_window);
         loop {
             let mut consuming = false;
-            let result = self.session(&shutdown, &mut consuming, failed_before).await;
+            let result = self
+                .session(&shutdown, &mut consuming, failed_before, &mut recent)
+                .await;
             self.set_ready(false);
             match result {
                 Ok(()) => break,
@@ -103,6 +110,7 @@ impl Consumer {
         shutdown: &CancellationToken,
         consuming: &mut bool,
         reconnecting: bool,
+        recent: &mut RecentIds,
     ) -> Result<(), LinkError> {
         let cfg = &self.config;
         let props = ConnectionProperties::default()
@@ -113,6 +121,10 @@ impl Consumer {
                 r.map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??
             }
         };
+        // After an outage, find out whether the queue kept our events: if it is gone (it
+        // expired, or the broker restarted), events may have been lost and clients must
+        // be told to refetch.
+        let queue_lost = reconnecting && !queue_exists(&conn, &cfg.queue).await?;
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(cfg.prefetch, BasicQosOptions::default())
@@ -165,6 +177,14 @@ impl Consumer {
         if reconnecting {
             self.metrics.broker_reconnected();
         }
+        if queue_lost {
+            let told = self.hub.resync_all();
+            tracing::warn!(
+                amqp.queue = %cfg.queue,
+                clients = told,
+                "queue was gone after the outage; events may be lost, clients told to resync"
+            );
+        }
         tracing::info!(
             amqp.queue = %cfg.queue,
             amqp.exchange = %cfg.exchange,
@@ -189,6 +209,15 @@ impl Consumer {
             };
             self.metrics.event_received();
             match Event::parse(delivery.data, self.max_event_bytes) {
+                Ok(event) if !recent.insert(&event.id) => {
+                    self.metrics.duplicate_dropped();
+                    tracing::debug!(
+                        event_id = %event.id,
+                        trace_id = event.trace_id.as_deref().unwrap_or(""),
+                        redelivered = delivery.redelivered,
+                        "duplicate event dropped"
+                    );
+                }
                 Ok(event) => {
                     let event = Arc::new(event);
                     let recipients = self.hub.publish(&event);
@@ -215,6 +244,32 @@ impl Consumer {
         }
     }
 }
+
+/// Whether `queue` exists, asked on a throwaway channel because a failed passive declare
+/// closes the channel it was made on.
+async fn queue_exists(conn: &Connection, queue: &str) -> Result<bool, LinkError> {
+    let probe = conn.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match probe
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = probe.close(200, "probe done".into()).await;
+            Ok(true)
+        }
+        Err(e) => match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_FOUND => Ok(false),
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// AMQP reply code of a passive declare for a queue that does not exist.
+const NOT_FOUND: u16 = 404;
 
 fn queue_arguments(cfg: &AmqpConfig) -> FieldTable {
     let mut args = FieldTable::default();

@@ -67,6 +67,8 @@ settings! {
     "max-connections-per-user", "GATEWAY_MAX_CONNECTIONS_PER_USER", Some("16"), "open connections per tenant and user";
     "max-event-bytes", "GATEWAY_MAX_EVENT_BYTES", Some("65536"), "largest event body accepted from the broker";
     "send-queue-len", "GATEWAY_SEND_QUEUE_LEN", Some("256"), "events waiting per connection before it is a slow client";
+    "send-queue-bytes", "GATEWAY_SEND_QUEUE_BYTES", Some("1048576"), "bytes of events waiting per connection before it is a slow client";
+    "dedupe-window", "GATEWAY_DEDUPE_WINDOW", Some("16384"), "recent event_ids remembered to drop redelivered duplicates";
     "ws-max-message-bytes", "GATEWAY_WS_MAX_MESSAGE_BYTES", Some("16384"), "largest message a WebSocket client may send";
     "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("4096"), "read buffer per WebSocket";
     "ws-ping-interval-secs", "GATEWAY_WS_PING_INTERVAL_SECS", Some("25"), "WebSocket ping interval";
@@ -75,6 +77,7 @@ settings! {
     "sse-keepalive-secs", "GATEWAY_SSE_KEEPALIVE_SECS", Some("15"), "interval of SSE keep-alive comments";
     "sse-retry-ms", "GATEWAY_SSE_RETRY_MS", Some("2000"), "reconnect delay suggested to EventSource (retry:)";
     "shutdown-grace-secs", "GATEWAY_SHUTDOWN_GRACE_SECS", Some("10"), "longest a graceful shutdown may take";
+    "shutdown-drain-secs", "GATEWAY_SHUTDOWN_DRAIN_SECS", Some("3"), "window over which clients are closed at random on shutdown (less than the grace period)";
     "log-format", "GATEWAY_LOG_FORMAT", Some("text"), "text or json";
     "log", "GATEWAY_LOG", Some("info"), "log filter (tracing EnvFilter syntax)";
 }
@@ -156,6 +159,10 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Per-connection send queue length.
     pub send_queue_len: usize,
+    /// Per-connection send queue bytes.
+    pub send_queue_bytes: usize,
+    /// Recent event ids remembered for duplicate suppression.
+    pub dedupe_window: usize,
     /// Largest incoming WebSocket message.
     pub ws_max_message_bytes: usize,
     /// WebSocket read buffer.
@@ -172,6 +179,9 @@ pub struct Config {
     pub sse_retry: Duration,
     /// Bound on graceful shutdown.
     pub shutdown_grace: Duration,
+    /// Clients are closed at random moments within this window, so a fleet of browsers
+    /// does not reconnect in one spike.
+    pub shutdown_drain: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -430,6 +440,21 @@ impl Validator<'_> {
             ));
         }
 
+        let shutdown_grace = self.secs("shutdown-grace-secs");
+        let shutdown_drain =
+            match self.parsed::<u64>("shutdown-drain-secs", "a whole number of seconds") {
+                Some(v) if Duration::from_secs(v) < shutdown_grace => Duration::from_secs(v),
+                Some(v) => {
+                    self.problems.push(format!(
+                        "{}: {v} must be less than GATEWAY_SHUTDOWN_GRACE_SECS ({})",
+                        Self::label("shutdown-drain-secs"),
+                        shutdown_grace.as_secs()
+                    ));
+                    Duration::ZERO
+                }
+                None => Duration::ZERO,
+            };
+
         Config {
             listen,
             amqp,
@@ -439,6 +464,8 @@ impl Validator<'_> {
             max_connections_per_user: self.count::<usize>("max-connections-per-user", 100_000),
             max_event_bytes: self.count::<usize>("max-event-bytes", 16 * 1024 * 1024),
             send_queue_len: self.count::<usize>("send-queue-len", 1_000_000),
+            send_queue_bytes: self.count::<usize>("send-queue-bytes", 1 << 30),
+            dedupe_window: self.count::<usize>("dedupe-window", 10_000_000),
             ws_max_message_bytes: self.count::<usize>("ws-max-message-bytes", 16 * 1024 * 1024),
             ws_read_buffer_bytes: self.count::<usize>("ws-read-buffer-bytes", 1024 * 1024),
             ws_ping_interval: self.secs("ws-ping-interval-secs"),
@@ -446,7 +473,8 @@ impl Validator<'_> {
             handshake_timeout: self.secs("handshake-timeout-secs"),
             sse_keepalive: self.secs("sse-keepalive-secs"),
             sse_retry: Duration::from_millis(self.count::<u64>("sse-retry-ms", 3_600_000)),
-            shutdown_grace: self.secs("shutdown-grace-secs"),
+            shutdown_grace,
+            shutdown_drain,
             log_format,
             log,
         }

@@ -59,7 +59,7 @@ impl Rejection {
 #[derive(Debug)]
 pub struct Event {
     /// `event_id`: SSE `id:` and the key for duplicate suppression.
-    pub id: Box<str>,
+    pub id: std::sync::Arc<str>,
     /// `event_type`, for logs.
     pub event_type: Box<str>,
     /// `tenant_id`: never empty.
@@ -68,6 +68,9 @@ pub struct Event {
     pub user: Option<Box<str>>,
     /// `trace_id`, when the producer set one, for logs.
     pub trace_id: Option<Box<str>>,
+    /// `event_time` as microseconds since the epoch, when present and RFC 3339; only used
+    /// for the latency histogram, so an odd timestamp never rejects an event.
+    pub event_time_us: Option<i64>,
     /// The envelope on one line, as published: the WebSocket text frame.
     json: Utf8Bytes,
     /// The SSE frame, built on first use so WS-only traffic never pays for it.
@@ -88,6 +91,8 @@ struct Fields<'a> {
     user_id: Option<&'a RawValue>,
     #[serde(borrow)]
     trace_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_time: Option<&'a RawValue>,
 }
 
 enum Field {
@@ -145,7 +150,7 @@ impl Event {
             }
         };
 
-        let id = required_text(fields.event_id)?;
+        let id: std::sync::Arc<str> = required_text(fields.event_id)?.into();
         let event_type = required_text(fields.event_type)?;
         let user = match field(fields.user_id) {
             Field::Absent | Field::Null => None,
@@ -155,6 +160,10 @@ impl Event {
         };
         let trace_id = match field(fields.trace_id) {
             Field::Str(s) => Some(s.into_boxed_str()),
+            _ => None,
+        };
+        let event_time_us = match field(fields.event_time) {
+            Field::Str(s) => rfc3339_micros(&s),
             _ => None,
         };
         let tenant = match field(fields.tenant_id) {
@@ -168,6 +177,7 @@ impl Event {
             tenant,
             user,
             trace_id,
+            event_time_us,
             json: one_line(body),
             sse: OnceLock::new(),
         })
@@ -203,6 +213,61 @@ impl Event {
     pub fn is_empty(&self) -> bool {
         self.json.is_empty()
     }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into microseconds since the epoch.
+pub fn rfc3339_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 6 {
+                micros = micros * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..6 {
+            micros *= 10;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let o = oh * 3600 + om * 60;
+            if *sign == b'+' { o } else { -o }
+        }
+        _ => return None,
+    };
+    // Days from civil (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    Some(secs * 1_000_000 + micros)
 }
 
 /// JSON strings cannot hold raw CR or LF, so any found in a valid document are whitespace
@@ -331,6 +396,35 @@ mod tests {
             let got = Event::parse(body.to_vec(), 1024).unwrap_err();
             assert_eq!(got, *want, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn event_time_parses_rfc3339() {
+        assert_eq!(rfc3339_micros("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_micros("2026-05-27T10:15:00Z"),
+            Some(1_779_876_900_000_000)
+        );
+        assert_eq!(
+            rfc3339_micros("2026-05-27T12:15:00.5+02:00"),
+            Some(1_779_876_900_500_000)
+        );
+        assert_eq!(
+            rfc3339_micros("2000-02-29T00:00:00.123456789Z"),
+            Some(951_782_400_123_456)
+        );
+        for bad in [
+            "",
+            "2026-05-27",
+            "2026-13-01T00:00:00Z",
+            "2026-05-27T10:15:00",
+            "2026-05-27T10:15:00.Z",
+            "yesterday at noon!!",
+        ] {
+            assert_eq!(rfc3339_micros(bad), None, "{bad}");
+        }
+        let e = parse(FULL).unwrap();
+        assert_eq!(e.event_time_us, Some(1_779_876_900_000_000));
     }
 
     #[test]

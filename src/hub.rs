@@ -10,13 +10,36 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Event;
-use crate::telemetry::{Metrics, Refusal, Transport};
+use crate::telemetry::{Disconnect, Metrics, Refusal, Transport};
+
+/// What a connection's queue carries.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    /// A domain event, shared by every recipient.
+    Event(Arc<Event>),
+    /// Events may have been lost (the broker queue was gone after a link outage): the
+    /// client should refetch its state.
+    Resync,
+}
+
+/// Bytes a `Resync` counts for in the queue's byte budget.
+const RESYNC_BYTES: usize = 32;
+
+impl Outgoing {
+    fn bytes(&self) -> usize {
+        match self {
+            Outgoing::Event(e) => e.len(),
+            Outgoing::Resync => RESYNC_BYTES,
+        }
+    }
+}
 
 /// One registered connection, as the fan-out sees it.
 struct Member {
@@ -25,7 +48,10 @@ struct Member {
     /// Which transport, for per-transport delivery counts.
     transport: Transport,
     /// The connection's bounded queue.
-    tx: mpsc::Sender<Arc<Event>>,
+    tx: mpsc::Sender<Outgoing>,
+    /// Bytes of the events in the queue, shared with the connection, which subtracts
+    /// what it takes out.
+    queued_bytes: Arc<AtomicUsize>,
     /// Cancelled when the queue overflowed, so the connection task closes the client.
     kick: CancellationToken,
 }
@@ -45,6 +71,8 @@ pub struct HubLimits {
     pub max_per_user: usize,
     /// Events waiting per connection.
     pub queue_len: usize,
+    /// Bytes of events waiting per connection.
+    pub queue_bytes: usize,
 }
 
 /// Registry and fan-out.
@@ -62,8 +90,10 @@ pub struct Subscription {
     tenant: Arc<str>,
     user: Arc<str>,
     id: u64,
-    /// Events for this connection, in the order the hub received them.
-    pub rx: mpsc::Receiver<Arc<Event>>,
+    /// Events for this connection, in the order the hub received them; take them with
+    /// [`Subscription::recv`] / [`Subscription::try_recv`] so the byte budget is returned.
+    rx: mpsc::Receiver<Outgoing>,
+    queued_bytes: Arc<AtomicUsize>,
     /// Cancelled when this connection fell too far behind.
     pub kicked: CancellationToken,
 }
@@ -81,11 +111,13 @@ impl Hub {
     }
 
     /// Registers a connection of `user` in `tenant`, enforcing the connection limits.
+    /// `kick` is cancelled if the connection falls too far behind.
     pub fn subscribe(
         self: &Arc<Self>,
         tenant: &str,
         user: &str,
         transport: Transport,
+        kick: CancellationToken,
     ) -> Result<Subscription, Refusal> {
         let before = self.total.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_connections {
@@ -94,7 +126,7 @@ impl Hub {
             return Err(Refusal::MaxConnections);
         }
         let (tx, rx) = mpsc::channel(self.limits.queue_len);
-        let kick = CancellationToken::new();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
 
         let registered = {
@@ -115,6 +147,7 @@ impl Hub {
                     id,
                     transport,
                     tx,
+                    queued_bytes: queued_bytes.clone(),
                     kick: kick.clone(),
                 });
                 Some((tenant_key, user_key))
@@ -133,6 +166,7 @@ impl Hub {
             user: user_key,
             id,
             rx,
+            queued_bytes,
             kicked: kick,
         })
     }
@@ -160,19 +194,20 @@ impl Hub {
     /// Returns how many connections it was queued for.
     pub fn publish(&self, event: &Arc<Event>) -> usize {
         let mut counts = [0u64; 2];
+        let item = Outgoing::Event(event.clone());
         if let Some(tenant) = self.tenants.get(&*event.tenant) {
             match event.user.as_deref() {
                 Some(user) => {
                     if let Some(members) = tenant.users.get(user) {
                         for m in members {
-                            self.offer(m, event, &mut counts);
+                            self.offer(m, &item, &mut counts);
                         }
                     }
                 }
                 None => {
                     for members in tenant.users.values() {
                         for m in members {
-                            self.offer(m, event, &mut counts);
+                            self.offer(m, &item, &mut counts);
                         }
                     }
                 }
@@ -187,28 +222,72 @@ impl Hub {
         }
         if ws + sse == 0 {
             self.metrics.event_unrouted();
+        } else if let Some(t) = event.event_time_us {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(t);
+            self.metrics.observe_latency_us(now - t);
         }
         (ws + sse) as usize
     }
 
-    fn offer(&self, m: &Member, event: &Arc<Event>, counts: &mut [u64; 2]) {
-        match m.tx.try_send(event.clone()) {
-            Ok(()) => counts[m.transport as usize] += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+    /// Tells every connection that events may have been lost.
+    pub fn resync_all(&self) -> usize {
+        let mut counts = [0u64; 2];
+        for tenant in self.tenants.iter() {
+            for members in tenant.users.values() {
+                for m in members {
+                    self.offer(m, &Outgoing::Resync, &mut counts);
+                }
+            }
+        }
+        let n = counts[0] + counts[1];
+        self.metrics.resyncs_sent(n);
+        n as usize
+    }
+
+    fn offer(&self, m: &Member, item: &Outgoing, counts: &mut [u64; 2]) {
+        let bytes = item.bytes();
+        let queued = m.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let result = if queued > self.limits.queue_bytes {
+            Err(mpsc::error::TrySendError::Full(()))
+        } else {
+            m.tx.try_send(item.clone()).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            })
+        };
+        match result {
+            Ok(()) => {
+                counts[m.transport as usize] += 1;
+                let depth = self.limits.queue_len - m.tx.capacity();
+                self.metrics.queue_depth(depth, queued);
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 // The client is not reading. Dropping just this event would leave a
                 // silent gap, so the connection is ended instead and the client resumes.
                 if !m.kick.is_cancelled() {
+                    let (event_id, trace_id) = match item {
+                        Outgoing::Event(e) => (&*e.id, e.trace_id.as_deref().unwrap_or("")),
+                        Outgoing::Resync => ("", ""),
+                    };
                     tracing::warn!(
                         connection.id = m.id,
-                        event_id = %event.id,
+                        event_id,
+                        trace_id,
                         "send queue full; disconnecting slow client"
                     );
                     m.kick.cancel();
+                    self.metrics.disconnected(Disconnect::SlowClient);
                 }
                 self.metrics.delivery_dropped_slow_client();
             }
             // The connection is shutting down; its Subscription is about to go.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            }
         }
     }
 
@@ -222,6 +301,20 @@ impl Subscription {
     /// Connection id, for logs.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Waits for the next item; `None` only if the hub is gone.
+    pub async fn recv(&mut self) -> Option<Outgoing> {
+        let item = self.rx.recv().await?;
+        self.queued_bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
+        Some(item)
+    }
+
+    /// The next item if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
+        let item = self.rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
+        Some(item)
     }
 }
 
@@ -241,6 +334,7 @@ mod tests {
                 max_connections,
                 max_per_user,
                 queue_len,
+                queue_bytes: 1 << 20,
             },
             Arc::new(Metrics::default()),
         )
@@ -257,9 +351,15 @@ mod tests {
     #[test]
     fn routes_by_tenant_and_user() {
         let hub = hub(100, 10, 8);
-        let mut a1 = hub.subscribe("a", "u1", Transport::Ws).unwrap();
-        let mut a2 = hub.subscribe("a", "u2", Transport::Sse).unwrap();
-        let mut b1 = hub.subscribe("b", "u1", Transport::Ws).unwrap();
+        let mut a1 = hub
+            .subscribe("a", "u1", Transport::Ws, CancellationToken::new())
+            .unwrap();
+        let mut a2 = hub
+            .subscribe("a", "u2", Transport::Sse, CancellationToken::new())
+            .unwrap();
+        let mut b1 = hub
+            .subscribe("b", "u1", Transport::Ws, CancellationToken::new())
+            .unwrap();
 
         assert_eq!(hub.publish(&event("1", "a", Some("u1"))), 1);
         assert_eq!(hub.publish(&event("2", "a", None)), 2);
@@ -268,7 +368,7 @@ mod tests {
 
         let ids = |s: &mut Subscription| {
             let mut v = Vec::new();
-            while let Ok(e) = s.rx.try_recv() {
+            while let Some(Outgoing::Event(e)) = s.try_recv() {
                 v.push(e.id.to_string());
             }
             v
@@ -281,26 +381,39 @@ mod tests {
     #[test]
     fn limits_refuse_and_release() {
         let hub = hub(3, 2, 8);
-        let s1 = hub.subscribe("a", "u", Transport::Ws).unwrap();
-        let _s2 = hub.subscribe("a", "u", Transport::Ws).unwrap();
+        let s1 = hub
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .unwrap();
+        let _s2 = hub
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .unwrap();
         assert_eq!(
-            hub.subscribe("a", "u", Transport::Ws).err(),
+            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new())
+                .err(),
             Some(Refusal::MaxPerUser)
         );
-        let _s3 = hub.subscribe("a", "v", Transport::Ws).unwrap();
+        let _s3 = hub
+            .subscribe("a", "v", Transport::Ws, CancellationToken::new())
+            .unwrap();
         assert_eq!(
-            hub.subscribe("b", "w", Transport::Ws).err(),
+            hub.subscribe("b", "w", Transport::Ws, CancellationToken::new())
+                .err(),
             Some(Refusal::MaxConnections)
         );
         drop(s1);
         assert_eq!(hub.connections(), 2);
-        assert!(hub.subscribe("a", "u", Transport::Ws).is_ok());
+        assert!(
+            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new())
+                .is_ok()
+        );
     }
 
     #[test]
     fn unsubscribe_removes_empty_entries() {
         let hub = hub(10, 10, 8);
-        let s = hub.subscribe("a", "u", Transport::Sse).unwrap();
+        let s = hub
+            .subscribe("a", "u", Transport::Sse, CancellationToken::new())
+            .unwrap();
         drop(s);
         assert!(hub.tenants.is_empty());
         assert_eq!(hub.connections(), 0);
@@ -309,25 +422,78 @@ mod tests {
     #[test]
     fn full_queue_kicks_only_that_connection() {
         let hub = hub(10, 10, 2);
-        let slow = hub.subscribe("a", "u", Transport::Ws).unwrap();
-        let mut fast = hub.subscribe("a", "v", Transport::Ws).unwrap();
+        let slow = hub
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .unwrap();
+        let mut fast = hub
+            .subscribe("a", "v", Transport::Ws, CancellationToken::new())
+            .unwrap();
         for i in 0..5 {
             hub.publish(&event(&i.to_string(), "a", None));
-            while fast.rx.try_recv().is_ok() {}
+            while fast.try_recv().is_some() {}
         }
         assert!(slow.kicked.is_cancelled());
         assert!(!fast.kicked.is_cancelled());
     }
 
     #[test]
+    fn byte_budget_kicks_and_is_returned_on_receive() {
+        let hub = Hub::new(
+            HubLimits {
+                max_connections: 10,
+                max_per_user: 10,
+                queue_len: 100,
+                queue_bytes: 600,
+            },
+            Arc::new(Metrics::default()),
+        );
+        let mut s = hub
+            .subscribe("a", "u", Transport::Sse, CancellationToken::new())
+            .unwrap();
+        let e = event("1", "a", None);
+        let fits = 600 / e.len();
+        for _ in 0..fits {
+            assert_eq!(hub.publish(&e), 1);
+        }
+        while s.try_recv().is_some() {}
+        // Budget returned: the same number fits again, one more does not.
+        for _ in 0..fits {
+            assert_eq!(hub.publish(&e), 1);
+        }
+        assert!(!s.kicked.is_cancelled());
+        assert_eq!(hub.publish(&e), 0);
+        assert!(s.kicked.is_cancelled());
+    }
+
+    #[test]
+    fn resync_reaches_every_connection() {
+        let hub = hub(10, 10, 8);
+        let mut a = hub
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .unwrap();
+        let mut b = hub
+            .subscribe("b", "v", Transport::Sse, CancellationToken::new())
+            .unwrap();
+        assert_eq!(hub.resync_all(), 2);
+        assert!(matches!(a.try_recv(), Some(Outgoing::Resync)));
+        assert!(matches!(b.try_recv(), Some(Outgoing::Resync)));
+    }
+
+    #[test]
     fn one_event_is_shared_not_copied() {
         let hub = hub(10, 10, 8);
-        let mut s1 = hub.subscribe("a", "u", Transport::Ws).unwrap();
-        let mut s2 = hub.subscribe("a", "v", Transport::Ws).unwrap();
+        let mut s1 = hub
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .unwrap();
+        let mut s2 = hub
+            .subscribe("a", "v", Transport::Ws, CancellationToken::new())
+            .unwrap();
         let e = event("1", "a", None);
         hub.publish(&e);
-        let r1 = s1.rx.try_recv().unwrap();
-        let r2 = s2.rx.try_recv().unwrap();
+        let (Some(Outgoing::Event(r1)), Some(Outgoing::Event(r2))) = (s1.try_recv(), s2.try_recv())
+        else {
+            panic!("both connections get the event");
+        };
         assert!(Arc::ptr_eq(&r1, &e) && Arc::ptr_eq(&r2, &e));
         assert_eq!(r1.ws_frame().as_ptr(), r2.ws_frame().as_ptr());
     }

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod dedupe;
 pub mod envelope;
 pub mod hub;
 pub mod server;

@@ -110,7 +110,17 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Cancelling this token drops the HTTP connection and its socket. SSE streams use
+        // it as their slow-client kick: a stream whose socket is stuck is never polled
+        // again, so it cannot end itself.
+        let conn_token = CancellationToken::new();
+        let service = {
+            let (router, token) = (router.clone(), conn_token.clone());
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectionToken(token.clone()));
+                tower::ServiceExt::oneshot(router.clone(), req)
+            })
+        };
         let stop = stop.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -123,6 +133,7 @@ async fn accept_loop(
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
+                _ = conn_token.cancelled() => Ok(()),
                 _ = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
@@ -136,6 +147,10 @@ async fn accept_loop(
     connections.close();
     connections.wait().await;
 }
+
+/// Request extension: the token that ends the request's HTTP connection.
+#[derive(Clone)]
+pub struct ConnectionToken(pub CancellationToken);
 
 /// Pause after a failed `accept`.
 const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
@@ -154,6 +169,7 @@ pub async fn run(
             max_connections: config.max_connections,
             max_per_user: config.max_connections_per_user,
             queue_len: config.send_queue_len,
+            queue_bytes: config.send_queue_bytes,
         },
         metrics.clone(),
     );
@@ -173,6 +189,7 @@ pub async fn run(
     let consumer = Consumer {
         config: config.amqp.clone(),
         max_event_bytes: config.max_event_bytes,
+        dedupe_window: config.dedupe_window,
         hub,
         metrics,
         ready: state.broker_ready.clone(),

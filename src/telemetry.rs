@@ -133,16 +133,19 @@ pub enum Disconnect {
     MessageTooBig,
     /// Graceful shutdown.
     Shutdown,
+    /// An in-band refresh named another user or tenant.
+    Policy,
 }
 
 impl Disconnect {
     /// Every variant, for metrics.
-    pub const ALL: [Disconnect; 5] = [
+    pub const ALL: [Disconnect; 6] = [
         Disconnect::SlowClient,
         Disconnect::TokenExpired,
         Disconnect::Idle,
         Disconnect::MessageTooBig,
         Disconnect::Shutdown,
+        Disconnect::Policy,
     ];
     /// Metric label.
     pub fn as_str(self) -> &'static str {
@@ -152,6 +155,7 @@ impl Disconnect {
             Disconnect::Idle => "idle",
             Disconnect::MessageTooBig => "message_too_big",
             Disconnect::Shutdown => "shutdown",
+            Disconnect::Policy => "policy",
         }
     }
 }
@@ -173,7 +177,21 @@ pub struct Metrics {
     broker_reconnects: AtomicU64,
     client_messages_ignored: AtomicU64,
     accept_errors: AtomicU64,
+    duplicates_dropped: AtomicU64,
+    resyncs: AtomicU64,
+    queue_depth_hwm: AtomicU64,
+    queue_bytes_hwm: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
 }
+
+/// Upper bounds of the latency histogram, in microseconds: from event_time (set by the
+/// producer) to the hand-off into connection queues.
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
 
 impl Metrics {
     /// A connection opened.
@@ -243,176 +261,242 @@ impl Metrics {
         self.accept_errors.fetch_add(1, Relaxed);
     }
 
+    /// A redelivered or republished `event_id` was dropped.
+    pub fn duplicate_dropped(&self) {
+        self.duplicates_dropped.fetch_add(1, Relaxed);
+    }
+
+    /// `n` connections were sent the resync signal.
+    pub fn resyncs_sent(&self, n: u64) {
+        self.resyncs.fetch_add(n, Relaxed);
+    }
+
+    /// A connection queue reached this depth (events and bytes); keeps the maximum.
+    pub fn queue_depth(&self, events: usize, bytes: usize) {
+        self.queue_depth_hwm.fetch_max(events as u64, Relaxed);
+        self.queue_bytes_hwm.fetch_max(bytes as u64, Relaxed);
+    }
+
+    /// One event's age at hand-off. Negative ages (producer clock ahead) count as zero.
+    pub fn observe_latency_us(&self, us: i64) {
+        let us = us.max(0) as u64;
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len() - 1);
+        if us <= LATENCY_BUCKETS_US[LATENCY_BUCKETS_US.len() - 1] {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_sum_us.fetch_add(us, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut out = String::with_capacity(8192);
+        let o = &mut out;
         let transports = [Transport::Ws, Transport::Sse];
+        let by_transport =
+            |a: &[AtomicU64; 2]| transports.map(|t| (t.as_str(), a[t.idx()].load(Relaxed)));
 
-        header(
-            &mut out,
+        let open = transports.map(|t| {
+            (
+                t.as_str(),
+                self.connections[t.idx()].load(Relaxed).max(0) as u64,
+            )
+        });
+        labeled(
+            o,
             "gateway_connections",
             "gauge",
             "Open client connections.",
+            "transport",
+            &open,
         );
-        for t in transports {
-            let v = self.connections[t.idx()].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_connections{{transport=\"{}\"}} {v}",
-                t.as_str()
-            );
-        }
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_connections_accepted_total",
             "counter",
             "Client connections accepted.",
+            "transport",
+            &by_transport(&self.connections_total),
         );
-        for t in transports {
-            let v = self.connections_total[t.idx()].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_connections_accepted_total{{transport=\"{}\"}} {v}",
-                t.as_str()
-            );
-        }
-        header(
-            &mut out,
+        scalar(
+            o,
             "gateway_events_received_total",
             "counter",
             "Messages received from the broker.",
+            &self.events_received,
         );
-        let _ = writeln!(
-            out,
-            "gateway_events_received_total {}",
-            self.events_received.load(Relaxed)
-        );
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_events_dropped_total",
             "counter",
             "Messages not delivered to anyone, by reason.",
+            "reason",
+            &pairs(&Rejection::ALL.map(Rejection::as_str), &self.events_dropped),
         );
-        for (i, r) in Rejection::ALL.iter().enumerate() {
-            let v = self.events_dropped[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_events_dropped_total{{reason=\"{}\"}} {v}",
-                r.as_str()
-            );
-        }
-        header(
-            &mut out,
+        scalar(
+            o,
             "gateway_events_unrouted_total",
             "counter",
             "Valid events with no recipient connected to this instance.",
+            &self.events_unrouted,
         );
-        let _ = writeln!(
-            out,
-            "gateway_events_unrouted_total {}",
-            self.events_unrouted.load(Relaxed)
+        scalar(
+            o,
+            "gateway_duplicates_dropped_total",
+            "counter",
+            "Events dropped because their event_id was seen recently.",
+            &self.duplicates_dropped,
         );
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_events_delivered_total",
             "counter",
             "Events handed to client connections (one per recipient).",
+            "transport",
+            &by_transport(&self.deliveries),
         );
-        for t in transports {
-            let v = self.deliveries[t.idx()].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_events_delivered_total{{transport=\"{}\"}} {v}",
-                t.as_str()
-            );
-        }
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_deliveries_dropped_total",
             "counter",
-            "Per-connection deliveries dropped, by reason.",
+            "Per-connection deliveries refused, by reason.",
+            "reason",
+            &[("slow_client", self.deliveries_dropped_slow.load(Relaxed))],
         );
-        let _ = writeln!(
-            out,
-            "gateway_deliveries_dropped_total{{reason=\"slow_client\"}} {}",
-            self.deliveries_dropped_slow.load(Relaxed)
+        scalar(
+            o,
+            "gateway_resyncs_sent_total",
+            "counter",
+            "Resync signals queued to connections.",
+            &self.resyncs,
         );
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_auth_failures_total",
             "counter",
             "Refused tokens, by reason.",
+            "reason",
+            &pairs(
+                &AuthFailure::ALL.map(AuthFailure::as_str),
+                &self.auth_failures,
+            ),
         );
-        for (i, r) in AuthFailure::ALL.iter().enumerate() {
-            let v = self.auth_failures[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_auth_failures_total{{reason=\"{}\"}} {v}",
-                r.as_str()
-            );
-        }
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_connections_refused_total",
             "counter",
             "Connections refused by limits or origin rules.",
+            "reason",
+            &pairs(&Refusal::ALL.map(Refusal::as_str), &self.refusals),
         );
-        for (i, r) in Refusal::ALL.iter().enumerate() {
-            let v = self.refusals[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_connections_refused_total{{reason=\"{}\"}} {v}",
-                r.as_str()
-            );
-        }
-        header(
-            &mut out,
+        labeled(
+            o,
             "gateway_disconnects_total",
             "counter",
             "Connections ended by the gateway, by reason.",
+            "reason",
+            &pairs(&Disconnect::ALL.map(Disconnect::as_str), &self.disconnects),
         );
-        for (i, d) in Disconnect::ALL.iter().enumerate() {
-            let v = self.disconnects[i].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "gateway_disconnects_total{{reason=\"{}\"}} {v}",
-                d.as_str()
-            );
-        }
-        header(
-            &mut out,
+        scalar(
+            o,
             "gateway_client_messages_ignored_total",
             "counter",
             "Client messages the gateway did not understand.",
+            &self.client_messages_ignored,
         );
-        let _ = writeln!(
-            out,
-            "gateway_client_messages_ignored_total {}",
-            self.client_messages_ignored.load(Relaxed)
+        scalar(
+            o,
+            "gateway_accept_errors_total",
+            "counter",
+            "Failed accepts (e.g. out of file descriptors).",
+            &self.accept_errors,
+        );
+        scalar(
+            o,
+            "gateway_send_queue_high_water_events",
+            "gauge",
+            "Deepest any connection's send queue has been, in events.",
+            &self.queue_depth_hwm,
+        );
+        scalar(
+            o,
+            "gateway_send_queue_high_water_bytes",
+            "gauge",
+            "Fullest any connection's send queue has been, in bytes.",
+            &self.queue_bytes_hwm,
         );
         header(
-            &mut out,
+            o,
             "gateway_broker_connected",
             "gauge",
             "1 while the broker consumer is running.",
         );
         let _ = writeln!(
-            out,
+            o,
             "gateway_broker_connected {}",
             self.broker_connected.load(Relaxed)
         );
-        header(
-            &mut out,
+        scalar(
+            o,
             "gateway_broker_reconnects_total",
             "counter",
             "Broker links re-established after a failure.",
+            &self.broker_reconnects,
         );
+
+        header(
+            o,
+            "gateway_event_latency_seconds",
+            "histogram",
+            "From the envelope's event_time to the hand-off into connection queues.",
+        );
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                o,
+                "gateway_event_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(
-            out,
-            "gateway_broker_reconnects_total {}",
-            self.broker_reconnects.load(Relaxed)
+            o,
+            "gateway_event_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
         );
+        let _ = writeln!(o, "gateway_event_latency_seconds_sum {sum}");
+        let _ = writeln!(o, "gateway_event_latency_seconds_count {count}");
         out
+    }
+}
+
+fn pairs<const N: usize>(
+    labels: &[&'static str; N],
+    values: &[AtomicU64; N],
+) -> [(&'static str, u64); N] {
+    std::array::from_fn(|i| (labels[i], values[i].load(Relaxed)))
+}
+
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: &AtomicU64) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+}
+
+fn labeled(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) {
+    header(out, name, kind, help);
+    for (l, v) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
     }
 }
 
@@ -454,6 +538,14 @@ mod tests {
                 "{name} missing from README"
             );
         }
+        m.observe_latency_us(1_500);
+        m.observe_latency_us(-5);
+        m.observe_latency_us(60_000_000);
+        let text = m.render();
+        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"0.0005\"} 1"));
+        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"0.0025\"} 2"));
+        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"10\"} 2"));
+        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"+Inf\"} 3"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -15,6 +15,16 @@ use crate::auth::{Identity, TokenSource, find_token};
 use crate::hub::Subscription;
 use crate::server::AppState;
 use crate::telemetry::{AuthFailure, Refusal, Transport};
+use tokio_util::sync::CancellationToken;
+
+/// Stands in for "never" in a timer that is armed later.
+pub(crate) const FAR_FUTURE: std::time::Duration =
+    std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A delay in `[0, window)`, spreading closes (and so reconnects) over the drain window.
+pub(crate) fn jitter(window: std::time::Duration) -> std::time::Duration {
+    window.mul_f64(rand::random::<f64>())
+}
 
 /// Why a request is not admitted. Bodies name the reason, never internals or the token.
 #[derive(Debug)]
@@ -82,6 +92,7 @@ pub async fn admit(
     headers: &HeaderMap,
     query: Option<&str>,
     transport: Transport,
+    kick: CancellationToken,
 ) -> Result<Admitted, Rejection> {
     let Some((token, source)) = find_token(headers, query, &state.config.jwt.cookie) else {
         return Err(refuse_auth(state, AuthFailure::Missing, transport));
@@ -103,7 +114,7 @@ pub async fn admit(
     }
     let subscription = state
         .hub
-        .subscribe(&identity.tenant, &identity.user, transport)
+        .subscribe(&identity.tenant, &identity.user, transport, kick)
         .map_err(|r| {
             tracing::info!(
                 transport = transport.as_str(),

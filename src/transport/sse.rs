@@ -6,7 +6,9 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{
@@ -19,10 +21,13 @@ use bytes::Bytes;
 use tokio::time::{Instant, Interval, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Subscription;
-use crate::server::AppState;
+use crate::hub::{Outgoing, Subscription};
+use crate::server::{AppState, ConnectionToken};
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{admit, cors_headers};
+use crate::transport::{FAR_FUTURE, admit, cors_headers, jitter};
+
+/// The in-band signal that events may have been lost.
+const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resync\"}\n\n");
 
 /// Keeps idle streams (and the proxies in between) from timing out.
 const KEEP_ALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
@@ -31,9 +36,13 @@ const KEEP_ALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 pub async fn handler(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    conn_token: Option<Extension<ConnectionToken>>,
     headers: HeaderMap,
 ) -> Response {
-    let admitted = match admit(&state, &headers, query.as_deref(), Transport::Sse).await {
+    // A stuck SSE stream is never polled, so it cannot end itself: its kick drops the
+    // whole HTTP connection instead.
+    let kick = conn_token.map(|t| t.0.0).unwrap_or_default();
+    let admitted = match admit(&state, &headers, query.as_deref(), Transport::Sse, kick).await {
         Ok(a) => a,
         Err(r) => {
             let mut resp = r.into_response();
@@ -55,6 +64,9 @@ pub async fn handler(
         // before reconnecting.
         pending: Some(Bytes::from(format!("retry: {retry_ms}\n: connected\n\n"))),
         retry_ms,
+        drain: cfg.shutdown_drain,
+        draining: false,
+        close_at: Box::pin(sleep(FAR_FUTURE)),
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next));
@@ -99,6 +111,12 @@ struct SseStream {
     metrics: std::sync::Arc<Metrics>,
     pending: Option<Bytes>,
     retry_ms: u64,
+    /// Shutdown drain window.
+    drain: Duration,
+    /// Set when shutdown begins; the stream ends at `close_at`, a random moment within the
+    /// drain window, delivering what is queued until then.
+    draining: bool,
+    close_at: Pin<Box<Sleep>>,
     done: bool,
 }
 
@@ -110,28 +128,37 @@ impl SseStream {
         if self.done {
             return None;
         }
-        let chunk = tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => {
-                self.done = true;
-                self.metrics.disconnected(Disconnect::Shutdown);
-                close_event(Disconnect::Shutdown, Some(self.retry_ms))
+        let chunk = loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    let at = Instant::now() + jitter(self.drain);
+                    self.close_at.as_mut().reset(at);
+                }
+                _ = &mut self.close_at, if self.draining => {
+                    self.done = true;
+                    self.metrics.disconnected(Disconnect::Shutdown);
+                    // Spread the reconnects too, not only the disconnects.
+                    let retry = self.retry_ms + jitter(self.drain).as_millis() as u64;
+                    break close_event(Disconnect::Shutdown, Some(retry));
+                }
+                _ = self.kicked.cancelled() => {
+                    self.done = true;
+                    break close_event(Disconnect::SlowClient, None);
+                }
+                _ = &mut self.deadline => {
+                    self.done = true;
+                    self.metrics.disconnected(Disconnect::TokenExpired);
+                    break close_event(Disconnect::TokenExpired, None);
+                }
+                item = self.subscription.recv() => match item {
+                    Some(Outgoing::Event(e)) => break e.sse_frame(),
+                    Some(Outgoing::Resync) => break RESYNC,
+                    None => return None,
+                },
+                _ = self.keepalive.tick() => break KEEP_ALIVE,
             }
-            _ = self.kicked.cancelled() => {
-                self.done = true;
-                self.metrics.disconnected(Disconnect::SlowClient);
-                close_event(Disconnect::SlowClient, None)
-            }
-            _ = &mut self.deadline => {
-                self.done = true;
-                self.metrics.disconnected(Disconnect::TokenExpired);
-                close_event(Disconnect::TokenExpired, None)
-            }
-            event = self.subscription.rx.recv() => match event {
-                Some(e) => e.sse_frame(),
-                None => return None,
-            },
-            _ = self.keepalive.tick() => KEEP_ALIVE,
         };
         Some((Ok(chunk), self))
     }

@@ -20,10 +20,10 @@ use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Verifier};
-use crate::hub::Subscription;
+use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{Rejection, admit};
+use crate::transport::{FAR_FUTURE, Rejection, admit, jitter};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -56,7 +56,15 @@ pub async fn handler(
 ) -> Response {
     // Authenticate before looking at the upgrade, so every unauthenticated request gets
     // 401 whatever else is wrong with it.
-    let admitted = match admit(&state, &headers, query.as_deref(), Transport::Ws).await {
+    let admitted = match admit(
+        &state,
+        &headers,
+        query.as_deref(),
+        Transport::Ws,
+        CancellationToken::new(),
+    )
+    .await
+    {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
@@ -73,6 +81,7 @@ pub async fn handler(
         ping_interval: cfg.ws_ping_interval,
         idle_timeout: cfg.idle_timeout,
         leeway: cfg.jwt.leeway,
+        drain: cfg.shutdown_drain,
     };
     let tracker = state.tracker.clone();
     upgrade
@@ -106,12 +115,15 @@ pub struct Session {
     pub idle_timeout: Duration,
     /// Added to `exp`.
     pub leeway: Duration,
+    /// Shutdown drain window.
+    pub drain: Duration,
 }
 
 /// How the loop ended.
 enum End {
-    /// The gateway closes with this code.
-    Close(u16, &'static str, Disconnect),
+    /// The gateway closes with this code; the reason is counted unless the hub already
+    /// did (slow clients are counted where they are kicked).
+    Close(u16, &'static str, Option<Disconnect>),
     /// The client sent a close frame; answer it.
     ClientClosed,
     /// The socket is gone or stuck; nothing more can be sent.
@@ -148,21 +160,30 @@ where
     let kicked = session.subscription.kicked.clone();
     let shutdown = session.shutdown.clone();
 
+    // Set when shutdown begins: this connection closes at a random moment within the
+    // drain window, still delivering what is queued until then.
+    let mut draining = false;
+    let mut close_at: std::pin::Pin<Box<Sleep>> = Box::pin(sleep(FAR_FUTURE));
+
     let end = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break End::Close(close_code::GOING_AWAY, "server shutting down", Disconnect::Shutdown),
-            _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", Disconnect::SlowClient),
-            _ = &mut deadline => break End::Close(close_code::TOKEN_EXPIRED, "token expired", Disconnect::TokenExpired),
-            event = session.subscription.rx.recv() => {
-                let Some(event) = event else { break End::Gone };
-                let rx = &mut session.subscription.rx;
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                close_at.as_mut().reset(Instant::now() + jitter(session.drain));
+            }
+            _ = &mut close_at, if draining => break End::Close(close_code::GOING_AWAY, "server shutting down", Some(Disconnect::Shutdown)),
+            _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
+            _ = &mut deadline => break End::Close(close_code::TOKEN_EXPIRED, "token expired", Some(Disconnect::TokenExpired)),
+            item = session.subscription.recv() => {
+                let Some(item) = item else { break End::Gone };
+                let sub = &mut session.subscription;
                 let write = async {
-                    sink.feed(Message::Text(event.ws_frame())).await?;
+                    sink.feed(frame(item)).await?;
                     for _ in 1..MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(e) => sink.feed(Message::Text(e.ws_frame())).await?,
-                            Err(_) => break,
+                        match sub.try_recv() {
+                            Some(item) => sink.feed(frame(item)).await?,
+                            None => break,
                         }
                     }
                     sink.flush().await
@@ -170,8 +191,7 @@ where
                 // A client that stopped reading blocks the write; the hub then kicks it.
                 tokio::select! {
                     r = write => if r.is_err() { break End::Gone },
-                    _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", Disconnect::SlowClient),
-                    _ = shutdown.cancelled() => break End::Close(close_code::GOING_AWAY, "server shutting down", Disconnect::Shutdown),
+                    _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
                 }
             }
             msg = stream.next() => {
@@ -180,7 +200,7 @@ where
                     None => break End::Gone,
                     Some(Err(e)) => {
                         if is_too_big(&e) {
-                            break End::Close(close_code::TOO_BIG, "message too big", Disconnect::MessageTooBig);
+                            break End::Close(close_code::TOO_BIG, "message too big", Some(Disconnect::MessageTooBig));
                         }
                         tracing::debug!(connection.id = conn_id, error = %e, "websocket read error");
                         break End::Gone;
@@ -189,7 +209,7 @@ where
                     Some(Ok(Message::Text(text))) => {
                         match control(&mut session, &text, &mut deadline).await {
                             Ok(Some(reply)) => {
-                                if send_or_stop(&mut sink, Message::Text(reply), &session).await.is_err() {
+                                if send_or_stop(&mut sink, Message::Text(reply), &kicked).await.is_err() {
                                     break End::Gone;
                                 }
                             }
@@ -204,9 +224,9 @@ where
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= session.idle_timeout {
-                    break End::Close(close_code::IDLE, "idle timeout", Disconnect::Idle);
+                    break End::Close(close_code::IDLE, "idle timeout", Some(Disconnect::Idle));
                 }
-                if send_or_stop(&mut sink, Message::Ping(Default::default()), &session).await.is_err() {
+                if send_or_stop(&mut sink, Message::Ping(Default::default()), &kicked).await.is_err() {
                     break End::Gone;
                 }
             }
@@ -215,7 +235,9 @@ where
 
     match end {
         End::Close(code, reason, why) => {
-            session.metrics.disconnected(why);
+            if let Some(why) = why {
+                session.metrics.disconnected(why);
+            }
             tracing::debug!(connection.id = conn_id, code, reason, "closing websocket");
             let frame = Message::Close(Some(CloseFrame {
                 code,
@@ -242,18 +264,28 @@ where
     tracing::debug!(connection.id = conn_id, "websocket closed");
 }
 
-/// Sends one message unless the connection is being ended meanwhile.
+/// Sends one message unless the connection is kicked meanwhile.
 async fn send_or_stop<S: Sink<Message> + Unpin>(
     sink: &mut S,
     msg: Message,
-    session: &Session,
+    kicked: &CancellationToken,
 ) -> Result<(), ()> {
     tokio::select! {
         r = sink.send(msg) => r.map_err(|_| ()),
-        _ = session.subscription.kicked.cancelled() => Err(()),
-        _ = session.shutdown.cancelled() => Err(()),
+        _ = kicked.cancelled() => Err(()),
     }
 }
+
+/// The text frame for one queued item; events are shared, never re-encoded.
+fn frame(item: Outgoing) -> Message {
+    match item {
+        Outgoing::Event(e) => Message::Text(e.ws_frame()),
+        Outgoing::Resync => Message::Text(Utf8Bytes::from_static(RESYNC)),
+    }
+}
+
+/// The in-band signal that events may have been lost.
+pub const RESYNC: &str = r#"{"type":"resync"}"#;
 
 /// Handles one text message from the client; `Err` ends the connection.
 async fn control(
@@ -282,7 +314,7 @@ async fn control(
                 Err(End::Close(
                     close_code::POLICY,
                     "refresh token for another identity",
-                    Disconnect::TokenExpired,
+                    Some(Disconnect::Policy),
                 ))
             }
             Err(reason) => {

@@ -20,6 +20,9 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 /// Longest any single wait in a test may take before the test fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(15);
+/// The routing key most tests publish with.
+pub const PROGRESS: &str = "render.job.progress.v1";
+
 /// HS256 secret of the test gateways.
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
@@ -101,6 +104,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// The queue name this gateway will use.
+    pub fn queue(&self) -> String {
+        let q = self.args.iter().position(|a| a == "--amqp-queue").unwrap();
+        self.args[q + 1].clone()
+    }
+
     pub fn no_wait_ready(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -125,6 +134,7 @@ impl GatewayBuilder {
         }));
         let gw = Gateway {
             addr,
+            queue: self.queue(),
             exchange: self.exchange,
             stop: Some(stop_tx),
             handle: Some(handle),
@@ -151,12 +161,25 @@ fn init_logs() {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub exchange: String,
+    pub queue: String,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), realtime_gateway::StartError>>>,
     pub http: reqwest::Client,
 }
 
 impl Gateway {
+    /// A gateway running in another process, for HTTP helpers only.
+    pub fn external(addr: SocketAddr, exchange: &str) -> Gateway {
+        Gateway {
+            addr,
+            exchange: exchange.to_owned(),
+            queue: String::new(),
+            stop: None,
+            handle: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -165,14 +188,12 @@ impl Gateway {
         format!("ws://{}{path}", self.addr)
     }
 
+    /// HTTP status of a GET, or 0 when nothing answers (a process still starting).
     pub async fn status(&self, path: &str) -> u16 {
-        self.http
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        match self.http.get(self.url(path)).send().await {
+            Ok(resp) => resp.status().as_u16(),
+            Err(_) => 0,
+        }
     }
 
     /// Waits until `/readyz` says 200: the queue is declared, bound and consumed.
@@ -309,6 +330,14 @@ impl Publisher {
             .await;
     }
 
+    /// Deletes a queue, as a broker restart or an expired `x-expires` would.
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
     /// Deletes the test's exchange so runs leave nothing behind.
     pub async fn cleanup(self) {
         let _ = self
@@ -431,25 +460,33 @@ impl Client {
     /// The next domain event, as the JSON envelope the client got. For SSE, also checks
     /// that `id:` is the `event_id`.
     pub async fn next_event(&mut self) -> Value {
+        let v = self.next_any().await;
+        assert!(v.get("event_id").is_some(), "expected an event, got {v}");
+        v
+    }
+
+    /// The next event or gateway message, as JSON: events as published, WS control
+    /// messages as sent, SSE named events (`resync`, `close`) as their data.
+    pub async fn next_any(&mut self) -> Value {
         match self {
-            Client::Ws(c) => loop {
-                let v = c.next_json().await;
-                if v.get("event_id").is_some() {
-                    return v;
-                }
-            },
-            Client::Sse(c) => loop {
+            Client::Ws(c) => c.next_json().await,
+            Client::Sse(c) => {
                 let ev = c.next_event().await;
-                if ev.event.is_none() {
-                    let v: Value = serde_json::from_str(&ev.data).unwrap();
-                    assert_eq!(
+                let v: Value = serde_json::from_str(&ev.data).unwrap();
+                match &ev.event {
+                    None => assert_eq!(
                         ev.id.as_deref(),
                         v["event_id"].as_str(),
                         "SSE id: must be event_id"
-                    );
-                    return v;
+                    ),
+                    Some(name) => assert_eq!(
+                        v["type"].as_str(),
+                        Some(name.as_str()),
+                        "SSE event name and data type agree"
+                    ),
                 }
-            },
+                v
+            }
         }
     }
 
@@ -659,4 +696,147 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
     tokio::time::timeout(Duration::from_secs(120), f)
         .await
         .expect("test exceeded its overall deadline");
+}
+
+/// A TCP proxy on loopback between the gateway and RabbitMQ that a test can cut (every
+/// link dropped, new ones refused) and restore, to inject broker outages on purpose.
+pub struct ChaosProxy {
+    pub addr: SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl ChaosProxy {
+    pub async fn start() -> ChaosProxy {
+        let upstream = amqp_url()
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("127.0.0.1:5672")
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let watch = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut state = watch.subscribe();
+                if !*state.borrow() {
+                    continue; // dropped: refused while cut
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        ChaosProxy { addr, up }
+    }
+
+    /// The broker URL through this proxy.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+/// A client speaking raw HTTP/WebSocket over a socket with a tiny receive buffer, that
+/// reads only when told: the "laptop on hotel Wi-Fi that stopped reading".
+pub struct RawClient {
+    pub stream: tokio::net::TcpStream,
+}
+
+impl RawClient {
+    /// Opens `/ws` (WebSocket handshake) or `/sse` and reads only the response head.
+    pub async fn open(gw: &Gateway, path: &str, token: &str) -> RawClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(gw.addr).await.unwrap();
+        let upgrade = if path == "/ws" {
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        } else {
+            ""
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{upgrade}\r\n",
+            gw.addr
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        // Read the head byte by byte so nothing after it is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n == 1, "connection closed during the handshake");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 101") || head.starts_with("HTTP/1.1 200"),
+            "unexpected answer: {head}"
+        );
+        RawClient { stream }
+    }
+
+    /// Reads WebSocket frames (server frames are unmasked) until a close frame; returns its
+    /// code, or `None` when the socket ends first.
+    pub async fn read_close_code(&mut self) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut h = [0u8; 2];
+            tokio::time::timeout(WAIT, self.stream.read_exact(&mut h))
+                .await
+                .ok()?
+                .ok()?;
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    self.stream.read_exact(&mut l).await.ok()?;
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    self.stream.read_exact(&mut l).await.ok()?;
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.stream.read_exact(&mut payload).await.ok()?;
+            if h[0] & 0x0f == 0x8 {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+}
+
+/// Polls `/readyz` until it answers `want`.
+pub async fn wait_ready_status(gw: &Gateway, want: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if gw.status("/readyz").await == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,168 @@
+//! Connection lifecycle: limits, control messages, liveness, close codes, shutdown.
+
+use serde_json::json;
+
+use super::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_answer_429_and_503() {
+    bounded(async {
+        let gw = GatewayBuilder::new("limits")
+            .arg("max-connections-per-user", "2")
+            .arg("max-connections", "3")
+            .start()
+            .await;
+        let _a = Client::as_user(&gw, Transport::Ws, "t", "u").await;
+        let _b = Client::as_user(&gw, Transport::Sse, "t", "u").await;
+        let third = Client::connect(&gw, Transport::Ws, Auth::Bearer(token("t", "u"))).await;
+        assert_eq!(third.err(), Some(429));
+        // Same user id in another tenant is another user.
+        let _c = Client::as_user(&gw, Transport::Sse, "t2", "u").await;
+        let fourth = Client::connect(&gw, Transport::Sse, Auth::Bearer(token("t3", "v"))).await;
+        assert_eq!(fourth.err(), Some(503));
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_control_messages_and_close_handshake() {
+    bounded(async {
+        let gw = GatewayBuilder::new("control").start().await;
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
+            .await
+            .unwrap();
+        ws.send_text(r#"{"type":"ping"}"#).await;
+        assert_eq!(ws.next_json().await, json!({"type": "pong"}));
+        ws.send_text("hello?").await;
+        assert_eq!(
+            ws.next_json().await,
+            json!({"type": "error", "reason": "unknown_message"})
+        );
+        // The client closes; the gateway answers the close and the connection is gone.
+        ws.stream.close(None).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gw.metric("gateway_connections{transport=\"ws\"}").await != 0.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connection not released"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_client_message_is_closed_with_1009() {
+    bounded(async {
+        let gw = GatewayBuilder::new("toobig")
+            .arg("ws-max-message-bytes", "1024")
+            .start()
+            .await;
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
+            .await
+            .unwrap();
+        ws.send_text(&"x".repeat(4096)).await;
+        assert_eq!(ws.expect_close().await.0, 1009);
+        gw.wait_metric("gateway_disconnects_total{reason=\"message_too_big\"}", 1.0)
+            .await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams() {
+    bounded(async {
+        let gw = GatewayBuilder::new("shutdown").start().await;
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
+            .await
+            .unwrap();
+        let mut sse = SseClient::connect(&gw, "/sse", Auth::Bearer(token("t", "u")))
+            .await
+            .unwrap();
+        let stopping = tokio::spawn(gw.shutdown());
+        assert_eq!(ws.expect_close().await.0, 1001);
+        let last = sse.next_event().await;
+        assert_eq!(last.event.as_deref(), Some("close"));
+        assert!(last.retry.is_some(), "shutdown carries a retry: hint");
+        assert!(
+            sse.try_next_event().await.is_none(),
+            "stream ends after close"
+        );
+        stopping.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_socket_is_dropped_after_the_handshake_timeout() {
+    bounded(async {
+        use tokio::io::AsyncReadExt;
+        let gw = GatewayBuilder::new("handshake")
+            .arg("handshake-timeout-secs", "1")
+            .start()
+            .await;
+        let mut raw = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        // Send nothing: the gateway must hang up rather than hold the descriptor.
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(WAIT, raw.read(&mut buf))
+            .await
+            .expect("gateway kept a silent socket open")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            n == 0 || text.starts_with("HTTP/1.1 408"),
+            "unexpected answer {text:?}"
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_keepalives_and_pings() {
+    bounded(async {
+        let gw = GatewayBuilder::new("keepalive")
+            .arg("sse-keepalive-secs", "1")
+            .arg("ws-ping-interval-secs", "1")
+            .start()
+            .await;
+        // SSE: a comment line arrives on an otherwise idle stream.
+        let resp = gw
+            .http
+            .get(gw.url("/sse"))
+            .bearer_auth(token("t", "u"))
+            .send()
+            .await
+            .unwrap();
+        let mut body = resp.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains(": keep-alive") {
+            let chunk = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut body))
+                .await
+                .expect("no keep-alive comment")
+                .unwrap()
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        assert!(
+            seen.starts_with("retry: "),
+            "stream starts with a retry hint: {seen:?}"
+        );
+        // WebSocket: the gateway pings.
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
+            .await
+            .unwrap();
+        let ping = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut ws.stream))
+            .await
+            .expect("no ping")
+            .unwrap()
+            .unwrap();
+        assert!(ping.is_ping(), "expected a ping, got {ping:?}");
+        gw.shutdown().await;
+    })
+    .await;
+}
