@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AmqpConfig;
 use crate::dedupe::RecentIds;
 use crate::envelope::Event;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::telemetry::Metrics;
 
@@ -42,6 +43,8 @@ pub struct Consumer {
     pub dedupe_window: usize,
     /// Where events go.
     pub hub: Arc<Hub>,
+    /// Recent events, for resuming clients.
+    pub history: Arc<History>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// True while consuming; `/readyz` reads it.
@@ -178,6 +181,7 @@ impl Consumer {
             self.metrics.broker_reconnected();
         }
         if queue_lost {
+            self.history.mark_gap();
             let told = self.hub.resync_all();
             tracing::warn!(
                 amqp.queue = %cfg.queue,
@@ -219,7 +223,11 @@ impl Consumer {
                     );
                 }
                 Ok(event) => {
-                    let event = Arc::new(event);
+                    // Into the history before the hub: a client registering meanwhile then
+                    // finds it in its replay or gets it live (or both, and skips one).
+                    let event = self.history.append(event);
+                    let (events, bytes) = self.history.size();
+                    self.metrics.history_size(events, bytes);
                     let recipients = self.hub.publish(&event);
                     tracing::debug!(
                         event_id = %event.id,

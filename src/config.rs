@@ -68,6 +68,9 @@ settings! {
     "max-event-bytes", "GATEWAY_MAX_EVENT_BYTES", Some("65536"), "largest event body accepted from the broker";
     "send-queue-len", "GATEWAY_SEND_QUEUE_LEN", Some("256"), "events waiting per connection before it is a slow client";
     "send-queue-bytes", "GATEWAY_SEND_QUEUE_BYTES", Some("1048576"), "bytes of events waiting per connection before it is a slow client";
+    "history-max-events", "GATEWAY_HISTORY_MAX_EVENTS", Some("10000"), "recent events kept for resuming clients";
+    "history-max-bytes", "GATEWAY_HISTORY_MAX_BYTES", Some("16777216"), "bytes of recent events kept for resuming clients";
+    "history-max-age-secs", "GATEWAY_HISTORY_MAX_AGE_SECS", Some("300"), "oldest event kept for resuming clients";
     "dedupe-window", "GATEWAY_DEDUPE_WINDOW", Some("16384"), "recent event_ids remembered to drop redelivered duplicates";
     "ws-max-message-bytes", "GATEWAY_WS_MAX_MESSAGE_BYTES", Some("16384"), "largest message a WebSocket client may send";
     "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("4096"), "read buffer per WebSocket";
@@ -163,6 +166,8 @@ pub struct Config {
     pub send_queue_bytes: usize,
     /// Recent event ids remembered for duplicate suppression.
     pub dedupe_window: usize,
+    /// What the resume history keeps.
+    pub history: crate::history::HistoryLimits,
     /// Largest incoming WebSocket message.
     pub ws_max_message_bytes: usize,
     /// WebSocket read buffer.
@@ -466,6 +471,11 @@ impl Validator<'_> {
             send_queue_len: self.count::<usize>("send-queue-len", 1_000_000),
             send_queue_bytes: self.count::<usize>("send-queue-bytes", 1 << 30),
             dedupe_window: self.count::<usize>("dedupe-window", 10_000_000),
+            history: crate::history::HistoryLimits {
+                max_events: self.count::<usize>("history-max-events", 10_000_000),
+                max_bytes: self.count::<usize>("history-max-bytes", 1 << 34),
+                max_age: self.secs("history-max-age-secs"),
+            },
             ws_max_message_bytes: self.count::<usize>("ws-max-message-bytes", 16 * 1024 * 1024),
             ws_read_buffer_bytes: self.count::<usize>("ws-read-buffer-bytes", 1024 * 1024),
             ws_ping_interval: self.secs("ws-ping-interval-secs"),

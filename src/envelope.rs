@@ -58,6 +58,9 @@ impl Rejection {
 /// A validated event, shared (`Arc`) by every connection it goes to.
 #[derive(Debug)]
 pub struct Event {
+    /// Position in this instance's arrival order, set by the history; orders replay and
+    /// live events at the resume seam.
+    pub seq: u64,
     /// `event_id`: SSE `id:` and the key for duplicate suppression.
     pub id: std::sync::Arc<str>,
     /// `event_type`, for logs.
@@ -172,6 +175,7 @@ impl Event {
         };
 
         Ok(Event {
+            seq: 0,
             id,
             event_type,
             tenant,

@@ -94,6 +94,9 @@ pub struct Subscription {
     /// [`Subscription::recv`] / [`Subscription::try_recv`] so the byte budget is returned.
     rx: mpsc::Receiver<Outgoing>,
     queued_bytes: Arc<AtomicUsize>,
+    /// Events up to this sequence number were replayed from history; their live copies
+    /// are skipped so the resume seam has no duplicate.
+    skip_through: Option<u64>,
     /// Cancelled when this connection fell too far behind.
     pub kicked: CancellationToken,
 }
@@ -167,6 +170,7 @@ impl Hub {
             id,
             rx,
             queued_bytes,
+            skip_through: None,
             kicked: kick,
         })
     }
@@ -303,18 +307,37 @@ impl Subscription {
         self.id
     }
 
+    /// Skips live events up to and including `seq` (they were replayed).
+    pub fn skip_through(&mut self, seq: u64) {
+        self.skip_through = Some(seq);
+    }
+
     /// Waits for the next item; `None` only if the hub is gone.
     pub async fn recv(&mut self) -> Option<Outgoing> {
-        let item = self.rx.recv().await?;
-        self.queued_bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
-        Some(item)
+        loop {
+            let item = self.rx.recv().await?;
+            if let Some(item) = self.take(item) {
+                return Some(item);
+            }
+        }
     }
 
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        let item = self.rx.try_recv().ok()?;
+        loop {
+            let item = self.rx.try_recv().ok()?;
+            if let Some(item) = self.take(item) {
+                return Some(item);
+            }
+        }
+    }
+
+    fn take(&mut self, item: Outgoing) -> Option<Outgoing> {
         self.queued_bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
-        Some(item)
+        match &item {
+            Outgoing::Event(e) if self.skip_through.is_some_and(|s| e.seq <= s) => None,
+            _ => Some(item),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod broker;
 pub mod config;
 pub mod dedupe;
 pub mod envelope;
+pub mod history;
 pub mod hub;
 pub mod server;
 pub mod shutdown;

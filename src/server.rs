@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{KeyError, Verifier};
 use crate::broker::Consumer;
 use crate::config::Config;
+use crate::history::History;
 use crate::hub::{Hub, HubLimits};
 use crate::telemetry::Metrics;
 use crate::transport::{sse, ws};
@@ -31,6 +32,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Token verification.
     pub verifier: Arc<Verifier>,
+    /// Recent events, for resuming clients.
+    pub history: Arc<History>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// True while the broker consumer runs.
@@ -173,12 +176,14 @@ pub async fn run(
         },
         metrics.clone(),
     );
+    let history = Arc::new(History::new(config.history));
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let state = AppState {
         config: config.clone(),
         hub: hub.clone(),
         verifier: verifier.clone(),
+        history: history.clone(),
         metrics: metrics.clone(),
         broker_ready: Arc::new(AtomicBool::new(false)),
         draining: Arc::new(AtomicBool::new(false)),
@@ -191,6 +196,7 @@ pub async fn run(
         max_event_bytes: config.max_event_bytes,
         dedupe_window: config.dedupe_window,
         hub,
+        history,
         metrics,
         ready: state.broker_ready.clone(),
     };

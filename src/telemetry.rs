@@ -184,6 +184,9 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
+    history_events: AtomicU64,
+    history_bytes: AtomicU64,
+    resumes: [AtomicU64; 2],
 }
 
 /// Upper bounds of the latency histogram, in microseconds: from event_time (set by the
@@ -277,6 +280,18 @@ impl Metrics {
         self.queue_bytes_hwm.fetch_max(bytes as u64, Relaxed);
     }
 
+    /// Size of the resume history.
+    pub fn history_size(&self, events: usize, bytes: usize) {
+        self.history_events.store(events as u64, Relaxed);
+        self.history_bytes.store(bytes as u64, Relaxed);
+    }
+
+    /// A client asked to resume; `replayed` tells whether it got its missed events (or a
+    /// resync).
+    pub fn resumed(&self, replayed: bool) {
+        self.resumes[usize::from(!replayed)].fetch_add(1, Relaxed);
+    }
+
     /// One event's age at hand-off. Negative ages (producer clock ahead) count as zero.
     pub fn observe_latency_us(&self, us: i64) {
         let us = us.max(0) as u64;
@@ -365,6 +380,32 @@ impl Metrics {
             "Per-connection deliveries refused, by reason.",
             "reason",
             &[("slow_client", self.deliveries_dropped_slow.load(Relaxed))],
+        );
+        scalar(
+            o,
+            "gateway_history_events",
+            "gauge",
+            "Events held for resuming clients.",
+            &self.history_events,
+        );
+        scalar(
+            o,
+            "gateway_history_bytes",
+            "gauge",
+            "Bytes of envelopes held for resuming clients.",
+            &self.history_bytes,
+        );
+        let resumes = [
+            ("replayed", self.resumes[0].load(Relaxed)),
+            ("resync", self.resumes[1].load(Relaxed)),
+        ];
+        labeled(
+            o,
+            "gateway_resumes_total",
+            "counter",
+            "Clients that reconnected with a last event id, by outcome.",
+            "outcome",
+            &resumes,
         );
         scalar(
             o,

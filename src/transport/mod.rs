@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{Identity, TokenSource, find_token};
-use crate::hub::Subscription;
+use crate::history::Replay;
+use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{AuthFailure, Refusal, Transport};
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,16 @@ pub struct Admitted {
     /// Registration in the hub, made before the upgrade so no event published after the
     /// handshake answer can be missed.
     pub subscription: Subscription,
+    /// What to send before live events when the client resumes: missed events, or a
+    /// resync. Empty for a fresh connection.
+    pub replay: Vec<Outgoing>,
+}
+
+/// The `last_event_id` query parameter, if present and not empty.
+pub fn last_event_id_param(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, v)| k == "last_event_id" && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Token, origin and limits, in that order, before any upgrade or stream starts.
@@ -93,6 +104,7 @@ pub async fn admit(
     query: Option<&str>,
     transport: Transport,
     kick: CancellationToken,
+    last_event_id: Option<String>,
 ) -> Result<Admitted, Rejection> {
     let Some((token, source)) = find_token(headers, query, &state.config.jwt.cookie) else {
         return Err(refuse_auth(state, AuthFailure::Missing, transport));
@@ -125,9 +137,28 @@ pub async fn admit(
             );
             Rejection::Refused(r)
         })?;
+    let mut subscription = subscription;
+    // Registered first, history read second: an event arriving in between is in both,
+    // and the live copy is skipped.
+    let replay = match last_event_id {
+        None => Vec::new(),
+        Some(id) => match state.history.since(&identity.tenant, &identity.user, &id) {
+            Replay::Events { events, through } => {
+                state.metrics.resumed(true);
+                subscription.skip_through(through);
+                events.into_iter().map(Outgoing::Event).collect()
+            }
+            Replay::Resync => {
+                state.metrics.resumed(false);
+                state.metrics.resyncs_sent(1);
+                vec![Outgoing::Resync]
+            }
+        },
+    };
     Ok(Admitted {
         identity,
         subscription,
+        replay,
     })
 }
 

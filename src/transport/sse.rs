@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::{Outgoing, Subscription};
 use crate::server::{AppState, ConnectionToken};
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{FAR_FUTURE, admit, cors_headers, jitter};
+use crate::transport::{FAR_FUTURE, admit, cors_headers, jitter, last_event_id_param};
 
 /// The in-band signal that events may have been lost.
 const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resync\"}\n\n");
@@ -42,7 +42,24 @@ pub async fn handler(
     // A stuck SSE stream is never polled, so it cannot end itself: its kick drops the
     // whole HTTP connection instead.
     let kick = conn_token.map(|t| t.0.0).unwrap_or_default();
-    let admitted = match admit(&state, &headers, query.as_deref(), Transport::Sse, kick).await {
+    // EventSource sends Last-Event-ID by itself on reconnect, and it is newer than a
+    // last_event_id left in the URL from the first connect.
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .or_else(|| last_event_id_param(query.as_deref()));
+    let admitted = match admit(
+        &state,
+        &headers,
+        query.as_deref(),
+        Transport::Sse,
+        kick,
+        last_event_id,
+    )
+    .await
+    {
         Ok(a) => a,
         Err(r) => {
             let mut resp = r.into_response();
@@ -62,7 +79,9 @@ pub async fn handler(
         metrics: state.metrics.clone(),
         // The first bytes flush the headers at once and tell EventSource how long to wait
         // before reconnecting.
-        pending: Some(Bytes::from(format!("retry: {retry_ms}\n: connected\n\n"))),
+        pending: std::iter::once(Bytes::from(format!("retry: {retry_ms}\n: connected\n\n")))
+            .chain(admitted.replay.into_iter().map(sse_frame))
+            .collect(),
         retry_ms,
         drain: cfg.shutdown_drain,
         draining: false,
@@ -109,7 +128,8 @@ struct SseStream {
     deadline: Pin<Box<Sleep>>,
     keepalive: Interval,
     metrics: std::sync::Arc<Metrics>,
-    pending: Option<Bytes>,
+    /// Sent before anything live: the opening lines, then any replay.
+    pending: std::collections::VecDeque<Bytes>,
     retry_ms: u64,
     /// Shutdown drain window.
     drain: Duration,
@@ -122,7 +142,7 @@ struct SseStream {
 
 impl SseStream {
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, SseStream)> {
-        if let Some(first) = self.pending.take() {
+        if let Some(first) = self.pending.pop_front() {
             return Some((Ok(first), self));
         }
         if self.done {
@@ -153,14 +173,21 @@ impl SseStream {
                     break close_event(Disconnect::TokenExpired, None);
                 }
                 item = self.subscription.recv() => match item {
-                    Some(Outgoing::Event(e)) => break e.sse_frame(),
-                    Some(Outgoing::Resync) => break RESYNC,
+                    Some(item) => break sse_frame(item),
                     None => return None,
                 },
                 _ = self.keepalive.tick() => break KEEP_ALIVE,
             }
         };
         Some((Ok(chunk), self))
+    }
+}
+
+/// The SSE bytes of one queued item; events are shared, never re-encoded.
+fn sse_frame(item: Outgoing) -> Bytes {
+    match item {
+        Outgoing::Event(e) => e.sse_frame(),
+        Outgoing::Resync => RESYNC,
     }
 }
 

@@ -23,7 +23,7 @@ use crate::auth::{Identity, Verifier};
 use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{FAR_FUTURE, Rejection, admit, jitter};
+use crate::transport::{FAR_FUTURE, Rejection, admit, jitter, last_event_id_param};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -62,6 +62,7 @@ pub async fn handler(
         query.as_deref(),
         Transport::Ws,
         CancellationToken::new(),
+        last_event_id_param(query.as_deref()),
     )
     .await
     {
@@ -73,6 +74,7 @@ pub async fn handler(
     };
     let cfg = &state.config;
     let session = Session {
+        replay: admitted.replay,
         identity: admitted.identity,
         subscription: admitted.subscription,
         shutdown: state.shutdown.clone(),
@@ -99,6 +101,8 @@ pub async fn handler(
 
 /// Everything one WebSocket connection needs.
 pub struct Session {
+    /// Sent before live events: what a resuming client missed, or a resync.
+    pub replay: Vec<Outgoing>,
     /// Who is connected; `expires_at` moves forward on a refresh.
     pub identity: Identity,
     /// Events for this connection.
@@ -164,6 +168,26 @@ where
     // drain window, still delivering what is queued until then.
     let mut draining = false;
     let mut close_at: std::pin::Pin<Box<Sleep>> = Box::pin(sleep(FAR_FUTURE));
+
+    // Replay first; live events wait in the queue meanwhile (and their copies of replayed
+    // events are skipped by the subscription).
+    let replay = std::mem::take(&mut session.replay);
+    if !replay.is_empty() {
+        let write = async {
+            for item in replay {
+                sink.feed(frame(item)).await?;
+            }
+            sink.flush().await
+        };
+        let ok = tokio::select! {
+            r = write => r.is_ok(),
+            _ = kicked.cancelled() => false,
+        };
+        if !ok {
+            tracing::debug!(connection.id = conn_id, "client gone during replay");
+            return;
+        }
+    }
 
     let end = loop {
         tokio::select! {

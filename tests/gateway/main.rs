@@ -10,4 +10,5 @@ mod auth;
 mod connection;
 mod delivery;
 mod resilience;
+mod resume;
 mod support;

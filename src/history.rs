@@ -1,0 +1,311 @@
+//! History: a bounded memory of recent deliverable events, so a client that reconnects
+//! (to this or any other instance: every instance receives every bound event) can be sent
+//! what it missed, in order.
+//!
+//! Events are kept in arrival order with a sequence number; indexes by `event_id`, by
+//! (tenant, user) and by tenant (for tenant-wide events) make resuming one user cost
+//! what that user missed, not what the whole history holds.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::envelope::Event;
+
+/// Limits of the history; the first one reached evicts the oldest events.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryLimits {
+    /// Events kept.
+    pub max_events: usize,
+    /// Bytes of envelopes kept.
+    pub max_bytes: usize,
+    /// Oldest event kept.
+    pub max_age: Duration,
+}
+
+/// What a resuming client gets before live events.
+#[derive(Debug)]
+pub enum Replay {
+    /// These events, in order (possibly none); live events up to and including sequence
+    /// `through` are already among them and must be skipped.
+    Events {
+        /// Missed events, oldest first.
+        events: Vec<Arc<Event>>,
+        /// Highest sequence number the history held when the replay was taken.
+        through: u64,
+    },
+    /// The id is unknown, too old, or events may have been lost since: refetch.
+    Resync,
+}
+
+struct Entry {
+    event: Arc<Event>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Arrival order; sequence numbers are consecutive, `entries[0]` has `first_seq`.
+    entries: VecDeque<Entry>,
+    first_seq: u64,
+    bytes: usize,
+    by_id: HashMap<Arc<str>, u64>,
+    by_user: HashMap<(Arc<str>, Arc<str>), VecDeque<u64>>,
+    by_tenant: HashMap<Arc<str>, VecDeque<u64>>,
+    /// Events up to this sequence number may have gaps after them (broker queue lost).
+    gap_after: Option<u64>,
+}
+
+/// The shared history of one instance.
+pub struct History {
+    inner: Mutex<Inner>,
+    limits: HistoryLimits,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new(limits: HistoryLimits) -> History {
+        History {
+            inner: Mutex::new(Inner {
+                first_seq: 1,
+                ..Inner::default()
+            }),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers the event, appends it, and evicts what the limits no longer allow.
+    pub fn append(&self, mut event: Event) -> Arc<Event> {
+        let mut h = self.lock();
+        let seq = h.first_seq + h.entries.len() as u64;
+        event.seq = seq;
+        let event = Arc::new(event);
+        let id = event.id.clone();
+        let tenant: Arc<str> = Arc::from(&*event.tenant);
+        match &event.user {
+            Some(user) => h
+                .by_user
+                .entry((tenant, Arc::from(&**user)))
+                .or_default()
+                .push_back(seq),
+            None => h.by_tenant.entry(tenant).or_default().push_back(seq),
+        }
+        h.by_id.insert(id, seq);
+        h.bytes += event.len();
+        h.entries.push_back(Entry {
+            event: event.clone(),
+            at: Instant::now(),
+        });
+        self.evict(&mut h, Instant::now());
+        event
+    }
+
+    /// Records that events may have been lost after everything held so far.
+    pub fn mark_gap(&self) {
+        let mut h = self.lock();
+        let last = h.first_seq + h.entries.len() as u64 - 1;
+        h.gap_after = Some(last);
+    }
+
+    fn evict(&self, h: &mut Inner, now: Instant) {
+        while let Some(front) = h.entries.front() {
+            let over = h.entries.len() > self.limits.max_events
+                || h.bytes > self.limits.max_bytes
+                || now.duration_since(front.at) > self.limits.max_age;
+            if !over {
+                break;
+            }
+            let Some(old) = h.entries.pop_front() else {
+                break;
+            };
+            let seq = h.first_seq;
+            h.first_seq += 1;
+            h.bytes -= old.event.len();
+            if h.by_id.get(&old.event.id) == Some(&seq) {
+                h.by_id.remove(&old.event.id);
+            }
+            let e = &old.event;
+            match &e.user {
+                Some(user) => {
+                    let key = (Arc::from(&*e.tenant), Arc::from(&**user));
+                    if let Some(q) = h.by_user.get_mut(&key) {
+                        q.pop_front();
+                        if q.is_empty() {
+                            h.by_user.remove(&key);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(q) = h.by_tenant.get_mut(&*e.tenant) {
+                        q.pop_front();
+                        if q.is_empty() {
+                            h.by_tenant.remove(&*e.tenant);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a client of (`tenant`, `user`) that last saw `last_id` missed. Call it after the
+    /// client is registered in the hub, so nothing falls between replay and live events.
+    pub fn since(&self, tenant: &str, user: &str, last_id: &str) -> Replay {
+        let mut h = self.lock();
+        self.evict(&mut h, Instant::now());
+        let through = h.first_seq + h.entries.len() as u64 - 1;
+        let Some(&from) = h.by_id.get(last_id) else {
+            return Replay::Resync;
+        };
+        let first_seq = h.first_seq;
+        let seen = &h.entries[(from - first_seq) as usize].event;
+        // The id must be one this client could have seen; a guessed id of another
+        // tenant's event gets a resync, not a position in someone else's stream.
+        let visible = &*seen.tenant == tenant && seen.user.as_deref().is_none_or(|u| u == user);
+        // Events may have been lost after the gap: a position before it cannot be resumed.
+        if !visible || h.gap_after.is_some_and(|gap| from <= gap) {
+            return Replay::Resync;
+        }
+        let after = |q: Option<&VecDeque<u64>>| -> Vec<u64> {
+            q.map(|q| {
+                let start = q.partition_point(|s| *s <= from);
+                q.range(start..).copied().collect()
+            })
+            .unwrap_or_default()
+        };
+        let own = after(h.by_user.get(&(Arc::from(tenant), Arc::from(user))));
+        let wide = after(h.by_tenant.get(tenant));
+        // Merge the two ordered lists.
+        let (mut i, mut j) = (0, 0);
+        let mut events = Vec::with_capacity(own.len() + wide.len());
+        while i < own.len() || j < wide.len() {
+            let seq = if j == wide.len() || (i < own.len() && own[i] < wide[j]) {
+                i += 1;
+                own[i - 1]
+            } else {
+                j += 1;
+                wide[j - 1]
+            };
+            events.push(h.entries[(seq - first_seq) as usize].event.clone());
+        }
+        Replay::Events { events, through }
+    }
+
+    /// Events and bytes held, for metrics.
+    pub fn size(&self) -> (usize, usize) {
+        let h = self.lock();
+        (h.entries.len(), h.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HistoryLimits {
+        HistoryLimits {
+            max_events: 100,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(60),
+        }
+    }
+
+    fn push(h: &History, id: &str, tenant: &str, user: Option<&str>) -> Arc<Event> {
+        let body = serde_json::json!({
+            "event_id": id, "event_type": "render.job.progress.v1",
+            "tenant_id": tenant, "user_id": user, "data": {}
+        });
+        h.append(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
+    }
+
+    fn ids(r: Replay) -> Vec<String> {
+        match r {
+            Replay::Events { events, .. } => events.iter().map(|e| e.id.to_string()).collect(),
+            Replay::Resync => vec!["RESYNC".into()],
+        }
+    }
+
+    #[test]
+    fn replays_own_and_tenant_wide_events_in_order() {
+        let h = History::new(limits());
+        push(&h, "1", "t", Some("u"));
+        push(&h, "2", "t", Some("v"));
+        push(&h, "3", "t", None);
+        push(&h, "4", "other", Some("u"));
+        push(&h, "5", "t", Some("u"));
+        push(&h, "6", "t", None);
+        assert_eq!(ids(h.since("t", "u", "1")), ["3", "5", "6"]);
+        assert_eq!(ids(h.since("t", "v", "2")), ["3", "6"]);
+        assert_eq!(ids(h.since("t", "u", "6")), Vec::<String>::new());
+        // A tenant-wide id is a valid position for every user of the tenant.
+        assert_eq!(ids(h.since("t", "v", "3")), ["6"]);
+    }
+
+    #[test]
+    fn unknown_foreign_or_gapped_ids_resync() {
+        let h = History::new(limits());
+        push(&h, "1", "t", Some("u"));
+        push(&h, "2", "other", Some("u"));
+        assert_eq!(ids(h.since("t", "u", "nope")), ["RESYNC"]);
+        assert_eq!(
+            ids(h.since("t", "u", "2")),
+            ["RESYNC"],
+            "another tenant's id"
+        );
+        assert_eq!(ids(h.since("t", "v", "1")), ["RESYNC"], "another user's id");
+        h.mark_gap();
+        push(&h, "3", "t", Some("u"));
+        assert_eq!(
+            ids(h.since("t", "u", "1")),
+            ["RESYNC"],
+            "a gap lies after it"
+        );
+        assert_eq!(ids(h.since("t", "u", "3")), Vec::<String>::new());
+        push(&h, "4", "t", Some("u"));
+        assert_eq!(ids(h.since("t", "u", "3")), ["4"]);
+    }
+
+    #[test]
+    fn evicts_by_count_bytes_and_age() {
+        let h = History::new(HistoryLimits {
+            max_events: 3,
+            ..limits()
+        });
+        for i in 0..5 {
+            push(&h, &i.to_string(), "t", Some("u"));
+        }
+        assert_eq!(h.size().0, 3);
+        assert_eq!(ids(h.since("t", "u", "1")), ["RESYNC"]);
+        assert_eq!(ids(h.since("t", "u", "2")), ["3", "4"]);
+
+        let one = push(&History::new(limits()), "b9", "t", None).len();
+        let h = History::new(HistoryLimits {
+            max_bytes: one * 2,
+            ..limits()
+        });
+        for i in 0..4 {
+            push(&h, &format!("b{i}"), "t", None);
+        }
+        assert_eq!(h.size(), (2, one * 2));
+
+        let h = History::new(HistoryLimits {
+            max_age: Duration::ZERO,
+            ..limits()
+        });
+        push(&h, "old", "t", Some("u"));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(ids(h.since("t", "u", "old")), ["RESYNC"]);
+        assert_eq!(h.size().0, 0);
+        assert!(h.by_user_is_empty());
+    }
+
+    impl History {
+        fn by_user_is_empty(&self) -> bool {
+            let h = self.lock();
+            h.by_user.is_empty() && h.by_tenant.is_empty() && h.by_id.is_empty()
+        }
+    }
+}
