@@ -81,6 +81,7 @@ settings! {
     "sse-retry-ms", "GATEWAY_SSE_RETRY_MS", Some("2000"), "reconnect delay suggested to EventSource (retry:)";
     "shutdown-grace-secs", "GATEWAY_SHUTDOWN_GRACE_SECS", Some("10"), "longest a graceful shutdown may take";
     "shutdown-drain-secs", "GATEWAY_SHUTDOWN_DRAIN_SECS", Some("3"), "window over which clients are closed at random on shutdown (less than the grace period)";
+    "demo-dir", "GATEWAY_DEMO_DIR", None, "serve the demo page from this directory under /demo/ (off when unset)";
     "log-format", "GATEWAY_LOG_FORMAT", Some("text"), "text or json";
     "log", "GATEWAY_LOG", Some("info"), "log filter (tracing EnvFilter syntax)";
 }
@@ -187,6 +188,8 @@ pub struct Config {
     /// Clients are closed at random moments within this window, so a fleet of browsers
     /// does not reconnect in one spike.
     pub shutdown_drain: Duration,
+    /// Directory of the demo page, served under `/demo/` when set.
+    pub demo_dir: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -485,6 +488,7 @@ impl Validator<'_> {
             sse_retry: Duration::from_millis(self.count::<u64>("sse-retry-ms", 3_600_000)),
             shutdown_grace,
             shutdown_drain,
+            demo_dir: self.raw.get("demo-dir").map(PathBuf::from),
             log_format,
             log,
         }

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::history::History;
 use crate::hub::{Hub, HubLimits};
 use crate::telemetry::Metrics;
-use crate::transport::{sse, ws};
+use crate::transport::{demo, sse, ws};
 
 /// Shared by every request handler.
 #[derive(Clone)]
@@ -65,6 +65,9 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/demo", get(demo::redirect))
+        .route("/demo/", get(demo::index))
+        .route("/demo/{*path}", get(demo::file))
         .with_state(state)
 }
 

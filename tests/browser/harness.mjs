@@ -1,0 +1,210 @@
+// Shared pieces of the browser tests: real gateway processes, a loopback load balancer that
+// fails over between them (and can be paused), the demo example as publisher and token
+// minter, and headless Chromium driven by playwright-core. Everything is loopback-only and
+// every wait has a deadline.
+
+import { spawn, execFile } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+import { chromium } from 'playwright-core';
+
+const execFileP = promisify(execFile);
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const GATEWAY = path.join(ROOT, 'target', 'debug', 'realtime-gateway');
+const DEMO = path.join(ROOT, 'target', 'debug', 'examples', 'demo');
+export const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
+export const SECRET = 'browser-test-secret-0123456789abcdef';
+const AMQP_URL = process.env.GATEWAY_TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672/%2f';
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function unique(prefix) {
+  return `test.${prefix}.${Math.random().toString(16).slice(2, 10)}`;
+}
+
+/** A free loopback port (bound and released; fine for tests on one machine). */
+export async function freePort() {
+  const srv = net.createServer();
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const { port } = srv.address();
+  srv.close();
+  await once(srv, 'close');
+  return port;
+}
+
+/** Polls `fn` until it returns a truthy value or the deadline passes. */
+export async function until(what, fn, ms = 20000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+async function status(url) {
+  try {
+    const r = await fetch(url);
+    return r.status;
+  } catch {
+    return 0;
+  }
+}
+
+/** Starts a gateway process; resolves once `/readyz` answers 200. */
+export async function startGateway({ exchange, env = {} }) {
+  const port = await freePort();
+  const child = spawn(GATEWAY, [], {
+    env: {
+      PATH: process.env.PATH,
+      GATEWAY_LISTEN: `127.0.0.1:${port}`,
+      GATEWAY_AMQP_URL: AMQP_URL,
+      GATEWAY_AMQP_EXCHANGE: exchange,
+      GATEWAY_AMQP_QUEUE: `${exchange}.${port}`,
+      GATEWAY_AMQP_QUEUE_EXPIRES_SECS: '10',
+      GATEWAY_JWT_SECRET: SECRET,
+      GATEWAY_SHUTDOWN_DRAIN_SECS: '0',
+      GATEWAY_SHUTDOWN_GRACE_SECS: '5',
+      GATEWAY_LOG: 'warn',
+      ...env,
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await until(`gateway on ${port} ready`, async () => (await status(`${url}/readyz`)) === 200);
+  return {
+    port,
+    url,
+    child,
+    async metric(series) {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      return line ? Number(line.slice(series.length + 1)) : NaN;
+    },
+    /** SIGTERM, then wait for a clean exit. */
+    async stop() {
+      if (child.exitCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const [code] = await Promise.race([
+        once(child, 'exit'),
+        sleep(15000).then(() => {
+          child.kill('SIGKILL');
+          throw new Error('gateway did not exit within 15 s of SIGTERM');
+        }),
+      ]);
+      return code;
+    },
+  };
+}
+
+/**
+ * A TCP load balancer on loopback: each new connection goes to the first upstream that
+ * accepts it. `pause()` refuses new connections (existing ones are untouched) so a test can
+ * hold a browser's reconnect until events have been published.
+ */
+export async function startBalancer(ports) {
+  let paused = false;
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    if (paused) {
+      client.destroy();
+      return;
+    }
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    const tryUpstream = (i) => {
+      if (i >= ports.length) {
+        client.destroy();
+        return;
+      }
+      const up = net.connect(ports[i], '127.0.0.1');
+      up.once('error', () => {
+        up.destroy();
+        tryUpstream(i + 1);
+      });
+      up.once('connect', () => {
+        up.removeAllListeners('error');
+        client.pipe(up);
+        up.pipe(client);
+        const end = () => {
+          client.destroy();
+          up.destroy();
+        };
+        up.on('error', end);
+        up.on('close', end);
+        client.on('error', end);
+        client.on('close', end);
+      });
+    };
+    tryUpstream(0);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    pause() {
+      paused = true;
+    },
+    resume() {
+      paused = false;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+/** A development token for (tenant, user), minted by the demo example. */
+export async function token(tenant, user) {
+  const { stdout } = await execFileP(DEMO, ['token', '--tenant', tenant, '--user', user, '--secret', SECRET]);
+  return stdout.trim();
+}
+
+/**
+ * Publishes the demo's render sequence (queued, started, progress 25/50/75, completed,
+ * notification) for (tenant, user) to `exchange`; returns the published event ids in order.
+ */
+export async function publishSequence({ exchange, tenant, user }) {
+  const { stderr } = await execFileP(DEMO, [
+    'publish',
+    '--exchange', exchange,
+    '--tenant', tenant,
+    '--user', user,
+    '--amqp-url', AMQP_URL,
+  ]);
+  return stderr
+    .split('\n')
+    .filter((l) => l.startsWith('published '))
+    .map((l) => JSON.parse(l.split(' ')[2]));
+}
+
+/** Headless Chromium as this machine runs it: no sandbox (root), no background traffic. */
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+    ],
+  });
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
