@@ -122,6 +122,7 @@ pub struct Verifier {
     pem: Option<Key>,
     jwks: Option<Jwks>,
     tenant_claim: String,
+    single_tenant: Option<String>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: Duration,
@@ -154,6 +155,7 @@ impl Verifier {
             pem,
             jwks,
             tenant_claim: cfg.tenant_claim.clone(),
+            single_tenant: cfg.single_tenant.clone(),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             leeway: cfg.leeway,
@@ -225,7 +227,11 @@ impl Verifier {
             _ => None,
         };
         let user = text("sub").ok_or(AuthFailure::Claims)?;
-        let tenant = text(&self.tenant_claim).ok_or(AuthFailure::Claims)?;
+        // In single-tenant mode the tenant is the gateway's, whatever the token says.
+        let tenant = match &self.single_tenant {
+            Some(t) => t.clone(),
+            None => text(&self.tenant_claim).ok_or(AuthFailure::Claims)?,
+        };
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_u64)
@@ -583,6 +589,22 @@ mod tests {
         assert_eq!(verify(&cfg, &bare).unwrap_err(), AuthFailure::Claims);
         // Not configured: an aud claim is fine.
         assert!(verify(&config(), &bad_aud).is_ok());
+    }
+
+    #[test]
+    fn single_tenant_mode_needs_no_tenant_claim() {
+        let cfg = JwtConfig {
+            single_tenant: Some("app".into()),
+            ..config()
+        };
+        let id = verify(&cfg, &hs(json!({"sub": "u", "exp": now() + 60}))).unwrap();
+        assert_eq!(id.tenant, "app");
+        let id = verify(
+            &cfg,
+            &hs(json!({"sub": "u", "tenant_id": "x", "exp": now() + 60})),
+        )
+        .unwrap();
+        assert_eq!(id.tenant, "app");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::dedupe::RecentIds;
 use crate::envelope::Event;
 use crate::history::History;
 use crate::hub::Hub;
+use crate::mapping::{Mapping, Meta};
 use crate::telemetry::Metrics;
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
@@ -39,6 +40,8 @@ pub struct Consumer {
     pub config: AmqpConfig,
     /// Largest body accepted.
     pub max_event_bytes: usize,
+    /// Where envelope fields are found.
+    pub mapping: Mapping,
     /// Recent event ids remembered for duplicate suppression.
     pub dedupe_window: usize,
     /// Where events go.
@@ -132,17 +135,28 @@ impl Consumer {
         channel
             .basic_qos(cfg.prefetch, BasicQosOptions::default())
             .await?;
-        channel
-            .exchange_declare(
-                cfg.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut exchanges: Vec<&str> = Vec::new();
+        for b in &cfg.bindings {
+            if !exchanges.contains(&b.exchange.as_str()) {
+                exchanges.push(&b.exchange);
+            }
+        }
+        for exchange in exchanges {
+            channel
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        // Passive: the platform owns its exchanges (their type and
+                        // arguments); only check that they exist.
+                        passive: !cfg.declare_exchanges,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .queue_declare(
                 cfg.queue.as_str().into(),
@@ -153,12 +167,12 @@ impl Consumer {
                 queue_arguments(cfg),
             )
             .await?;
-        for key in &cfg.bindings {
+        for b in &cfg.bindings {
             channel
                 .queue_bind(
                     cfg.queue.as_str().into(),
-                    cfg.exchange.as_str().into(),
-                    key.as_str().into(),
+                    b.exchange.as_str().into(),
+                    b.key.as_str().into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -191,8 +205,7 @@ impl Consumer {
         }
         tracing::info!(
             amqp.queue = %cfg.queue,
-            amqp.exchange = %cfg.exchange,
-            amqp.bindings = ?cfg.bindings,
+            amqp.bindings = ?cfg.bindings.iter().map(|b| format!("{}:{}", b.exchange, b.key)).collect::<Vec<_>>(),
             "consuming"
         );
 
@@ -212,7 +225,26 @@ impl Consumer {
                 None => return Err(LinkError::StreamEnded),
             };
             self.metrics.event_received();
-            match Event::parse(delivery.data, self.max_event_bytes) {
+            let headers = delivery.properties.headers().as_ref();
+            let header = |name: &str| -> Option<String> {
+                match headers?.inner().get(name)? {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                    _ => None,
+                }
+            };
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str());
+            let meta = Meta {
+                message_id,
+                header: &header,
+            };
+            match Event::parse_with(delivery.data, self.max_event_bytes, &self.mapping, &meta) {
                 Ok(event) if !recent.insert(&event.id) => {
                     self.metrics.duplicate_dropped();
                     tracing::debug!(

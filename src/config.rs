@@ -45,7 +45,8 @@ settings! {
     "listen", "GATEWAY_LISTEN", Some("0.0.0.0:8080"), "listen address (one listener for /ws, /sse, /healthz, /readyz, /metrics)";
     "amqp-url", "GATEWAY_AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672/%2f"), "RabbitMQ URL";
     "amqp-exchange", "GATEWAY_AMQP_EXCHANGE", Some("flatrender.events"), "topic exchange to bind to (declared durable topic if absent)";
-    "amqp-bindings", "GATEWAY_AMQP_BINDINGS", Some("render.job.#,notification.#"), "comma-separated binding keys";
+    "amqp-bindings", "GATEWAY_AMQP_BINDINGS", Some("render.job.#,notification.#"), "comma-separated binding keys; `exchange:key` binds to another exchange";
+    "amqp-exchange-declare", "GATEWAY_AMQP_EXCHANGE_DECLARE", Some("declare"), "`declare` (durable topic if absent) or `passive` (must exist)";
     "amqp-queue", "GATEWAY_AMQP_QUEUE", None, "this instance's queue name (default: realtime-gateway.<host>.<random>)";
     "amqp-prefetch", "GATEWAY_AMQP_PREFETCH", Some("512"), "unacknowledged deliveries the broker may push at once";
     "amqp-queue-expires-secs", "GATEWAY_AMQP_QUEUE_EXPIRES_SECS", Some("30"), "how long the queue outlives a lost broker link (x-expires)";
@@ -81,6 +82,17 @@ settings! {
     "sse-retry-ms", "GATEWAY_SSE_RETRY_MS", Some("2000"), "reconnect delay suggested to EventSource (retry:)";
     "shutdown-grace-secs", "GATEWAY_SHUTDOWN_GRACE_SECS", Some("10"), "longest a graceful shutdown may take";
     "shutdown-drain-secs", "GATEWAY_SHUTDOWN_DRAIN_SECS", Some("3"), "window over which clients are closed at random on shutdown (less than the grace period)";
+    "event-id-pointer", "GATEWAY_EVENT_ID_POINTER", Some("/event_id"), "JSON pointer to the event id (fallback: AMQP message_id)";
+    "event-type-pointer", "GATEWAY_EVENT_TYPE_POINTER", Some("/event_type"), "JSON pointer to the event type";
+    "event-time-pointer", "GATEWAY_EVENT_TIME_POINTER", Some("/event_time"), "JSON pointer to the RFC 3339 event time (latency metric only)";
+    "tenant-pointer", "GATEWAY_TENANT_POINTER", Some("/tenant_id"), "JSON pointer to the tenant";
+    "user-pointer", "GATEWAY_USER_POINTER", Some("/user_id"), "JSON pointer to the user";
+    "trace-id-pointer", "GATEWAY_TRACE_ID_POINTER", Some("/trace_id"), "JSON pointer to the trace id (logs)";
+    "event-type-header", "GATEWAY_EVENT_TYPE_HEADER", Some("x-event-type"), "AMQP header with the event type when the body has none";
+    "tenant-header", "GATEWAY_TENANT_HEADER", None, "AMQP header with the tenant when the body has none (off when unset)";
+    "user-header", "GATEWAY_USER_HEADER", None, "AMQP header with the user when the body has none (off when unset)";
+    "single-tenant", "GATEWAY_SINGLE_TENANT", None, "single-tenant mode: every token and event belong to this tenant";
+    "tenant-wide-events", "GATEWAY_TENANT_WIDE_EVENTS", Some("true"), "deliver events without a user to their whole tenant (false: to nobody)";
     "demo-dir", "GATEWAY_DEMO_DIR", None, "serve the demo page from this directory under /demo/ (off when unset)";
     "log-format", "GATEWAY_LOG_FORMAT", Some("text"), "text or json";
     "log", "GATEWAY_LOG", Some("info"), "log filter (tracing EnvFilter syntax)";
@@ -110,6 +122,8 @@ pub struct JwtConfig {
     pub cookie: String,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// Single-tenant mode: tokens need no tenant claim; everyone is in this tenant.
+    pub single_tenant: Option<String>,
 }
 
 /// Broker side settings.
@@ -119,8 +133,10 @@ pub struct AmqpConfig {
     pub url: String,
     /// Topic exchange the queue is bound to.
     pub exchange: String,
-    /// Binding keys.
-    pub bindings: Vec<String>,
+    /// Exchange and binding key pairs.
+    pub bindings: Vec<Binding>,
+    /// Declare exchanges (durable topic) or only check that they exist.
+    pub declare_exchanges: bool,
     /// Queue name; chosen once per process so a reconnect re-declares the same queue.
     pub queue: String,
     /// basic.qos prefetch.
@@ -133,6 +149,15 @@ pub struct AmqpConfig {
     pub queue_max_bytes: u64,
     /// Cap of the exponential reconnect backoff.
     pub reconnect_max: Duration,
+}
+
+/// One binding of the gateway's queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// Exchange.
+    pub exchange: String,
+    /// Binding key.
+    pub key: String,
 }
 
 /// Log output format.
@@ -188,6 +213,8 @@ pub struct Config {
     /// Clients are closed at random moments within this window, so a fleet of browsers
     /// does not reconnect in one spike.
     pub shutdown_drain: Duration,
+    /// Where envelope fields are found.
+    pub mapping: crate::mapping::Mapping,
     /// Directory of the demo page, served under `/demo/` when set.
     pub demo_dir: Option<PathBuf>,
     /// Log format.
@@ -373,21 +400,44 @@ impl Validator<'_> {
                 Self::label("amqp-exchange")
             ));
         }
-        let bindings = split_list(&self.string("amqp-bindings"));
+        let mut bindings = Vec::new();
+        for entry in split_list(&self.string("amqp-bindings")) {
+            // `exchange:key`; plain keys bind to GATEWAY_AMQP_EXCHANGE. Topic keys have no
+            // colons, so the first one separates.
+            let (ex, key) = match entry.split_once(':') {
+                Some((ex, key)) => (ex.trim().to_owned(), key.trim().to_owned()),
+                None => (exchange.clone(), entry.clone()),
+            };
+            let bad = ex.is_empty()
+                || ex.len() > 255
+                || key.is_empty()
+                || key.len() > 255
+                || key.chars().chain(ex.chars()).any(char::is_whitespace);
+            if bad {
+                self.problems.push(format!(
+                    "{}: `{entry}` is not `key` or `exchange:key`",
+                    Self::label("amqp-bindings")
+                ));
+            }
+            bindings.push(Binding { exchange: ex, key });
+        }
         if bindings.is_empty() {
             self.problems.push(format!(
                 "{}: at least one binding key is needed",
                 Self::label("amqp-bindings")
             ));
         }
-        for key in &bindings {
-            if key.len() > 255 || key.chars().any(char::is_whitespace) {
+        let declare_exchanges = match self.string("amqp-exchange-declare").as_str() {
+            "declare" => true,
+            "passive" => false,
+            other => {
                 self.problems.push(format!(
-                    "{}: `{key}` is not a valid binding key",
-                    Self::label("amqp-bindings")
+                    "{}: `{other}` is not `declare` or `passive`",
+                    Self::label("amqp-exchange-declare")
                 ));
+                true
             }
-        }
+        };
         let queue = self
             .raw
             .get("amqp-queue")
@@ -402,6 +452,7 @@ impl Validator<'_> {
             url,
             exchange,
             bindings,
+            declare_exchanges,
             queue,
             prefetch: self.count::<u16>("amqp-prefetch", u16::MAX),
             queue_expires: self.secs("amqp-queue-expires-secs"),
@@ -488,9 +539,45 @@ impl Validator<'_> {
             sse_retry: Duration::from_millis(self.count::<u64>("sse-retry-ms", 3_600_000)),
             shutdown_grace,
             shutdown_drain,
+            mapping: self.mapping(),
             demo_dir: self.raw.get("demo-dir").map(PathBuf::from),
             log_format,
             log,
+        }
+    }
+
+    fn pointer(&mut self, name: &str) -> crate::mapping::Pointer {
+        let raw = self.string(name);
+        crate::mapping::Pointer::parse(&raw).unwrap_or_else(|e| {
+            self.problems.push(format!("{}: {e}", Self::label(name)));
+            crate::mapping::Pointer::parse("/invalid").expect("literal pointer")
+        })
+    }
+
+    fn mapping(&mut self) -> crate::mapping::Mapping {
+        let tenant_wide_events = match self.string("tenant-wide-events").as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                self.problems.push(format!(
+                    "{}: `{other}` is not true or false",
+                    Self::label("tenant-wide-events")
+                ));
+                true
+            }
+        };
+        crate::mapping::Mapping {
+            event_id: self.pointer("event-id-pointer"),
+            event_type: self.pointer("event-type-pointer"),
+            event_time: self.pointer("event-time-pointer"),
+            tenant: self.pointer("tenant-pointer"),
+            user: self.pointer("user-pointer"),
+            trace_id: self.pointer("trace-id-pointer"),
+            event_type_header: self.raw.get("event-type-header"),
+            tenant_header: self.raw.get("tenant-header"),
+            user_header: self.raw.get("user-header"),
+            single_tenant: self.raw.get("single-tenant"),
+            tenant_wide_events,
         }
     }
 
@@ -562,6 +649,7 @@ impl Validator<'_> {
             tenant_claim,
             cookie,
             leeway,
+            single_tenant: self.raw.get("single-tenant"),
         }
     }
 }
@@ -650,7 +738,22 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(c.amqp.exchange, "flatrender.events");
-        assert_eq!(c.amqp.bindings, vec!["render.job.#", "notification.#"]);
+        let keys: Vec<_> = c
+            .amqp
+            .bindings
+            .iter()
+            .map(|b| (b.exchange.as_str(), b.key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("flatrender.events", "render.job.#"),
+                ("flatrender.events", "notification.#")
+            ]
+        );
+        assert!(c.amqp.declare_exchanges);
+        assert_eq!(c.mapping.tenant.to_string(), "/tenant_id");
+        assert!(c.mapping.single_tenant.is_none() && c.mapping.tenant_header.is_none());
         assert!(c.amqp.queue.starts_with("realtime-gateway."));
         assert_eq!(c.jwt.tenant_claim, "tenant_id");
         assert_eq!(c.jwt.cookie, "access_token");
@@ -676,7 +779,13 @@ mod tests {
         );
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.amqp.exchange, "x.flag");
-        assert_eq!(c.amqp.bindings, vec!["a.#", "b.*.c"]);
+        let keys: Vec<_> = c
+            .amqp
+            .bindings
+            .iter()
+            .map(|b| (b.exchange.as_str(), b.key.as_str()))
+            .collect();
+        assert_eq!(keys, [("x.flag", "a.#"), ("x.flag", "b.*.c")]);
     }
 
     #[test]
@@ -703,6 +812,61 @@ mod tests {
             "no token key configured",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn bindings_across_exchanges_and_mapping() {
+        let c = config(
+            &[],
+            &[
+                SECRET,
+                (
+                    "GATEWAY_AMQP_BINDINGS",
+                    "orders:order.*, payments:payment.#,plain.#",
+                ),
+                ("GATEWAY_AMQP_EXCHANGE_DECLARE", "passive"),
+                ("GATEWAY_USER_POINTER", "/metadata/user_id"),
+                ("GATEWAY_SINGLE_TENANT", "app"),
+                ("GATEWAY_TENANT_WIDE_EVENTS", "false"),
+            ],
+        );
+        let keys: Vec<_> = c
+            .amqp
+            .bindings
+            .iter()
+            .map(|b| (b.exchange.as_str(), b.key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("orders", "order.*"),
+                ("payments", "payment.#"),
+                ("flatrender.events", "plain.#")
+            ]
+        );
+        assert!(!c.amqp.declare_exchanges);
+        assert_eq!(c.mapping.user.to_string(), "/metadata/user_id");
+        assert_eq!(c.mapping.single_tenant.as_deref(), Some("app"));
+        assert!(!c.mapping.tenant_wide_events);
+        let err = parse(
+            &[],
+            &[
+                SECRET,
+                ("GATEWAY_AMQP_BINDINGS", ":x,a:"),
+                ("GATEWAY_TENANT_POINTER", "tenant"),
+                ("GATEWAY_TENANT_WIDE_EVENTS", "maybe"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "`:x`",
+            "`a:`",
+            "GATEWAY_TENANT_POINTER",
+            "GATEWAY_TENANT_WIDE_EVENTS",
+        ] {
+            assert!(err.contains(needle), "{needle} in {err}");
         }
     }
 

@@ -3,10 +3,9 @@
 
 use std::sync::OnceLock;
 
+use crate::mapping::{Found, Mapping, Meta, ReadError};
 use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// Why a message body is not a deliverable event. The `as_str` names are metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -29,17 +28,21 @@ pub enum Rejection {
     /// No usable `tenant_id` (absent, not a string, empty): goes to nobody.
     #[error("no usable tenant_id")]
     NoTenant,
+    /// No user, and tenant-wide events are switched off.
+    #[error("no user_id and tenant-wide events are off")]
+    NoUser,
 }
 
 impl Rejection {
     /// Every variant, for metrics.
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::Oversized,
         Rejection::NotUtf8,
         Rejection::NotJson,
         Rejection::NotObject,
         Rejection::InvalidField,
         Rejection::NoTenant,
+        Rejection::NoUser,
     ];
 
     /// Metric label.
@@ -51,6 +54,7 @@ impl Rejection {
             Rejection::NotObject => "not_object",
             Rejection::InvalidField => "invalid_field",
             Rejection::NoTenant => "no_tenant",
+            Rejection::NoUser => "no_user",
         }
     }
 }
@@ -80,99 +84,85 @@ pub struct Event {
     sse: OnceLock<Bytes>,
 }
 
-/// Only the fields the gateway routes on; the rest of the envelope passes through as bytes.
-/// `RawValue` lets us tell "absent", `null` and "wrong type" apart without allocating.
-#[derive(Deserialize)]
-struct Fields<'a> {
-    #[serde(borrow)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    event_type: Option<&'a RawValue>,
-    #[serde(borrow)]
-    tenant_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    user_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    trace_id: Option<&'a RawValue>,
-    #[serde(borrow)]
-    event_time: Option<&'a RawValue>,
-}
-
-enum Field {
-    Absent,
-    Null,
-    Str(String),
-    Other,
-}
-
-fn field(raw: Option<&RawValue>) -> Field {
-    let Some(raw) = raw else {
-        return Field::Absent;
-    };
-    match raw.get().as_bytes().first() {
-        Some(b'n') => Field::Null,
-        Some(b'"') => serde_json::from_str::<String>(raw.get())
-            .map(Field::Str)
-            .unwrap_or(Field::Other),
-        _ => Field::Other,
-    }
-}
-
 /// A non-empty string without CR/LF: such ids end up in SSE `id:` lines, where a newline
 /// would let a producer inject fields into every client's stream.
-fn required_text(raw: Option<&RawValue>) -> Result<Box<str>, Rejection> {
-    match field(raw) {
-        Field::Str(s) if !s.is_empty() && !s.contains(['\r', '\n']) => Ok(s.into()),
-        _ => Err(Rejection::InvalidField),
+fn safe_text(s: String) -> Result<Box<str>, Rejection> {
+    if !s.is_empty() && !s.contains(['\r', '\n']) {
+        Ok(s.into())
+    } else {
+        Err(Rejection::InvalidField)
     }
 }
 
+/// A body field, or when it is absent, the fallback.
+fn or_fallback(found: Found, fallback: impl FnOnce() -> Option<String>) -> Found {
+    match found {
+        Found::Absent | Found::Null => fallback().map(Found::Str).unwrap_or(found),
+        other => other,
+    }
+}
+
+/// The default (FlatRender catalog) mapping, for callers without configuration.
+static CATALOG: std::sync::LazyLock<Mapping> = std::sync::LazyLock::new(Mapping::default);
+
 impl Event {
-    /// Parses and validates one message body.
+    /// Parses and validates one body with the FlatRender catalog mapping.
     pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, Rejection> {
+        Event::parse_with(body, max_bytes, &CATALOG, &Meta::none())
+    }
+
+    /// Parses and validates one message with `mapping`; `meta` supplies the fallbacks.
+    pub fn parse_with(
+        body: Vec<u8>,
+        max_bytes: usize,
+        mapping: &Mapping,
+        meta: &Meta<'_>,
+    ) -> Result<Event, Rejection> {
         if body.len() > max_bytes {
             return Err(Rejection::Oversized);
         }
         let text = std::str::from_utf8(&body).map_err(|_| Rejection::NotUtf8)?;
-        let fields: Fields<'_> = match serde_json::from_str(text) {
-            Ok(f) => f,
-            Err(e) => {
-                return Err(match e.classify() {
-                    // A well-formed value of another kind (array, number, ...) is "not an
-                    // object"; anything else that fails on a JSON object (a field of the
-                    // wrong shape, a duplicated key) is a bad field.
-                    serde_json::error::Category::Data => {
-                        if text.trim_start().starts_with('{') {
-                            Rejection::InvalidField
-                        } else {
-                            Rejection::NotObject
-                        }
-                    }
-                    _ => Rejection::NotJson,
-                });
-            }
-        };
+        let fields = mapping.read(text).map_err(|e| match e {
+            ReadError::NotJson => Rejection::NotJson,
+            ReadError::NotObject => Rejection::NotObject,
+            ReadError::Duplicate => Rejection::InvalidField,
+        })?;
+        let header = |name: &Option<String>| name.as_deref().and_then(|h| (meta.header)(h));
 
-        let id: std::sync::Arc<str> = required_text(fields.event_id)?.into();
-        let event_type = required_text(fields.event_type)?;
-        let user = match field(fields.user_id) {
-            Field::Absent | Field::Null => None,
-            // An empty user must not turn into "everyone in the tenant".
-            Field::Str(s) if !s.is_empty() => Some(s.into_boxed_str()),
+        let id: std::sync::Arc<str> =
+            match or_fallback(fields.event_id, || meta.message_id.map(str::to_owned)) {
+                Found::Str(s) => safe_text(s)?.into(),
+                _ => return Err(Rejection::InvalidField),
+            };
+        let event_type = match or_fallback(fields.event_type, || header(&mapping.event_type_header))
+        {
+            Found::Str(s) => safe_text(s)?,
             _ => return Err(Rejection::InvalidField),
         };
-        let trace_id = match field(fields.trace_id) {
-            Field::Str(s) => Some(s.into_boxed_str()),
+        let user = match or_fallback(fields.user, || header(&mapping.user_header)) {
+            Found::Absent | Found::Null => None,
+            // An empty user must not turn into "everyone in the tenant".
+            Found::Str(s) if !s.is_empty() => Some(s.into_boxed_str()),
+            _ => return Err(Rejection::InvalidField),
+        };
+        let trace_id = match fields.trace_id {
+            Found::Str(s) => Some(s.into_boxed_str()),
             _ => None,
         };
-        let event_time_us = match field(fields.event_time) {
-            Field::Str(s) => rfc3339_micros(&s),
+        let event_time_us = match fields.event_time {
+            Found::Str(s) => rfc3339_micros(&s),
             _ => None,
         };
-        let tenant = match field(fields.tenant_id) {
-            Field::Str(s) if !s.is_empty() => s.into_boxed_str(),
-            _ => return Err(Rejection::NoTenant),
+        let tenant = match &mapping.single_tenant {
+            Some(t) => t.as_str().into(),
+            None => match or_fallback(fields.tenant, || header(&mapping.tenant_header)) {
+                Found::Str(s) if !s.is_empty() => s.into_boxed_str(),
+                _ => return Err(Rejection::NoTenant),
+            },
         };
+        if user.is_none() && !mapping.tenant_wide_events {
+            return Err(Rejection::NoUser);
+        }
 
         Ok(Event {
             seq: 0,

@@ -20,6 +20,7 @@ pub mod dedupe;
 pub mod envelope;
 pub mod history;
 pub mod hub;
+pub mod mapping;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -197,6 +197,7 @@ pub async fn run(
     let consumer = Consumer {
         config: config.amqp.clone(),
         max_event_bytes: config.max_event_bytes,
+        mapping: config.mapping.clone(),
         dedupe_window: config.dedupe_window,
         hub,
         history,

@@ -11,4 +11,5 @@ mod connection;
 mod delivery;
 mod resilience;
 mod resume;
+mod shapes;
 mod support;

@@ -51,6 +51,8 @@ pub fn now() -> u64 {
 /// Starts a gateway with the given extra flags.
 pub struct GatewayBuilder {
     args: Vec<String>,
+    /// Stands in for the environment (the process environment is never touched).
+    env: std::collections::HashMap<String, String>,
     exchange: String,
     wait_ready: bool,
 }
@@ -79,6 +81,7 @@ impl GatewayBuilder {
         ];
         GatewayBuilder {
             args,
+            env: Default::default(),
             exchange,
             wait_ready: true,
         }
@@ -104,6 +107,26 @@ impl GatewayBuilder {
         self
     }
 
+    /// Reads `KEY=VALUE` lines of a shipped configuration example as the environment
+    /// (flags given to the builder still win).
+    pub fn env_file(mut self, path: &str) -> Self {
+        let text =
+            std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').expect("KEY=VALUE");
+            self.env.insert(k.to_owned(), v.to_owned());
+        }
+        self
+    }
+
+    /// The value an env file gave, if any.
+    pub fn env_value(&self, key: &str) -> Option<String> {
+        self.env.get(key).cloned()
+    }
+
     /// The queue name this gateway will use.
     pub fn queue(&self) -> String {
         let q = self.args.iter().position(|a| a == "--amqp-queue").unwrap();
@@ -117,7 +140,10 @@ impl GatewayBuilder {
 
     pub fn config(&self) -> Config {
         // Flags only: the tests never read or change the process environment for config.
-        match Config::parse(self.args.clone(), |_| None).expect("test config is valid") {
+        let env = self.env.clone();
+        match Config::parse(self.args.clone(), move |k| env.get(k).cloned())
+            .expect("test config is valid")
+        {
             Parsed::Run(c) => *c,
             other => panic!("unexpected {other:?}"),
         }
@@ -311,18 +337,55 @@ impl Publisher {
     }
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        self.publish_to(&self.exchange.clone(), routing_key, body, props)
+            .await;
+    }
+
+    /// Publishes to any exchange with the given properties.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
         self.channel
             .basic_publish(
-                self.exchange.as_str().into(),
+                exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_content_type("application/json".into()),
+                props,
             )
             .await
             .unwrap()
             .await
             .unwrap();
+    }
+
+    /// Declares another topic exchange the way the platform would.
+    pub async fn declare(&self, exchange: &str) {
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Deletes another exchange.
+    pub async fn delete_exchange(&self, exchange: &str) {
+        let _ = self
+            .channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await;
     }
 
     pub async fn publish(&self, routing_key: &str, body: &Value) {
@@ -468,24 +531,30 @@ impl Client {
     /// The next event or gateway message, as JSON: events as published, WS control
     /// messages as sent, SSE named events (`resync`, `close`) as their data.
     pub async fn next_any(&mut self) -> Value {
+        self.next_with_id().await.1
+    }
+
+    /// Like `next_any`, with the SSE `id:` of the event (`None` over WebSocket).
+    pub async fn next_with_id(&mut self) -> (Option<String>, Value) {
         match self {
-            Client::Ws(c) => c.next_json().await,
+            Client::Ws(c) => (None, c.next_json().await),
             Client::Sse(c) => {
                 let ev = c.next_event().await;
                 let v: Value = serde_json::from_str(&ev.data).unwrap();
                 match &ev.event {
-                    None => assert_eq!(
-                        ev.id.as_deref(),
-                        v["event_id"].as_str(),
-                        "SSE id: must be event_id"
-                    ),
+                    None => {
+                        assert!(ev.id.is_some(), "SSE events carry an id");
+                        if let Some(id) = v.get("event_id") {
+                            assert_eq!(ev.id.as_deref(), id.as_str(), "SSE id: must be event_id");
+                        }
+                    }
                     Some(name) => assert_eq!(
                         v["type"].as_str(),
                         Some(name.as_str()),
                         "SSE event name and data type agree"
                     ),
                 }
-                v
+                (ev.id, v)
             }
         }
     }

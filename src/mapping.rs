@@ -1,0 +1,325 @@
+//! Mapping: where an envelope keeps its event id, type, tenant and user, so the gateway can
+//! bridge any system's events by configuration: JSON pointers into the body (defaults: the
+//! FlatRender catalog's fields), AMQP headers as fallbacks, and an explicit single-tenant
+//! mode for systems without tenants.
+//!
+//! Extraction reads only the keys the pointers name and skips the rest without building a
+//! tree, so a mapped envelope costs about what a fixed struct would.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// An RFC 6901 JSON pointer into the body, e.g. `/metadata/tenant_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pointer(Vec<String>);
+
+impl Pointer {
+    /// Parses `/a/b` (with `~1` for `/` and `~0` for `~`).
+    pub fn parse(s: &str) -> Result<Pointer, String> {
+        let rest = s
+            .strip_prefix('/')
+            .ok_or_else(|| format!("`{s}` is not a JSON pointer like /tenant_id"))?;
+        let segments: Vec<String> = rest
+            .split('/')
+            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(format!("`{s}` has an empty segment"));
+        }
+        Ok(Pointer(segments))
+    }
+
+    fn field(name: &str) -> Pointer {
+        Pointer(vec![name.to_owned()])
+    }
+}
+
+impl fmt::Display for Pointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for seg in &self.0 {
+            write!(f, "/{}", seg.replace('~', "~0").replace('/', "~1"))?;
+        }
+        Ok(())
+    }
+}
+
+/// How envelope fields are found. The default is the FlatRender catalog.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    /// Event id; falls back to the AMQP `message_id` property.
+    pub event_id: Pointer,
+    /// Event type; falls back to `event_type_header`.
+    pub event_type: Pointer,
+    /// Event time (RFC 3339), for the latency histogram only.
+    pub event_time: Pointer,
+    /// Tenant; falls back to `tenant_header` when that is set.
+    pub tenant: Pointer,
+    /// User; falls back to `user_header` when that is set.
+    pub user: Pointer,
+    /// Trace id, for logs.
+    pub trace_id: Pointer,
+    /// Header carrying the event type when the body has none.
+    pub event_type_header: Option<String>,
+    /// Header carrying the tenant when the body has none. Off by default: the contract
+    /// sends an event without a body tenant to nobody.
+    pub tenant_header: Option<String>,
+    /// Header carrying the user when the body has none.
+    pub user_header: Option<String>,
+    /// Single-tenant mode: every event and every token belong to this tenant.
+    pub single_tenant: Option<String>,
+    /// Whether events without a user go to every connection of their tenant (the
+    /// contract) or to nobody.
+    pub tenant_wide_events: bool,
+}
+
+impl Default for Mapping {
+    fn default() -> Mapping {
+        Mapping {
+            event_id: Pointer::field("event_id"),
+            event_type: Pointer::field("event_type"),
+            event_time: Pointer::field("event_time"),
+            tenant: Pointer::field("tenant_id"),
+            user: Pointer::field("user_id"),
+            trace_id: Pointer::field("trace_id"),
+            event_type_header: Some("x-event-type".to_owned()),
+            tenant_header: None,
+            user_header: None,
+            single_tenant: None,
+            tenant_wide_events: true,
+        }
+    }
+}
+
+/// What the message carries besides its body.
+pub struct Meta<'a> {
+    /// The AMQP `message_id` property.
+    pub message_id: Option<&'a str>,
+    /// An AMQP header as text, if present and textual.
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+}
+
+impl Meta<'_> {
+    /// No properties and no headers.
+    pub fn none() -> Meta<'static> {
+        Meta {
+            message_id: None,
+            header: &|_| None,
+        }
+    }
+}
+
+/// A mapped field as found in the body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Not there (nor any object on the way to it).
+    Absent,
+    /// `null`.
+    Null,
+    /// A string.
+    Str(String),
+    /// Anything else, or a path through something that is not an object.
+    Other,
+}
+
+/// The role fields of one body, located by a [`Mapping`].
+pub struct Fields {
+    /// Event id.
+    pub event_id: Found,
+    /// Event type.
+    pub event_type: Found,
+    /// Event time.
+    pub event_time: Found,
+    /// Tenant.
+    pub tenant: Found,
+    /// User.
+    pub user: Found,
+    /// Trace id.
+    pub trace_id: Found,
+}
+
+/// Why a body could not be read as an object.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// Not JSON.
+    NotJson,
+    /// JSON but not an object.
+    NotObject,
+    /// A mapped key appears twice in one object.
+    Duplicate,
+}
+
+impl Mapping {
+    /// Finds the mapped fields in `text`.
+    pub fn read(&self, text: &str) -> Result<Fields, ReadError> {
+        let pointers = [
+            &self.event_id,
+            &self.event_type,
+            &self.event_time,
+            &self.tenant,
+            &self.user,
+            &self.trace_id,
+        ];
+        let mut firsts: Vec<&str> = Vec::with_capacity(pointers.len());
+        for p in pointers {
+            if !firsts.contains(&p.0[0].as_str()) {
+                firsts.push(&p.0[0]);
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let top = Capture { wanted: &firsts }
+            .deserialize(&mut de)
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| classify(&e, text))?;
+        let resolve = |p: &Pointer| -> Result<Found, ReadError> {
+            let i = firsts.iter().position(|f| *f == p.0[0]).unwrap_or(0);
+            let mut raw = match top.get(i).copied().flatten() {
+                Some(r) => r,
+                None => return Ok(Found::Absent),
+            };
+            for seg in &p.0[1..] {
+                if !raw.get().starts_with('{') {
+                    return Ok(Found::Other);
+                }
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                let inner = Capture {
+                    wanted: &[seg.as_str()],
+                }
+                .deserialize(&mut de)
+                .map_err(|_| ReadError::Duplicate)?;
+                raw = match inner[0] {
+                    Some(r) => r,
+                    None => return Ok(Found::Absent),
+                };
+            }
+            Ok(found(raw))
+        };
+        Ok(Fields {
+            event_id: resolve(&self.event_id)?,
+            event_type: resolve(&self.event_type)?,
+            event_time: resolve(&self.event_time)?,
+            tenant: resolve(&self.tenant)?,
+            user: resolve(&self.user)?,
+            trace_id: resolve(&self.trace_id)?,
+        })
+    }
+}
+
+fn found(raw: &RawValue) -> Found {
+    match raw.get().as_bytes().first() {
+        Some(b'n') => Found::Null,
+        Some(b'"') => serde_json::from_str::<String>(raw.get())
+            .map(Found::Str)
+            .unwrap_or(Found::Other),
+        _ => Found::Other,
+    }
+}
+
+fn classify(e: &serde_json::Error, text: &str) -> ReadError {
+    match e.classify() {
+        serde_json::error::Category::Data if e.to_string().starts_with(DUPLICATE) => {
+            ReadError::Duplicate
+        }
+        serde_json::error::Category::Data if !text.trim_start().starts_with('{') => {
+            ReadError::NotObject
+        }
+        serde_json::error::Category::Data => ReadError::Duplicate,
+        _ => ReadError::NotJson,
+    }
+}
+
+const DUPLICATE: &str = "duplicate mapped key";
+
+/// A key, borrowed from the input when it has no escapes.
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// Captures the raw values of the `wanted` keys of one object, skipping the rest.
+struct Capture<'w> {
+    wanted: &'w [&'w str],
+}
+
+impl<'de> DeserializeSeed<'de> for Capture<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Capture<'_> {
+    type Value = Vec<Option<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = vec![None; self.wanted.len()];
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.wanted.iter().position(|w| *w == key) {
+                // Browsers' JSON.parse keeps the last of two equal keys; routing on one
+                // and showing the other would be wrong, so refuse.
+                Some(i) if out[i].is_some() => return Err(de::Error::custom(DUPLICATE)),
+                Some(i) => out[i] = Some(map.next_value::<&'de RawValue>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_parse_and_print() {
+        assert_eq!(
+            Pointer::parse("/a/b~1c/d~0e").unwrap().0,
+            ["a", "b/c", "d~e"]
+        );
+        assert_eq!(Pointer::parse("/a/b~1c").unwrap().to_string(), "/a/b~1c");
+        for bad in ["", "a", "/", "/a//b"] {
+            assert!(Pointer::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nested_fields_and_wrong_shapes() {
+        let m = Mapping {
+            event_id: Pointer::parse("/id").unwrap(),
+            tenant: Pointer::parse("/metadata/tenant_id").unwrap(),
+            user: Pointer::parse("/payload/userId").unwrap(),
+            ..Mapping::default()
+        };
+        let f = m
+            .read(r#"{"id":"e","payload":{"userId":"u","x":[1,{"y":2}]},"metadata":{"tenant_id":"t"},"event_type":"x"}"#)
+            .unwrap();
+        assert_eq!(f.event_id, Found::Str("e".into()));
+        assert_eq!(f.tenant, Found::Str("t".into()));
+        assert_eq!(f.user, Found::Str("u".into()));
+        let f = m
+            .read(r#"{"id":"e","payload":"flat","metadata":{}}"#)
+            .unwrap();
+        assert_eq!(
+            f.user,
+            Found::Other,
+            "a path through a string is the wrong type"
+        );
+        assert_eq!(f.tenant, Found::Absent);
+        assert_eq!(
+            m.read(r#"{"metadata":{"tenant_id":"a","tenant_id":"b"}}"#)
+                .err(),
+            Some(ReadError::Duplicate)
+        );
+        assert_eq!(m.read("[1]").err(), Some(ReadError::NotObject));
+        assert_eq!(m.read("{").err(), Some(ReadError::NotJson));
+        assert_eq!(m.read(r#"{"a":1} x"#).err(), Some(ReadError::NotJson));
+    }
+}
