@@ -6,6 +6,7 @@
 //!   cargo run --example demo                      # watch + publish (the quick start)
 //!   cargo run --example demo -- publish --user U  # only publish the sequence
 //!   cargo run --example demo -- token --user U    # print a token for curl or a browser
+//!   cargo run --example demo -- url               # the demo page's address, token included
 //!
 //! Flags: --gateway URL (http://127.0.0.1:8080), --amqp-url URL, --exchange NAME
 //! (flatrender.events), --tenant ID (tenant-demo), --user ID (user-demo), --secret S
@@ -52,7 +53,7 @@ fn opts() -> Result<Opts> {
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "watch" | "publish" | "token" => o.command = a.clone(),
+            "watch" | "publish" | "token" | "url" => o.command = a.clone(),
             "--gateway" => o.gateway = value()?,
             "--amqp-url" => o.amqp_url = value()?,
             "--exchange" => o.exchange = value()?,
@@ -301,6 +302,7 @@ async fn main() -> Result<()> {
     let o = opts()?;
     match o.command.as_str() {
         "token" => println!("{}", token(&o)?),
+        "url" => println!("{}/demo/?token={}", o.gateway, token(&o)?),
         "publish" => publish(&o, &sequence(&o)).await?,
         _ => watch(&o).await?,
     }

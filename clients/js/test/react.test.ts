@@ -1,0 +1,166 @@
+// @vitest-environment jsdom
+import { act, cleanup, render, renderHook } from '@testing-library/react';
+import { createElement, StrictMode, type ReactNode } from 'react';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createRealtimeClient, type RealtimeClient } from '../src/index.js';
+import {
+  INITIAL_RENDER_PROGRESS,
+  reduceRenderProgress,
+  RealtimeProvider,
+  useConnectionState,
+  useNotifications,
+  useRealtimeClient,
+  useRenderProgress,
+} from '../src/react.js';
+import { envelope, FakeEventSource, FakeWebSocket, flush } from './fakes.js';
+
+let client: RealtimeClient;
+let ws: FakeWebSocket;
+
+beforeEach(async () => {
+  FakeWebSocket.reset();
+  FakeEventSource.reset();
+  client = createRealtimeClient({
+    url: 'https://rt.flatrender.example',
+    getToken: async () => 'tok',
+    WebSocketImpl: FakeWebSocket,
+    EventSourceImpl: FakeEventSource,
+  });
+  await flush();
+  ws = FakeWebSocket.last();
+});
+
+afterEach(() => {
+  cleanup();
+  client.close();
+});
+
+const wrapper = ({ children }: { children: ReactNode }) => createElement(RealtimeProvider, { client }, children);
+
+describe('useRenderProgress', () => {
+  it('follows render.job.* events of its job only', () => {
+    const { result } = renderHook(() => useRenderProgress('j1'), { wrapper });
+    expect(result.current).toEqual({ status: 'unknown', progress: 0, resyncCount: 0 });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('render.job.queued.v1', { job_id: 'j1' }));
+      ws.receive(envelope('render.job.started.v1', { job_id: 'j1' }));
+      ws.receive(envelope('render.job.progress.v1', { job_id: 'j1', progress: 42, frame: 42, total_frames: 100 }));
+      ws.receive(envelope('render.job.progress.v1', { job_id: 'other', progress: 99 }));
+    });
+    expect(result.current).toMatchObject({ status: 'progress', progress: 42, frame: 42, totalFrames: 100 });
+    act(() => ws.receive(envelope('render.job.completed.v1', { job_id: 'j1', output_url: 'https://cdn/j1.mp4' })));
+    expect(result.current).toMatchObject({ status: 'completed', progress: 100, outputUrl: 'https://cdn/j1.mp4' });
+  });
+
+  it('resets when jobId changes and counts resyncs', () => {
+    const { result, rerender } = renderHook(({ id }) => useRenderProgress(id), {
+      wrapper,
+      initialProps: { id: 'a' as string | null },
+    });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('render.job.failed.v1', { job_id: 'a', reason: 'out of memory' }));
+    });
+    expect(result.current).toMatchObject({ status: 'failed', error: 'out of memory' });
+    rerender({ id: 'b' });
+    expect(result.current.status).toBe('unknown');
+    act(() => ws.receive({ type: 'resync' }));
+    expect(result.current.resyncCount).toBe(1);
+    rerender({ id: null });
+    expect(result.current.status).toBe('unknown');
+  });
+});
+
+describe('useNotifications', () => {
+  it('collects notification.created.v1 newest first and counts unread', () => {
+    const { result } = renderHook(() => useNotifications({ max: 2 }), { wrapper });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n1' }));
+      ws.receive(envelope('notification.delivered.v1', { notification_id: 'n1' }));
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n2' }));
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n3' }));
+    });
+    expect(result.current.items.map((n) => n.data.notification_id)).toEqual(['n3', 'n2']);
+    expect(result.current.unread).toBe(3);
+    act(() => result.current.markAllRead());
+    expect(result.current.unread).toBe(0);
+    expect(result.current.items).toHaveLength(2);
+  });
+});
+
+describe('useConnectionState', () => {
+  it('tracks the client state', () => {
+    const { result } = renderHook(() => useConnectionState(), { wrapper });
+    expect(result.current).toBe('connecting');
+    act(() => ws.open());
+    expect(result.current).toBe('open');
+    act(() => ws.serverClose(1001));
+    expect(result.current).toBe('reconnecting');
+  });
+});
+
+describe('RealtimeProvider', () => {
+  it('hooks throw outside a provider', () => {
+    expect(() => renderHook(() => useRealtimeClient())).toThrow(/outside <RealtimeProvider>/);
+  });
+
+  it('with options, owns a client created after mount and closed on unmount (StrictMode-safe)', async () => {
+    FakeWebSocket.reset();
+    let seen: RealtimeClient | null = null;
+    let tokenVersion = 'v1';
+    function Probe() {
+      seen = useRealtimeClient();
+      return null;
+    }
+    const view = (token: string) =>
+      createElement(
+        StrictMode,
+        null,
+        createElement(RealtimeProvider, {
+          options: {
+            url: 'https://rt.flatrender.example',
+            getToken: async () => token, // a new inline function every render
+            WebSocketImpl: FakeWebSocket,
+            random: () => 0, // reconnect without waiting
+          },
+          children: createElement(Probe),
+        }),
+      );
+    const { rerender, unmount } = render(view(tokenVersion));
+    await act(async () => flush());
+    expect(seen).not.toBeNull();
+    // StrictMode mounted twice: the first client was closed, one live socket remains.
+    const live = FakeWebSocket.instances.filter((s) => s.closedByClient === undefined);
+    expect(live).toHaveLength(1);
+
+    // The latest getToken is used on the next attempt without recreating the client.
+    tokenVersion = 'v2';
+    rerender(view(tokenVersion));
+    const owned = seen!;
+    await act(async () => {
+      live[0]!.fail();
+      await new Promise((r) => setTimeout(r, 0));
+      await flush();
+    });
+    expect(seen).toBe(owned);
+    expect(FakeWebSocket.last().query.get('access_token')).toBe('v2');
+
+    unmount();
+    expect(owned.state).toBe('closed');
+    expect(FakeWebSocket.last().closedByClient).toBe(1000);
+  });
+});
+
+describe('reduceRenderProgress', () => {
+  it('clamps progress and treats a re-queue as a fresh start', () => {
+    const progress = envelope('render.job.progress.v1', { job_id: 'j', progress: 140 }) as never;
+    const after = reduceRenderProgress(INITIAL_RENDER_PROGRESS, progress);
+    expect(after).toEqual({ status: 'progress', progress: 100 });
+    const requeued = reduceRenderProgress(after, envelope('render.job.queued.v1', { job_id: 'j' }) as never);
+    expect(requeued).toEqual({ status: 'queued', progress: 0 });
+    const cancelled = reduceRenderProgress(requeued, envelope('render.job.cancelled.v1', { job_id: 'j' }) as never);
+    expect(cancelled.status).toBe('cancelled');
+  });
+});
