@@ -316,24 +316,14 @@ impl Publisher {
         .expect("broker connect timed out")
         .expect("broker connect");
         let channel = conn.create_channel().await.unwrap();
-        // Same declaration as the gateway's, so whichever comes first wins harmlessly.
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        Publisher {
+        let publisher = Publisher {
             conn,
             channel,
             exchange: exchange.to_owned(),
-        }
+        };
+        // Same declaration as the gateway's, so whichever comes first wins harmlessly.
+        publisher.declare(exchange).await;
+        publisher
     }
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {

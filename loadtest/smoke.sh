@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Load-test smoke run: builds the gateway and the loadgen, starts the gateway on a free
+# 127.0.0.1 port against the local RabbitMQ, and runs three tiny scenarios:
+#   targeted   50 WS + 50 SSE, 200 events/s for 2 s (400 deliveries)
+#   broadcast  50 WS + 50 SSE of one tenant, 5 tenant-wide events/s for 2 s (1,000 deliveries)
+#   idle       50 WS + 50 SSE held for 1 s (RSS per connection)
+# Exits 1 if any event is lost, duplicated or misrouted, any connection fails or drops, or
+# the publisher fails; 3 if the environment is not there (broker, gateway). Every step is
+# bounded by `timeout`; after the builds the run takes about 15 s.
+#
+#   loadtest/smoke.sh
+#   CARGO_TARGET_DIR=/tmp/lt-target loadtest/smoke.sh    # builds go there
+#   SMOKE_SKIP_RABBITMQ=1 loadtest/smoke.sh              # do not try to start RabbitMQ
+set -euo pipefail
+
+lt="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$lt")"
+
+export GATEWAY_JWT_SECRET="${GATEWAY_JWT_SECRET:-loadtest-secret-0123456789abcdef0123}"
+export GATEWAY_AMQP_EXCHANGE="${GATEWAY_AMQP_EXCHANGE:-loadtest.smoke}"
+export GATEWAY_AMQP_URL="${GATEWAY_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+say() { echo "smoke: $*" >&2; }
+
+if [ -z "${SMOKE_SKIP_RABBITMQ:-}" ] && [ -x "$root/scripts/ensure-rabbitmq.sh" ]; then
+  timeout 600 "$root/scripts/ensure-rabbitmq.sh"
+fi
+ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+
+say "building (release)"
+timeout 1800 cargo build --release --locked --quiet --manifest-path "$root/Cargo.toml"
+timeout 1800 cargo build --release --locked --quiet --manifest-path "$lt/Cargo.toml"
+gateway_bin="${CARGO_TARGET_DIR:-$root/target}/release/realtime-gateway"
+loadgen="${CARGO_TARGET_DIR:-$lt/target}/release/loadgen"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/gateway-smoke.XXXXXX")"
+gw_pid=""
+cleanup() {
+  if [ -n "$gw_pid" ] && kill -0 "$gw_pid" 2>/dev/null; then
+    kill -KILL "$gw_pid" 2>/dev/null || true
+    wait "$gw_pid" 2>/dev/null || true
+  fi
+  if [ -n "${KEEP_WORK:-}" ]; then say "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port="$("$loadgen" free-port)"
+gateway="http://127.0.0.1:$port"
+say "starting the gateway on 127.0.0.1:$port, exchange $GATEWAY_AMQP_EXCHANGE"
+GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_LOG="${GATEWAY_LOG:-warn}" \
+  GATEWAY_SHUTDOWN_DRAIN_SECS=1 GATEWAY_SHUTDOWN_GRACE_SECS=3 \
+  "$gateway_bin" >"$work/gateway.log" 2>&1 &
+gw_pid=$!
+if ! timeout 40 "$loadgen" wait-ready --gateway "$gateway" --wait-timeout 30; then
+  say "the gateway did not become ready; its log:"
+  tail -n 30 "$work/gateway.log" >&2
+  exit 3
+fi
+
+common=(--gateway "$gateway" --gateway-pid "$gw_pid" --connect-timeout 5 --tail-timeout 5)
+failed=0
+scenario() { # name, loadgen arguments...
+  local name="$1"
+  shift
+  local status=0
+  timeout --kill-after=5 60 "$loadgen" "$@" "${common[@]}" \
+    --json-out "$work/$name.json" >/dev/null 2>"$work/$name.log" || status=$?
+  if [ "$status" -eq 0 ]; then
+    say "$name: OK"
+    grep -E '^(connections|published|delivered|latency|gateway) ' "$work/$name.log" | sed 's/^/  /' >&2 || true
+  else
+    say "$name: FAILED (status $status)"
+    sed 's/^/  /' "$work/$name.log" >&2
+    failed=1
+  fi
+}
+
+scenario targeted targeted --ws 50 --sse 50 --rate 200 --duration 2
+scenario broadcast broadcast --ws 50 --sse 50 --rate 5 --duration 2
+scenario idle idle --ws 50 --sse 50 --duration 1
+
+# A graceful stop within the configured grace (3 s), bounded here too.
+kill -TERM "$gw_pid" 2>/dev/null || true
+gw_status=""
+for _ in $(seq 1 100); do
+  if ! kill -0 "$gw_pid" 2>/dev/null; then
+    gw_status=0
+    wait "$gw_pid" 2>/dev/null || gw_status=$?
+    break
+  fi
+  sleep 0.1
+done
+gw_pid_was="$gw_pid"
+if [ -z "$gw_status" ]; then
+  say "warning: the gateway (pid $gw_pid_was) did not stop within 10 s of SIGTERM"
+elif [ "$gw_status" -ne 0 ]; then
+  say "warning: the gateway exited with status $gw_status after SIGTERM"
+fi
+[ -n "$gw_status" ] && gw_pid=""
+if grep -qiE 'panick|ERROR' "$work/gateway.log"; then
+  say "warning: the gateway logged errors:"
+  grep -iE 'panick|ERROR' "$work/gateway.log" | head -n 10 | sed 's/^/  /' >&2
+fi
+
+if [ "$failed" -ne 0 ]; then
+  say "FAILED"
+  exit 1
+fi
+say "passed"
