@@ -31,6 +31,10 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 /// Time allowed for TCP connect plus the AMQP handshake, so a black-holed broker address
 /// does not stall the reconnect loop.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most messages acknowledged together.
+const ACK_BATCH: usize = 64;
+/// Longest a processed message waits for its acknowledgement.
+const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Consumer tag, visible in the management UI.
 const CONSUMER_TAG: &str = "realtime-gateway";
 
@@ -209,13 +213,32 @@ impl Consumer {
             "consuming"
         );
 
+        // Acknowledgements are batched (`multiple`): one ack per message costs a frame and
+        // a cross-thread wakeup each, which dominated the CPU per event. A batch is sent
+        // when it is full or ACK_DELAY after its first message, whichever comes first.
+        let ack_batch = (usize::from(cfg.prefetch) / 2).clamp(1, ACK_BATCH);
+        let mut ack_due: Option<u64> = None;
+        let mut unacked = 0usize;
+        let ack_timer = tokio::time::sleep(ACK_DELAY);
+        tokio::pin!(ack_timer);
         loop {
             let delivery = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {
-                    // Unacknowledged deliveries go back to the queue, which outlives us
-                    // for x-expires; nothing is lost that another run could deliver.
+                    // What was handed to clients is acknowledged; what was not goes back to
+                    // the queue, which outlives us for x-expires.
+                    if let Some(tag) = ack_due {
+                        let _ = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await;
+                    }
                     let _ = conn.close(200, "gateway shutting down".into()).await;
                     return Ok(());
+                }
+                _ = &mut ack_timer, if ack_due.is_some() => {
+                    if let Some(tag) = ack_due.take() {
+                        channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
+                    }
+                    unacked = 0;
+                    continue;
                 }
                 d = consumer.next() => d,
             };
@@ -280,7 +303,21 @@ impl Consumer {
             }
             // Every message is acknowledged, delivered or dropped: a malformed message
             // requeued would come straight back forever.
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            if ack_due.is_none() {
+                ack_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + ACK_DELAY);
+            }
+            ack_due = Some(delivery.delivery_tag);
+            unacked += 1;
+            if unacked >= ack_batch {
+                if let Some(tag) = ack_due.take() {
+                    channel
+                        .basic_ack(tag, BasicAckOptions { multiple: true })
+                        .await?;
+                }
+                unacked = 0;
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ pub const DEFAULT_SEND_QUEUE_LEN: usize = 256;
 /// Largest message a WebSocket client may send (control messages carry at most a token).
 pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Read buffer per WebSocket; tungstenite's 128 KiB default would dominate memory at scale.
-pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Clients send only small control messages; larger frames grow the buffer as needed.
+pub const DEFAULT_WS_READ_BUFFER_BYTES: usize = 1024;
 
 /// One row of the settings table.
 pub struct Setting {
@@ -74,7 +75,7 @@ settings! {
     "history-max-age-secs", "GATEWAY_HISTORY_MAX_AGE_SECS", Some("300"), "oldest event kept for resuming clients";
     "dedupe-window", "GATEWAY_DEDUPE_WINDOW", Some("16384"), "recent event_ids remembered to drop redelivered duplicates";
     "ws-max-message-bytes", "GATEWAY_WS_MAX_MESSAGE_BYTES", Some("16384"), "largest message a WebSocket client may send";
-    "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("4096"), "read buffer per WebSocket";
+    "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("1024"), "read buffer per WebSocket";
     "ws-ping-interval-secs", "GATEWAY_WS_PING_INTERVAL_SECS", Some("25"), "WebSocket ping interval";
     "idle-timeout-secs", "GATEWAY_IDLE_TIMEOUT_SECS", Some("60"), "a WebSocket silent this long (no pong, no message) is closed";
     "handshake-timeout-secs", "GATEWAY_HANDSHAKE_TIMEOUT_SECS", Some("10"), "time allowed to send request headers";

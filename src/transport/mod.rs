@@ -19,10 +19,6 @@ use crate::server::AppState;
 use crate::telemetry::{AuthFailure, Refusal, Transport};
 use tokio_util::sync::CancellationToken;
 
-/// Stands in for "never" in a timer that is armed later.
-pub(crate) const FAR_FUTURE: std::time::Duration =
-    std::time::Duration::from_secs(100 * 365 * 24 * 3600);
-
 /// A delay in `[0, window)`, spreading closes (and so reconnects) over the drain window.
 pub(crate) fn jitter(window: std::time::Duration) -> std::time::Duration {
     window.mul_f64(rand::random::<f64>())

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::{Outgoing, Subscription};
 use crate::server::{AppState, ConnectionToken};
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{FAR_FUTURE, admit, cors_headers, jitter, last_event_id_param};
+use crate::transport::{admit, cors_headers, jitter, last_event_id_param};
 
 /// The in-band signal that events may have been lost.
 const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resync\"}\n\n");
@@ -85,7 +85,6 @@ pub async fn handler(
         retry_ms,
         drain: cfg.shutdown_drain,
         draining: false,
-        close_at: Box::pin(sleep(FAR_FUTURE)),
         done: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next));
@@ -133,10 +132,9 @@ struct SseStream {
     retry_ms: u64,
     /// Shutdown drain window.
     drain: Duration,
-    /// Set when shutdown begins; the stream ends at `close_at`, a random moment within the
-    /// drain window, delivering what is queued until then.
+    /// Set when shutdown begins; `deadline` then moves to a random moment within the
+    /// drain window (one timer serves both), delivering what is queued until then.
     draining: bool,
-    close_at: Pin<Box<Sleep>>,
     done: bool,
 }
 
@@ -154,14 +152,9 @@ impl SseStream {
                 _ = self.shutdown.cancelled(), if !self.draining => {
                     self.draining = true;
                     let at = Instant::now() + jitter(self.drain);
-                    self.close_at.as_mut().reset(at);
-                }
-                _ = &mut self.close_at, if self.draining => {
-                    self.done = true;
-                    self.metrics.disconnected(Disconnect::Shutdown);
-                    // Spread the reconnects too, not only the disconnects.
-                    let retry = self.retry_ms + jitter(self.drain).as_millis() as u64;
-                    break close_event(Disconnect::Shutdown, Some(retry));
+                    if at < self.deadline.deadline() {
+                        self.deadline.as_mut().reset(at);
+                    }
                 }
                 _ = self.kicked.cancelled() => {
                     self.done = true;
@@ -169,6 +162,12 @@ impl SseStream {
                 }
                 _ = &mut self.deadline => {
                     self.done = true;
+                    if self.draining {
+                        self.metrics.disconnected(Disconnect::Shutdown);
+                        // Spread the reconnects too, not only the disconnects.
+                        let retry = self.retry_ms + jitter(self.drain).as_millis() as u64;
+                        break close_event(Disconnect::Shutdown, Some(retry));
+                    }
                     self.metrics.disconnected(Disconnect::TokenExpired);
                     break close_event(Disconnect::TokenExpired, None);
                 }

@@ -23,7 +23,7 @@ use crate::auth::{Identity, Verifier};
 use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{FAR_FUTURE, Rejection, admit, jitter, last_event_id_param};
+use crate::transport::{Rejection, admit, jitter, last_event_id_param};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -166,8 +166,9 @@ where
 
     // Set when shutdown begins: this connection closes at a random moment within the
     // drain window, still delivering what is queued until then.
+    // The deadline timer doubles as the drain timer, so an idle connection carries one
+    // timer less.
     let mut draining = false;
-    let mut close_at: std::pin::Pin<Box<Sleep>> = Box::pin(sleep(FAR_FUTURE));
 
     // Replay first; live events wait in the queue meanwhile (and their copies of replayed
     // events are skipped by the subscription).
@@ -194,11 +195,20 @@ where
             biased;
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
-                close_at.as_mut().reset(Instant::now() + jitter(session.drain));
+                let at = Instant::now() + jitter(session.drain);
+                if at < deadline.deadline() {
+                    deadline.as_mut().reset(at);
+                }
             }
-            _ = &mut close_at, if draining => break End::Close(close_code::GOING_AWAY, "server shutting down", Some(Disconnect::Shutdown)),
+
             _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
-            _ = &mut deadline => break End::Close(close_code::TOKEN_EXPIRED, "token expired", Some(Disconnect::TokenExpired)),
+            _ = &mut deadline => {
+                break if draining {
+                    End::Close(close_code::GOING_AWAY, "server shutting down", Some(Disconnect::Shutdown))
+                } else {
+                    End::Close(close_code::TOKEN_EXPIRED, "token expired", Some(Disconnect::TokenExpired))
+                };
+            }
             item = session.subscription.recv() => {
                 let Some(item) = item else { break End::Gone };
                 let sub = &mut session.subscription;
@@ -231,7 +241,7 @@ where
                     }
                     Some(Ok(Message::Close(_))) => break End::ClientClosed,
                     Some(Ok(Message::Text(text))) => {
-                        match control(&mut session, &text, &mut deadline).await {
+                        match control(&mut session, &text, &mut deadline, draining).await {
                             Ok(Some(reply)) => {
                                 if send_or_stop(&mut sink, Message::Text(reply), &kicked).await.is_err() {
                                     break End::Gone;
@@ -316,15 +326,19 @@ async fn control(
     session: &mut Session,
     text: &str,
     deadline: &mut std::pin::Pin<Box<Sleep>>,
+    draining: bool,
 ) -> Result<Option<Utf8Bytes>, End> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
         Ok(Control::Refresh { token }) => match session.verifier.verify(&token).await {
             Ok(id) if id.tenant == session.identity.tenant && id.user == session.identity.user => {
                 session.identity.expires_at = id.expires_at;
-                deadline
-                    .as_mut()
-                    .reset(Instant::now() + session.identity.remaining(session.leeway));
+                // While draining, the deadline is the close time and stays.
+                if !draining {
+                    deadline
+                        .as_mut()
+                        .reset(Instant::now() + session.identity.remaining(session.leeway));
+                }
                 Ok(Some(Utf8Bytes::from(format!(
                     r#"{{"type":"refreshed","exp":{}}}"#,
                     id.expires_at

@@ -1,6 +1,8 @@
 //! The worst days: broker outages injected with a TCP proxy, duplicates, clients that stop
 //! reading, tokens that expire mid-stream, and SIGTERM to a real gateway process.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -174,7 +176,11 @@ async fn clients_that_stop_reading_are_disconnected_and_nobody_else_waits() {
         // queues hold.
         let n = 1000;
         let pad = "x".repeat(8 * 1024);
-        let read_all = |mut c: Client| async move {
+        // The readers count what they got; the publisher waits for them between chunks, so
+        // they are never the slow ones, however slow this test process is. The stuck
+        // clients fall behind regardless.
+        let got = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let read_all = |mut c: Client, count: Arc<AtomicUsize>| async move {
             let mut ids = Vec::new();
             for _ in 0..=n {
                 ids.push(
@@ -183,15 +189,23 @@ async fn clients_that_stop_reading_are_disconnected_and_nobody_else_waits() {
                         .unwrap()
                         .to_owned(),
                 );
+                count.fetch_add(1, Ordering::SeqCst);
             }
             ids
         };
-        let ws_reader = tokio::spawn(read_all(ws));
-        let sse_reader = tokio::spawn(read_all(sse));
+        let ws_reader = tokio::spawn(read_all(ws, got[0].clone()));
+        let sse_reader = tokio::spawn(read_all(sse, got[1].clone()));
         for i in 0..n {
             let mut e = event(&format!("big-{i}"), "t", None);
             e["data"]["pad"] = json!(pad);
             publisher.publish(PROGRESS, &e).await;
+            if (i + 1) % 32 == 0 {
+                let deadline = tokio::time::Instant::now() + WAIT;
+                while got.iter().any(|g| g.load(Ordering::SeqCst) < i + 1) {
+                    assert!(tokio::time::Instant::now() < deadline, "readers stalled");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
         }
         publisher
             .publish(PROGRESS, &event("marker", "t", None))
