@@ -21,3 +21,7 @@ if [ -f clients/js/package.json ]; then
 fi
 
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
+
+# A tiny load run (release builds): fails on any lost, duplicated or misrouted event.
+# Performance itself is measured by the benchmarks, never asserted here.
+loadtest/smoke.sh
