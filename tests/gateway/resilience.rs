@@ -334,27 +334,17 @@ async fn silent_websocket_is_closed_after_the_idle_timeout() {
 async fn sigterm_drains_clients_exits_zero_and_never_logs_tokens() {
     bounded(async {
         use std::process::Stdio;
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
         let exchange = unique("sigterm");
         let log = std::env::temp_dir().join(format!("{exchange}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_realtime-gateway"))
-            .env_clear()
-            .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GATEWAY_AMQP_URL", amqp_url())
-            .env("GATEWAY_AMQP_EXCHANGE", &exchange)
-            .env("GATEWAY_AMQP_QUEUE_EXPIRES_SECS", "5")
-            .env("GATEWAY_JWT_SECRET", SECRET)
+        let (mut cmd, port) = gateway_process(&exchange, None);
+        let mut child = cmd
             .env("GATEWAY_SHUTDOWN_DRAIN_SECS", "1")
             .env("GATEWAY_SHUTDOWN_GRACE_SECS", "5")
             .env("GATEWAY_LOG", "trace")
             .env("GATEWAY_LOG_FORMAT", "json")
             .stdout(Stdio::from(log_file.try_clone().unwrap()))
             .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         let gw = Gateway::external(format!("127.0.0.1:{port}").parse().unwrap(), &exchange);
@@ -417,4 +407,72 @@ async fn sigterm_drains_clients_exits_zero_and_never_logs_tokens() {
         publisher.cleanup().await;
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_is_reported_not_fatal() {
+    bounded(async {
+        let exchange = unique("emfile");
+        // A tiny open-file limit, and a connection limit above it, so descriptors run out
+        // before the limit answers 503.
+        let (mut cmd, port) = gateway_process(&exchange, Some(96));
+        let mut child = cmd
+            .env("GATEWAY_MAX_CONNECTIONS", "1000")
+            .env("GATEWAY_LOG", "error")
+            .spawn()
+            .unwrap();
+        let gw = Gateway::external(format!("127.0.0.1:{port}").parse().unwrap(), &exchange);
+        gw.wait_ready().await;
+
+        // Far more sockets than the gateway has descriptors; the kernel queues them.
+        let mut held = Vec::new();
+        for _ in 0..150 {
+            held.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(child.try_wait().unwrap().is_none(), "the gateway died");
+        drop(held);
+
+        // Once the clients are gone it serves again and has counted the failures.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gw.status("/healthz").await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway did not recover"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gw.metric("gateway_accept_errors_total").await >= 1.0);
+        assert_eq!(gw.status("/readyz").await, 200);
+        child.kill().await.unwrap();
+        Publisher::connect(&exchange).await.cleanup().await;
+    })
+    .await;
+}
+
+/// The gateway binary as a child process on a free loopback port (optionally under an
+/// open-file limit), configured by environment as an operator would.
+fn gateway_process(exchange: &str, max_open_files: Option<u32>) -> (tokio::process::Command, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bin = env!("CARGO_BIN_EXE_realtime-gateway");
+    let mut cmd = match max_open_files {
+        None => tokio::process::Command::new(bin),
+        Some(n) => {
+            let mut c = tokio::process::Command::new("bash");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), bin]);
+            c
+        }
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEWAY_AMQP_URL", amqp_url())
+        .env("GATEWAY_AMQP_EXCHANGE", exchange)
+        .env("GATEWAY_AMQP_QUEUE_EXPIRES_SECS", "5")
+        .env("GATEWAY_JWT_SECRET", SECRET)
+        .kill_on_drop(true);
+    (cmd, port)
 }
