@@ -31,15 +31,19 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Time left until `exp` plus `leeway`, the moment the connection must end.
+    /// Time left until `exp` plus `leeway`, the moment the connection must end; at most
+    /// a year, so an absurd `exp` cannot overflow a timer.
     pub fn remaining(&self, leeway: Duration) -> Duration {
-        let deadline = Duration::from_secs(self.expires_at) + leeway;
+        let deadline = Duration::from_secs(self.expires_at).saturating_add(leeway);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        deadline.saturating_sub(now)
+        deadline.saturating_sub(now).min(MAX_LIFETIME)
     }
 }
+
+/// Longest a connection is kept for one token, whatever its `exp` says.
+const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where the token of a request was found; cookie auth gets the origin check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -561,6 +565,16 @@ mod tests {
         for (name, token, want) in cases {
             assert_eq!(verify(&cfg, &token).unwrap_err(), want, "{name}");
         }
+    }
+
+    #[test]
+    fn absurd_exp_does_not_overflow() {
+        let id = Identity {
+            tenant: "t".into(),
+            user: "u".into(),
+            expires_at: u64::MAX,
+        };
+        assert_eq!(id.remaining(Duration::from_secs(u64::MAX)), MAX_LIFETIME);
     }
 
     #[test]

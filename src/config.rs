@@ -515,6 +515,16 @@ impl Validator<'_> {
                 None => Duration::ZERO,
             };
 
+        let max_event_bytes = self.count::<usize>("max-event-bytes", 16 * 1024 * 1024);
+        let send_queue_bytes = self.count::<usize>("send-queue-bytes", 1 << 30);
+        if send_queue_bytes < max_event_bytes {
+            // Otherwise one large event would kick every recipient as a slow client.
+            self.problems.push(format!(
+                "{}: {send_queue_bytes} must be at least GATEWAY_MAX_EVENT_BYTES ({max_event_bytes})",
+                Self::label("send-queue-bytes")
+            ));
+        }
+
         Config {
             listen,
             amqp,
@@ -522,9 +532,9 @@ impl Validator<'_> {
             allowed_origins,
             max_connections,
             max_connections_per_user: self.count::<usize>("max-connections-per-user", 100_000),
-            max_event_bytes: self.count::<usize>("max-event-bytes", 16 * 1024 * 1024),
+            max_event_bytes,
             send_queue_len: self.count::<usize>("send-queue-len", 1_000_000),
-            send_queue_bytes: self.count::<usize>("send-queue-bytes", 1 << 30),
+            send_queue_bytes,
             dedupe_window: self.count::<usize>("dedupe-window", 10_000_000),
             history: crate::history::HistoryLimits {
                 max_events: self.count::<usize>("history-max-events", 10_000_000),

@@ -84,20 +84,22 @@ pub struct Event {
     sse: OnceLock<Bytes>,
 }
 
-/// A non-empty string without CR/LF: such ids end up in SSE `id:` lines, where a newline
-/// would let a producer inject fields into every client's stream.
+/// A non-empty string without CR/LF/NUL: such ids end up in SSE `id:` lines, where a
+/// newline would let a producer inject fields into every client's stream, and EventSource
+/// ignores an id with NUL (so its Last-Event-ID would silently stay behind).
 fn safe_text(s: String) -> Result<Box<str>, Rejection> {
-    if !s.is_empty() && !s.contains(['\r', '\n']) {
+    if !s.is_empty() && !s.contains(['\r', '\n', '\0']) {
         Ok(s.into())
     } else {
         Err(Rejection::InvalidField)
     }
 }
 
-/// A body field, or when it is absent, the fallback.
+/// A body field, or when it is absent, the fallback. An explicit `null` is the body's
+/// answer ("no user": tenant-wide) and is not overridden by a header.
 fn or_fallback(found: Found, fallback: impl FnOnce() -> Option<String>) -> Found {
     match found {
-        Found::Absent | Found::Null => fallback().map(Found::Str).unwrap_or(found),
+        Found::Absent => fallback().map(Found::Str).unwrap_or(found),
         other => other,
     }
 }
@@ -362,6 +364,10 @@ mod tests {
             ),
             (
                 br#"{"event_id":"a\nid: x","event_type":"t","tenant_id":"t"}"#,
+                Rejection::InvalidField,
+            ),
+            (
+                br#"{"event_id":"a\u0000b","event_type":"t","tenant_id":"t"}"#,
                 Rejection::InvalidField,
             ),
             (

@@ -158,6 +158,9 @@ async fn accept_loop(
 #[derive(Clone)]
 pub struct ConnectionToken(pub CancellationToken);
 
+/// How often shutdown checks whether the last SSE stream has ended.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Pause after a failed `accept`.
 const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -180,7 +183,11 @@ pub async fn run(
         metrics.clone(),
     );
     let history = Arc::new(History::new(config.history));
+    // `stop` closes clients and the consumer; `accept_stop` comes later, so that while
+    // clients drain, new requests still get answers (`/readyz` 503) instead of waiting in
+    // the listen backlog.
     let stop = CancellationToken::new();
+    let accept_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let state = AppState {
         config: config.clone(),
@@ -226,7 +233,7 @@ pub async fn run(
         app(state.clone()),
         config.handshake_timeout,
         state.metrics.clone(),
-        stop.clone(),
+        accept_stop.clone(),
     ));
 
     shutdown.await;
@@ -242,6 +249,11 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         let _ = broker.await;
         tracker.wait().await;
+        // SSE streams are HTTP responses, not tracked tasks: wait for the hub to empty.
+        while state.hub.connections() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        accept_stop.cancel();
         let _ = server.await;
     })
     .await;

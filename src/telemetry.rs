@@ -101,6 +101,8 @@ pub enum Refusal {
     MaxPerUser,
     /// Cookie auth from an origin not in `GATEWAY_ALLOWED_ORIGINS`: 403.
     Origin,
+    /// The instance is shutting down: 503, so the client tries another.
+    Draining,
 }
 
 impl Refusal {
@@ -116,6 +118,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::MaxPerUser => "max_connections_per_user",
             Refusal::Origin => "origin",
+            Refusal::Draining => "draining",
         }
     }
 }

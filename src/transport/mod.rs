@@ -50,6 +50,9 @@ impl IntoResponse for Rejection {
             Rejection::Refused(r @ Refusal::MaxConnections) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "over_capacity", r.as_str())
             }
+            Rejection::Refused(r @ Refusal::Draining) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining", r.as_str())
+            }
             Rejection::NotWebSocket => (
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -103,6 +106,17 @@ pub async fn admit(
     kick: CancellationToken,
     last_event_id: Option<String>,
 ) -> Result<Admitted, Rejection> {
+    let identity = authenticate(state, headers, query, transport).await?;
+    register(state, identity, transport, kick, last_event_id)
+}
+
+/// Token and origin checks, and a 503 while draining: everything short of registering.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    transport: Transport,
+) -> Result<Identity, Rejection> {
     let Some((token, source)) = find_token(headers, query, &state.config.jwt.cookie) else {
         return Err(refuse_auth(state, AuthFailure::Missing, transport));
     };
@@ -121,6 +135,21 @@ pub async fn admit(
         tracing::info!(transport = transport.as_str(), origin = ?origin, "refused: cookie auth from a disallowed origin");
         return Err(Rejection::Refused(Refusal::Origin));
     }
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        state.metrics.refused(Refusal::Draining);
+        return Err(Rejection::Refused(Refusal::Draining));
+    }
+    Ok(identity)
+}
+
+/// Registers an authenticated client in the hub and works out its replay.
+pub fn register(
+    state: &AppState,
+    identity: Identity,
+    transport: Transport,
+    kick: CancellationToken,
+    last_event_id: Option<String>,
+) -> Result<Admitted, Rejection> {
     let subscription = state
         .hub
         .subscribe(&identity.tenant, &identity.user, transport, kick)

@@ -44,9 +44,10 @@ pub async fn handler(
     let kick = conn_token.map(|t| t.0.0).unwrap_or_default();
     // EventSource sends Last-Event-ID by itself on reconnect, and it is newer than a
     // last_event_id left in the URL from the first connect.
+    // Browsers send it as UTF-8, which `to_str` (visible ASCII only) would refuse.
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| last_event_id_param(query.as_deref()));
@@ -70,11 +71,19 @@ pub async fn handler(
     };
     let cfg = &state.config;
     let retry_ms = cfg.sse_retry.as_millis() as u64;
+    let remaining = admitted.identity.remaining(cfg.jwt.leeway);
+    watch_stuck_stream(
+        admitted.subscription.kicked.clone(),
+        remaining,
+        state.shutdown.clone(),
+        cfg.shutdown_drain,
+        state.metrics.clone(),
+    );
     let stream = SseStream {
         kicked: admitted.subscription.kicked.clone(),
         subscription: admitted.subscription,
         shutdown: state.shutdown.clone(),
-        deadline: Box::pin(sleep(admitted.identity.remaining(cfg.jwt.leeway))),
+        deadline: Box::pin(sleep(remaining)),
         keepalive: tokio::time::interval_at(Instant::now() + cfg.sse_keepalive, cfg.sse_keepalive),
         metrics: state.metrics.clone(),
         // The first bytes flush the headers at once and tell EventSource how long to wait
@@ -119,6 +128,34 @@ pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Res
     resp
 }
 
+/// Slack given to a stream to end itself before its connection is dropped from outside.
+const STUCK_SLACK: Duration = Duration::from_secs(5);
+
+/// A stream whose socket is full is not polled, so its own timers cannot end it. This
+/// watcher drops the whole connection (through its kick token) if the stream is still
+/// there a little after its token's expiry or after the shutdown drain. It ends at once
+/// when the stream ends, since dropping the stream cancels the same token.
+fn watch_stuck_stream(
+    kick: CancellationToken,
+    remaining: Duration,
+    shutdown: CancellationToken,
+    drain: Duration,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            _ = kick.cancelled() => return,
+            _ = sleep(remaining.saturating_add(STUCK_SLACK)) => Disconnect::TokenExpired,
+            _ = async {
+                shutdown.cancelled().await;
+                sleep(drain + STUCK_SLACK).await;
+            } => Disconnect::Shutdown,
+        };
+        metrics.disconnected(why);
+        kick.cancel();
+    });
+}
+
 struct SseStream {
     subscription: Subscription,
     /// Clone of the subscription's token, taken once rather than per event.
@@ -136,6 +173,13 @@ struct SseStream {
     /// drain window (one timer serves both), delivering what is queued until then.
     draining: bool,
     done: bool,
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        // Ends the watcher; the connection it belongs to is over anyway.
+        self.kicked.cancel();
+    }
 }
 
 impl SseStream {

@@ -23,7 +23,7 @@ use crate::auth::{Identity, Verifier};
 use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{Rejection, admit, jitter, last_event_id_param};
+use crate::transport::{Rejection, authenticate, jitter, last_event_id_param, register};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -55,22 +55,24 @@ pub async fn handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // Authenticate before looking at the upgrade, so every unauthenticated request gets
-    // 401 whatever else is wrong with it.
-    let admitted = match admit(
-        &state,
-        &headers,
-        query.as_deref(),
-        Transport::Ws,
-        CancellationToken::new(),
-        last_event_id_param(query.as_deref()),
-    )
-    .await
-    {
-        Ok(a) => a,
+    // 401 whatever else is wrong with it; register only a real upgrade.
+    let identity = match authenticate(&state, &headers, query.as_deref(), Transport::Ws).await {
+        Ok(id) => id,
         Err(r) => return r.into_response(),
     };
     let Ok(upgrade) = upgrade else {
         return Rejection::NotWebSocket.into_response();
+    };
+    let last_event_id = last_event_id_param(query.as_deref());
+    let admitted = match register(
+        &state,
+        identity,
+        Transport::Ws,
+        CancellationToken::new(),
+        last_event_id,
+    ) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
     };
     let cfg = &state.config;
     let session = Session {
@@ -130,8 +132,10 @@ enum End {
     Close(u16, &'static str, Option<Disconnect>),
     /// The client sent a close frame; answer it.
     ClientClosed,
-    /// The socket is gone or stuck; nothing more can be sent.
+    /// The socket is gone; nothing more can be sent.
     Gone,
+    /// The socket is stuck; dropped without a close handshake, counted.
+    Dropped(Disconnect),
 }
 
 /// Messages a client may send.
@@ -183,6 +187,8 @@ where
         let ok = tokio::select! {
             r = write => r.is_ok(),
             _ = kicked.cancelled() => false,
+            _ = &mut deadline => false,
+            _ = sleep(session.idle_timeout) => false,
         };
         if !ok {
             tracing::debug!(connection.id = conn_id, "client gone during replay");
@@ -208,25 +214,6 @@ where
                 } else {
                     End::Close(close_code::TOKEN_EXPIRED, "token expired", Some(Disconnect::TokenExpired))
                 };
-            }
-            item = session.subscription.recv() => {
-                let Some(item) = item else { break End::Gone };
-                let sub = &mut session.subscription;
-                let write = async {
-                    sink.feed(frame(item)).await?;
-                    for _ in 1..MAX_BATCH {
-                        match sub.try_recv() {
-                            Some(item) => sink.feed(frame(item)).await?,
-                            None => break,
-                        }
-                    }
-                    sink.flush().await
-                };
-                // A client that stopped reading blocks the write; the hub then kicks it.
-                tokio::select! {
-                    r = write => if r.is_err() { break End::Gone },
-                    _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
-                }
             }
             msg = stream.next() => {
                 last_heard = Instant::now();
@@ -264,6 +251,31 @@ where
                     break End::Gone;
                 }
             }
+            // Deliveries come after the client's own messages and pings, so a steady
+            // backlog cannot starve the reads that prove it alive.
+            item = session.subscription.recv() => {
+                let Some(item) = item else { break End::Gone };
+                let sub = &mut session.subscription;
+                let write = async {
+                    sink.feed(frame(item)).await?;
+                    for _ in 1..MAX_BATCH {
+                        match sub.try_recv() {
+                            Some(item) => sink.feed(frame(item)).await?,
+                            None => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                // A client that stopped reading blocks the write. More events make the hub
+                // kick it; without them, its token's expiry, the drain, or a write that
+                // takes longer than the idle timeout end it all the same.
+                tokio::select! {
+                    r = write => if r.is_err() { break End::Gone },
+                    _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
+                    _ = &mut deadline => break End::Dropped(if draining { Disconnect::Shutdown } else { Disconnect::TokenExpired }),
+                    _ = sleep(session.idle_timeout) => break End::Dropped(Disconnect::SlowClient),
+                }
+            }
         }
     };
 
@@ -292,6 +304,14 @@ where
         // tungstenite queued the reply to the client's close; flushing sends it.
         End::ClientClosed => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
+        End::Dropped(why) => {
+            session.metrics.disconnected(why);
+            tracing::debug!(
+                connection.id = conn_id,
+                reason = why.as_str(),
+                "dropping stuck websocket"
+            );
         }
         End::Gone => {}
     }

@@ -469,6 +469,41 @@ async fn token_from_query_and_cookie_and_cookie_origin_rule() {
             2.0
         );
 
+        // The preflight a cross-origin client sending Last-Event-ID or Authorization needs.
+        let pre = gw
+            .http
+            .request(reqwest::Method::OPTIONS, gw.url("/sse"))
+            .header("origin", "https://studio.flatrender.example")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "last-event-id")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pre.status(), 204);
+        assert_eq!(
+            pre.headers()["access-control-allow-origin"],
+            "https://studio.flatrender.example"
+        );
+        assert!(
+            pre.headers()["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("last-event-id")
+        );
+        let foreign = gw
+            .http
+            .request(reqwest::Method::OPTIONS, gw.url("/sse"))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            foreign
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none()
+        );
+
         // CORS for a studio page reading /sse with credentials.
         let sse = SseClient::connect(
             &gw,
@@ -486,6 +521,43 @@ async fn token_from_query_and_cookie_and_cookie_origin_rule() {
         );
         assert_eq!(sse.headers["access-control-allow-credentials"], "true");
         publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_jwks_refuses_with_keys_unavailable() {
+    bounded(async {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+        drop(closed);
+        let gw = GatewayBuilder::new("nojwks")
+            .arg("jwt-jwks-url", &url)
+            .start()
+            .await;
+        let rs = Signer::Rs256 {
+            pem: "rsa_private.pem",
+            kid: Some("rsa-1"),
+        };
+        let got = Client::connect(
+            &gw,
+            Transport::Sse,
+            Auth::Bearer(sign(&rs, &claims("t", "u"))),
+        )
+        .await;
+        assert_eq!(got.err(), Some(401));
+        assert_eq!(
+            gw.metric("gateway_auth_failures_total{reason=\"keys_unavailable\"}")
+                .await,
+            1.0
+        );
+        // HS256 still works from the secret: one key source being down does not lock out the others.
+        assert!(
+            Client::connect(&gw, Transport::Ws, Auth::Bearer(token("t", "u")))
+                .await
+                .is_ok()
+        );
         gw.shutdown().await;
     })
     .await;

@@ -16,10 +16,28 @@ async fn connection_limits_answer_429_and_503() {
         let _b = Client::as_user(&gw, Transport::Sse, "t", "u").await;
         let third = Client::connect(&gw, Transport::Ws, Auth::Bearer(token("t", "u"))).await;
         assert_eq!(third.err(), Some(429));
+        let resp = gw
+            .http
+            .get(gw.url("/sse"))
+            .bearer_auth(token("t", "u"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "5");
         // Same user id in another tenant is another user.
         let _c = Client::as_user(&gw, Transport::Sse, "t2", "u").await;
         let fourth = Client::connect(&gw, Transport::Sse, Auth::Bearer(token("t3", "v"))).await;
         assert_eq!(fourth.err(), Some(503));
+        let resp = gw
+            .http
+            .get(gw.url("/sse"))
+            .bearer_auth(token("t3", "v"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "5");
         gw.shutdown().await;
     })
     .await;
@@ -76,14 +94,33 @@ async fn oversized_client_message_is_closed_with_1009() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams() {
     bounded(async {
-        let gw = GatewayBuilder::new("shutdown").start().await;
+        let gw = GatewayBuilder::new("shutdown")
+            .arg("shutdown-drain-secs", "2")
+            .start()
+            .await;
         let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
             .await
             .unwrap();
         let mut sse = SseClient::connect(&gw, "/sse", Auth::Bearer(token("t", "u")))
             .await
             .unwrap();
+        let probe = Gateway::external(gw.addr, &gw.exchange);
         let stopping = tokio::spawn(gw.shutdown());
+        // While clients drain, the instance still answers: not ready, and no new clients.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while probe.status("/readyz").await != 503 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never said 503"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let late = Client::connect(&probe, Transport::Sse, Auth::Bearer(token("t", "v"))).await;
+        assert_eq!(
+            late.err(),
+            Some(503),
+            "new clients are sent elsewhere while draining"
+        );
         assert_eq!(ws.expect_close().await.0, 1001);
         let last = sse.next_event().await;
         assert_eq!(last.event.as_deref(), Some("close"));
@@ -163,6 +200,44 @@ async fn idle_streams_get_keepalives_and_pings() {
             .unwrap();
         assert!(ping.is_ping(), "expected a ping, got {ping:?}");
         gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_non_zero_naming_the_setting_and_help_lists_all() {
+    bounded(async {
+        let bin = env!("CARGO_BIN_EXE_realtime-gateway");
+        let out = tokio::process::Command::new(bin)
+            .env_clear()
+            .env("GATEWAY_LISTEN", "127.0.0.1:not-a-port")
+            .env("GATEWAY_AMQP_URL", "amqps://broker.example/%2f")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            "GATEWAY_LISTEN",
+            "amqps:// is not supported",
+            "no token key configured",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+        let help = tokio::process::Command::new(bin)
+            .arg("--help")
+            .output()
+            .await
+            .unwrap();
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout);
+        for var in [
+            "GATEWAY_LISTEN",
+            "GATEWAY_MAX_CONNECTIONS_PER_USER",
+            "GATEWAY_JWT_JWKS_URL",
+        ] {
+            assert!(text.contains(var), "{var} missing from --help");
+        }
     })
     .await;
 }

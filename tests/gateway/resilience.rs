@@ -476,3 +476,50 @@ fn gateway_process(exchange: &str, max_open_files: Option<u32>) -> (tokio::proce
         .kill_on_drop(true);
     (cmd, port)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_clients_do_not_outlive_their_token() {
+    bounded(async {
+        // Queues far larger than what is published, so the hub never kicks them: only the
+        // token's expiry can end these connections, while their sockets are full.
+        let gw = GatewayBuilder::new("stuck-expiry")
+            .arg("jwt-leeway-secs", "0")
+            .arg("send-queue-len", "100000")
+            .arg("send-queue-bytes", "1073741824")
+            .start()
+            .await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        let mut c = claims("t", "stuck");
+        c["exp"] = json!(now() + 3);
+        let short = sign(&Signer::Hs256(SECRET), &c);
+        let _ws = RawClient::open(&gw, "/ws", &short).await;
+        let _sse = RawClient::open(&gw, "/sse", &short).await;
+        let pad = "x".repeat(16 * 1024);
+        for i in 0..600 {
+            let mut e = event(&format!("fill-{i}"), "t", Some("stuck"));
+            e["data"]["pad"] = json!(pad);
+            publisher.publish(PROGRESS, &e).await;
+        }
+        gw.wait_metric("gateway_disconnects_total{reason=\"token_expired\"}", 2.0)
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gw.metric("gateway_connections{transport=\"ws\"}").await
+            + gw.metric("gateway_connections{transport=\"sse\"}").await
+            > 0.0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck connections still registered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            gw.metric("gateway_disconnects_total{reason=\"slow_client\"}")
+                .await,
+            0.0
+        );
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}

@@ -282,3 +282,31 @@ async fn history_evicts_by_bytes_and_age() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_event_ids_resume_through_last_event_id() {
+    bounded(async {
+        let gw = GatewayBuilder::new("utf8ids").start().await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        let mut live = Client::as_user(&gw, Transport::Ws, "t", "u").await;
+        for id in ["évènement-1", "évènement-2"] {
+            publisher
+                .publish(PROGRESS, &event(id, "t", Some("u")))
+                .await;
+        }
+        assert_eq!(live.ids_until("évènement-2").await.len(), 2);
+        // EventSource sends the id back as UTF-8 bytes in the header.
+        let mut sse = SseClient::connect_with(
+            &gw,
+            "/sse",
+            Auth::Bearer(token("t", "u")),
+            &[("last-event-id", "évènement-1")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(sse.next_event().await.id.as_deref(), Some("évènement-2"));
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
