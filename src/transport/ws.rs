@@ -185,6 +185,7 @@ where
             sink.flush().await
         };
         let ok = tokio::select! {
+            biased;
             r = write => r.is_ok(),
             _ = kicked.cancelled() => false,
             _ = &mut deadline => false,
@@ -269,7 +270,9 @@ where
                 // A client that stopped reading blocks the write. More events make the hub
                 // kick it; without them, its token's expiry, the drain, or a write that
                 // takes longer than the idle timeout end it all the same.
+                // Biased, write first: a write that completes at once never arms the timers.
                 tokio::select! {
+                    biased;
                     r = write => if r.is_err() { break End::Gone },
                     _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
                     _ = &mut deadline => break End::Dropped(if draining { Disconnect::Shutdown } else { Disconnect::TokenExpired }),
