@@ -95,6 +95,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    state: AppState,
     handshake_timeout: std::time::Duration,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -116,43 +117,75 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        // Cancelling this token drops the HTTP connection and its socket. SSE streams use
-        // it as their slow-client kick: a stream whose socket is stuck is never polled
-        // again, so it cannot end itself.
-        let conn_token = CancellationToken::new();
-        let service = {
-            let (router, token) = (router.clone(), conn_token.clone());
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectionToken(token.clone()));
-                tower::ServiceExt::oneshot(router.clone(), req)
-            })
-        };
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(handshake_timeout);
-            let conn = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = conn_token.cancelled() => Ok(()),
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+        // SSE requests are served without hyper (see `sse::serve_raw`): a peek, which
+        // consumes nothing, tells them apart; anything else goes to hyper untouched.
+        {
+            let (state, stop, router) = (state.clone(), stop.clone(), router.clone());
+            connections.spawn(async move {
+                let mut first = [0u8; SSE_PREFIX.len()];
+                let peeked = tokio::select! {
+                    r = tokio::time::timeout(handshake_timeout, stream.peek(&mut first)) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match peeked {
+                    Ok(Ok(n)) if first[..n] == *SSE_PREFIX => {
+                        sse::serve_raw(stream, state, handshake_timeout).await;
+                    }
+                    Ok(Ok(_)) => serve_hyper(stream, peer, router, handshake_timeout, stop).await,
+                    // Nothing sent within the handshake timeout, or the socket failed.
+                    _ => {}
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
-            }
-        });
+            });
+        }
     }
     connections.close();
     connections.wait().await;
 }
+
+/// Serves one connection with hyper's HTTP/1, upgrades included.
+async fn serve_hyper(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    router: Router,
+    handshake_timeout: std::time::Duration,
+    stop: CancellationToken,
+) {
+    // Cancelling this token drops the HTTP connection and its socket. SSE streams use
+    // it as their slow-client kick: a stream whose socket is stuck is never polled
+    // again, so it cannot end itself.
+    let conn_token = CancellationToken::new();
+    let service = {
+        let (router, token) = (router.clone(), conn_token.clone());
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectionToken(token.clone()));
+            tower::ServiceExt::oneshot(router.clone(), req)
+        })
+    };
+    {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(handshake_timeout);
+        let conn = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = conn_token.cancelled() => Ok(()),
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// What an SSE request starts with.
+const SSE_PREFIX: &[u8; 8] = b"GET /sse";
 
 /// Request extension: the token that ends the request's HTTP connection.
 #[derive(Clone)]
@@ -231,6 +264,7 @@ pub async fn run(
     let server = tokio::spawn(accept_loop(
         listener,
         app(state.clone()),
+        state.clone(),
         config.handshake_timeout,
         state.metrics.clone(),
         accept_stop.clone(),

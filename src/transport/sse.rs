@@ -13,11 +13,12 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE,
-    CACHE_CONTROL, CONTENT_TYPE,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,8 @@ const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resy
 /// Keeps idle streams (and the proxies in between) from timing out.
 const KEEP_ALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
 
-/// `GET /sse`.
+/// `GET /sse` through hyper: requests that the accept loop did not hand to [`serve_raw`]
+/// (a request line split across packets, a kept-alive connection's later request).
 pub async fn handler(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -42,44 +44,69 @@ pub async fn handler(
     // A stuck SSE stream is never polled, so it cannot end itself: its kick drops the
     // whole HTTP connection instead.
     let kick = conn_token.map(|t| t.0.0).unwrap_or_default();
+    let stream = match open(&state, &headers, query.as_deref(), kick).await {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    watch_stuck_stream(
+        stream.kicked.clone(),
+        stream
+            .deadline
+            .deadline()
+            .saturating_duration_since(Instant::now()),
+        state.shutdown.clone(),
+        state.config.shutdown_drain,
+        state.metrics.clone(),
+    );
+    let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), s))
+    }));
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    for (name, value) in STREAM_HEADERS {
+        h.insert(*name, HeaderValue::from_static(value));
+    }
+    cors_headers(&state, &headers, h);
+    resp
+}
+
+/// Response headers of every stream. `x-accel-buffering: no` keeps nginx from buffering.
+const STREAM_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache, no-transform"),
+    ("x-accel-buffering", "no"),
+];
+
+/// Admits the request and builds its stream, or the refusal to send instead.
+async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    kick: CancellationToken,
+) -> Result<SseStream, Response> {
     // EventSource sends Last-Event-ID by itself on reconnect, and it is newer than a
-    // last_event_id left in the URL from the first connect.
-    // Browsers send it as UTF-8, which `to_str` (visible ASCII only) would refuse.
+    // last_event_id left in the URL from the first connect. Browsers send it as UTF-8,
+    // which `to_str` (visible ASCII only) would refuse.
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
-        .or_else(|| last_event_id_param(query.as_deref()));
-    let admitted = match admit(
-        &state,
-        &headers,
-        query.as_deref(),
-        Transport::Sse,
-        kick,
-        last_event_id,
-    )
-    .await
-    {
+        .or_else(|| last_event_id_param(query));
+    let admitted = match admit(state, headers, query, Transport::Sse, kick, last_event_id).await {
         Ok(a) => a,
         Err(r) => {
             let mut resp = r.into_response();
             // Let a cross-origin page read why it was refused.
-            cors_headers(&state, &headers, resp.headers_mut());
-            return resp;
+            cors_headers(state, headers, resp.headers_mut());
+            return Err(resp);
         }
     };
     let cfg = &state.config;
     let retry_ms = cfg.sse_retry.as_millis() as u64;
     let remaining = admitted.identity.remaining(cfg.jwt.leeway);
-    watch_stuck_stream(
-        admitted.subscription.kicked.clone(),
-        remaining,
-        state.shutdown.clone(),
-        cfg.shutdown_drain,
-        state.metrics.clone(),
-    );
-    let stream = SseStream {
+    Ok(SseStream {
         kicked: admitted.subscription.kicked.clone(),
         subscription: admitted.subscription,
         shutdown: state.shutdown.clone(),
@@ -95,19 +122,200 @@ pub async fn handler(
         drain: cfg.shutdown_drain,
         draining: false,
         done: false,
+    })
+}
+
+/// Largest request head the raw path reads.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most request headers the raw path parses.
+const MAX_HEADERS: usize = 64;
+
+/// Serves one `GET /sse` connection without hyper, which would keep its 8 KiB read buffer
+/// for the whole life of the stream: the head is read and parsed here (bounded in size
+/// and time), the response is written directly, and the body is delimited by closing the
+/// connection. Anything unexpected gets a plain HTTP error and the connection closes.
+pub async fn serve_raw(mut socket: TcpStream, state: AppState, handshake_timeout: Duration) {
+    let head = match tokio::time::timeout(handshake_timeout, read_head(&mut socket)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(status)) => {
+            let _ = write_plain(&mut socket, status).await;
+            return;
+        }
+        Err(_) => {
+            let _ = write_plain(&mut socket, StatusCode::REQUEST_TIMEOUT).await;
+            return;
+        }
     };
-    let body = Body::from_stream(futures_util::stream::unfold(stream, SseStream::next));
-    let mut resp = (StatusCode::OK, body).into_response();
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-transform"),
+    // Everything from the request is dropped before streaming starts: this future lives as
+    // long as the connection, and whatever it still holds is held per client.
+    let (mut stream, response_head) = {
+        let (path, query, headers) = head;
+        if path != "/sse" {
+            let _ = write_plain(&mut socket, StatusCode::NOT_FOUND).await;
+            return;
+        }
+        let stream = match open(&state, &headers, query.as_deref(), CancellationToken::new()).await
+        {
+            Ok(s) => s,
+            Err(resp) => {
+                let _ = write_response(&mut socket, resp).await;
+                return;
+            }
+        };
+        let mut out = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+        for (name, value) in STREAM_HEADERS {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let mut cors = HeaderMap::new();
+        cors_headers(&state, &headers, &mut cors);
+        push_headers(&mut out, &cors);
+        out.push_str("\r\n");
+        (stream, Bytes::from(out))
+    };
+    let idle_timeout = state.config.idle_timeout;
+    let metrics = state.metrics.clone();
+    drop(state);
+    let (mut rd, mut wr) = socket.split();
+    if write_bounded(&mut wr, &response_head, idle_timeout, &mut stream)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    drop(response_head);
+    let mut scratch = [0u8; 64];
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            c = stream.next_chunk() => c,
+            // Anything the client sends is ignored; end of file means it left.
+            r = rd.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        let Some(chunk) = chunk else { return };
+        // The last chunk of a stream that is done (its close event) is written without the
+        // shutdown and deadline bounds, which fired already; the idle limit still holds.
+        let result = if stream.done {
+            tokio::time::timeout(idle_timeout, wr.write_all(&chunk))
+                .await
+                .map_err(|_| Some(Disconnect::SlowClient))
+                .and_then(|r| r.map_err(|_| None))
+        } else {
+            write_bounded(&mut wr, &chunk, idle_timeout, &mut stream).await
+        };
+        if let Err(why) = result {
+            if let Some(why) = why {
+                metrics.disconnected(why);
+            }
+            return;
+        }
+    }
+}
+
+/// Writes all of `bytes` unless the client is kicked, its token expires, the gateway shuts
+/// down, or the socket stays full for the idle timeout: a stuck socket must not keep a
+/// connection past any of those. `Err(Some(reason))` when the gateway gave up on it.
+async fn write_bounded<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+    stream: &mut SseStream,
+) -> Result<(), Option<Disconnect>> {
+    tokio::select! {
+        biased;
+        r = wr.write_all(bytes) => r.map_err(|_| None),
+        _ = stream.kicked.cancelled() => Err(None),
+        _ = &mut stream.deadline => Err(Some(if stream.draining {
+            Disconnect::Shutdown
+        } else {
+            Disconnect::TokenExpired
+        })),
+        // Once draining, the deadline above is the close time.
+        _ = stream.shutdown.cancelled(), if !stream.draining => Err(Some(Disconnect::Shutdown)),
+        _ = sleep(limit) => Err(Some(Disconnect::SlowClient)),
+    }
+}
+
+/// Reads and parses a request head: `(path, query, headers)`, or the status to answer.
+async fn read_head(
+    socket: &mut TcpStream,
+) -> Result<(String, Option<String>, HeaderMap), StatusCode> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = socket
+            .read(&mut chunk)
+            .await
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        if n == 0 {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut parsed);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                if req.method != Some("GET") {
+                    return Err(StatusCode::METHOD_NOT_ALLOWED);
+                }
+                let target = req.path.unwrap_or("/");
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                    None => (target.to_owned(), None),
+                };
+                let mut headers = HeaderMap::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    let name = axum::http::HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| StatusCode::BAD_REQUEST)?;
+                    let value =
+                        HeaderValue::from_bytes(h.value).map_err(|_| StatusCode::BAD_REQUEST)?;
+                    headers.append(name, value);
+                }
+                return Ok((path, query, headers));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => continue,
+            Ok(httparse::Status::Partial) => {
+                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            }
+            Err(_) => return Err(StatusCode::BAD_REQUEST),
+        }
+    }
+}
+
+fn push_headers(out: &mut String, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            out.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+}
+
+async fn write_plain(socket: &mut TcpStream, status: StatusCode) -> std::io::Result<()> {
+    write_response(socket, status.into_response()).await
+}
+
+/// Writes a small, complete response (refusals and errors) and closes.
+async fn write_response(socket: &mut TcpStream, resp: Response) -> std::io::Result<()> {
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let reason = parts.status.canonical_reason().unwrap_or("");
+    let mut head = format!(
+        "HTTP/1.1 {} {reason}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        parts.status.as_u16(),
+        body.len()
     );
-    // nginx would otherwise buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    cors_headers(&state, &headers, h);
-    resp
+    push_headers(&mut head, &parts.headers);
+    head.push_str("\r\n");
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(&body).await?;
+    socket.shutdown().await
 }
 
 /// `OPTIONS /sse`: a CORS preflight, for clients that send `Authorization` or
@@ -183,9 +391,10 @@ impl Drop for SseStream {
 }
 
 impl SseStream {
-    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, SseStream)> {
+    /// The next bytes to send, or `None` when the stream is over.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.pending.pop_front() {
-            return Some((Ok(first), self));
+            return Some(first);
         }
         if self.done {
             return None;
@@ -222,7 +431,7 @@ impl SseStream {
                 _ = self.keepalive.tick() => break KEEP_ALIVE,
             }
         };
-        Some((Ok(chunk), self))
+        Some(chunk)
     }
 }
 

@@ -241,3 +241,58 @@ async fn bad_configuration_exits_non_zero_naming_the_setting_and_help_lists_all(
     })
     .await;
 }
+
+/// Sends raw bytes on a fresh connection and returns what the gateway answers until it
+/// closes or `until` appears.
+async fn raw_exchange(gw: &Gateway, request: &[u8], until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(until) {
+        match tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("no answer")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_requests_are_served_both_fresh_and_on_kept_alive_connections() {
+    bounded(async {
+        let gw = GatewayBuilder::new("ssepaths").start().await;
+        let t = token("t", "u");
+        // A fresh connection (the lean path): headers, then the opening lines.
+        let fresh = raw_exchange(&gw, format!("GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes(), ": connected").await;
+        assert!(fresh.starts_with("HTTP/1.1 200 OK\r\n"), "{fresh}");
+        assert!(fresh.to_ascii_lowercase().contains("content-type: text/event-stream"), "{fresh}");
+        // A kept-alive connection whose second request is /sse (served by hyper).
+        let reused = raw_exchange(
+            &gw,
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes(),
+            ": connected",
+        )
+        .await;
+        assert_eq!(reused.matches("HTTP/1.1 200 OK").count(), 2, "{reused}");
+        assert!(reused.contains("retry: "), "{reused}");
+        // Refusals and malformed heads on the lean path get proper HTTP answers.
+        let no_token = raw_exchange(&gw, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n", "\u{0}").await;
+        assert!(no_token.starts_with("HTTP/1.1 401"), "{no_token}");
+        assert!(no_token.contains(r#""reason":"missing""#), "{no_token}");
+        let other = raw_exchange(&gw, b"GET /sse-other HTTP/1.1\r\nHost: x\r\n\r\n", "\u{0}").await;
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        let garbage = raw_exchange(&gw, b"GET /sse \x01\x02 nonsense\r\n\r\n", "\u{0}").await;
+        assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+        let huge = format!("GET /sse HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(20_000));
+        let too_big = raw_exchange(&gw, huge.as_bytes(), "\u{0}").await;
+        assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big}");
+        assert_eq!(gw.status("/healthz").await, 200);
+        gw.shutdown().await;
+    })
+    .await;
+}
