@@ -4,6 +4,19 @@ use serde_json::json;
 
 use super::support::*;
 
+/// A refused `/sse` request answers `status` and tells the client when to retry.
+async fn assert_retry_after(gw: &Gateway, token: &str, status: u16) {
+    let resp = gw
+        .http
+        .get(gw.url("/sse"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["retry-after"], "5");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_answer_429_and_503() {
     bounded(async {
@@ -16,28 +29,12 @@ async fn connection_limits_answer_429_and_503() {
         let _b = Client::as_user(&gw, Transport::Sse, "t", "u").await;
         let third = Client::connect(&gw, Transport::Ws, Auth::Bearer(token("t", "u"))).await;
         assert_eq!(third.err(), Some(429));
-        let resp = gw
-            .http
-            .get(gw.url("/sse"))
-            .bearer_auth(token("t", "u"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 429);
-        assert_eq!(resp.headers()["retry-after"], "5");
+        assert_retry_after(&gw, &token("t", "u"), 429).await;
         // Same user id in another tenant is another user.
         let _c = Client::as_user(&gw, Transport::Sse, "t2", "u").await;
         let fourth = Client::connect(&gw, Transport::Sse, Auth::Bearer(token("t3", "v"))).await;
         assert_eq!(fourth.err(), Some(503));
-        let resp = gw
-            .http
-            .get(gw.url("/sse"))
-            .bearer_auth(token("t3", "v"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 503);
-        assert_eq!(resp.headers()["retry-after"], "5");
+        assert_retry_after(&gw, &token("t3", "v"), 503).await;
         gw.shutdown().await;
     })
     .await;
