@@ -280,8 +280,7 @@ impl Consumer {
                 Ok(event) => {
                     // Into the history before the hub: a client registering meanwhile then
                     // finds it in its replay or gets it live (or both, and skips one).
-                    let event = self.history.append(event);
-                    let (events, bytes) = self.history.size();
+                    let (event, (events, bytes)) = self.history.append(event);
                     self.metrics.history_size(events, bytes);
                     let recipients = self.hub.publish(&event);
                     tracing::debug!(

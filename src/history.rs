@@ -78,8 +78,10 @@ impl History {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Numbers the event, appends it, and evicts what the limits no longer allow.
-    pub fn append(&self, mut event: Event) -> Arc<Event> {
+    /// Numbers the event, appends it, and evicts what the limits no longer allow. Returns
+    /// the shared event and the size held afterwards (events, bytes), read under the same
+    /// lock so the consumer never locks twice per event.
+    pub fn append(&self, mut event: Event) -> (Arc<Event>, (usize, usize)) {
         let mut h = self.lock();
         let seq = h.first_seq + h.entries.len() as u64;
         event.seq = seq;
@@ -101,7 +103,8 @@ impl History {
             at: Instant::now(),
         });
         self.evict(&mut h, Instant::now());
-        event
+        let size = (h.entries.len(), h.bytes);
+        (event, size)
     }
 
     /// Records that events may have been lost after everything held so far.
@@ -219,6 +222,7 @@ mod tests {
             "tenant_id": tenant, "user_id": user, "data": {}
         });
         h.append(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
+            .0
     }
 
     fn ids(r: Replay) -> Vec<String> {
