@@ -73,6 +73,7 @@ pub fn find_token(
             return Some((token.trim().to_owned(), TokenSource::Header));
         }
     }
+
     if let Some(q) = query {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             if k == "access_token" && !v.is_empty() {
@@ -181,6 +182,12 @@ impl Verifier {
     /// Verifies `token`: signature, algorithm, `exp`/`nbf` with leeway, issuer, audience,
     /// `sub` and the tenant claim.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        // RFC 7515 4.1.11: a `crit` header names extensions that must be understood; the
+        // gateway understands none, so such a token cannot be accepted.
+        let header_json = segment(token, 0).ok_or(AuthFailure::Malformed)?;
+        if !unique_keys(&header_json) || has_key(&header_json, "crit") {
+            return Err(AuthFailure::Malformed);
+        }
         let header = match jsonwebtoken::decode_header(token) {
             Ok(h) => h,
             Err(_) => return Err(classify_bad_header(token)),
@@ -219,12 +226,22 @@ impl Verifier {
                 | ErrorKind::InvalidClaimFormat(_)
                 | ErrorKind::InvalidSubject => AuthFailure::Claims,
                 ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthFailure::Algorithm,
+                // jsonwebtoken reads the registered claims into a struct after checking
+                // the signature: a repeated `sub` or `exp` fails there.
+                ErrorKind::Json(_) if !segment(token, 1).is_some_and(|j| unique_keys(&j)) => {
+                    AuthFailure::Claims
+                }
                 ErrorKind::InvalidToken
                 | ErrorKind::Base64(_)
                 | ErrorKind::Json(_)
                 | ErrorKind::Utf8(_) => AuthFailure::Malformed,
                 _ => AuthFailure::Signature,
             })?;
+        // The claims were parsed into a map, where a repeated claim silently keeps its last
+        // value: a signed `"tenant_id":"A","tenant_id":"B"` must not connect as B.
+        if !segment(token, 1).is_some_and(|json| unique_keys(&json)) {
+            return Err(AuthFailure::Claims);
+        }
         let claims = data.claims;
         let text = |name: &str| match claims.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -269,6 +286,53 @@ impl Verifier {
             None if self.jwks.is_some() => Err(AuthFailure::UnknownKey),
             None => Err(AuthFailure::Algorithm),
         }
+    }
+}
+
+/// The base64url-decoded `index`-th dot-separated part of a token.
+fn segment(token: &str, index: usize) -> Option<Vec<u8>> {
+    let part = token.split('.').nth(index)?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .ok()
+}
+
+/// Whether `json` is an object whose top-level keys are all distinct (after unescaping).
+fn unique_keys(json: &[u8]) -> bool {
+    serde_json::from_slice::<UniqueKeys>(json).is_ok()
+}
+
+/// Whether `json` is an object with top-level key `key`.
+fn has_key(json: &[u8], key: &str) -> bool {
+    serde_json::from_slice::<Map<String, Value>>(json).is_ok_and(|m| m.contains_key(key))
+}
+
+/// Deserializes only when an object's keys are distinct; the values are skipped.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object without repeated keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key) {
+                        return Err(serde::de::Error::custom("repeated key"));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(UniqueKeys)
+            }
+        }
+        d.deserialize_map(Keys)
     }
 }
 
@@ -487,6 +551,46 @@ mod tests {
             .build()
             .unwrap()
             .block_on(v.verify(token))
+    }
+
+    /// An HS256 token over a header and payload given as raw JSON text, so tests can sign
+    /// what a serializer would never produce (repeated keys).
+    pub(crate) fn hs_raw(header: &str, payload: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let message = format!("{}.{}", b64(header), b64(payload));
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    }
+
+    #[test]
+    fn repeated_claims_and_crit_headers_are_refused() {
+        let exp = now() + 60;
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let good = format!(r#"{{"sub":"u1","tenant_id":"A","exp":{exp}}}"#);
+        assert!(verify(&config(), &hs_raw(header, &good)).is_ok());
+        for payload in [
+            format!(r#"{{"sub":"u1","tenant_id":"A","tenant_id":"B","exp":{exp}}}"#),
+            // The same key spelled with an escape.
+            format!(r#"{{"sub":"u1","tenant_id":"A","tenant\u005fid":"B","exp":{exp}}}"#),
+            format!(r#"{{"sub":"u1","sub":"u2","tenant_id":"A","exp":{exp}}}"#),
+        ] {
+            assert_eq!(
+                verify(&config(), &hs_raw(header, &payload)),
+                Err(AuthFailure::Claims),
+                "{payload}"
+            );
+        }
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"HS256","alg":"HS256"}"#,
+        ] {
+            assert_eq!(
+                verify(&config(), &hs_raw(header, &good)),
+                Err(AuthFailure::Malformed),
+                "{header}"
+            );
+        }
     }
 
     #[test]

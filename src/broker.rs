@@ -268,7 +268,7 @@ impl Consumer {
                 header: &header,
             };
             match Event::parse_with(delivery.data, self.max_event_bytes, &self.mapping, &meta) {
-                Ok(event) if !recent.insert(&event.id) => {
+                Ok(event) if !recent.insert(&event.tenant, &event.id) => {
                     self.metrics.duplicate_dropped();
                     tracing::debug!(
                         event_id = %event.id,

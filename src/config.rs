@@ -65,7 +65,8 @@ settings! {
     "jwt-cookie", "GATEWAY_JWT_COOKIE", Some("access_token"), "cookie that may carry the token";
     "jwt-leeway-secs", "GATEWAY_JWT_LEEWAY_SECS", Some("30"), "clock skew allowed on exp/nbf";
     "allowed-origins", "GATEWAY_ALLOWED_ORIGINS", None, "comma-separated browser origins allowed for cookie auth and CORS";
-    "max-connections", "GATEWAY_MAX_CONNECTIONS", None, "open client connections in total (default: sized from the open-file limit)";
+    "max-connections", "GATEWAY_MAX_CONNECTIONS", None, "open client connections in total (default: open-file limit - 128 - GATEWAY_MAX_PENDING_CONNECTIONS)";
+    "max-pending-connections", "GATEWAY_MAX_PENDING_CONNECTIONS", Some("256"), "accepted sockets still sending their request head; beyond it new sockets are closed at once";
     "max-connections-per-user", "GATEWAY_MAX_CONNECTIONS_PER_USER", Some("16"), "open connections per tenant and user";
     "max-event-bytes", "GATEWAY_MAX_EVENT_BYTES", Some("65536"), "largest event body accepted from the broker";
     "send-queue-len", "GATEWAY_SEND_QUEUE_LEN", Some("256"), "events waiting per connection before it is a slow client";
@@ -205,6 +206,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time allowed for request headers.
     pub handshake_timeout: Duration,
+    /// Sockets whose first request head is not complete yet; a flood of silent sockets
+    /// takes at most these descriptors, never those of admitted clients.
+    pub max_pending_connections: usize,
     /// SSE keep-alive comment interval.
     pub sse_keepalive: Duration,
     /// SSE `retry:` hint.
@@ -476,9 +480,10 @@ impl Validator<'_> {
             }
         }
 
+        let max_pending_connections = self.count::<usize>("max-pending-connections", 1_000_000);
         let max_connections = match self.raw.get("max-connections") {
             Some(_) => self.count::<usize>("max-connections", 10_000_000),
-            None => default_max_connections(),
+            None => default_max_connections(max_pending_connections),
         };
 
         let log_format = match self.string("log-format").as_str() {
@@ -531,6 +536,7 @@ impl Validator<'_> {
             jwt,
             allowed_origins,
             max_connections,
+            max_pending_connections,
             max_connections_per_user: self.count::<usize>("max-connections-per-user", 100_000),
             max_event_bytes,
             send_queue_len: self.count::<usize>("send-queue-len", 1_000_000),
@@ -691,7 +697,9 @@ const FALLBACK_MAX_CONNECTIONS: usize = 10_000;
 
 /// Sized for the machine: each connection holds one descriptor, so the soft open-file
 /// limit is the real ceiling; refusing with 503 below it beats failing `accept`.
-fn default_max_connections() -> usize {
+/// What the open-file soft limit leaves for clients after the reserve and the pending
+/// sockets, so admitted connections can never be starved of descriptors by silent ones.
+fn default_max_connections(max_pending: usize) -> usize {
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|text| {
@@ -700,7 +708,7 @@ fn default_max_connections() -> usize {
                 .and_then(|l| l.split_whitespace().nth(3))
                 .and_then(|soft| soft.parse::<usize>().ok())
         })
-        .map(|soft| soft.saturating_sub(RESERVED_FDS).max(1))
+        .map(|soft| soft.saturating_sub(RESERVED_FDS + max_pending).max(1))
         .unwrap_or(FALLBACK_MAX_CONNECTIONS)
 }
 

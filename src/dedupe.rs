@@ -1,14 +1,21 @@
 //! Dedupe: a bounded memory of recently seen `event_id`s, so an event redelivered by the
 //! broker (requeued after a link drop) or republished by an at-least-once producer is not
 //! delivered twice. Owned by the single consumer task, so it needs no locking.
+//!
+//! Ids are remembered per tenant: producers may number events per tenant (and the AMQP
+//! `message_id` fallback often is), so one tenant's `order-1001` must never suppress
+//! another's.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-/// The last `capacity` distinct ids, oldest forgotten first.
+/// A tenant and one of its event ids.
+type Key = (Arc<str>, Arc<str>);
+
+/// The last `capacity` distinct (tenant, id) pairs, oldest forgotten first.
 pub struct RecentIds {
-    seen: HashSet<Arc<str>>,
-    order: VecDeque<Arc<str>>,
+    seen: HashSet<Key>,
+    order: VecDeque<Key>,
     capacity: usize,
 }
 
@@ -23,9 +30,10 @@ impl RecentIds {
         }
     }
 
-    /// Remembers `id`; false when it was already remembered (a duplicate).
-    pub fn insert(&mut self, id: &Arc<str>) -> bool {
-        if self.seen.contains(id) {
+    /// Remembers `id` of `tenant`; false when it was already remembered (a duplicate).
+    pub fn insert(&mut self, tenant: &str, id: &Arc<str>) -> bool {
+        let key: Key = (Arc::from(tenant), id.clone());
+        if self.seen.contains(&key) {
             return false;
         }
         if self.order.len() == self.capacity
@@ -33,8 +41,8 @@ impl RecentIds {
         {
             self.seen.remove(&oldest);
         }
-        self.seen.insert(id.clone());
-        self.order.push_back(id.clone());
+        self.seen.insert(key.clone());
+        self.order.push_back(key);
         true
     }
 }
@@ -47,14 +55,23 @@ mod tests {
     fn duplicates_within_the_window_are_caught_and_old_ids_forgotten() {
         let mut r = RecentIds::new(3);
         let id = |s: &str| Arc::<str>::from(s);
-        assert!(r.insert(&id("a")));
-        assert!(!r.insert(&id("a")));
-        assert!(r.insert(&id("b")));
-        assert!(r.insert(&id("c")));
-        assert!(r.insert(&id("d")));
+        assert!(r.insert("t", &id("a")));
+        assert!(!r.insert("t", &id("a")));
+        assert!(r.insert("t", &id("b")));
+        assert!(r.insert("t", &id("c")));
+        assert!(r.insert("t", &id("d")));
         // "a" fell out of the window; "b".."d" are still remembered.
-        assert!(r.insert(&id("a")));
-        assert!(!r.insert(&id("d")));
+        assert!(r.insert("t", &id("a")));
+        assert!(!r.insert("t", &id("d")));
         assert_eq!(r.seen.len(), 3);
+    }
+
+    #[test]
+    fn the_same_id_in_two_tenants_is_not_a_duplicate() {
+        let mut r = RecentIds::new(8);
+        let id = Arc::<str>::from("order-1001");
+        assert!(r.insert("tenant-a", &id));
+        assert!(r.insert("tenant-b", &id));
+        assert!(!r.insert("tenant-b", &id));
     }
 }

@@ -49,7 +49,9 @@ struct Inner {
     entries: VecDeque<Entry>,
     first_seq: u64,
     bytes: usize,
-    by_id: HashMap<Arc<str>, u64>,
+    /// By (tenant, `event_id`): ids are only unique within a tenant, and a resume must
+    /// only ever find its own tenant's events.
+    by_id: HashMap<(Arc<str>, Arc<str>), u64>,
     by_user: HashMap<(Arc<str>, Arc<str>), VecDeque<u64>>,
     by_tenant: HashMap<Arc<str>, VecDeque<u64>>,
     /// Events up to this sequence number may have gaps after them (broker queue lost).
@@ -88,6 +90,7 @@ impl History {
         let event = Arc::new(event);
         let id = event.id.clone();
         let tenant: Arc<str> = Arc::from(&*event.tenant);
+        h.by_id.insert((tenant.clone(), id), seq);
         match &event.user {
             Some(user) => h
                 .by_user
@@ -96,7 +99,6 @@ impl History {
                 .push_back(seq),
             None => h.by_tenant.entry(tenant).or_default().push_back(seq),
         }
-        h.by_id.insert(id, seq);
         h.bytes += event.len();
         h.entries.push_back(Entry {
             event: event.clone(),
@@ -128,8 +130,9 @@ impl History {
             let seq = h.first_seq;
             h.first_seq += 1;
             h.bytes -= old.event.len();
-            if h.by_id.get(&old.event.id) == Some(&seq) {
-                h.by_id.remove(&old.event.id);
+            let key = (Arc::from(&*old.event.tenant), old.event.id.clone());
+            if h.by_id.get(&key) == Some(&seq) {
+                h.by_id.remove(&key);
             }
             let e = &old.event;
             match &e.user {
@@ -160,7 +163,7 @@ impl History {
         let mut h = self.lock();
         self.evict(&mut h, Instant::now());
         let through = h.first_seq + h.entries.len() as u64 - 1;
-        let Some(&from) = h.by_id.get(last_id) else {
+        let Some(&from) = h.by_id.get(&(Arc::from(tenant), Arc::from(last_id))) else {
             return Replay::Resync;
         };
         let first_seq = h.first_seq;
@@ -270,6 +273,19 @@ mod tests {
         assert_eq!(ids(h.since("t", "u", "3")), Vec::<String>::new());
         push(&h, "4", "t", Some("u"));
         assert_eq!(ids(h.since("t", "u", "3")), ["4"]);
+    }
+
+    #[test]
+    fn ids_are_per_tenant() {
+        let h = History::new(limits());
+        push(&h, "order-1001", "a", Some("u"));
+        push(&h, "order-1001", "b", Some("u"));
+        push(&h, "order-1002", "a", Some("u"));
+        push(&h, "order-1002", "b", Some("u"));
+        // Each tenant resumes from its own event of that id, whichever came last.
+        assert_eq!(ids(h.since("a", "u", "order-1001")), ["order-1002"]);
+        assert_eq!(ids(h.since("b", "u", "order-1001")), ["order-1002"]);
+        assert_eq!(ids(h.since("a", "u", "order-1002")), Vec::<String>::new());
     }
 
     #[test]

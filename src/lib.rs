@@ -27,4 +27,4 @@ pub mod telemetry;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{StartError, app, run};
+pub use server::{StartError, Stopped, app, run};

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             }
         };
         match realtime_gateway::run(listener, config, realtime_gateway::shutdown::signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "gateway failed");
                 ExitCode::FAILURE

@@ -12,6 +12,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -101,6 +103,8 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let pending = Arc::new(Semaphore::new(state.config.max_pending_connections));
+    let mut last_pending_warning: Option<Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -116,7 +120,24 @@ async fn accept_loop(
                 }
             },
         };
+        // Silent sockets must not crowd out clients: beyond the cap a new socket is closed
+        // at once (the ones already pending still get their full handshake time).
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            metrics.pending_refused();
+            if last_pending_warning.is_none_or(|t| t.elapsed() >= PENDING_WARNING_EVERY) {
+                last_pending_warning = Some(Instant::now());
+                tracing::warn!(
+                    client.addr = %peer,
+                    limit = state.config.max_pending_connections,
+                    "too many connections still sending their request head; closing new ones"
+                );
+            }
+            continue;
+        };
+        let pending = Pending::new(permit, metrics.clone());
         let _ = stream.set_nodelay(true);
+        // One deadline for the whole head, however it is read (peek, raw SSE, hyper).
+        let head_deadline = Instant::now() + handshake_timeout;
         // SSE requests are served without hyper (see `sse::serve_raw`): a peek, which
         // consumes nothing, tells them apart; anything else goes to hyper untouched.
         {
@@ -124,14 +145,16 @@ async fn accept_loop(
             connections.spawn(async move {
                 let mut first = [0u8; SSE_PREFIX.len()];
                 let peeked = tokio::select! {
-                    r = tokio::time::timeout(handshake_timeout, stream.peek(&mut first)) => r,
+                    r = tokio::time::timeout_at(head_deadline, stream.peek(&mut first)) => r,
                     _ = stop.cancelled() => return,
                 };
                 match peeked {
                     Ok(Ok(n)) if first[..n] == *SSE_PREFIX => {
-                        sse::serve_raw(stream, state, handshake_timeout).await;
+                        sse::serve_raw(stream, state, head_deadline, pending).await;
                     }
-                    Ok(Ok(_)) => serve_hyper(stream, peer, router, handshake_timeout, stop).await,
+                    Ok(Ok(_)) => {
+                        serve_hyper(stream, peer, router, head_deadline, stop, pending).await
+                    }
                     // Nothing sent within the handshake timeout, or the socket failed.
                     _ => {}
                 }
@@ -147,9 +170,12 @@ async fn serve_hyper(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     router: Router,
-    handshake_timeout: std::time::Duration,
+    head_deadline: Instant,
     stop: CancellationToken,
+    pending: Pending,
 ) {
+    // Released when hyper hands over the first complete request head.
+    let pending = Arc::new(std::sync::Mutex::new(Some(pending)));
     // Cancelling this token drops the HTTP connection and its socket. SSE streams use
     // it as their slow-client kick: a stream whose socket is stuck is never polled
     // again, so it cannot end itself.
@@ -157,15 +183,19 @@ async fn serve_hyper(
     let service = {
         let (router, token) = (router.clone(), conn_token.clone());
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            drop(pending.lock().unwrap_or_else(|p| p.into_inner()).take());
             req.extensions_mut().insert(ConnectionToken(token.clone()));
             tower::ServiceExt::oneshot(router.clone(), req)
         })
     };
     {
         let mut builder = hyper::server::conn::http1::Builder::new();
+        // What is left of the head's time after the peek, not a second full timeout. (It
+        // also bounds idle time between kept-alive requests, as a fresh full timeout.)
+        let left = head_deadline.saturating_duration_since(Instant::now());
         builder
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(handshake_timeout);
+            .header_read_timeout(left.max(std::time::Duration::from_millis(1)));
         let conn = builder
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
             .with_upgrades();
@@ -184,6 +214,32 @@ async fn serve_hyper(
     }
 }
 
+/// A socket counted against `GATEWAY_MAX_PENDING_CONNECTIONS` until its first request
+/// head is complete or it goes away.
+pub struct Pending {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Pending {
+    fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Pending {
+        metrics.pending_opened();
+        Pending {
+            _permit: permit,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.metrics.pending_closed();
+    }
+}
+
+/// Least time between two warnings about the pending-connection cap.
+const PENDING_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What an SSE request starts with.
 const SSE_PREFIX: &[u8; 8] = b"GET /sse";
 
@@ -197,12 +253,20 @@ const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 /// Pause after a failed `accept`.
 const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How a gateway stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Connections (or other work) still open when the grace period ran out; 0 for a
+    /// clean drain.
+    pub cut_connections: usize,
+}
+
 /// Serves on `listener` until `shutdown` completes, then drains within the grace period.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
+) -> Result<Stopped, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
     let verifier = Arc::new(Verifier::new(&config.jwt)?);
@@ -291,13 +355,20 @@ pub async fn run(
         let _ = server.await;
     })
     .await;
-    match drained {
-        Ok(()) => tracing::info!("shutdown complete"),
-        Err(_) => tracing::warn!(
-            grace_secs = grace.as_secs(),
-            connections = state.hub.connections(),
-            "grace period ran out; remaining connections are cut"
-        ),
-    }
-    Ok(())
+    let cut_connections = match drained {
+        Ok(()) => {
+            tracing::info!("shutdown complete");
+            0
+        }
+        Err(_) => {
+            let left = state.hub.connections();
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                connections = left,
+                "grace period ran out; remaining connections are cut"
+            );
+            left.max(1)
+        }
+    };
+    Ok(Stopped { cut_connections })
 }

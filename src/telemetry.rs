@@ -180,6 +180,8 @@ pub struct Metrics {
     broker_reconnects: AtomicU64,
     client_messages_ignored: AtomicU64,
     accept_errors: AtomicU64,
+    pending_connections: AtomicU64,
+    pending_refused: AtomicU64,
     duplicates_dropped: AtomicU64,
     resyncs: AtomicU64,
     queue_depth_hwm: AtomicU64,
@@ -265,6 +267,18 @@ impl Metrics {
     /// `accept` failed (usually: out of file descriptors).
     pub fn accept_failed(&self) {
         self.accept_errors.fetch_add(1, Relaxed);
+    }
+    /// A socket was accepted; its first request head is not complete yet.
+    pub fn pending_opened(&self) {
+        self.pending_connections.fetch_add(1, Relaxed);
+    }
+    /// A pending socket sent its head or went away.
+    pub fn pending_closed(&self) {
+        self.pending_connections.fetch_sub(1, Relaxed);
+    }
+    /// A socket was closed at once because `GATEWAY_MAX_PENDING_CONNECTIONS` were pending.
+    pub fn pending_refused(&self) {
+        self.pending_refused.fetch_add(1, Relaxed);
     }
 
     /// A redelivered or republished `event_id` was dropped.
@@ -457,6 +471,20 @@ impl Metrics {
             "counter",
             "Failed accepts (e.g. out of file descriptors).",
             &self.accept_errors,
+        );
+        scalar(
+            o,
+            "gateway_pending_connections",
+            "gauge",
+            "Accepted sockets that have not sent a complete request head yet.",
+            &self.pending_connections,
+        );
+        scalar(
+            o,
+            "gateway_pending_connections_refused_total",
+            "counter",
+            "Sockets closed at once because GATEWAY_MAX_PENDING_CONNECTIONS were pending.",
+            &self.pending_refused,
         );
         scalar(
             o,

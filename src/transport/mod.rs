@@ -2,6 +2,7 @@
 //! limits) before any upgrade or stream starts, and the refusals it can answer with.
 
 pub mod demo;
+pub mod lifetime;
 pub mod sse;
 pub mod ws;
 
@@ -18,11 +19,6 @@ use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{AuthFailure, Refusal, Transport};
 use tokio_util::sync::CancellationToken;
-
-/// A delay in `[0, window)`, spreading closes (and so reconnects) over the drain window.
-pub(crate) fn jitter(window: std::time::Duration) -> std::time::Duration {
-    window.mul_f64(rand::random::<f64>())
-}
 
 /// Why a request is not admitted. Bodies name the reason, never internals or the token.
 #[derive(Debug)]

@@ -5,7 +5,6 @@
 //! The frames are the ones the envelope built once; the stream only hands out clones.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Extension;
@@ -17,15 +16,16 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Interval, Sleep, sleep};
+use tokio::time::{Instant, Interval, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Outgoing, Subscription};
-use crate::server::{AppState, ConnectionToken};
+use crate::server::{AppState, ConnectionToken, Pending};
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{admit, cors_headers, jitter, last_event_id_param};
+use crate::transport::lifetime::{Ending, Lifetime, WriteError, jitter};
+use crate::transport::{admit, cors_headers, last_event_id_param};
 
 /// The in-band signal that events may have been lost.
 const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resync\"}\n\n");
@@ -51,7 +51,7 @@ pub async fn handler(
     watch_stuck_stream(
         stream.kicked.clone(),
         stream
-            .deadline
+            .lifetime
             .deadline()
             .saturating_duration_since(Instant::now()),
         state.shutdown.clone(),
@@ -106,11 +106,17 @@ async fn open(
     let cfg = &state.config;
     let retry_ms = cfg.sse_retry.as_millis() as u64;
     let remaining = admitted.identity.remaining(cfg.jwt.leeway);
+    let kicked = admitted.subscription.kicked.clone();
     Ok(SseStream {
-        kicked: admitted.subscription.kicked.clone(),
+        lifetime: Lifetime::new(
+            remaining,
+            kicked.clone(),
+            state.shutdown.clone(),
+            cfg.shutdown_drain,
+            cfg.idle_timeout,
+        ),
+        kicked,
         subscription: admitted.subscription,
-        shutdown: state.shutdown.clone(),
-        deadline: Box::pin(sleep(remaining)),
         keepalive: tokio::time::interval_at(Instant::now() + cfg.sse_keepalive, cfg.sse_keepalive),
         metrics: state.metrics.clone(),
         // The first bytes flush the headers at once and tell EventSource how long to wait
@@ -120,7 +126,6 @@ async fn open(
             .collect(),
         retry_ms,
         drain: cfg.shutdown_drain,
-        draining: false,
         done: false,
     })
 }
@@ -134,8 +139,15 @@ const MAX_HEADERS: usize = 64;
 /// for the whole life of the stream: the head is read and parsed here (bounded in size
 /// and time), the response is written directly, and the body is delimited by closing the
 /// connection. Anything unexpected gets a plain HTTP error and the connection closes.
-pub async fn serve_raw(mut socket: TcpStream, state: AppState, handshake_timeout: Duration) {
-    let head = match tokio::time::timeout(handshake_timeout, read_head(&mut socket)).await {
+pub async fn serve_raw(
+    mut socket: TcpStream,
+    state: AppState,
+    head_deadline: Instant,
+    pending: Pending,
+) {
+    let head = tokio::time::timeout_at(head_deadline, read_head(&mut socket)).await;
+    drop(pending);
+    let head = match head {
         Ok(Ok(head)) => head,
         Ok(Err(status)) => {
             let _ = write_plain(&mut socket, status).await;
@@ -172,14 +184,11 @@ pub async fn serve_raw(mut socket: TcpStream, state: AppState, handshake_timeout
         out.push_str("\r\n");
         (stream, Bytes::from(out))
     };
-    let idle_timeout = state.config.idle_timeout;
     let metrics = state.metrics.clone();
     drop(state);
     let (mut rd, mut wr) = socket.split();
-    if write_bounded(&mut wr, &response_head, idle_timeout, &mut stream)
-        .await
-        .is_err()
-    {
+    if let Err(e) = stream.lifetime.write(wr.write_all(&response_head)).await {
+        count_write_error(&metrics, e);
         return;
     }
     drop(response_head);
@@ -196,45 +205,24 @@ pub async fn serve_raw(mut socket: TcpStream, state: AppState, handshake_timeout
         };
         let Some(chunk) = chunk else { return };
         // The last chunk of a stream that is done (its close event) is written without the
-        // shutdown and deadline bounds, which fired already; the idle limit still holds.
+        // shutdown and deadline bounds, which fired already; the write timeout still holds.
         let result = if stream.done {
-            tokio::time::timeout(idle_timeout, wr.write_all(&chunk))
-                .await
-                .map_err(|_| Some(Disconnect::SlowClient))
-                .and_then(|r| r.map_err(|_| None))
+            stream.lifetime.write_last(wr.write_all(&chunk)).await
         } else {
-            write_bounded(&mut wr, &chunk, idle_timeout, &mut stream).await
+            stream.lifetime.write(wr.write_all(&chunk)).await
         };
-        if let Err(why) = result {
-            if let Some(why) = why {
-                metrics.disconnected(why);
-            }
+        if let Err(e) = result {
+            count_write_error(&metrics, e);
             return;
         }
     }
 }
 
-/// Writes all of `bytes` unless the client is kicked, its token expires, the gateway shuts
-/// down, or the socket stays full for the idle timeout: a stuck socket must not keep a
-/// connection past any of those. `Err(Some(reason))` when the gateway gave up on it.
-async fn write_bounded<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    bytes: &[u8],
-    limit: Duration,
-    stream: &mut SseStream,
-) -> Result<(), Option<Disconnect>> {
-    tokio::select! {
-        biased;
-        r = wr.write_all(bytes) => r.map_err(|_| None),
-        _ = stream.kicked.cancelled() => Err(None),
-        _ = &mut stream.deadline => Err(Some(if stream.draining {
-            Disconnect::Shutdown
-        } else {
-            Disconnect::TokenExpired
-        })),
-        // Once draining, the deadline above is the close time.
-        _ = stream.shutdown.cancelled(), if !stream.draining => Err(Some(Disconnect::Shutdown)),
-        _ = sleep(limit) => Err(Some(Disconnect::SlowClient)),
+/// Counts a write the gateway gave up on; a kick was counted by the hub, and a failed
+/// socket is the client leaving.
+fn count_write_error<E>(metrics: &Metrics, e: WriteError<E>) {
+    if let WriteError::Stuck(why) = e {
+        metrics.disconnected(why);
     }
 }
 
@@ -366,20 +354,17 @@ fn watch_stuck_stream(
 
 struct SseStream {
     subscription: Subscription,
-    /// Clone of the subscription's token, taken once rather than per event.
+    /// Clone of the subscription's token, cancelled on drop to end the watcher.
     kicked: CancellationToken,
-    shutdown: CancellationToken,
-    deadline: Pin<Box<Sleep>>,
+    /// Token deadline, kick and drain; bounds every write.
+    lifetime: Lifetime,
     keepalive: Interval,
     metrics: std::sync::Arc<Metrics>,
     /// Sent before anything live: the opening lines, then any replay.
     pending: std::collections::VecDeque<Bytes>,
     retry_ms: u64,
-    /// Shutdown drain window.
+    /// Shutdown drain window, to spread the reconnects it causes.
     drain: Duration,
-    /// Set when shutdown begins; `deadline` then moves to a random moment within the
-    /// drain window (one timer serves both), delivering what is queued until then.
-    draining: bool,
     done: bool,
 }
 
@@ -399,37 +384,29 @@ impl SseStream {
         if self.done {
             return None;
         }
-        let chunk = loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled(), if !self.draining => {
-                    self.draining = true;
-                    let at = Instant::now() + jitter(self.drain);
-                    if at < self.deadline.deadline() {
-                        self.deadline.as_mut().reset(at);
-                    }
-                }
-                _ = self.kicked.cancelled() => {
-                    self.done = true;
-                    break close_event(Disconnect::SlowClient, None);
-                }
-                _ = &mut self.deadline => {
-                    self.done = true;
-                    if self.draining {
+        let chunk = tokio::select! {
+            biased;
+            ending = self.lifetime.ended() => {
+                self.done = true;
+                match ending {
+                    Ending::Kicked => close_event(Disconnect::SlowClient, None),
+                    Ending::Shutdown => {
                         self.metrics.disconnected(Disconnect::Shutdown);
                         // Spread the reconnects too, not only the disconnects.
                         let retry = self.retry_ms + jitter(self.drain).as_millis() as u64;
-                        break close_event(Disconnect::Shutdown, Some(retry));
+                        close_event(Disconnect::Shutdown, Some(retry))
                     }
-                    self.metrics.disconnected(Disconnect::TokenExpired);
-                    break close_event(Disconnect::TokenExpired, None);
+                    Ending::TokenExpired => {
+                        self.metrics.disconnected(Disconnect::TokenExpired);
+                        close_event(Disconnect::TokenExpired, None)
+                    }
                 }
-                item = self.subscription.recv() => match item {
-                    Some(item) => break sse_frame(item),
-                    None => return None,
-                },
-                _ = self.keepalive.tick() => break KEEP_ALIVE,
             }
+            item = self.subscription.recv() => match item {
+                Some(item) => sse_frame(item),
+                None => return None,
+            },
+            _ = self.keepalive.tick() => KEEP_ALIVE,
         };
         Some(chunk)
     }

@@ -16,14 +16,15 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::time::{Instant, Sleep, sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Verifier};
 use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{Disconnect, Metrics, Transport};
-use crate::transport::{Rejection, authenticate, jitter, last_event_id_param, register};
+use crate::transport::lifetime::{Ending, Lifetime, WriteError};
+use crate::transport::{Rejection, authenticate, last_event_id_param, register};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -75,17 +76,23 @@ pub async fn handler(
         Err(r) => return r.into_response(),
     };
     let cfg = &state.config;
+    let lifetime = Lifetime::new(
+        admitted.identity.remaining(cfg.jwt.leeway),
+        admitted.subscription.kicked.clone(),
+        state.shutdown.clone(),
+        cfg.shutdown_drain,
+        cfg.idle_timeout,
+    );
     let session = Session {
         replay: admitted.replay,
         identity: admitted.identity,
         subscription: admitted.subscription,
-        shutdown: state.shutdown.clone(),
+        lifetime,
         verifier: state.verifier.clone(),
         metrics: state.metrics.clone(),
         ping_interval: cfg.ws_ping_interval,
         idle_timeout: cfg.idle_timeout,
         leeway: cfg.jwt.leeway,
-        drain: cfg.shutdown_drain,
     };
     let tracker = state.tracker.clone();
     upgrade
@@ -93,12 +100,26 @@ pub async fn handler(
         // Frames go out as they are written; batching is done by feeding several and
         // flushing once, which keeps no idle write buffer per connection.
         .write_buffer_size(0)
+        // What may wait unsent for a client that does not read: one event frame plus the
+        // pongs tungstenite queues by itself for the client's pings. Beyond it, pongs are
+        // coalesced and our next write fails, ending the connection as a slow client; without
+        // it, a ping flood from a client that never reads grows this buffer without bound.
+        .max_write_buffer_size(max_write_buffer_bytes(cfg.max_event_bytes))
         .max_message_size(cfg.ws_max_message_bytes)
         .max_frame_size(cfg.ws_max_message_bytes)
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
             tracker.track_future(serve(sink, stream, session))
         })
+}
+
+/// Room for control frames (pongs, replies, close) next to one event in the write buffer.
+const CONTROL_HEADROOM_BYTES: usize = 16 * 1024;
+
+/// The WebSocket write buffer limit for a largest event of `max_event_bytes`.
+pub fn max_write_buffer_bytes(max_event_bytes: usize) -> usize {
+    // 14 bytes: the largest frame header.
+    max_event_bytes + 14 + CONTROL_HEADROOM_BYTES
 }
 
 /// Everything one WebSocket connection needs.
@@ -109,8 +130,8 @@ pub struct Session {
     pub identity: Identity,
     /// Events for this connection.
     pub subscription: Subscription,
-    /// Gateway shutdown.
-    pub shutdown: CancellationToken,
+    /// Token deadline, kick and drain; bounds every write.
+    pub lifetime: Lifetime,
     /// For in-band token refresh.
     pub verifier: Arc<Verifier>,
     /// Counters.
@@ -121,8 +142,6 @@ pub struct Session {
     pub idle_timeout: Duration,
     /// Added to `exp`.
     pub leeway: Duration,
-    /// Shutdown drain window.
-    pub drain: Duration,
 }
 
 /// How the loop ended.
@@ -136,6 +155,37 @@ enum End {
     Gone,
     /// The socket is stuck; dropped without a close handshake, counted.
     Dropped(Disconnect),
+}
+
+impl End {
+    /// The end of a connection whose write did not complete.
+    fn from_write<E: StdError + 'static>(e: WriteError<E>) -> End {
+        match e {
+            WriteError::Kicked => End::Close(close_code::SLOW_CLIENT, "slow client", None),
+            WriteError::Stuck(why) => End::Dropped(why),
+            // The write buffer is full: pongs the client solicited but never read.
+            WriteError::Failed(e) if is_write_buffer_full(&e) => {
+                End::Dropped(Disconnect::SlowClient)
+            }
+            WriteError::Failed(_) => End::Gone,
+        }
+    }
+
+    fn from_ending(e: Ending) -> End {
+        match e {
+            Ending::Kicked => End::Close(close_code::SLOW_CLIENT, "slow client", None),
+            Ending::TokenExpired => End::Close(
+                close_code::TOKEN_EXPIRED,
+                "token expired",
+                Some(Disconnect::TokenExpired),
+            ),
+            Ending::Shutdown => End::Close(
+                close_code::GOING_AWAY,
+                "server shutting down",
+                Some(Disconnect::Shutdown),
+            ),
+        }
+    }
 }
 
 /// Messages a client may send.
@@ -152,136 +202,152 @@ enum Control {
 pub async fn serve<S, R, E>(mut sink: S, mut stream: R, mut session: Session)
 where
     S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: StdError + 'static,
 {
     let conn_id = session.subscription.id();
     tracing::debug!(connection.id = conn_id, tenant = %session.identity.tenant, user = %session.identity.user, "websocket open");
-    let mut deadline: std::pin::Pin<Box<Sleep>> =
-        Box::pin(sleep(session.identity.remaining(session.leeway)));
+    let end = match replay(&mut sink, &mut session).await {
+        Ok(()) => run(&mut sink, &mut stream, &mut session).await,
+        Err(end) => end,
+    };
+    finish(sink, stream, &session, end).await;
+    tracing::debug!(connection.id = conn_id, "websocket closed");
+}
+
+/// Sends the replay before live events; live events wait in the queue meanwhile (and
+/// their copies of replayed events are skipped by the subscription).
+async fn replay<S>(sink: &mut S, session: &mut Session) -> Result<(), End>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
+{
+    let replay = std::mem::take(&mut session.replay);
+    if replay.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for item in replay {
+            sink.feed(frame(item)).await?;
+        }
+        sink.flush().await
+    };
+    session.lifetime.write(write).await.map_err(End::from_write)
+}
+
+/// The connection's main loop: client messages, pings and deliveries, until it ends.
+async fn run<S, R, E>(sink: &mut S, stream: &mut R, session: &mut Session) -> End
+where
+    S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: StdError + 'static,
+{
     let mut ping = tokio::time::interval_at(
         Instant::now() + session.ping_interval,
         session.ping_interval,
     );
     let mut last_heard = Instant::now();
-    // Cloned once: the loop selects on them for every event.
-    let kicked = session.subscription.kicked.clone();
-    let shutdown = session.shutdown.clone();
-
-    // Set when shutdown begins: this connection closes at a random moment within the
-    // drain window, still delivering what is queued until then.
-    // The deadline timer doubles as the drain timer, so an idle connection carries one
-    // timer less.
-    let mut draining = false;
-
-    // Replay first; live events wait in the queue meanwhile (and their copies of replayed
-    // events are skipped by the subscription).
-    let replay = std::mem::take(&mut session.replay);
-    if !replay.is_empty() {
-        let write = async {
-            for item in replay {
-                sink.feed(frame(item)).await?;
-            }
-            sink.flush().await
-        };
-        let ok = tokio::select! {
+    loop {
+        let step = tokio::select! {
             biased;
-            r = write => r.is_ok(),
-            _ = kicked.cancelled() => false,
-            _ = &mut deadline => false,
-            _ = sleep(session.idle_timeout) => false,
-        };
-        if !ok {
-            tracing::debug!(connection.id = conn_id, "client gone during replay");
-            return;
-        }
-    }
-
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                let at = Instant::now() + jitter(session.drain);
-                if at < deadline.deadline() {
-                    deadline.as_mut().reset(at);
-                }
-            }
-
-            _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
-            _ = &mut deadline => {
-                break if draining {
-                    End::Close(close_code::GOING_AWAY, "server shutting down", Some(Disconnect::Shutdown))
-                } else {
-                    End::Close(close_code::TOKEN_EXPIRED, "token expired", Some(Disconnect::TokenExpired))
-                };
-            }
+            ending = session.lifetime.ended() => Err(End::from_ending(ending)),
             msg = stream.next() => {
                 last_heard = Instant::now();
-                match msg {
-                    None => break End::Gone,
-                    Some(Err(e)) => {
-                        if is_too_big(&e) {
-                            break End::Close(close_code::TOO_BIG, "message too big", Some(Disconnect::MessageTooBig));
-                        }
-                        tracing::debug!(connection.id = conn_id, error = %e, "websocket read error");
-                        break End::Gone;
-                    }
-                    Some(Ok(Message::Close(_))) => break End::ClientClosed,
-                    Some(Ok(Message::Text(text))) => {
-                        match control(&mut session, &text, &mut deadline, draining).await {
-                            Ok(Some(reply)) => {
-                                if send_or_stop(&mut sink, Message::Text(reply), &kicked).await.is_err() {
-                                    break End::Gone;
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(end) => break end,
-                        }
-                    }
-                    // Pings are answered by tungstenite; pongs only prove liveness.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Binary(_))) => session.metrics.client_message_ignored(),
-                }
+                on_message(sink, session, msg).await
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() >= session.idle_timeout {
-                    break End::Close(close_code::IDLE, "idle timeout", Some(Disconnect::Idle));
-                }
-                if send_or_stop(&mut sink, Message::Ping(Default::default()), &kicked).await.is_err() {
-                    break End::Gone;
+                    Err(End::Close(close_code::IDLE, "idle timeout", Some(Disconnect::Idle)))
+                } else {
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    session.lifetime.write(ping).await.map_err(End::from_write)
                 }
             }
             // Deliveries come after the client's own messages and pings, so a steady
             // backlog cannot starve the reads that prove it alive.
-            item = session.subscription.recv() => {
-                let Some(item) = item else { break End::Gone };
-                let sub = &mut session.subscription;
-                let write = async {
-                    sink.feed(frame(item)).await?;
-                    for _ in 1..MAX_BATCH {
-                        match sub.try_recv() {
-                            Some(item) => sink.feed(frame(item)).await?,
-                            None => break,
-                        }
-                    }
-                    sink.flush().await
-                };
-                // A client that stopped reading blocks the write. More events make the hub
-                // kick it; without them, its token's expiry, the drain, or a write that
-                // takes longer than the idle timeout end it all the same.
-                // Biased, write first: a write that completes at once never arms the timers.
-                tokio::select! {
-                    biased;
-                    r = write => if r.is_err() { break End::Gone },
-                    _ = kicked.cancelled() => break End::Close(close_code::SLOW_CLIENT, "slow client", None),
-                    _ = &mut deadline => break End::Dropped(if draining { Disconnect::Shutdown } else { Disconnect::TokenExpired }),
-                    _ = sleep(session.idle_timeout) => break End::Dropped(Disconnect::SlowClient),
-                }
+            item = session.subscription.recv() => match item {
+                Some(item) => deliver(sink, session, item).await,
+                None => Err(End::Gone),
+            },
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), then flushes once. A client
+/// that stopped reading blocks the write: more events make the hub kick it; without them,
+/// its token's expiry, the drain or the write timeout end it all the same.
+async fn deliver<S>(sink: &mut S, session: &mut Session, first: Outgoing) -> Result<(), End>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
+{
+    let sub = &mut session.subscription;
+    let write = async {
+        sink.feed(frame(first)).await?;
+        for _ in 1..MAX_BATCH {
+            match sub.try_recv() {
+                Some(item) => sink.feed(frame(item)).await?,
+                None => break,
             }
         }
+        sink.flush().await
     };
+    session.lifetime.write(write).await.map_err(End::from_write)
+}
 
+/// Handles one read from the client; `Err` ends the connection.
+async fn on_message<S, E>(
+    sink: &mut S,
+    session: &mut Session,
+    msg: Option<Result<Message, E>>,
+) -> Result<(), End>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
+    E: StdError + 'static,
+{
+    match msg {
+        None => Err(End::Gone),
+        Some(Err(e)) if is_too_big(&e) => Err(End::Close(
+            close_code::TOO_BIG,
+            "message too big",
+            Some(Disconnect::MessageTooBig),
+        )),
+        Some(Err(e)) => {
+            tracing::debug!(connection.id = session.subscription.id(), error = %e, "websocket read error");
+            Err(End::Gone)
+        }
+        Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
+        Some(Ok(Message::Text(text))) => {
+            let Some(reply) = control(session, &text).await? else {
+                return Ok(());
+            };
+            // Bounded like every write: a client that sends and never reads blocks here
+            // (and so stops being read) until one of the connection's ends.
+            let send = sink.send(Message::Text(reply));
+            session.lifetime.write(send).await.map_err(End::from_write)
+        }
+        // Pings are answered by tungstenite; pongs only prove liveness.
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+        Some(Ok(Message::Binary(_))) => {
+            session.metrics.client_message_ignored();
+            Ok(())
+        }
+    }
+}
+
+/// Says goodbye as the end requires, each step bounded.
+async fn finish<S, R, E>(mut sink: S, mut stream: R, session: &Session, end: End)
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let conn_id = session.subscription.id();
     match end {
         End::Close(code, reason, why) => {
             if let Some(why) = why {
@@ -318,19 +384,6 @@ where
         }
         End::Gone => {}
     }
-    tracing::debug!(connection.id = conn_id, "websocket closed");
-}
-
-/// Sends one message unless the connection is kicked meanwhile.
-async fn send_or_stop<S: Sink<Message> + Unpin>(
-    sink: &mut S,
-    msg: Message,
-    kicked: &CancellationToken,
-) -> Result<(), ()> {
-    tokio::select! {
-        r = sink.send(msg) => r.map_err(|_| ()),
-        _ = kicked.cancelled() => Err(()),
-    }
 }
 
 /// The text frame for one queued item; events are shared, never re-encoded.
@@ -345,23 +398,15 @@ fn frame(item: Outgoing) -> Message {
 pub const RESYNC: &str = r#"{"type":"resync"}"#;
 
 /// Handles one text message from the client; `Err` ends the connection.
-async fn control(
-    session: &mut Session,
-    text: &str,
-    deadline: &mut std::pin::Pin<Box<Sleep>>,
-    draining: bool,
-) -> Result<Option<Utf8Bytes>, End> {
+async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>, End> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
         Ok(Control::Refresh { token }) => match session.verifier.verify(&token).await {
             Ok(id) if id.tenant == session.identity.tenant && id.user == session.identity.user => {
                 session.identity.expires_at = id.expires_at;
-                // While draining, the deadline is the close time and stays.
-                if !draining {
-                    deadline
-                        .as_mut()
-                        .reset(Instant::now() + session.identity.remaining(session.leeway));
-                }
+                session
+                    .lifetime
+                    .extend(session.identity.remaining(session.leeway));
                 Ok(Some(Utf8Bytes::from(format!(
                     r#"{{"type":"refreshed","exp":{}}}"#,
                     id.expires_at
@@ -398,12 +443,22 @@ async fn control(
 
 /// Whether a read error is tungstenite refusing a message or frame over the size limit.
 fn is_too_big(e: &(dyn StdError + 'static)) -> bool {
+    tungstenite_error(e).is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
+/// Whether a write error is tungstenite's write buffer limit.
+fn is_write_buffer_full(e: &(dyn StdError + 'static)) -> bool {
+    tungstenite_error(e).is_some_and(|t| matches!(t, tungstenite::Error::WriteBufferFull(_)))
+}
+
+/// The tungstenite error inside `e`, however it is wrapped.
+fn tungstenite_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a tungstenite::Error> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
-            return matches!(t, tungstenite::Error::Capacity(_));
+            return Some(t);
         }
         cur = err.source();
     }
-    false
+    None
 }

@@ -11,5 +11,6 @@ mod connection;
 mod delivery;
 mod resilience;
 mod resume;
+mod security;
 mod shapes;
 mod support;

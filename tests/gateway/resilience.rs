@@ -450,33 +450,6 @@ async fn running_out_of_file_descriptors_is_reported_not_fatal() {
     .await;
 }
 
-/// The gateway binary as a child process on a free loopback port (optionally under an
-/// open-file limit), configured by environment as an operator would.
-fn gateway_process(exchange: &str, max_open_files: Option<u32>) -> (tokio::process::Command, u16) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let bin = env!("CARGO_BIN_EXE_realtime-gateway");
-    let mut cmd = match max_open_files {
-        None => tokio::process::Command::new(bin),
-        Some(n) => {
-            let mut c = tokio::process::Command::new("bash");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), bin]);
-            c
-        }
-    };
-    cmd.env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GATEWAY_AMQP_URL", amqp_url())
-        .env("GATEWAY_AMQP_EXCHANGE", exchange)
-        .env("GATEWAY_AMQP_QUEUE_EXPIRES_SECS", "5")
-        .env("GATEWAY_JWT_SECRET", SECRET)
-        .kill_on_drop(true);
-    (cmd, port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_clients_do_not_outlive_their_token() {
     bounded(async {

@@ -189,7 +189,9 @@ pub struct Gateway {
     pub exchange: String,
     pub queue: String,
     stop: Option<oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<Result<(), realtime_gateway::StartError>>>,
+    handle: Option<
+        tokio::task::JoinHandle<Result<realtime_gateway::Stopped, realtime_gateway::StartError>>,
+    >,
     pub http: reqwest::Client,
 }
 
@@ -276,17 +278,38 @@ impl Gateway {
         }
     }
 
-    /// Signals shutdown and waits for `run` to return.
+    /// Waits until a metric falls to at most `want` (a gauge such as open connections).
+    pub async fn wait_metric_at_most(&self, series: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metric(series).await;
+            if v <= want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {v}, expected at most {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return; fails the test when the grace
+    /// period ran out with connections still open.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(WAIT, handle)
+            let stopped = tokio::time::timeout(WAIT, handle)
                 .await
                 .expect("gateway did not stop within the grace period")
                 .unwrap()
                 .unwrap();
+            assert_eq!(
+                stopped.cut_connections, 0,
+                "the grace period ran out with connections still open"
+            );
         }
     }
 }
@@ -898,4 +921,34 @@ pub async fn wait_ready_status(gw: &Gateway, want: u16) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The gateway binary as a child process on a free loopback port (optionally under an
+/// open-file limit), configured by environment as an operator would.
+pub fn gateway_process(
+    exchange: &str,
+    max_open_files: Option<u32>,
+) -> (tokio::process::Command, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bin = env!("CARGO_BIN_EXE_realtime-gateway");
+    let mut cmd = match max_open_files {
+        None => tokio::process::Command::new(bin),
+        Some(n) => {
+            let mut c = tokio::process::Command::new("bash");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), bin]);
+            c
+        }
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEWAY_AMQP_URL", amqp_url())
+        .env("GATEWAY_AMQP_EXCHANGE", exchange)
+        .env("GATEWAY_AMQP_QUEUE_EXPIRES_SECS", "5")
+        .env("GATEWAY_JWT_SECRET", SECRET)
+        .kill_on_drop(true);
+    (cmd, port)
 }
