@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::header::{AUTHORIZATION, COOKIE, SEC_WEBSOCKET_PROTOCOL};
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
@@ -50,15 +50,47 @@ const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 pub enum TokenSource {
     /// `Authorization: Bearer`.
     Header,
+    /// `Sec-WebSocket-Protocol: realtime-gateway.v1, bearer.<token>`: how browsers keep the
+    /// token out of WebSocket URLs (and so out of logs and console errors).
+    Protocol,
     /// `?access_token=`.
     Query,
     /// The configured cookie.
     Cookie,
 }
 
+/// The WebSocket subprotocol a client offers (and the gateway selects) when it sends its
+/// token as another offered subprotocol.
+pub const WS_PROTOCOL: &str = "realtime-gateway.v1";
+/// Prefix of the offered subprotocol that carries the token.
+const WS_TOKEN_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// The token offered as a `bearer.<token>` WebSocket subprotocol, next to [`WS_PROTOCOL`].
+fn protocol_token(headers: &HeaderMap) -> Option<String> {
+    let mut offered = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    let mut token = None;
+    let mut ours = false;
+    for p in offered.by_ref() {
+        if p == WS_PROTOCOL {
+            ours = true;
+        } else if let Some(t) = p.strip_prefix(WS_TOKEN_PROTOCOL_PREFIX)
+            && !t.is_empty()
+        {
+            token = Some(t.to_owned());
+        }
+    }
+    token.filter(|_| ours)
+}
+
 /// Finds the token in, in this order, the `Authorization: Bearer` header, the
-/// `access_token` query parameter, the cookie. The first place that has one wins, so a
-/// bad header token is not silently replaced by a cookie.
+/// `bearer.<token>` WebSocket subprotocol, the `access_token` query parameter, the cookie.
+/// The first place that has one wins, so a bad header token is not silently replaced by a
+/// cookie.
 pub fn find_token(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -73,7 +105,9 @@ pub fn find_token(
             return Some((token.trim().to_owned(), TokenSource::Header));
         }
     }
-
+    if let Some(token) = protocol_token(headers) {
+        return Some((token, TokenSource::Protocol));
+    }
     if let Some(q) = query {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             if k == "access_token" && !v.is_empty() {
@@ -757,6 +791,18 @@ mod tests {
             Some(("from-header".into(), TokenSource::Header))
         );
         assert_eq!(find_token(&HeaderMap::new(), None, "access_token"), None);
+        let mut p = HeaderMap::new();
+        p.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            "realtime-gateway.v1, bearer.a.b.c".parse().unwrap(),
+        );
+        assert_eq!(
+            find_token(&p, Some("access_token=q"), "access_token"),
+            Some(("a.b.c".into(), TokenSource::Protocol))
+        );
+        // Without our protocol next to it, a `bearer.` entry is someone else's protocol.
+        p.insert(SEC_WEBSOCKET_PROTOCOL, "bearer.a.b.c".parse().unwrap());
+        assert_eq!(find_token(&p, None, "access_token"), None);
         assert_eq!(
             find_token(&h, None, "session").map(|t| t.1),
             Some(TokenSource::Header)

@@ -80,7 +80,7 @@ settings! {
     "ws-ping-interval-secs", "GATEWAY_WS_PING_INTERVAL_SECS", Some("25"), "WebSocket ping interval";
     "idle-timeout-secs", "GATEWAY_IDLE_TIMEOUT_SECS", Some("60"), "a WebSocket silent this long (no pong, no message) is closed";
     "handshake-timeout-secs", "GATEWAY_HANDSHAKE_TIMEOUT_SECS", Some("10"), "time allowed to send request headers";
-    "sse-keepalive-secs", "GATEWAY_SSE_KEEPALIVE_SECS", Some("15"), "interval of SSE keep-alive comments";
+    "sse-keepalive-secs", "GATEWAY_SSE_KEEPALIVE_SECS", Some("15"), "interval of SSE heartbeat events";
     "sse-retry-ms", "GATEWAY_SSE_RETRY_MS", Some("2000"), "reconnect delay suggested to EventSource (retry:)";
     "shutdown-grace-secs", "GATEWAY_SHUTDOWN_GRACE_SECS", Some("10"), "longest a graceful shutdown may take";
     "shutdown-drain-secs", "GATEWAY_SHUTDOWN_DRAIN_SECS", Some("3"), "window over which clients are closed at random on shutdown (less than the grace period)";
@@ -209,7 +209,7 @@ pub struct Config {
     /// Sockets whose first request head is not complete yet; a flood of silent sockets
     /// takes at most these descriptors, never those of admitted clients.
     pub max_pending_connections: usize,
-    /// SSE keep-alive comment interval.
+    /// SSE heartbeat interval.
     pub sse_keepalive: Duration,
     /// SSE `retry:` hint.
     pub sse_retry: Duration,

@@ -299,6 +299,23 @@ impl Hub {
     pub fn connections(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
+
+    /// Whether a new connection of (`tenant`, `user`) would be admitted now, without
+    /// registering it or counting a refusal: what `/auth/check` reports.
+    pub fn would_admit(&self, tenant: &str, user: &str) -> Result<(), Refusal> {
+        if self.connections() >= self.limits.max_connections {
+            return Err(Refusal::MaxConnections);
+        }
+        let at_limit = self.tenants.get(tenant).is_some_and(|t| {
+            t.users
+                .get(user)
+                .is_some_and(|m| m.len() >= self.limits.max_per_user)
+        });
+        if at_limit {
+            return Err(Refusal::MaxPerUser);
+        }
+        Ok(())
+    }
 }
 
 impl Subscription {

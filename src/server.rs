@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::history::History;
 use crate::hub::{Hub, HubLimits};
 use crate::telemetry::Metrics;
-use crate::transport::{demo, sse, ws};
+use crate::transport::{self, demo, sse, ws};
 
 /// Shared by every request handler.
 #[derive(Clone)]
@@ -64,6 +64,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
         .route("/sse", get(sse::handler).options(sse::preflight))
+        .route(
+            "/auth/check",
+            get(transport::check).options(transport::check_preflight),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -7,8 +7,8 @@ pub mod sse;
 pub mod ws;
 
 use axum::http::header::{
-    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ORIGIN, RETRY_AFTER, VARY,
-    WWW_AUTHENTICATE,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, ORIGIN,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -204,17 +204,76 @@ fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
     })
 }
 
-/// CORS headers for an allowed `Origin`, so a studio page on another origin can read
-/// `/sse` with `EventSource` (credentials included, hence no `*`).
+/// CORS headers, so a studio page on another origin can read `/sse` with `EventSource`.
+/// A listed origin may send credentials (the cookie), so it is echoed with
+/// `Allow-Credentials`; any other origin gets `*`, which browsers honour only for requests
+/// without credentials: a token in the URL is usable from anywhere (the token is the
+/// authorization), a cookie only from the listed origins.
 pub fn cors_headers(state: &AppState, request: &HeaderMap, response: &mut HeaderMap) {
     response.append(VARY, HeaderValue::from_static("Origin"));
-    if let Some(origin) = request.get(ORIGIN)
-        && origin_allowed(state, origin)
-    {
+    let Some(origin) = request.get(ORIGIN) else {
+        return;
+    };
+    if origin_allowed(state, origin) {
         response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         response.insert(
             ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
         );
+    } else {
+        response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     }
+}
+
+/// `GET /auth/check`: what a `/ws` or `/sse` request with the same token would get, without
+/// connecting: 204, or the refusal (status, JSON reason, `Retry-After`) it would meet.
+/// Browsers hide the status of a refused WebSocket handshake; this is how a client learns
+/// whether to fetch a new token, wait, or fall back to SSE. Counted like a connection
+/// attempt, so it is no cheaper to abuse than one.
+pub async fn check(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let verdict = match authenticate(&state, &headers, query.as_deref(), Transport::Ws).await {
+        Ok(id) => state
+            .hub
+            .would_admit(&id.tenant, &id.user)
+            .map_err(Rejection::Refused),
+        Err(r) => Err(r),
+    };
+    let mut resp = match verdict {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => r.into_response(),
+    };
+    // Read from any origin without credentials: the answer is about the token the
+    // caller already holds.
+    let h = resp.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("retry-after"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `OPTIONS /auth/check`: the preflight for a cross-origin probe with `Authorization`.
+pub async fn check_preflight() -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET"),
+    );
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization"),
+    );
+    h.insert(
+        axum::http::header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    resp
 }

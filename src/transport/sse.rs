@@ -1,5 +1,5 @@
 //! Server-Sent Events transport: `GET /sse`. One SSE event per domain event (`id:` is the
-//! `event_id`, `data:` the envelope on one line), comments as keep-alives, and a final
+//! `event_id`, `data:` the envelope on one line), `heartbeat` events as keep-alives, and a final
 //! `event: close` naming the reason whenever the gateway ends the stream.
 //!
 //! The frames are the ones the envelope built once; the stream only hands out clones.
@@ -30,8 +30,10 @@ use crate::transport::{admit, cors_headers, last_event_id_param};
 /// The in-band signal that events may have been lost.
 const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resync\"}\n\n");
 
-/// Keeps idle streams (and the proxies in between) from timing out.
-const KEEP_ALIVE: Bytes = Bytes::from_static(b": keep-alive\n\n");
+/// Keeps idle streams (and the proxies in between) from timing out. A named event rather
+/// than a comment, because `EventSource` hides comments: a page can only notice a dead
+/// stream (a laptop that slept, a network that changed) by missing heartbeats it can see.
+const HEARTBEAT: Bytes = Bytes::from_static(b"event: heartbeat\ndata: {}\n\n");
 
 /// `GET /sse` through hyper: requests that the accept loop did not hand to [`serve_raw`]
 /// (a request line split across packets, a kept-alive connection's later request).
@@ -406,7 +408,7 @@ impl SseStream {
                 Some(item) => sse_frame(item),
                 None => return None,
             },
-            _ = self.keepalive.tick() => KEEP_ALIVE,
+            _ = self.keepalive.tick() => HEARTBEAT,
         };
         Some(chunk)
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Identity, Verifier};
+use crate::auth::{Identity, Verifier, WS_PROTOCOL};
 use crate::hub::{Outgoing, Subscription};
 use crate::server::AppState;
 use crate::telemetry::{Disconnect, Metrics, Transport};
@@ -107,6 +107,9 @@ pub async fn handler(
         .max_write_buffer_size(max_write_buffer_bytes(cfg.max_event_bytes))
         .max_message_size(cfg.ws_max_message_bytes)
         .max_frame_size(cfg.ws_max_message_bytes)
+        // Selected when offered (with the token as `bearer.<token>` beside it); a client
+        // that offers no protocol gets none, as before.
+        .protocols([WS_PROTOCOL])
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
             tracker.track_future(serve(sink, stream, session))

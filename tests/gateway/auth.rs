@@ -1,6 +1,7 @@
 //! Every way a token is accepted or refused, over both transports.
 
 use serde_json::json;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use super::support::*;
 
@@ -497,10 +498,12 @@ async fn token_from_query_and_cookie_and_cookie_origin_rule() {
             .send()
             .await
             .unwrap();
+        // Another origin may read with a token but never with credentials (the cookie).
+        assert_eq!(foreign.headers()["access-control-allow-origin"], "*");
         assert!(
             foreign
                 .headers()
-                .get("access-control-allow-origin")
+                .get("access-control-allow-credentials")
                 .is_none()
         );
 
@@ -557,6 +560,144 @@ async fn unreachable_jwks_refuses_with_keys_unavailable() {
             Client::connect(&gw, Transport::Ws, Auth::Bearer(token("t", "u")))
                 .await
                 .is_ok()
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_token_in_the_subprotocol_keeps_it_out_of_the_url() {
+    bounded(async {
+        let gw = GatewayBuilder::new("ws-protocol").start().await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        let connect = |offer: String| {
+            let mut req = gw.ws_url("/ws").into_client_request().unwrap();
+            req.headers_mut()
+                .insert("sec-websocket-protocol", offer.parse().unwrap());
+            tokio_tungstenite::connect_async(req)
+        };
+        let (stream, resp) = connect(format!("realtime-gateway.v1, bearer.{}", token("t", "u")))
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.headers()["sec-websocket-protocol"],
+            "realtime-gateway.v1"
+        );
+        let mut ws = WsClient { stream };
+        publisher
+            .publish(
+                PROGRESS,
+                &envelope("proto-1", PROGRESS, Some("t"), Some("u")),
+            )
+            .await;
+        assert_eq!(ws.next_json().await["event_id"], "proto-1");
+
+        // A bad token there is refused like anywhere else, before the upgrade.
+        match connect(format!(
+            "realtime-gateway.v1, bearer.{}",
+            token("t", "u") + "x"
+        ))
+        .await
+        {
+            Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+            other => panic!("expected 401, got {other:?}"),
+        }
+        // `bearer.` without our protocol is some other application's protocol, not a token.
+        match connect(format!("bearer.{}", token("t", "u"))).await {
+            Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+            other => panic!("expected 401, got {other:?}"),
+        }
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_check_reports_what_a_connection_would_get() {
+    bounded(async {
+        let gw = GatewayBuilder::new("auth-check")
+            .arg("max-connections-per-user", "1")
+            .start()
+            .await;
+        let check = |token: Option<String>| {
+            let mut req = gw
+                .http
+                .get(gw.url("/auth/check"))
+                .header("origin", "https://studio.elsewhere.example");
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            req.send()
+        };
+        let ok = check(Some(token("t", "u"))).await.unwrap();
+        assert_eq!(ok.status(), 204);
+        assert_eq!(ok.headers()["access-control-allow-origin"], "*");
+
+        let mut expired = claims("t", "u");
+        expired["exp"] = serde_json::json!(now() - 3600);
+        let refused = check(Some(sign(&Signer::Hs256(SECRET), &expired)))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["reason"], "expired");
+        assert_eq!(check(None).await.unwrap().status(), 401);
+
+        // The user's one allowed connection is taken: 429 with Retry-After, and the probe
+        // itself takes no slot.
+        let _held = Client::as_user(&gw, Transport::Sse, "t", "u").await;
+        let busy = check(Some(token("t", "u"))).await.unwrap();
+        assert_eq!(busy.status(), 429);
+        assert!(busy.headers().contains_key("retry-after"));
+        assert_eq!(
+            check(Some(token("t", "other"))).await.unwrap().status(),
+            204
+        );
+
+        let pre = gw
+            .http
+            .request(reqwest::Method::OPTIONS, gw.url("/auth/check"))
+            .header("origin", "https://studio.elsewhere.example")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pre.status(), 204);
+        assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+        assert!(
+            pre.headers()["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains("authorization")
+        );
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_with_a_token_is_readable_from_any_origin_without_credentials() {
+    bounded(async {
+        let gw = GatewayBuilder::new("sse-cors")
+            .arg("allowed-origins", "https://studio.flatrender.example")
+            .start()
+            .await;
+        let sse = SseClient::connect_with(
+            &gw,
+            "/sse",
+            Auth::Query(token("t", "u")),
+            &[("origin", "https://studio.elsewhere.example")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(sse.headers["access-control-allow-origin"], "*");
+        assert!(
+            sse.headers
+                .get("access-control-allow-credentials")
+                .is_none()
         );
         gw.shutdown().await;
     })

@@ -164,7 +164,7 @@ async fn idle_streams_get_keepalives_and_pings() {
             .arg("ws-ping-interval-secs", "1")
             .start()
             .await;
-        // SSE: a comment line arrives on an otherwise idle stream.
+        // SSE: a heartbeat event arrives on an otherwise idle stream.
         let resp = gw
             .http
             .get(gw.url("/sse"))
@@ -174,10 +174,10 @@ async fn idle_streams_get_keepalives_and_pings() {
             .unwrap();
         let mut body = resp.bytes_stream();
         let mut seen = String::new();
-        while !seen.contains(": keep-alive") {
+        while !seen.contains("event: heartbeat\ndata: {}\n\n") {
             let chunk = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut body))
                 .await
-                .expect("no keep-alive comment")
+                .expect("no heartbeat")
                 .unwrap()
                 .unwrap();
             seen.push_str(std::str::from_utf8(&chunk).unwrap());

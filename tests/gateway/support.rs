@@ -727,7 +727,8 @@ impl SseClient {
         })
     }
 
-    /// Next event block that carries data (comments and bare `retry:` blocks skipped);
+    /// Next event block that carries data (comments, heartbeats and bare `retry:` blocks
+    /// skipped);
     /// `None` when the stream ended.
     pub async fn try_next_event(&mut self) -> Option<SseEvent> {
         loop {
@@ -753,7 +754,8 @@ impl SseClient {
                         other => panic!("unexpected SSE field {other:?} in {block:?}"),
                     }
                 }
-                if has_data {
+                // Heartbeats only prove the stream alive, as in a real client.
+                if has_data && ev.event.as_deref() != Some("heartbeat") {
                     return Some(ev);
                 }
             }
