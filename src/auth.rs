@@ -17,7 +17,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::JwtConfig;
-use crate::telemetry::AuthFailure;
 
 /// Who a verified token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +43,36 @@ impl Identity {
 
 /// Longest a connection is kept for one token, whatever its `exp` says.
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+crate::label_set! {
+    /// Why a token was refused; the names are the `reason` of a 401 body and of
+    /// `gateway_auth_failures_total`.
+    pub enum AuthFailure as "reason" {
+        /// No token in header, subprotocol, query or cookie.
+        Missing = "missing",
+        /// Not three base64url parts with a JSON header, or a `crit` header.
+        Malformed = "malformed",
+        /// `none`, or an algorithm no configured key has.
+        Algorithm = "algorithm",
+        /// `kid` not in the JWKS (after a bounded refetch).
+        UnknownKey = "unknown_key",
+        /// Signature does not verify.
+        Signature = "signature",
+        /// `exp` passed (beyond leeway).
+        Expired = "expired",
+        /// `nbf` in the future (beyond leeway).
+        NotYetValid = "not_yet_valid",
+        /// `iss` differs from `GATEWAY_JWT_ISSUER`.
+        Issuer = "issuer",
+        /// `aud` differs from `GATEWAY_JWT_AUDIENCE`.
+        Audience = "audience",
+        /// `sub`, the tenant claim or `exp` missing, not a non-empty string / number, or
+        /// repeated.
+        Claims = "claims",
+        /// The JWKS could not be fetched yet.
+        KeysUnavailable = "keys_unavailable",
+    }
+}
 
 /// Where the token of a request was found; cookie auth gets the origin check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

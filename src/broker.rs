@@ -10,21 +10,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AmqpConfig;
 use crate::dedupe::RecentIds;
-use crate::envelope::Event;
+use crate::envelope::{DropReason, Event};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::mapping::{Mapping, Meta};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -37,6 +39,70 @@ const ACK_BATCH: usize = 64;
 const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Consumer tag, visible in the management UI.
 const CONSUMER_TAG: &str = "realtime-gateway";
+
+/// What the consumer counts: messages in, what became of them, and the link.
+#[derive(Debug, Default)]
+pub struct BrokerMetrics {
+    /// Messages received.
+    pub received: Counter,
+    /// Messages delivered to nobody, by reason.
+    pub dropped: Family<DropReason>,
+    /// Events whose id was seen recently (per tenant).
+    pub duplicates: Counter,
+    /// 1 while consuming.
+    pub connected: Gauge,
+    /// Links re-established after a failure.
+    pub reconnects: Counter,
+    /// Events held for resuming clients.
+    pub history_events: Gauge,
+    /// Bytes held for resuming clients.
+    pub history_bytes: Gauge,
+}
+
+impl Collect for BrokerMetrics {
+    fn collect(&self, o: &mut Exposition) {
+        o.counter(
+            "gateway_events_received_total",
+            "Messages received from the broker.",
+            &self.received,
+        );
+        o.family(
+            "gateway_events_dropped_total",
+            "counter",
+            "Messages not delivered to anyone, by reason.",
+            &self.dropped,
+        );
+        o.counter(
+            "gateway_duplicates_dropped_total",
+            "Events dropped because their event_id was seen recently.",
+            &self.duplicates,
+        );
+        o.gauge(
+            "gateway_history_events",
+            "Events held for resuming clients.",
+            &self.history_events,
+        );
+        o.gauge(
+            "gateway_history_bytes",
+            "Bytes of envelopes held for resuming clients.",
+            &self.history_bytes,
+        );
+        o.gauge(
+            "gateway_broker_connected",
+            "1 while the broker consumer is running.",
+            &self.connected,
+        );
+        o.counter(
+            "gateway_broker_reconnects_total",
+            "Broker links re-established after a failure.",
+            &self.reconnects,
+        );
+    }
+}
+
+/// Called with each event after it entered the history and before the hub fans it out;
+/// lets tests hold the consumer exactly at the resume seam.
+pub type SeamHook = Arc<dyn Fn(&Event) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// What the consumer needs besides the broker settings.
 pub struct Consumer {
@@ -53,9 +119,11 @@ pub struct Consumer {
     /// Recent events, for resuming clients.
     pub history: Arc<History>,
     /// Counters.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<BrokerMetrics>,
     /// True while consuming; `/readyz` reads it.
     pub ready: Arc<AtomicBool>,
+    /// See [`SeamHook`]; `None` outside tests.
+    pub seam_hook: Option<SeamHook>,
 }
 
 /// Why a session with the broker ended.
@@ -69,6 +137,25 @@ enum LinkError {
     StreamEnded,
 }
 
+/// An open link, declared and consuming.
+struct Link {
+    conn: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    /// The queue was gone when the link came back: events may have been lost.
+    queue_lost: bool,
+}
+
+/// How a session went.
+enum Session {
+    /// Shutdown was asked for.
+    Stopped,
+    /// The link could not be set up.
+    Failed(LinkError),
+    /// The link worked, then broke.
+    Broke(LinkError),
+}
+
 impl Consumer {
     /// Runs until `shutdown` is cancelled, reconnecting as needed.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -77,60 +164,67 @@ impl Consumer {
         // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
         let mut recent = RecentIds::new(self.dedupe_window);
         loop {
-            let mut consuming = false;
-            let result = self
-                .session(&shutdown, &mut consuming, failed_before, &mut recent)
-                .await;
+            let session = self.session(&shutdown, failed_before, &mut recent).await;
             self.set_ready(false);
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    failed_before = true;
-                    if consuming {
-                        // It worked for a while: start over from a short delay.
-                        backoff = INITIAL_BACKOFF;
-                    }
-                    let delay = jitter(backoff);
-                    tracing::warn!(
-                        error = %e,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "broker link down; clients stay connected, retrying"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    backoff = (backoff * 2).min(self.config.reconnect_max);
+            let e = match session {
+                Session::Stopped => break,
+                Session::Failed(e) => e,
+                Session::Broke(e) => {
+                    // It worked for a while: start over from a short delay.
+                    backoff = INITIAL_BACKOFF;
+                    e
                 }
+            };
+            failed_before = true;
+            let delay = backoff_jitter(backoff);
+            tracing::warn!(
+                error = %e,
+                retry_in_ms = delay.as_millis() as u64,
+                "broker link down; clients stay connected, retrying"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
             }
-            if shutdown.is_cancelled() {
-                break;
-            }
+            backoff = (backoff * 2).min(self.config.reconnect_max);
         }
         tracing::info!("broker consumer stopped");
     }
 
     fn set_ready(&self, up: bool) {
         self.ready.store(up, Ordering::Release);
-        self.metrics.broker_connected(up);
+        self.metrics.connected.set(i64::from(up));
     }
 
+    /// One life of the link: open it, then consume until it breaks or shutdown.
     async fn session(
         &self,
         shutdown: &CancellationToken,
-        consuming: &mut bool,
         reconnecting: bool,
         recent: &mut RecentIds,
-    ) -> Result<(), LinkError> {
+    ) -> Session {
+        let link = tokio::select! {
+            _ = shutdown.cancelled() => return Session::Stopped,
+            r = self.open(reconnecting) => match r {
+                Ok(link) => link,
+                Err(e) => return Session::Failed(e),
+            },
+        };
+        self.announce(&link, reconnecting);
+        match self.consume(link, shutdown, recent).await {
+            Ok(()) => Session::Stopped,
+            Err(e) => Session::Broke(e),
+        }
+    }
+
+    /// Connects, declares exchanges, queue and bindings, and starts consuming.
+    async fn open(&self, reconnecting: bool) -> Result<Link, LinkError> {
         let cfg = &self.config;
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("realtime-gateway {}", cfg.queue)));
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&cfg.url, props)) => {
-                r.map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??
-            }
-        };
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&cfg.url, props))
+            .await
+            .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
         // After an outage, find out whether the queue kept our events: if it is gone (it
         // expired, or the broker restarted), events may have been lost and clients must
         // be told to refetch.
@@ -139,50 +233,8 @@ impl Consumer {
         channel
             .basic_qos(cfg.prefetch, BasicQosOptions::default())
             .await?;
-        let mut exchanges: Vec<&str> = Vec::new();
-        for b in &cfg.bindings {
-            if !exchanges.contains(&b.exchange.as_str()) {
-                exchanges.push(&b.exchange);
-            }
-        }
-        for exchange in exchanges {
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        // Passive: the platform owns its exchanges (their type and
-                        // arguments); only check that they exist.
-                        passive: !cfg.declare_exchanges,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        channel
-            .queue_declare(
-                cfg.queue.as_str().into(),
-                // Not exclusive: an exclusive queue dies with its connection, and with it
-                // every event published while the link is down. x-expires removes it
-                // once this instance is really gone.
-                QueueDeclareOptions::default(),
-                queue_arguments(cfg),
-            )
-            .await?;
-        for b in &cfg.bindings {
-            channel
-                .queue_bind(
-                    cfg.queue.as_str().into(),
-                    b.exchange.as_str().into(),
-                    b.key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        let mut consumer = channel
+        declare_topology(&channel, cfg).await?;
+        let consumer = channel
             .basic_consume(
                 cfg.queue.as_str().into(),
                 CONSUMER_TAG.into(),
@@ -193,12 +245,22 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        *consuming = true;
+        Ok(Link {
+            conn,
+            channel,
+            consumer,
+            queue_lost,
+        })
+    }
+
+    /// Ready, counted and logged; clients told to resync when the queue was lost.
+    fn announce(&self, link: &Link, reconnecting: bool) {
+        let cfg = &self.config;
         self.set_ready(true);
         if reconnecting {
-            self.metrics.broker_reconnected();
+            self.metrics.reconnects.inc();
         }
-        if queue_lost {
+        if link.queue_lost {
             self.history.mark_gap();
             let told = self.hub.resync_all();
             tracing::warn!(
@@ -212,113 +274,218 @@ impl Consumer {
             amqp.bindings = ?cfg.bindings.iter().map(|b| format!("{}:{}", b.exchange, b.key)).collect::<Vec<_>>(),
             "consuming"
         );
+    }
 
-        // Acknowledgements are batched (`multiple`): one ack per message costs a frame and
-        // a cross-thread wakeup each, which dominated the CPU per event. A batch is sent
-        // when it is full or ACK_DELAY after its first message, whichever comes first.
-        let ack_batch = (usize::from(cfg.prefetch) / 2).clamp(1, ACK_BATCH);
-        let mut ack_due: Option<u64> = None;
-        let mut unacked = 0usize;
-        let ack_timer = tokio::time::sleep(ACK_DELAY);
-        tokio::pin!(ack_timer);
+    /// Hands every delivery on and acknowledges it, until the link breaks (`Err`) or
+    /// shutdown (`Ok`).
+    async fn consume(
+        &self,
+        mut link: Link,
+        shutdown: &CancellationToken,
+        recent: &mut RecentIds,
+    ) -> Result<(), LinkError> {
+        let mut acks = Acks::new(&link.channel, self.config.prefetch);
         loop {
             let delivery = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     // What was handed to clients is acknowledged; what was not goes back to
                     // the queue, which outlives us for x-expires.
-                    if let Some(tag) = ack_due {
-                        let _ = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await;
-                    }
-                    let _ = conn.close(200, "gateway shutting down".into()).await;
+                    let _ = acks.flush().await;
+                    let _ = link.conn.close(200, "gateway shutting down".into()).await;
                     return Ok(());
                 }
-                _ = &mut ack_timer, if ack_due.is_some() => {
-                    if let Some(tag) = ack_due.take() {
-                        channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
-                    }
-                    unacked = 0;
+                r = acks.due() => {
+                    r?;
                     continue;
                 }
-                d = consumer.next() => d,
+                d = link.consumer.next() => d,
             };
             let delivery = match delivery {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(e.into()),
                 None => return Err(LinkError::StreamEnded),
             };
-            self.metrics.event_received();
-            let headers = delivery.properties.headers().as_ref();
-            let header = |name: &str| -> Option<String> {
-                match headers?.inner().get(name)? {
-                    AMQPValue::LongString(s) => {
-                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                    }
-                    AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-                    _ => None,
-                }
-            };
-            let message_id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str());
-            let meta = Meta {
-                message_id,
-                header: &header,
-            };
-            match Event::parse_with(delivery.data, self.max_event_bytes, &self.mapping, &meta) {
-                Ok(event) if !recent.insert(&event.tenant, &event.id) => {
-                    self.metrics.duplicate_dropped();
-                    tracing::debug!(
-                        event_id = %event.id,
-                        trace_id = event.trace_id.as_deref().unwrap_or(""),
-                        redelivered = delivery.redelivered,
-                        "duplicate event dropped"
-                    );
-                }
-                Ok(event) => {
-                    // Into the history before the hub: a client registering meanwhile then
-                    // finds it in its replay or gets it live (or both, and skips one).
-                    let (event, (events, bytes)) = self.history.append(event);
-                    self.metrics.history_size(events, bytes);
-                    let recipients = self.hub.publish(&event);
-                    tracing::debug!(
-                        event_id = %event.id,
-                        event_type = %event.event_type,
-                        trace_id = event.trace_id.as_deref().unwrap_or(""),
-                        recipients,
-                        "event dispatched"
-                    );
-                }
-                Err(reason) => {
-                    self.metrics.event_dropped(reason);
-                    tracing::warn!(
-                        routing_key = %delivery.routing_key,
-                        reason = reason.as_str(),
-                        "dropping message: {reason}"
-                    );
-                }
-            }
+            let tag = delivery.delivery_tag;
+            self.handle(delivery, recent).await;
             // Every message is acknowledged, delivered or dropped: a malformed message
             // requeued would come straight back forever.
-            if ack_due.is_none() {
-                ack_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + ACK_DELAY);
-            }
-            ack_due = Some(delivery.delivery_tag);
-            unacked += 1;
-            if unacked >= ack_batch {
-                if let Some(tag) = ack_due.take() {
-                    channel
-                        .basic_ack(tag, BasicAckOptions { multiple: true })
-                        .await?;
+            acks.processed(tag).await?;
+        }
+    }
+
+    /// Parses one message and hands the event to history and hub, or counts why not.
+    async fn handle(&self, delivery: Delivery, recent: &mut RecentIds) {
+        self.metrics.received.inc();
+        let headers = delivery.properties.headers().as_ref();
+        let header = |name: &str| -> Option<String> {
+            match headers?.inner().get(name)? {
+                AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
                 }
-                unacked = 0;
+                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            }
+        };
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str());
+        let meta = Meta {
+            message_id,
+            header: &header,
+        };
+        match Event::parse_with(delivery.data, self.max_event_bytes, &self.mapping, &meta) {
+            Ok(event) if !recent.insert(&event.tenant, &event.id) => {
+                self.metrics.duplicates.inc();
+                tracing::debug!(
+                    event_id = %event.id,
+                    trace_id = event.trace_id.as_deref().unwrap_or(""),
+                    redelivered = delivery.redelivered,
+                    "duplicate event dropped"
+                );
+            }
+            Ok(event) => self.dispatch(event).await,
+            Err(reason) => {
+                self.metrics.dropped.inc(reason);
+                tracing::warn!(
+                    routing_key = %delivery.routing_key,
+                    reason = reason.as_str(),
+                    "dropping message: {reason}"
+                );
             }
         }
     }
+
+    /// Into the history before the hub: a client registering meanwhile then finds the
+    /// event in its replay or gets it live (or both, and skips one).
+    async fn dispatch(&self, event: Event) {
+        let (event, (events, bytes)) = self.history.append(event);
+        self.metrics.history_events.set(events as i64);
+        self.metrics.history_bytes.set(bytes as i64);
+        if let Some(hook) = &self.seam_hook {
+            hook(&event).await;
+        }
+        let recipients = self.hub.publish(&event);
+        tracing::debug!(
+            event_id = %event.id,
+            event_type = %event.event_type,
+            trace_id = event.trace_id.as_deref().unwrap_or(""),
+            recipients,
+            "event dispatched"
+        );
+    }
+}
+
+/// Acknowledgements, batched (`multiple`): one ack per message costs a frame and a
+/// cross-thread wakeup each, which dominated the CPU per event. A batch is sent when it
+/// is full or `ACK_DELAY` after its first message, whichever comes first.
+struct Acks<'c> {
+    channel: &'c Channel,
+    batch: usize,
+    /// Tag of the newest processed, unacknowledged message.
+    due: Option<u64>,
+    unacked: usize,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<'c> Acks<'c> {
+    fn new(channel: &'c Channel, prefetch: u16) -> Acks<'c> {
+        Acks {
+            channel,
+            batch: (usize::from(prefetch) / 2).clamp(1, ACK_BATCH),
+            due: None,
+            unacked: 0,
+            timer: Box::pin(tokio::time::sleep(ACK_DELAY)),
+        }
+    }
+
+    /// Records a processed message; acknowledges the batch when it is full.
+    async fn processed(&mut self, tag: u64) -> Result<(), lapin::Error> {
+        if self.due.is_none() {
+            let at = tokio::time::Instant::now() + ACK_DELAY;
+            self.timer.as_mut().reset(at);
+        }
+        self.due = Some(tag);
+        self.unacked += 1;
+        if self.unacked >= self.batch {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when a pending batch has waited `ACK_DELAY`, and acknowledges it; never
+    /// resolves while nothing is pending.
+    async fn due(&mut self) -> Result<(), lapin::Error> {
+        if self.due.is_none() {
+            return std::future::pending().await;
+        }
+        (&mut self.timer).await;
+        self.flush().await
+    }
+
+    /// Acknowledges everything processed so far.
+    async fn flush(&mut self) -> Result<(), lapin::Error> {
+        self.unacked = 0;
+        match self.due.take() {
+            Some(tag) => {
+                self.channel
+                    .basic_ack(tag, BasicAckOptions { multiple: true })
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Declares the exchanges (or checks them, when passive), this instance's queue and its
+/// bindings.
+async fn declare_topology(channel: &Channel, cfg: &AmqpConfig) -> Result<(), lapin::Error> {
+    let mut exchanges: Vec<&str> = Vec::new();
+    for b in &cfg.bindings {
+        if !exchanges.contains(&b.exchange.as_str()) {
+            exchanges.push(&b.exchange);
+        }
+    }
+    for exchange in exchanges {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    // Passive: the platform owns its exchanges (their type and arguments);
+                    // only check that they exist.
+                    passive: !cfg.declare_exchanges,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .queue_declare(
+            cfg.queue.as_str().into(),
+            // Not exclusive: an exclusive queue dies with its connection, and with it every
+            // event published while the link is down. x-expires removes it once this
+            // instance is really gone.
+            QueueDeclareOptions::default(),
+            queue_arguments(cfg),
+        )
+        .await?;
+    for b in &cfg.bindings {
+        channel
+            .queue_bind(
+                cfg.queue.as_str().into(),
+                b.exchange.as_str().into(),
+                b.key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether `queue` exists, asked on a throwaway channel because a failed passive declare
@@ -369,9 +536,10 @@ fn queue_arguments(cfg: &AmqpConfig) -> FieldTable {
     args
 }
 
-/// A delay between half of `d` and `d`, so a fleet that lost the broker together does not
-/// come back in lockstep.
-fn jitter(d: Duration) -> Duration {
+/// A reconnect delay between half of `d` and `d`, so a fleet that lost the broker together
+/// does not come back in lockstep. (Not the drain's jitter, which spreads over a whole
+/// window.)
+fn backoff_jitter(d: Duration) -> Duration {
     let half = d / 2;
     half + half.mul_f64(rand::random::<f64>())
 }
@@ -381,9 +549,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_bounds() {
+    fn backoff_jitter_stays_within_bounds() {
         for _ in 0..1000 {
-            let d = jitter(Duration::from_secs(2));
+            let d = backoff_jitter(Duration::from_secs(2));
             assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(2));
         }
     }

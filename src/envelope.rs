@@ -7,55 +7,32 @@ use crate::mapping::{Found, Mapping, Meta, ReadError};
 use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Why a message body is not a deliverable event. The `as_str` names are metric labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    /// Body larger than `GATEWAY_MAX_EVENT_BYTES`.
-    #[error("body exceeds the size limit")]
-    Oversized,
-    /// Body is not UTF-8.
-    #[error("body is not UTF-8")]
-    NotUtf8,
-    /// Body is not JSON.
-    #[error("body is not JSON")]
-    NotJson,
-    /// JSON, but not an object.
-    #[error("body is not a JSON object")]
-    NotObject,
-    /// A field is missing, of the wrong type, duplicated, or unsafe to frame.
-    #[error("envelope field missing or of the wrong type")]
-    InvalidField,
-    /// No usable `tenant_id` (absent, not a string, empty): goes to nobody.
-    #[error("no usable tenant_id")]
-    NoTenant,
-    /// No user, and tenant-wide events are switched off.
-    #[error("no user_id and tenant-wide events are off")]
-    NoUser,
-}
-
-impl Rejection {
-    /// Every variant, for metrics.
-    pub const ALL: [Rejection; 7] = [
-        Rejection::Oversized,
-        Rejection::NotUtf8,
-        Rejection::NotJson,
-        Rejection::NotObject,
-        Rejection::InvalidField,
-        Rejection::NoTenant,
-        Rejection::NoUser,
-    ];
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Oversized => "oversized",
-            Rejection::NotUtf8 => "not_utf8",
-            Rejection::NotJson => "not_json",
-            Rejection::NotObject => "not_object",
-            Rejection::InvalidField => "invalid_field",
-            Rejection::NoTenant => "no_tenant",
-            Rejection::NoUser => "no_user",
-        }
+crate::label_set! {
+    /// Why a message from the broker is dropped instead of delivered; the names are the
+    /// `reason` label of `gateway_events_dropped_total`.
+    #[derive(thiserror::Error)]
+    pub enum DropReason as "reason" {
+        /// Body larger than `GATEWAY_MAX_EVENT_BYTES`.
+        #[error("body exceeds the size limit")]
+        Oversized = "oversized",
+        /// Body is not UTF-8.
+        #[error("body is not UTF-8")]
+        NotUtf8 = "not_utf8",
+        /// Body is not JSON.
+        #[error("body is not JSON")]
+        NotJson = "not_json",
+        /// JSON, but not an object.
+        #[error("body is not a JSON object")]
+        NotObject = "not_object",
+        /// A field is missing, of the wrong type, duplicated, or unsafe to frame.
+        #[error("envelope field missing or of the wrong type")]
+        InvalidField = "invalid_field",
+        /// No usable `tenant_id` (absent, not a string, empty): goes to nobody.
+        #[error("no usable tenant_id")]
+        NoTenant = "no_tenant",
+        /// No user, and tenant-wide events are switched off.
+        #[error("no user_id and tenant-wide events are off")]
+        NoUser = "no_user",
     }
 }
 
@@ -87,11 +64,11 @@ pub struct Event {
 /// A non-empty string without CR/LF/NUL: such ids end up in SSE `id:` lines, where a
 /// newline would let a producer inject fields into every client's stream, and EventSource
 /// ignores an id with NUL (so its Last-Event-ID would silently stay behind).
-fn safe_text(s: String) -> Result<Box<str>, Rejection> {
+fn safe_text(s: String) -> Result<Box<str>, DropReason> {
     if !s.is_empty() && !s.contains(['\r', '\n', '\0']) {
         Ok(s.into())
     } else {
-        Err(Rejection::InvalidField)
+        Err(DropReason::InvalidField)
     }
 }
 
@@ -109,7 +86,7 @@ static CATALOG: std::sync::LazyLock<Mapping> = std::sync::LazyLock::new(Mapping:
 
 impl Event {
     /// Parses and validates one body with the FlatRender catalog mapping.
-    pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, Rejection> {
+    pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, DropReason> {
         Event::parse_with(body, max_bytes, &CATALOG, &Meta::none())
     }
 
@@ -119,33 +96,33 @@ impl Event {
         max_bytes: usize,
         mapping: &Mapping,
         meta: &Meta<'_>,
-    ) -> Result<Event, Rejection> {
+    ) -> Result<Event, DropReason> {
         if body.len() > max_bytes {
-            return Err(Rejection::Oversized);
+            return Err(DropReason::Oversized);
         }
-        let text = std::str::from_utf8(&body).map_err(|_| Rejection::NotUtf8)?;
+        let text = std::str::from_utf8(&body).map_err(|_| DropReason::NotUtf8)?;
         let fields = mapping.read(text).map_err(|e| match e {
-            ReadError::NotJson => Rejection::NotJson,
-            ReadError::NotObject => Rejection::NotObject,
-            ReadError::Duplicate => Rejection::InvalidField,
+            ReadError::NotJson => DropReason::NotJson,
+            ReadError::NotObject => DropReason::NotObject,
+            ReadError::Duplicate => DropReason::InvalidField,
         })?;
         let header = |name: &Option<String>| name.as_deref().and_then(|h| (meta.header)(h));
 
         let id: std::sync::Arc<str> =
             match or_fallback(fields.event_id, || meta.message_id.map(str::to_owned)) {
                 Found::Str(s) => safe_text(s)?.into(),
-                _ => return Err(Rejection::InvalidField),
+                _ => return Err(DropReason::InvalidField),
             };
         let event_type = match or_fallback(fields.event_type, || header(&mapping.event_type_header))
         {
             Found::Str(s) => safe_text(s)?,
-            _ => return Err(Rejection::InvalidField),
+            _ => return Err(DropReason::InvalidField),
         };
         let user = match or_fallback(fields.user, || header(&mapping.user_header)) {
             Found::Absent | Found::Null => None,
             // An empty user must not turn into "everyone in the tenant".
             Found::Str(s) if !s.is_empty() => Some(s.into_boxed_str()),
-            _ => return Err(Rejection::InvalidField),
+            _ => return Err(DropReason::InvalidField),
         };
         let trace_id = match fields.trace_id {
             Found::Str(s) => Some(s.into_boxed_str()),
@@ -159,11 +136,11 @@ impl Event {
             Some(t) => t.as_str().into(),
             None => match or_fallback(fields.tenant, || header(&mapping.tenant_header)) {
                 Found::Str(s) if !s.is_empty() => s.into_boxed_str(),
-                _ => return Err(Rejection::NoTenant),
+                _ => return Err(DropReason::NoTenant),
             },
         };
         if user.is_none() && !mapping.tenant_wide_events {
-            return Err(Rejection::NoUser);
+            return Err(DropReason::NoUser);
         }
 
         Ok(Event {
@@ -282,7 +259,7 @@ fn one_line(mut body: Vec<u8>) -> Utf8Bytes {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Event, Rejection> {
+    fn parse(s: &str) -> Result<Event, DropReason> {
         Event::parse(s.as_bytes().to_vec(), 1024)
     }
 
@@ -335,61 +312,61 @@ mod tests {
             r#"{"event_id":"e","event_type":"t","tenant_id":7}"#,
             r#"{"event_id":"e","event_type":"t","tenant_id":["t"]}"#,
         ] {
-            assert_eq!(parse(body).unwrap_err(), Rejection::NoTenant, "{body}");
+            assert_eq!(parse(body).unwrap_err(), DropReason::NoTenant, "{body}");
         }
     }
 
     #[test]
     fn malformed_bodies_are_classified() {
-        let cases: &[(&[u8], Rejection)] = &[
-            (b"\xff\xfe{}", Rejection::NotUtf8),
-            (b"not json", Rejection::NotJson),
-            (b"{\"event_id\":", Rejection::NotJson),
-            (b"", Rejection::NotJson),
-            (b"[1,2]", Rejection::NotObject),
-            (b"42", Rejection::NotObject),
-            (b"\"str\"", Rejection::NotObject),
-            (b"null", Rejection::NotObject),
+        let cases: &[(&[u8], DropReason)] = &[
+            (b"\xff\xfe{}", DropReason::NotUtf8),
+            (b"not json", DropReason::NotJson),
+            (b"{\"event_id\":", DropReason::NotJson),
+            (b"", DropReason::NotJson),
+            (b"[1,2]", DropReason::NotObject),
+            (b"42", DropReason::NotObject),
+            (b"\"str\"", DropReason::NotObject),
+            (b"null", DropReason::NotObject),
             (
                 br#"{"event_type":"t","tenant_id":"t"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":5,"event_type":"t","tenant_id":"t"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"","event_type":"t","tenant_id":"t"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"a\nid: x","event_type":"t","tenant_id":"t"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"a\u0000b","event_type":"t","tenant_id":"t"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"e","tenant_id":"t"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":42}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":""}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             (
                 br#"{"event_id":"e","event_type":"t","tenant_id":"t","user_id":{"id":"u"}}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
             // Two tenant_ids: browsers' JSON.parse keeps the last, so refuse rather than guess.
             (
                 br#"{"event_id":"e","event_type":"t","tenant_id":"a","tenant_id":"b"}"#,
-                Rejection::InvalidField,
+                DropReason::InvalidField,
             ),
         ];
         for (body, want) in cases {
@@ -435,7 +412,7 @@ mod tests {
         );
         assert_eq!(
             Event::parse(body.into_bytes(), 1024).unwrap_err(),
-            Rejection::Oversized
+            DropReason::Oversized
         );
     }
 }

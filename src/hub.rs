@@ -17,7 +17,167 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Event;
-use crate::telemetry::{Disconnect, Metrics, Refusal, Transport};
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, Histogram};
+
+crate::label_set! {
+    /// The kind of a registered connection, for per-transport counts.
+    pub enum Transport as "transport" {
+        /// `GET /ws`.
+        Ws = "ws",
+        /// `GET /sse`.
+        Sse = "sse",
+    }
+}
+
+crate::label_set! {
+    /// Why a connection was not admitted (the `reason` of the refusal's body).
+    pub enum Refusal as "reason" {
+        /// `GATEWAY_MAX_CONNECTIONS` reached: 503.
+        MaxConnections = "max_connections",
+        /// `GATEWAY_MAX_CONNECTIONS_PER_USER` reached: 429.
+        MaxPerUser = "max_connections_per_user",
+        /// Cookie auth from an origin not in `GATEWAY_ALLOWED_ORIGINS`: 403.
+        Origin = "origin",
+        /// The instance is shutting down: 503, so the client tries another.
+        Draining = "draining",
+    }
+}
+
+crate::label_set! {
+    /// Why the gateway ended a registered connection.
+    pub enum Disconnect as "reason" {
+        /// It did not read fast enough: its send queue filled up, or a write stalled.
+        SlowClient = "slow_client",
+        /// Its token expired.
+        TokenExpired = "token_expired",
+        /// No pong or message within the idle timeout.
+        Idle = "idle",
+        /// Sent a message over the size limit.
+        MessageTooBig = "message_too_big",
+        /// Graceful shutdown.
+        Shutdown = "shutdown",
+        /// An in-band refresh named another user or tenant.
+        Policy = "policy",
+    }
+}
+
+/// Upper bounds of the latency histogram, in microseconds: from `event_time` (set by the
+/// producer) to the hand-off into connection queues.
+const LATENCY_BUCKETS_US: &[u64] = &[
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// What the hub counts: the life of connections and the fan-out.
+#[derive(Debug)]
+pub struct HubMetrics {
+    /// Open connections.
+    pub open: Family<Transport>,
+    /// Connections admitted.
+    pub accepted: Family<Transport>,
+    /// Connections not admitted.
+    pub refused: Family<Refusal>,
+    /// Connections the gateway ended.
+    pub disconnects: Family<Disconnect>,
+    /// Events queued to connections, one per recipient.
+    pub delivered: Family<Transport>,
+    /// Deliveries refused by a full send queue.
+    pub dropped_slow: Counter,
+    /// Valid events nobody on this instance receives.
+    pub unrouted: Counter,
+    /// Resync signals queued.
+    pub resyncs: Counter,
+    /// Deepest send queue seen, in events.
+    pub queue_events_high_water: Gauge,
+    /// Fullest send queue seen, in bytes.
+    pub queue_bytes_high_water: Gauge,
+    /// From `event_time` to the hand-off.
+    pub latency_us: Histogram,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        HubMetrics {
+            open: Family::default(),
+            accepted: Family::default(),
+            refused: Family::default(),
+            disconnects: Family::default(),
+            delivered: Family::default(),
+            dropped_slow: Counter::default(),
+            unrouted: Counter::default(),
+            resyncs: Counter::default(),
+            queue_events_high_water: Gauge::default(),
+            queue_bytes_high_water: Gauge::default(),
+            latency_us: Histogram::new(LATENCY_BUCKETS_US, 1e6),
+        }
+    }
+}
+
+impl Collect for HubMetrics {
+    fn collect(&self, o: &mut Exposition) {
+        o.family(
+            "gateway_connections",
+            "gauge",
+            "Open client connections.",
+            &self.open,
+        );
+        o.family(
+            "gateway_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            &self.accepted,
+        );
+        o.family(
+            "gateway_connections_refused_total",
+            "counter",
+            "Connections refused by a limit, origin rule or shutdown, by reason.",
+            &self.refused,
+        );
+        o.family(
+            "gateway_disconnects_total",
+            "counter",
+            "Connections ended by the gateway, by reason.",
+            &self.disconnects,
+        );
+        o.family(
+            "gateway_events_delivered_total",
+            "counter",
+            "Events handed to client connections (one per recipient).",
+            &self.delivered,
+        );
+        o.counter_with(
+            "gateway_deliveries_dropped_total",
+            "Per-connection deliveries refused, by reason.",
+            ("reason", "slow_client"),
+            &self.dropped_slow,
+        );
+        o.counter(
+            "gateway_events_unrouted_total",
+            "Valid events with no recipient connected to this instance.",
+            &self.unrouted,
+        );
+        o.counter(
+            "gateway_resyncs_sent_total",
+            "Resync signals queued to connections.",
+            &self.resyncs,
+        );
+        o.gauge(
+            "gateway_send_queue_high_water_events",
+            "Deepest any connection's send queue has been, in events.",
+            &self.queue_events_high_water,
+        );
+        o.gauge(
+            "gateway_send_queue_high_water_bytes",
+            "Fullest any connection's send queue has been, in bytes.",
+            &self.queue_bytes_high_water,
+        );
+        o.histogram(
+            "gateway_event_latency_seconds",
+            "From the envelope's event_time to the hand-off into connection queues.",
+            &self.latency_us,
+        );
+    }
+}
 
 /// What a connection's queue carries.
 #[derive(Clone, Debug)]
@@ -81,7 +241,9 @@ pub struct Hub {
     next_id: AtomicU64,
     total: AtomicUsize,
     limits: HubLimits,
-    metrics: Arc<Metrics>,
+    metrics: HubMetrics,
+    /// Woken when the last connection leaves, for the shutdown drain.
+    emptied: tokio::sync::Notify,
 }
 
 /// A connection's membership; dropping it unregisters the connection.
@@ -103,14 +265,20 @@ pub struct Subscription {
 
 impl Hub {
     /// An empty hub.
-    pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Arc<Hub> {
+    pub fn new(limits: HubLimits) -> Arc<Hub> {
         Arc::new(Hub {
             tenants: DashMap::new(),
             next_id: AtomicU64::new(1),
             total: AtomicUsize::new(0),
             limits,
-            metrics,
+            metrics: HubMetrics::default(),
+            emptied: tokio::sync::Notify::new(),
         })
+    }
+
+    /// What the hub counts; transports count their refusals and disconnects here too.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
     }
 
     /// Registers a connection of `user` in `tenant`, enforcing the connection limits.
@@ -125,7 +293,7 @@ impl Hub {
         let before = self.total.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.refused(Refusal::MaxConnections);
+            self.metrics.refused.inc(Refusal::MaxConnections);
             return Err(Refusal::MaxConnections);
         }
         let (tx, rx) = mpsc::channel(self.limits.queue_len);
@@ -158,10 +326,11 @@ impl Hub {
         };
         let Some((tenant_key, user_key)) = registered else {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.refused(Refusal::MaxPerUser);
+            self.metrics.refused.inc(Refusal::MaxPerUser);
             return Err(Refusal::MaxPerUser);
         };
-        self.metrics.connection_opened(transport);
+        self.metrics.open.inc(transport);
+        self.metrics.accepted.inc(transport);
 
         Ok(Subscription {
             hub: self.clone(),
@@ -189,8 +358,10 @@ impl Hub {
         }
         self.tenants.remove_if(tenant, |_, t| t.users.is_empty());
         if let Some(t) = transport {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.connection_closed(t);
+            if self.total.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.emptied.notify_waiters();
+            }
+            self.metrics.open.add(t, -1);
         }
     }
 
@@ -219,19 +390,19 @@ impl Hub {
         }
         let (ws, sse) = (counts[0], counts[1]);
         if ws > 0 {
-            self.metrics.delivered(Transport::Ws, ws);
+            self.metrics.delivered.add(Transport::Ws, ws as i64);
         }
         if sse > 0 {
-            self.metrics.delivered(Transport::Sse, sse);
+            self.metrics.delivered.add(Transport::Sse, sse as i64);
         }
         if ws + sse == 0 {
-            self.metrics.event_unrouted();
+            self.metrics.unrouted.inc();
         } else if let Some(t) = event.event_time_us {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as i64)
                 .unwrap_or(t);
-            self.metrics.observe_latency_us(now - t);
+            self.metrics.latency_us.observe(now - t);
         }
         (ws + sse) as usize
     }
@@ -247,7 +418,7 @@ impl Hub {
             }
         }
         let n = counts[0] + counts[1];
-        self.metrics.resyncs_sent(n);
+        self.metrics.resyncs.add(n);
         n as usize
     }
 
@@ -266,7 +437,9 @@ impl Hub {
             Ok(()) => {
                 counts[m.transport as usize] += 1;
                 let depth = self.limits.queue_len - m.tx.capacity();
-                self.metrics.queue_depth(depth, queued);
+                let hm = &self.metrics;
+                hm.queue_events_high_water.raise(depth as i64);
+                hm.queue_bytes_high_water.raise(queued as i64);
             }
             Err(mpsc::error::TrySendError::Full(())) => {
                 m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -284,9 +457,9 @@ impl Hub {
                         "send queue full; disconnecting slow client"
                     );
                     m.kick.cancel();
-                    self.metrics.disconnected(Disconnect::SlowClient);
+                    self.metrics.disconnects.inc(Disconnect::SlowClient);
                 }
-                self.metrics.delivery_dropped_slow_client();
+                self.metrics.dropped_slow.inc();
             }
             // The connection is shutting down; its Subscription is about to go.
             Err(mpsc::error::TrySendError::Closed(())) => {
@@ -298,6 +471,20 @@ impl Hub {
     /// Open connections on this instance.
     pub fn connections(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no connection is registered.
+    pub async fn emptied(&self) {
+        loop {
+            // Registered before the check, so a departure in between is not missed.
+            let notified = self.emptied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether a new connection of (`tenant`, `user`) would be admitted now, without
@@ -319,6 +506,11 @@ impl Hub {
 }
 
 impl Subscription {
+    /// Counts why the gateway ended this connection.
+    pub fn disconnected(&self, why: Disconnect) {
+        self.hub.metrics.disconnects.inc(why);
+    }
+
     /// Connection id, for logs.
     pub fn id(&self) -> u64 {
         self.id
@@ -369,15 +561,12 @@ mod tests {
     use super::*;
 
     fn hub(max_connections: usize, max_per_user: usize, queue_len: usize) -> Arc<Hub> {
-        Hub::new(
-            HubLimits {
-                max_connections,
-                max_per_user,
-                queue_len,
-                queue_bytes: 1 << 20,
-            },
-            Arc::new(Metrics::default()),
-        )
+        Hub::new(HubLimits {
+            max_connections,
+            max_per_user,
+            queue_len,
+            queue_bytes: 1 << 20,
+        })
     }
 
     fn event(id: &str, tenant: &str, user: Option<&str>) -> Arc<Event> {
@@ -478,15 +667,12 @@ mod tests {
 
     #[test]
     fn byte_budget_kicks_and_is_returned_on_receive() {
-        let hub = Hub::new(
-            HubLimits {
-                max_connections: 10,
-                max_per_user: 10,
-                queue_len: 100,
-                queue_bytes: 600,
-            },
-            Arc::new(Metrics::default()),
-        );
+        let hub = Hub::new(HubLimits {
+            max_connections: 10,
+            max_per_user: 10,
+            queue_len: 100,
+            queue_bytes: 600,
+        });
         let mut s = hub
             .subscribe("a", "u", Transport::Sse, CancellationToken::new())
             .unwrap();

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod dedupe;
+pub mod demo;
 pub mod envelope;
 pub mod history;
 pub mod hub;
@@ -27,4 +28,4 @@ pub mod telemetry;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{StartError, Stopped, app, run};
+pub use server::{Hooks, StartError, Stopped, run, run_with};

@@ -1,579 +1,247 @@
-//! Telemetry: the Prometheus metrics every other module counts into, and log setup.
+//! Telemetry: metric primitives rendered as Prometheus text, and log setup.
 //!
-//! Metrics are plain atomics with fixed label sets: the fan-out bumps them per delivery,
-//! so they must cost no more than an uncontended add, and `/metrics` renders them by hand.
+//! This module owns no metric of the gateway: each module defines the metrics it counts,
+//! with label sets made from its own types ([`label_set!`]), and implements [`Collect`];
+//! `/metrics` renders them all. Metrics are plain atomics with fixed label sets: the
+//! fan-out bumps them per delivery, so they cost no more than an uncontended add.
 
 use std::fmt::Write as _;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use crate::config::{Config, LogFormat};
-use crate::envelope::Rejection;
 
-/// Client transports, a metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// `GET /ws`.
-    Ws,
-    /// `GET /sse`.
-    Sse,
+/// A fixed set of label values, one label key: the values of a fieldless enum.
+pub trait Label: Copy + 'static {
+    /// Every value, in index order.
+    const ALL: &'static [Self];
+    /// The label's key, e.g. `reason`.
+    const KEY: &'static str;
+    /// The label's value.
+    fn label(self) -> &'static str;
+    /// Position in [`Label::ALL`].
+    fn index(self) -> usize;
 }
 
-impl Transport {
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Ws => "ws",
-            Transport::Sse => "sse",
+/// Declares a fieldless enum whose variants are the values of one metric label, with
+/// `as_str` and a [`Label`] implementation. Variants are listed once, so the label set,
+/// the names and the indexes cannot drift apart.
+#[macro_export]
+macro_rules! label_set {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident as $key:literal {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:literal, )*
         }
-    }
-    fn idx(self) -> usize {
-        self as usize
-    }
-}
-
-/// Why a token was refused; the names are metric labels and the `reason` of a 401.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No token in header, query or cookie.
-    Missing,
-    /// Not three base64url parts with a JSON header.
-    Malformed,
-    /// `none`, or an algorithm no configured key has.
-    Algorithm,
-    /// `kid` not in the JWKS (after a bounded refetch).
-    UnknownKey,
-    /// Signature does not verify.
-    Signature,
-    /// `exp` passed (beyond leeway).
-    Expired,
-    /// `nbf` in the future (beyond leeway).
-    NotYetValid,
-    /// `iss` differs from `GATEWAY_JWT_ISSUER`.
-    Issuer,
-    /// `aud` differs from `GATEWAY_JWT_AUDIENCE`.
-    Audience,
-    /// `sub`, the tenant claim or `exp` missing or not a non-empty string / number.
-    Claims,
-    /// The JWKS could not be fetched yet.
-    KeysUnavailable,
-}
-
-impl AuthFailure {
-    /// Every variant, for metrics.
-    pub const ALL: [AuthFailure; 11] = [
-        AuthFailure::Missing,
-        AuthFailure::Malformed,
-        AuthFailure::Algorithm,
-        AuthFailure::UnknownKey,
-        AuthFailure::Signature,
-        AuthFailure::Expired,
-        AuthFailure::NotYetValid,
-        AuthFailure::Issuer,
-        AuthFailure::Audience,
-        AuthFailure::Claims,
-        AuthFailure::KeysUnavailable,
-    ];
-
-    /// Metric label and the `reason` field of a 401 body.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::Algorithm => "algorithm",
-            AuthFailure::UnknownKey => "unknown_key",
-            AuthFailure::Signature => "signature",
-            AuthFailure::Expired => "expired",
-            AuthFailure::NotYetValid => "not_yet_valid",
-            AuthFailure::Issuer => "issuer",
-            AuthFailure::Audience => "audience",
-            AuthFailure::Claims => "claims",
-            AuthFailure::KeysUnavailable => "keys_unavailable",
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )*
         }
-    }
-}
 
-/// Why a connection was refused or closed by the gateway (not by the client).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// `GATEWAY_MAX_CONNECTIONS` reached: 503.
-    MaxConnections,
-    /// `GATEWAY_MAX_CONNECTIONS_PER_USER` reached: 429.
-    MaxPerUser,
-    /// Cookie auth from an origin not in `GATEWAY_ALLOWED_ORIGINS`: 403.
-    Origin,
-    /// The instance is shutting down: 503, so the client tries another.
-    Draining,
-}
-
-impl Refusal {
-    /// Every variant, for metrics.
-    pub const ALL: [Refusal; 3] = [
-        Refusal::MaxConnections,
-        Refusal::MaxPerUser,
-        Refusal::Origin,
-    ];
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::MaxConnections => "max_connections",
-            Refusal::MaxPerUser => "max_connections_per_user",
-            Refusal::Origin => "origin",
-            Refusal::Draining => "draining",
+        impl $name {
+            /// Its metric label (and, where it is sent to clients, its `reason`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $value, )*
+                }
+            }
         }
-    }
-}
 
-/// Why the gateway ended a live connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disconnect {
-    /// Its send queue filled up.
-    SlowClient,
-    /// Its token expired.
-    TokenExpired,
-    /// No pong or message within the idle timeout.
-    Idle,
-    /// Sent a message over the size limit.
-    MessageTooBig,
-    /// Graceful shutdown.
-    Shutdown,
-    /// An in-band refresh named another user or tenant.
-    Policy,
-}
-
-impl Disconnect {
-    /// Every variant, for metrics.
-    pub const ALL: [Disconnect; 6] = [
-        Disconnect::SlowClient,
-        Disconnect::TokenExpired,
-        Disconnect::Idle,
-        Disconnect::MessageTooBig,
-        Disconnect::Shutdown,
-        Disconnect::Policy,
-    ];
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Disconnect::SlowClient => "slow_client",
-            Disconnect::TokenExpired => "token_expired",
-            Disconnect::Idle => "idle",
-            Disconnect::MessageTooBig => "message_too_big",
-            Disconnect::Shutdown => "shutdown",
-            Disconnect::Policy => "policy",
+        impl $crate::telemetry::Label for $name {
+            const ALL: &'static [Self] = &[$( $name::$variant, )*];
+            const KEY: &'static str = $key;
+            fn label(self) -> &'static str {
+                self.as_str()
+            }
+            fn index(self) -> usize {
+                // Variants carry no data and no explicit discriminants, so this is their
+                // position in `ALL`.
+                self as usize
+            }
         }
-    }
+    };
 }
 
-/// All counters and gauges of one gateway instance.
+/// A monotonically increasing count.
 #[derive(Debug, Default)]
-pub struct Metrics {
-    connections: [AtomicI64; 2],
-    connections_total: [AtomicU64; 2],
-    events_received: AtomicU64,
-    events_dropped: [AtomicU64; Rejection::ALL.len()],
-    events_unrouted: AtomicU64,
-    deliveries: [AtomicU64; 2],
-    deliveries_dropped_slow: AtomicU64,
-    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
-    refusals: [AtomicU64; Refusal::ALL.len()],
-    disconnects: [AtomicU64; Disconnect::ALL.len()],
-    broker_connected: AtomicI64,
-    broker_reconnects: AtomicU64,
-    client_messages_ignored: AtomicU64,
-    accept_errors: AtomicU64,
-    pending_connections: AtomicU64,
-    pending_refused: AtomicU64,
-    duplicates_dropped: AtomicU64,
-    resyncs: AtomicU64,
-    queue_depth_hwm: AtomicU64,
-    queue_bytes_hwm: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
-    latency_sum_us: AtomicU64,
-    latency_count: AtomicU64,
-    history_events: AtomicU64,
-    history_bytes: AtomicU64,
-    resumes: [AtomicU64; 2],
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    /// The current count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
 }
 
-/// Upper bounds of the latency histogram, in microseconds: from event_time (set by the
-/// producer) to the hand-off into connection queues.
-const LATENCY_BUCKETS_US: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
-];
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
 
-impl Metrics {
-    /// A connection opened.
-    pub fn connection_opened(&self, t: Transport) {
-        self.connections[t.idx()].fetch_add(1, Relaxed);
-        self.connections_total[t.idx()].fetch_add(1, Relaxed);
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
     }
-    /// A connection closed.
-    pub fn connection_closed(&self, t: Transport) {
-        self.connections[t.idx()].fetch_sub(1, Relaxed);
+    /// Adds `d` (negative to subtract).
+    pub fn add(&self, d: i64) {
+        self.0.fetch_add(d, Relaxed);
     }
-    /// Open connections of one transport.
-    pub fn open_connections(&self, t: Transport) -> i64 {
-        self.connections[t.idx()].load(Relaxed)
+    /// Raises the value to `v` if it is lower: a high-water mark.
+    pub fn raise(&self, v: i64) {
+        self.0.fetch_max(v, Relaxed);
     }
-    /// A message arrived from the broker.
-    pub fn event_received(&self) {
-        self.events_received.fetch_add(1, Relaxed);
+    /// The current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
     }
-    /// A message was dropped as undeliverable.
-    pub fn event_dropped(&self, r: Rejection) {
-        let i = Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.events_dropped[i].fetch_add(1, Relaxed);
-    }
-    /// A valid event had no connected recipient on this instance.
-    pub fn event_unrouted(&self) {
-        self.events_unrouted.fetch_add(1, Relaxed);
-    }
-    /// `n` events were handed to connections of transport `t`.
-    pub fn delivered(&self, t: Transport, n: u64) {
-        self.deliveries[t.idx()].fetch_add(n, Relaxed);
-    }
-    /// An event could not be queued for a connection because its queue was full.
-    pub fn delivery_dropped_slow_client(&self) {
-        self.deliveries_dropped_slow.fetch_add(1, Relaxed);
-    }
-    /// A token was refused.
-    pub fn auth_failed(&self, r: AuthFailure) {
-        let i = AuthFailure::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.auth_failures[i].fetch_add(1, Relaxed);
-    }
-    /// A connection was refused by a limit or origin rule.
-    pub fn refused(&self, r: Refusal) {
-        let i = Refusal::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        self.refusals[i].fetch_add(1, Relaxed);
-    }
-    /// The gateway ended a connection.
-    pub fn disconnected(&self, d: Disconnect) {
-        let i = Disconnect::ALL.iter().position(|x| *x == d).unwrap_or(0);
-        self.disconnects[i].fetch_add(1, Relaxed);
-    }
-    /// Broker link state changed.
-    pub fn broker_connected(&self, up: bool) {
-        self.broker_connected.store(i64::from(up), Relaxed);
-    }
-    /// The broker link was (re)established after a failure.
-    pub fn broker_reconnected(&self) {
-        self.broker_reconnects.fetch_add(1, Relaxed);
-    }
-    /// A client sent a message the gateway does not understand.
-    pub fn client_message_ignored(&self) {
-        self.client_messages_ignored.fetch_add(1, Relaxed);
-    }
+}
 
-    /// `accept` failed (usually: out of file descriptors).
-    pub fn accept_failed(&self) {
-        self.accept_errors.fetch_add(1, Relaxed);
-    }
-    /// A socket was accepted; its first request head is not complete yet.
-    pub fn pending_opened(&self) {
-        self.pending_connections.fetch_add(1, Relaxed);
-    }
-    /// A pending socket sent its head or went away.
-    pub fn pending_closed(&self) {
-        self.pending_connections.fetch_sub(1, Relaxed);
-    }
-    /// A socket was closed at once because `GATEWAY_MAX_PENDING_CONNECTIONS` were pending.
-    pub fn pending_refused(&self) {
-        self.pending_refused.fetch_add(1, Relaxed);
-    }
+/// One counter or gauge per value of a label.
+#[derive(Debug)]
+pub struct Family<L: Label> {
+    values: Box<[AtomicI64]>,
+    labels: PhantomData<L>,
+}
 
-    /// A redelivered or republished `event_id` was dropped.
-    pub fn duplicate_dropped(&self) {
-        self.duplicates_dropped.fetch_add(1, Relaxed);
-    }
-
-    /// `n` connections were sent the resync signal.
-    pub fn resyncs_sent(&self, n: u64) {
-        self.resyncs.fetch_add(n, Relaxed);
-    }
-
-    /// A connection queue reached this depth (events and bytes); keeps the maximum.
-    pub fn queue_depth(&self, events: usize, bytes: usize) {
-        self.queue_depth_hwm.fetch_max(events as u64, Relaxed);
-        self.queue_bytes_hwm.fetch_max(bytes as u64, Relaxed);
-    }
-
-    /// Size of the resume history.
-    pub fn history_size(&self, events: usize, bytes: usize) {
-        self.history_events.store(events as u64, Relaxed);
-        self.history_bytes.store(bytes as u64, Relaxed);
-    }
-
-    /// A client asked to resume; `replayed` tells whether it got its missed events (or a
-    /// resync).
-    pub fn resumed(&self, replayed: bool) {
-        self.resumes[usize::from(!replayed)].fetch_add(1, Relaxed);
-    }
-
-    /// One event's age at hand-off. Negative ages (producer clock ahead) count as zero.
-    pub fn observe_latency_us(&self, us: i64) {
-        let us = us.max(0) as u64;
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(LATENCY_BUCKETS_US.len() - 1);
-        if us <= LATENCY_BUCKETS_US[LATENCY_BUCKETS_US.len() - 1] {
-            self.latency_buckets[i].fetch_add(1, Relaxed);
+impl<L: Label> Default for Family<L> {
+    fn default() -> Self {
+        Family {
+            values: L::ALL.iter().map(|_| AtomicI64::new(0)).collect(),
+            labels: PhantomData,
         }
-        self.latency_sum_us.fetch_add(us, Relaxed);
-        self.latency_count.fetch_add(1, Relaxed);
+    }
+}
+
+impl<L: Label> Family<L> {
+    /// Adds one for `label`.
+    pub fn inc(&self, label: L) {
+        self.add(label, 1);
+    }
+    /// Adds `n` (negative to subtract, for gauges) for `label`.
+    pub fn add(&self, label: L, n: i64) {
+        self.values[label.index()].fetch_add(n, Relaxed);
+    }
+    /// The value for `label`.
+    pub fn get(&self, label: L) -> i64 {
+        self.values[label.index()].load(Relaxed)
+    }
+}
+
+/// A histogram with fixed upper bounds, in an integer unit (`scale` units per exported
+/// unit, e.g. microseconds exported as seconds).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    buckets: Box<[AtomicU64]>,
+    sum: AtomicU64,
+    count: AtomicU64,
+    scale: f64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [u64], scale: f64) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+            scale,
+        }
     }
 
-    /// Prometheus text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        let o = &mut out;
-        let transports = [Transport::Ws, Transport::Sse];
-        let by_transport =
-            |a: &[AtomicU64; 2]| transports.map(|t| (t.as_str(), a[t.idx()].load(Relaxed)));
+    /// Records one value; negative values (clock skew) count as zero.
+    pub fn observe(&self, v: i64) {
+        let v = v.max(0) as u64;
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum.fetch_add(v, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
 
-        let open = transports.map(|t| {
-            (
-                t.as_str(),
-                self.connections[t.idx()].load(Relaxed).max(0) as u64,
-            )
-        });
-        labeled(
-            o,
-            "gateway_connections",
-            "gauge",
-            "Open client connections.",
-            "transport",
-            &open,
-        );
-        labeled(
-            o,
-            "gateway_connections_accepted_total",
-            "counter",
-            "Client connections accepted.",
-            "transport",
-            &by_transport(&self.connections_total),
-        );
-        scalar(
-            o,
-            "gateway_events_received_total",
-            "counter",
-            "Messages received from the broker.",
-            &self.events_received,
-        );
-        labeled(
-            o,
-            "gateway_events_dropped_total",
-            "counter",
-            "Messages not delivered to anyone, by reason.",
-            "reason",
-            &pairs(&Rejection::ALL.map(Rejection::as_str), &self.events_dropped),
-        );
-        scalar(
-            o,
-            "gateway_events_unrouted_total",
-            "counter",
-            "Valid events with no recipient connected to this instance.",
-            &self.events_unrouted,
-        );
-        scalar(
-            o,
-            "gateway_duplicates_dropped_total",
-            "counter",
-            "Events dropped because their event_id was seen recently.",
-            &self.duplicates_dropped,
-        );
-        labeled(
-            o,
-            "gateway_events_delivered_total",
-            "counter",
-            "Events handed to client connections (one per recipient).",
-            "transport",
-            &by_transport(&self.deliveries),
-        );
-        labeled(
-            o,
-            "gateway_deliveries_dropped_total",
-            "counter",
-            "Per-connection deliveries refused, by reason.",
-            "reason",
-            &[("slow_client", self.deliveries_dropped_slow.load(Relaxed))],
-        );
-        scalar(
-            o,
-            "gateway_history_events",
-            "gauge",
-            "Events held for resuming clients.",
-            &self.history_events,
-        );
-        scalar(
-            o,
-            "gateway_history_bytes",
-            "gauge",
-            "Bytes of envelopes held for resuming clients.",
-            &self.history_bytes,
-        );
-        let resumes = [
-            ("replayed", self.resumes[0].load(Relaxed)),
-            ("resync", self.resumes[1].load(Relaxed)),
-        ];
-        labeled(
-            o,
-            "gateway_resumes_total",
-            "counter",
-            "Clients that reconnected with a last event id, by outcome.",
-            "outcome",
-            &resumes,
-        );
-        scalar(
-            o,
-            "gateway_resyncs_sent_total",
-            "counter",
-            "Resync signals queued to connections.",
-            &self.resyncs,
-        );
-        labeled(
-            o,
-            "gateway_auth_failures_total",
-            "counter",
-            "Refused tokens, by reason.",
-            "reason",
-            &pairs(
-                &AuthFailure::ALL.map(AuthFailure::as_str),
-                &self.auth_failures,
-            ),
-        );
-        labeled(
-            o,
-            "gateway_connections_refused_total",
-            "counter",
-            "Connections refused by limits or origin rules.",
-            "reason",
-            &pairs(&Refusal::ALL.map(Refusal::as_str), &self.refusals),
-        );
-        labeled(
-            o,
-            "gateway_disconnects_total",
-            "counter",
-            "Connections ended by the gateway, by reason.",
-            "reason",
-            &pairs(&Disconnect::ALL.map(Disconnect::as_str), &self.disconnects),
-        );
-        scalar(
-            o,
-            "gateway_client_messages_ignored_total",
-            "counter",
-            "Client messages the gateway did not understand.",
-            &self.client_messages_ignored,
-        );
-        scalar(
-            o,
-            "gateway_accept_errors_total",
-            "counter",
-            "Failed accepts (e.g. out of file descriptors).",
-            &self.accept_errors,
-        );
-        scalar(
-            o,
-            "gateway_pending_connections",
-            "gauge",
-            "Accepted sockets that have not sent a complete request head yet.",
-            &self.pending_connections,
-        );
-        scalar(
-            o,
-            "gateway_pending_connections_refused_total",
-            "counter",
-            "Sockets closed at once because GATEWAY_MAX_PENDING_CONNECTIONS were pending.",
-            &self.pending_refused,
-        );
-        scalar(
-            o,
-            "gateway_send_queue_high_water_events",
-            "gauge",
-            "Deepest any connection's send queue has been, in events.",
-            &self.queue_depth_hwm,
-        );
-        scalar(
-            o,
-            "gateway_send_queue_high_water_bytes",
-            "gauge",
-            "Fullest any connection's send queue has been, in bytes.",
-            &self.queue_bytes_hwm,
-        );
-        header(
-            o,
-            "gateway_broker_connected",
-            "gauge",
-            "1 while the broker consumer is running.",
-        );
-        let _ = writeln!(
-            o,
-            "gateway_broker_connected {}",
-            self.broker_connected.load(Relaxed)
-        );
-        scalar(
-            o,
-            "gateway_broker_reconnects_total",
-            "counter",
-            "Broker links re-established after a failure.",
-            &self.broker_reconnects,
-        );
+/// Something that writes its metrics into the exposition.
+pub trait Collect {
+    /// Writes every metric, with `# HELP` and `# TYPE`.
+    fn collect(&self, out: &mut Exposition);
+}
 
-        header(
-            o,
-            "gateway_event_latency_seconds",
-            "histogram",
-            "From the envelope's event_time to the hand-off into connection queues.",
-        );
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-            cumulative += self.latency_buckets[i].load(Relaxed);
-            let le = *bound as f64 / 1e6;
+/// The Prometheus text exposition format, being written.
+#[derive(Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    /// Every source's metrics, in order.
+    pub fn render(sources: &[&dyn Collect]) -> String {
+        let mut out = Exposition(String::with_capacity(8192));
+        for s in sources {
+            s.collect(&mut out);
+        }
+        out.0
+    }
+
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A counter without labels.
+    pub fn counter(&mut self, name: &str, help: &str, c: &Counter) {
+        self.header(name, "counter", help);
+        let _ = writeln!(self.0, "{name} {}", c.get());
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(&mut self, name: &str, help: &str, g: &Gauge) {
+        self.header(name, "gauge", help);
+        let _ = writeln!(self.0, "{name} {}", g.get());
+    }
+
+    /// A counter or gauge (`kind`) with one series per label value.
+    pub fn family<L: Label>(&mut self, name: &str, kind: &str, help: &str, f: &Family<L>) {
+        self.header(name, kind, help);
+        for l in L::ALL {
             let _ = writeln!(
-                o,
-                "gateway_event_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+                self.0,
+                "{name}{{{}=\"{}\"}} {}",
+                L::KEY,
+                l.label(),
+                f.get(*l)
             );
         }
-        let count = self.latency_count.load(Relaxed);
-        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            o,
-            "gateway_event_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(o, "gateway_event_latency_seconds_sum {sum}");
-        let _ = writeln!(o, "gateway_event_latency_seconds_count {count}");
-        out
     }
-}
 
-fn pairs<const N: usize>(
-    labels: &[&'static str; N],
-    values: &[AtomicU64; N],
-) -> [(&'static str, u64); N] {
-    std::array::from_fn(|i| (labels[i], values[i].load(Relaxed)))
-}
-
-fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: &AtomicU64) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {}", value.load(Relaxed));
-}
-
-fn labeled(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    label: &str,
-    values: &[(&str, u64)],
-) {
-    header(out, name, kind, help);
-    for (l, v) in values {
-        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
+    /// A counter with a single, fixed label value.
+    pub fn counter_with(&mut self, name: &str, help: &str, label: (&str, &str), c: &Counter) {
+        self.header(name, "counter", help);
+        let _ = writeln!(self.0, "{name}{{{}=\"{}\"}} {}", label.0, label.1, c.get());
     }
-}
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    /// A histogram: cumulative buckets, `+Inf`, sum and count.
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.header(name, "histogram", help);
+        let mut cumulative = 0;
+        for (i, bound) in h.bounds.iter().enumerate() {
+            cumulative += h.buckets[i].load(Relaxed);
+            let le = *bound as f64 / h.scale;
+            let _ = writeln!(self.0, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = h.count.load(Relaxed);
+        let sum = h.sum.load(Relaxed) as f64 / h.scale;
+        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(self.0, "{name}_sum {sum}");
+        let _ = writeln!(self.0, "{name}_count {count}");
+    }
 }
 
 /// Installs the global log subscriber. Call once, from `main`; tests leave logging alone
@@ -591,36 +259,67 @@ pub fn init_logging(config: &Config) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn render_is_prometheus_text_with_every_label() {
-        let m = Metrics::default();
-        m.connection_opened(Transport::Ws);
-        m.event_dropped(Rejection::NotJson);
-        m.auth_failed(AuthFailure::Expired);
-        let text = m.render();
-        assert!(text.contains("gateway_connections{transport=\"ws\"} 1"));
-        assert!(text.contains("gateway_connections{transport=\"sse\"} 0"));
-        assert!(text.contains("gateway_events_dropped_total{reason=\"not_json\"} 1"));
-        assert!(text.contains("gateway_auth_failures_total{reason=\"expired\"} 1"));
-        let readme = include_str!("../README.md");
-        for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
-            let name = name.split(' ').next().unwrap();
-            assert!(
-                readme.contains(&format!("`{name}`")),
-                "{name} missing from README"
-            );
+    crate::label_set! {
+        /// A label set for the tests.
+        enum Colour as "colour" {
+            Red = "red",
+            Green = "green",
         }
-        m.observe_latency_us(1_500);
-        m.observe_latency_us(-5);
-        m.observe_latency_us(60_000_000);
-        let text = m.render();
-        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"0.0005\"} 1"));
-        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"0.0025\"} 2"));
-        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"10\"} 2"));
-        assert!(text.contains("gateway_event_latency_seconds_bucket{le=\"+Inf\"} 3"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (_, value) = line.rsplit_once(' ').unwrap();
-            assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+
+    struct Sample {
+        hits: Counter,
+        by_colour: Family<Colour>,
+        latency: Histogram,
+    }
+
+    impl Collect for Sample {
+        fn collect(&self, out: &mut Exposition) {
+            out.counter("t_hits_total", "Hits.", &self.hits);
+            out.family("t_by_colour", "gauge", "By colour.", &self.by_colour);
+            out.histogram("t_latency_seconds", "Latency.", &self.latency);
+        }
+    }
+
+    #[test]
+    fn label_sets_index_in_declaration_order() {
+        for (i, c) in Colour::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        assert_eq!(Colour::Green.as_str(), "green");
+    }
+
+    #[test]
+    fn renders_prometheus_text() {
+        let s = Sample {
+            hits: Counter::default(),
+            by_colour: Family::default(),
+            latency: Histogram::new(&[500, 2_500, 10_000_000], 1e6),
+        };
+        s.hits.add(3);
+        s.by_colour.inc(Colour::Green);
+        s.by_colour.add(Colour::Green, -1);
+        s.by_colour.add(Colour::Red, 2);
+        s.latency.observe(400);
+        s.latency.observe(-5);
+        s.latency.observe(1_500);
+        s.latency.observe(60_000_000);
+        let text = Exposition::render(&[&s]);
+        for line in [
+            "# TYPE t_hits_total counter",
+            "t_hits_total 3",
+            "t_by_colour{colour=\"red\"} 2",
+            "t_by_colour{colour=\"green\"} 0",
+            "t_latency_seconds_bucket{le=\"0.0005\"} 2",
+            "t_latency_seconds_bucket{le=\"0.0025\"} 3",
+            "t_latency_seconds_bucket{le=\"10\"} 3",
+            "t_latency_seconds_bucket{le=\"+Inf\"} 4",
+            "t_latency_seconds_count 4",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
         }
     }
 }

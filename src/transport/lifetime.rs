@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::Disconnect;
+use crate::hub::Disconnect;
 
 /// A delay in `[0, window)`, spreading closes (and so reconnects) over the drain window.
 pub(crate) fn jitter(window: Duration) -> Duration {

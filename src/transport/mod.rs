@@ -1,8 +1,8 @@
 //! Transports: what `/ws` and `/sse` share, the admission of a request (token, origin,
 //! limits) before any upgrade or stream starts, and the refusals it can answer with.
 
-pub mod demo;
 pub mod lifetime;
+pub mod raw;
 pub mod sse;
 pub mod ws;
 
@@ -13,16 +13,111 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{Identity, TokenSource, find_token};
-use crate::history::Replay;
-use crate::hub::{Outgoing, Subscription};
-use crate::server::AppState;
-use crate::telemetry::{AuthFailure, Refusal, Transport};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{AuthFailure, Identity, TokenSource, Verifier, find_token};
+use crate::config::Config;
+use crate::history::{History, Replay};
+use crate::hub::{Hub, Outgoing, Refusal, Subscription, Transport};
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
+
+/// What every transport handler shares; built once by the server.
+#[derive(Clone)]
+pub struct Context {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Connection registry and fan-out.
+    pub hub: Arc<Hub>,
+    /// Token verification.
+    pub verifier: Arc<Verifier>,
+    /// Recent events, for resuming clients.
+    pub history: Arc<History>,
+    /// What the transports count.
+    pub metrics: Arc<TransportMetrics>,
+    /// True from the first moment of shutdown: new clients are refused.
+    pub draining: Arc<AtomicBool>,
+    /// Cancelled when clients must be closed (each within the drain window).
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, which outlive the HTTP server's view of their connection.
+    pub tracker: TaskTracker,
+}
+
+/// Request extension: the token that ends the request's HTTP connection (hyper path).
+#[derive(Clone)]
+pub struct ConnectionToken(pub CancellationToken);
+
+crate::label_set! {
+    /// What a client that reconnected with a last event id got.
+    pub enum Resume as "outcome" {
+        /// The events it missed.
+        Replayed = "replayed",
+        /// A resync: the id was unknown, too old, or events may have been lost since.
+        Resync = "resync",
+    }
+}
+
+/// What the transports count; refusals and disconnects go to the hub's metrics, which
+/// see every connection.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// Refused tokens, including failed in-band refreshes.
+    pub auth_failures: Family<AuthFailure>,
+    /// Client messages not understood.
+    pub client_messages_ignored: Counter,
+    /// Resumes, by outcome.
+    pub resumes: Family<Resume>,
+    /// Failed accepts.
+    pub accept_errors: Counter,
+    /// Sockets whose first request head is not complete yet.
+    pub pending: Gauge,
+    /// Sockets closed at once because too many were pending.
+    pub pending_refused: Counter,
+}
+
+impl Collect for TransportMetrics {
+    fn collect(&self, o: &mut Exposition) {
+        o.family(
+            "gateway_auth_failures_total",
+            "counter",
+            "Refused tokens, by reason.",
+            &self.auth_failures,
+        );
+        o.family(
+            "gateway_resumes_total",
+            "counter",
+            "Clients that reconnected with a last event id, by outcome.",
+            &self.resumes,
+        );
+        o.counter(
+            "gateway_client_messages_ignored_total",
+            "Client messages the gateway did not understand.",
+            &self.client_messages_ignored,
+        );
+        o.counter(
+            "gateway_accept_errors_total",
+            "Failed accepts (e.g. out of file descriptors).",
+            &self.accept_errors,
+        );
+        o.gauge(
+            "gateway_pending_connections",
+            "Accepted sockets that have not sent a complete request head yet.",
+            &self.pending,
+        );
+        o.counter(
+            "gateway_pending_connections_refused_total",
+            "Sockets closed at once because GATEWAY_MAX_PENDING_CONNECTIONS were pending.",
+            &self.pending_refused,
+        );
+    }
+}
 
 /// Why a request is not admitted. Bodies name the reason, never internals or the token.
 #[derive(Debug)]
-pub enum Rejection {
+pub enum NotAdmitted {
     /// 401.
     Unauthorized(AuthFailure),
     /// 403, 429 or 503.
@@ -31,25 +126,25 @@ pub enum Rejection {
     NotWebSocket,
 }
 
-impl IntoResponse for Rejection {
+impl IntoResponse for NotAdmitted {
     fn into_response(self) -> Response {
         let (status, error, reason) = match self {
-            Rejection::Unauthorized(r) => (StatusCode::UNAUTHORIZED, "unauthorized", r.as_str()),
-            Rejection::Refused(r @ Refusal::Origin) => {
+            NotAdmitted::Unauthorized(r) => (StatusCode::UNAUTHORIZED, "unauthorized", r.as_str()),
+            NotAdmitted::Refused(r @ Refusal::Origin) => {
                 (StatusCode::FORBIDDEN, "forbidden", r.as_str())
             }
-            Rejection::Refused(r @ Refusal::MaxPerUser) => (
+            NotAdmitted::Refused(r @ Refusal::MaxPerUser) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections",
                 r.as_str(),
             ),
-            Rejection::Refused(r @ Refusal::MaxConnections) => {
+            NotAdmitted::Refused(r @ Refusal::MaxConnections) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "over_capacity", r.as_str())
             }
-            Rejection::Refused(r @ Refusal::Draining) => {
+            NotAdmitted::Refused(r @ Refusal::Draining) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "draining", r.as_str())
             }
-            Rejection::NotWebSocket => (
+            NotAdmitted::NotWebSocket => (
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "expected a WebSocket upgrade",
@@ -95,58 +190,58 @@ pub fn last_event_id_param(query: Option<&str>) -> Option<String> {
 
 /// Token, origin and limits, in that order, before any upgrade or stream starts.
 pub async fn admit(
-    state: &AppState,
+    ctx: &Context,
     headers: &HeaderMap,
     query: Option<&str>,
     transport: Transport,
     kick: CancellationToken,
     last_event_id: Option<String>,
-) -> Result<Admitted, Rejection> {
-    let identity = authenticate(state, headers, query, transport).await?;
-    register(state, identity, transport, kick, last_event_id)
+) -> Result<Admitted, NotAdmitted> {
+    let identity = authenticate(ctx, headers, query, transport).await?;
+    register(ctx, identity, transport, kick, last_event_id)
 }
 
 /// Token and origin checks, and a 503 while draining: everything short of registering.
 pub async fn authenticate(
-    state: &AppState,
+    ctx: &Context,
     headers: &HeaderMap,
     query: Option<&str>,
     transport: Transport,
-) -> Result<Identity, Rejection> {
-    let Some((token, source)) = find_token(headers, query, &state.config.jwt.cookie) else {
-        return Err(refuse_auth(state, AuthFailure::Missing, transport));
+) -> Result<Identity, NotAdmitted> {
+    let Some((token, source)) = find_token(headers, query, &ctx.config.jwt.cookie) else {
+        return Err(refuse_auth(ctx, AuthFailure::Missing, transport));
     };
-    let identity = match state.verifier.verify(&token).await {
+    let identity = match ctx.verifier.verify(&token).await {
         Ok(id) => id,
-        Err(reason) => return Err(refuse_auth(state, reason, transport)),
+        Err(reason) => return Err(refuse_auth(ctx, reason, transport)),
     };
     // A cookie rides along with any page's request, so only listed origins may use it
     // (cross-site WebSocket hijacking). Requests without Origin are not from a browser
     // page on another site.
     if source == TokenSource::Cookie
         && let Some(origin) = headers.get(ORIGIN)
-        && !origin_allowed(state, origin)
+        && !origin_allowed(ctx, origin)
     {
-        state.metrics.refused(Refusal::Origin);
+        ctx.hub.metrics().refused.inc(Refusal::Origin);
         tracing::info!(transport = transport.as_str(), origin = ?origin, "refused: cookie auth from a disallowed origin");
-        return Err(Rejection::Refused(Refusal::Origin));
+        return Err(NotAdmitted::Refused(Refusal::Origin));
     }
-    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
-        state.metrics.refused(Refusal::Draining);
-        return Err(Rejection::Refused(Refusal::Draining));
+    if ctx.draining.load(Ordering::Acquire) {
+        ctx.hub.metrics().refused.inc(Refusal::Draining);
+        return Err(NotAdmitted::Refused(Refusal::Draining));
     }
     Ok(identity)
 }
 
 /// Registers an authenticated client in the hub and works out its replay.
 pub fn register(
-    state: &AppState,
+    ctx: &Context,
     identity: Identity,
     transport: Transport,
     kick: CancellationToken,
     last_event_id: Option<String>,
-) -> Result<Admitted, Rejection> {
-    let subscription = state
+) -> Result<Admitted, NotAdmitted> {
+    let subscription = ctx
         .hub
         .subscribe(&identity.tenant, &identity.user, transport, kick)
         .map_err(|r| {
@@ -157,22 +252,22 @@ pub fn register(
                 reason = r.as_str(),
                 "connection refused"
             );
-            Rejection::Refused(r)
+            NotAdmitted::Refused(r)
         })?;
     let mut subscription = subscription;
     // Registered first, history read second: an event arriving in between is in both,
     // and the live copy is skipped.
     let replay = match last_event_id {
         None => Vec::new(),
-        Some(id) => match state.history.since(&identity.tenant, &identity.user, &id) {
+        Some(id) => match ctx.history.since(&identity.tenant, &identity.user, &id) {
             Replay::Events { events, through } => {
-                state.metrics.resumed(true);
+                ctx.metrics.resumes.inc(Resume::Replayed);
                 subscription.skip_through(through);
                 events.into_iter().map(Outgoing::Event).collect()
             }
             Replay::Resync => {
-                state.metrics.resumed(false);
-                state.metrics.resyncs_sent(1);
+                ctx.metrics.resumes.inc(Resume::Resync);
+                ctx.hub.metrics().resyncs.inc();
                 vec![Outgoing::Resync]
             }
         },
@@ -184,20 +279,19 @@ pub fn register(
     })
 }
 
-fn refuse_auth(state: &AppState, reason: AuthFailure, transport: Transport) -> Rejection {
-    state.metrics.auth_failed(reason);
+fn refuse_auth(ctx: &Context, reason: AuthFailure, transport: Transport) -> NotAdmitted {
+    ctx.metrics.auth_failures.inc(reason);
     tracing::info!(
         transport = transport.as_str(),
         reason = reason.as_str(),
         "token refused"
     );
-    Rejection::Unauthorized(reason)
+    NotAdmitted::Unauthorized(reason)
 }
 
-fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
+fn origin_allowed(ctx: &Context, origin: &HeaderValue) -> bool {
     origin.to_str().is_ok_and(|o| {
-        state
-            .config
+        ctx.config
             .allowed_origins
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(o))
@@ -209,12 +303,12 @@ fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
 /// `Allow-Credentials`; any other origin gets `*`, which browsers honour only for requests
 /// without credentials: a token in the URL is usable from anywhere (the token is the
 /// authorization), a cookie only from the listed origins.
-pub fn cors_headers(state: &AppState, request: &HeaderMap, response: &mut HeaderMap) {
+pub fn cors_headers(ctx: &Context, request: &HeaderMap, response: &mut HeaderMap) {
     response.append(VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = request.get(ORIGIN) else {
         return;
     };
-    if origin_allowed(state, origin) {
+    if origin_allowed(ctx, origin) {
         response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         response.insert(
             ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -231,15 +325,15 @@ pub fn cors_headers(state: &AppState, request: &HeaderMap, response: &mut Header
 /// whether to fetch a new token, wait, or fall back to SSE. Counted like a connection
 /// attempt, so it is no cheaper to abuse than one.
 pub async fn check(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State(ctx): axum::extract::State<Context>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let verdict = match authenticate(&state, &headers, query.as_deref(), Transport::Ws).await {
-        Ok(id) => state
+    let verdict = match authenticate(&ctx, &headers, query.as_deref(), Transport::Ws).await {
+        Ok(id) => ctx
             .hub
             .would_admit(&id.tenant, &id.user)
-            .map_err(Rejection::Refused),
+            .map_err(NotAdmitted::Refused),
         Err(r) => Err(r),
     };
     let mut resp = match verdict {

@@ -16,15 +16,18 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, sleep};
-use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Outgoing, Subscription};
-use crate::server::{AppState, ConnectionToken, Pending};
-use crate::telemetry::{Disconnect, Metrics, Transport};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{Disconnect, Hub, Outgoing, Subscription, Transport};
 use crate::transport::lifetime::{Ending, Lifetime, WriteError, jitter};
+use crate::transport::raw::{self, Pending};
+use crate::transport::{ConnectionToken, Context};
 use crate::transport::{admit, cors_headers, last_event_id_param};
 
 /// The in-band signal that events may have been lost.
@@ -38,7 +41,7 @@ const HEARTBEAT: Bytes = Bytes::from_static(b"event: heartbeat\ndata: {}\n\n");
 /// `GET /sse` through hyper: requests that the accept loop did not hand to [`serve_raw`]
 /// (a request line split across packets, a kept-alive connection's later request).
 pub async fn handler(
-    State(state): State<AppState>,
+    State(ctx): State<Context>,
     RawQuery(query): RawQuery,
     conn_token: Option<Extension<ConnectionToken>>,
     headers: HeaderMap,
@@ -46,7 +49,7 @@ pub async fn handler(
     // A stuck SSE stream is never polled, so it cannot end itself: its kick drops the
     // whole HTTP connection instead.
     let kick = conn_token.map(|t| t.0.0).unwrap_or_default();
-    let stream = match open(&state, &headers, query.as_deref(), kick).await {
+    let stream = match open(&ctx, &headers, query.as_deref(), kick).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
@@ -56,9 +59,10 @@ pub async fn handler(
             .lifetime
             .deadline()
             .saturating_duration_since(Instant::now()),
-        state.shutdown.clone(),
-        state.config.shutdown_drain,
-        state.metrics.clone(),
+        ctx.shutdown.clone(),
+        ctx.config.shutdown_drain,
+        ctx.hub.clone(),
+        &ctx.tracker,
     );
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -69,7 +73,7 @@ pub async fn handler(
     for (name, value) in STREAM_HEADERS {
         h.insert(*name, HeaderValue::from_static(value));
     }
-    cors_headers(&state, &headers, h);
+    cors_headers(&ctx, &headers, h);
     resp
 }
 
@@ -82,7 +86,7 @@ const STREAM_HEADERS: &[(&str, &str)] = &[
 
 /// Admits the request and builds its stream, or the refusal to send instead.
 async fn open(
-    state: &AppState,
+    ctx: &Context,
     headers: &HeaderMap,
     query: Option<&str>,
     kick: CancellationToken,
@@ -96,16 +100,16 @@ async fn open(
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| last_event_id_param(query));
-    let admitted = match admit(state, headers, query, Transport::Sse, kick, last_event_id).await {
+    let admitted = match admit(ctx, headers, query, Transport::Sse, kick, last_event_id).await {
         Ok(a) => a,
         Err(r) => {
             let mut resp = r.into_response();
             // Let a cross-origin page read why it was refused.
-            cors_headers(state, headers, resp.headers_mut());
+            cors_headers(ctx, headers, resp.headers_mut());
             return Err(resp);
         }
     };
-    let cfg = &state.config;
+    let cfg = &ctx.config;
     let retry_ms = cfg.sse_retry.as_millis() as u64;
     let remaining = admitted.identity.remaining(cfg.jwt.leeway);
     let kicked = admitted.subscription.kicked.clone();
@@ -113,14 +117,13 @@ async fn open(
         lifetime: Lifetime::new(
             remaining,
             kicked.clone(),
-            state.shutdown.clone(),
+            ctx.shutdown.clone(),
             cfg.shutdown_drain,
             cfg.idle_timeout,
         ),
         kicked,
         subscription: admitted.subscription,
         keepalive: tokio::time::interval_at(Instant::now() + cfg.sse_keepalive, cfg.sse_keepalive),
-        metrics: state.metrics.clone(),
         // The first bytes flush the headers at once and tell EventSource how long to wait
         // before reconnecting.
         pending: std::iter::once(Bytes::from(format!("retry: {retry_ms}\n: connected\n\n")))
@@ -132,31 +135,26 @@ async fn open(
     })
 }
 
-/// Largest request head the raw path reads.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Most request headers the raw path parses.
-const MAX_HEADERS: usize = 64;
-
 /// Serves one `GET /sse` connection without hyper, which would keep its 8 KiB read buffer
 /// for the whole life of the stream: the head is read and parsed here (bounded in size
 /// and time), the response is written directly, and the body is delimited by closing the
 /// connection. Anything unexpected gets a plain HTTP error and the connection closes.
 pub async fn serve_raw(
     mut socket: TcpStream,
-    state: AppState,
+    ctx: Context,
     head_deadline: Instant,
     pending: Pending,
 ) {
-    let head = tokio::time::timeout_at(head_deadline, read_head(&mut socket)).await;
+    let head = tokio::time::timeout_at(head_deadline, raw::read_head(&mut socket)).await;
     drop(pending);
     let head = match head {
         Ok(Ok(head)) => head,
         Ok(Err(status)) => {
-            let _ = write_plain(&mut socket, status).await;
+            let _ = raw::write_plain(&mut socket, status).await;
             return;
         }
         Err(_) => {
-            let _ = write_plain(&mut socket, StatusCode::REQUEST_TIMEOUT).await;
+            let _ = raw::write_plain(&mut socket, StatusCode::REQUEST_TIMEOUT).await;
             return;
         }
     };
@@ -165,14 +163,13 @@ pub async fn serve_raw(
     let (mut stream, response_head) = {
         let (path, query, headers) = head;
         if path != "/sse" {
-            let _ = write_plain(&mut socket, StatusCode::NOT_FOUND).await;
+            let _ = raw::write_plain(&mut socket, StatusCode::NOT_FOUND).await;
             return;
         }
-        let stream = match open(&state, &headers, query.as_deref(), CancellationToken::new()).await
-        {
+        let stream = match open(&ctx, &headers, query.as_deref(), CancellationToken::new()).await {
             Ok(s) => s,
             Err(resp) => {
-                let _ = write_response(&mut socket, resp).await;
+                let _ = raw::write_response(&mut socket, resp).await;
                 return;
             }
         };
@@ -181,16 +178,15 @@ pub async fn serve_raw(
             out.push_str(&format!("{name}: {value}\r\n"));
         }
         let mut cors = HeaderMap::new();
-        cors_headers(&state, &headers, &mut cors);
-        push_headers(&mut out, &cors);
+        cors_headers(&ctx, &headers, &mut cors);
+        raw::push_headers(&mut out, &cors);
         out.push_str("\r\n");
         (stream, Bytes::from(out))
     };
-    let metrics = state.metrics.clone();
-    drop(state);
+    drop(ctx);
     let (mut rd, mut wr) = socket.split();
     if let Err(e) = stream.lifetime.write(wr.write_all(&response_head)).await {
-        count_write_error(&metrics, e);
+        stream.count_write_error(e);
         return;
     }
     drop(response_head);
@@ -214,106 +210,18 @@ pub async fn serve_raw(
             stream.lifetime.write(wr.write_all(&chunk)).await
         };
         if let Err(e) = result {
-            count_write_error(&metrics, e);
+            stream.count_write_error(e);
             return;
         }
     }
 }
 
-/// Counts a write the gateway gave up on; a kick was counted by the hub, and a failed
-/// socket is the client leaving.
-fn count_write_error<E>(metrics: &Metrics, e: WriteError<E>) {
-    if let WriteError::Stuck(why) = e {
-        metrics.disconnected(why);
-    }
-}
-
-/// Reads and parses a request head: `(path, query, headers)`, or the status to answer.
-async fn read_head(
-    socket: &mut TcpStream,
-) -> Result<(String, Option<String>, HeaderMap), StatusCode> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = socket
-            .read(&mut chunk)
-            .await
-            .map_err(|_| StatusCode::BAD_REQUEST)?;
-        if n == 0 {
-            return Err(StatusCode::BAD_REQUEST);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut parsed);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                if req.method != Some("GET") {
-                    return Err(StatusCode::METHOD_NOT_ALLOWED);
-                }
-                let target = req.path.unwrap_or("/");
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-                    None => (target.to_owned(), None),
-                };
-                let mut headers = HeaderMap::with_capacity(req.headers.len());
-                for h in req.headers.iter() {
-                    let name = axum::http::HeaderName::from_bytes(h.name.as_bytes())
-                        .map_err(|_| StatusCode::BAD_REQUEST)?;
-                    let value =
-                        HeaderValue::from_bytes(h.value).map_err(|_| StatusCode::BAD_REQUEST)?;
-                    headers.append(name, value);
-                }
-                return Ok((path, query, headers));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => continue,
-            Ok(httparse::Status::Partial) => {
-                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-            }
-            Err(_) => return Err(StatusCode::BAD_REQUEST),
-        }
-    }
-}
-
-fn push_headers(out: &mut String, headers: &HeaderMap) {
-    for (name, value) in headers {
-        if let Ok(v) = value.to_str() {
-            out.push_str(&format!("{name}: {v}\r\n"));
-        }
-    }
-}
-
-async fn write_plain(socket: &mut TcpStream, status: StatusCode) -> std::io::Result<()> {
-    write_response(socket, status.into_response()).await
-}
-
-/// Writes a small, complete response (refusals and errors) and closes.
-async fn write_response(socket: &mut TcpStream, resp: Response) -> std::io::Result<()> {
-    let (parts, body) = resp.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let reason = parts.status.canonical_reason().unwrap_or("");
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        parts.status.as_u16(),
-        body.len()
-    );
-    push_headers(&mut head, &parts.headers);
-    head.push_str("\r\n");
-    socket.write_all(head.as_bytes()).await?;
-    socket.write_all(&body).await?;
-    socket.shutdown().await
-}
-
 /// `OPTIONS /sse`: a CORS preflight, for clients that send `Authorization` or
 /// `Last-Event-ID` cross-origin. EventSource's plain GET needs none.
-pub async fn preflight(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn preflight(State(ctx): State<Context>, headers: HeaderMap) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    cors_headers(&state, &headers, h);
+    cors_headers(&ctx, &headers, h);
     h.insert(
         ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET"),
@@ -338,9 +246,10 @@ fn watch_stuck_stream(
     remaining: Duration,
     shutdown: CancellationToken,
     drain: Duration,
-    metrics: std::sync::Arc<Metrics>,
+    hub: Arc<Hub>,
+    tracker: &TaskTracker,
 ) {
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let why = tokio::select! {
             _ = kick.cancelled() => return,
             _ = sleep(remaining.saturating_add(STUCK_SLACK)) => Disconnect::TokenExpired,
@@ -349,7 +258,7 @@ fn watch_stuck_stream(
                 sleep(drain + STUCK_SLACK).await;
             } => Disconnect::Shutdown,
         };
-        metrics.disconnected(why);
+        hub.metrics().disconnects.inc(why);
         kick.cancel();
     });
 }
@@ -361,7 +270,6 @@ struct SseStream {
     /// Token deadline, kick and drain; bounds every write.
     lifetime: Lifetime,
     keepalive: Interval,
-    metrics: std::sync::Arc<Metrics>,
     /// Sent before anything live: the opening lines, then any replay.
     pending: std::collections::VecDeque<Bytes>,
     retry_ms: u64,
@@ -378,6 +286,14 @@ impl Drop for SseStream {
 }
 
 impl SseStream {
+    /// Counts a write the gateway gave up on; a kick was counted by the hub, and a failed
+    /// socket is the client leaving.
+    fn count_write_error<E>(&self, e: WriteError<E>) {
+        if let WriteError::Stuck(why) = e {
+            self.subscription.disconnected(why);
+        }
+    }
+
     /// The next bytes to send, or `None` when the stream is over.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.pending.pop_front() {
@@ -393,13 +309,13 @@ impl SseStream {
                 match ending {
                     Ending::Kicked => close_event(Disconnect::SlowClient, None),
                     Ending::Shutdown => {
-                        self.metrics.disconnected(Disconnect::Shutdown);
+                        self.subscription.disconnected(Disconnect::Shutdown);
                         // Spread the reconnects too, not only the disconnects.
                         let retry = self.retry_ms + jitter(self.drain).as_millis() as u64;
                         close_event(Disconnect::Shutdown, Some(retry))
                     }
                     Ending::TokenExpired => {
-                        self.metrics.disconnected(Disconnect::TokenExpired);
+                        self.subscription.disconnected(Disconnect::TokenExpired);
                         close_event(Disconnect::TokenExpired, None)
                     }
                 }

@@ -20,11 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Identity, Verifier, WS_PROTOCOL};
-use crate::hub::{Outgoing, Subscription};
-use crate::server::AppState;
-use crate::telemetry::{Disconnect, Metrics, Transport};
+use crate::hub::{Disconnect, Outgoing, Subscription, Transport};
 use crate::transport::lifetime::{Ending, Lifetime, WriteError};
-use crate::transport::{Rejection, authenticate, last_event_id_param, register};
+use crate::transport::{Context, TransportMetrics};
+use crate::transport::{NotAdmitted, authenticate, last_event_id_param, register};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -50,23 +49,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /ws`.
 pub async fn handler(
-    State(state): State<AppState>,
+    State(ctx): State<Context>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     // Authenticate before looking at the upgrade, so every unauthenticated request gets
     // 401 whatever else is wrong with it; register only a real upgrade.
-    let identity = match authenticate(&state, &headers, query.as_deref(), Transport::Ws).await {
+    let identity = match authenticate(&ctx, &headers, query.as_deref(), Transport::Ws).await {
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
     let Ok(upgrade) = upgrade else {
-        return Rejection::NotWebSocket.into_response();
+        return NotAdmitted::NotWebSocket.into_response();
     };
     let last_event_id = last_event_id_param(query.as_deref());
     let admitted = match register(
-        &state,
+        &ctx,
         identity,
         Transport::Ws,
         CancellationToken::new(),
@@ -75,11 +74,11 @@ pub async fn handler(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let cfg = &state.config;
+    let cfg = &ctx.config;
     let lifetime = Lifetime::new(
         admitted.identity.remaining(cfg.jwt.leeway),
         admitted.subscription.kicked.clone(),
-        state.shutdown.clone(),
+        ctx.shutdown.clone(),
         cfg.shutdown_drain,
         cfg.idle_timeout,
     );
@@ -88,13 +87,13 @@ pub async fn handler(
         identity: admitted.identity,
         subscription: admitted.subscription,
         lifetime,
-        verifier: state.verifier.clone(),
-        metrics: state.metrics.clone(),
+        verifier: ctx.verifier.clone(),
+        metrics: ctx.metrics.clone(),
         ping_interval: cfg.ws_ping_interval,
         idle_timeout: cfg.idle_timeout,
         leeway: cfg.jwt.leeway,
     };
-    let tracker = state.tracker.clone();
+    let tracker = ctx.tracker.clone();
     upgrade
         .read_buffer_size(cfg.ws_read_buffer_bytes)
         // Frames go out as they are written; batching is done by feeding several and
@@ -137,8 +136,8 @@ pub struct Session {
     pub lifetime: Lifetime,
     /// For in-band token refresh.
     pub verifier: Arc<Verifier>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
+    /// Counters (disconnects go to the subscription's hub).
+    pub metrics: Arc<TransportMetrics>,
     /// Ping period.
     pub ping_interval: Duration,
     /// Silence that ends the connection.
@@ -338,7 +337,7 @@ where
         // Pings are answered by tungstenite; pongs only prove liveness.
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
         Some(Ok(Message::Binary(_))) => {
-            session.metrics.client_message_ignored();
+            session.metrics.client_messages_ignored.inc();
             Ok(())
         }
     }
@@ -354,7 +353,7 @@ where
     match end {
         End::Close(code, reason, why) => {
             if let Some(why) = why {
-                session.metrics.disconnected(why);
+                session.subscription.disconnected(why);
             }
             tracing::debug!(connection.id = conn_id, code, reason, "closing websocket");
             let frame = Message::Close(Some(CloseFrame {
@@ -378,7 +377,7 @@ where
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
         }
         End::Dropped(why) => {
-            session.metrics.disconnected(why);
+            session.subscription.disconnected(why);
             tracing::debug!(
                 connection.id = conn_id,
                 reason = why.as_str(),
@@ -427,7 +426,7 @@ async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>,
                 ))
             }
             Err(reason) => {
-                session.metrics.auth_failed(reason);
+                session.metrics.auth_failures.inc(reason);
                 // The current token is still good until its exp; say so and carry on.
                 Ok(Some(Utf8Bytes::from(format!(
                     r#"{{"type":"error","reason":"refresh_{}"}}"#,
@@ -436,7 +435,7 @@ async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>,
             }
         },
         Err(_) => {
-            session.metrics.client_message_ignored();
+            session.metrics.client_messages_ignored.inc();
             Ok(Some(Utf8Bytes::from_static(
                 r#"{"type":"error","reason":"unknown_message"}"#,
             )))

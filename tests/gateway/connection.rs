@@ -92,7 +92,7 @@ async fn oversized_client_message_is_closed_with_1009() {
 async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams() {
     bounded(async {
         let gw = GatewayBuilder::new("shutdown")
-            .arg("shutdown-drain-secs", "2")
+            .arg("shutdown-drain-secs", "4")
             .start()
             .await;
         let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("t", "u")))
@@ -118,6 +118,11 @@ async fn shutdown_closes_websockets_with_1001_and_ends_sse_streams() {
             Some(503),
             "new clients are sent elsewhere while draining"
         );
+        // Counted as what it is, not as a full instance. (The clients drain at random
+        // within 4 s, so the listener is still up.)
+        let refused = |r: &str| format!("gateway_connections_refused_total{{reason=\"{r}\"}}");
+        assert_eq!(probe.metric(&refused("draining")).await, 1.0);
+        assert_eq!(probe.metric(&refused("max_connections")).await, 0.0);
         assert_eq!(ws.expect_close().await.0, 1001);
         let last = sse.next_event().await;
         assert_eq!(last.event.as_deref(), Some("close"));

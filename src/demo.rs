@@ -3,13 +3,16 @@
 //! for production pages.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::server::AppState;
+/// The directory served, if any: the router state of the demo routes.
+#[derive(Clone, Default)]
+pub struct DemoDir(pub Option<Arc<PathBuf>>);
 
 /// Largest file served, so a wrong directory cannot make the gateway read huge files.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -20,13 +23,13 @@ pub async fn redirect() -> Response {
 }
 
 /// `GET /demo/`.
-pub async fn index(state: State<AppState>) -> Response {
+pub async fn index(state: State<DemoDir>) -> Response {
     file(state, UrlPath(String::new())).await
 }
 
 /// `GET /demo/{*path}`.
-pub async fn file(State(state): State<AppState>, UrlPath(path): UrlPath<String>) -> Response {
-    let Some(root) = state.config.demo_dir.as_deref() else {
+pub async fn file(State(dir): State<DemoDir>, UrlPath(path): UrlPath<String>) -> Response {
+    let Some(root) = dir.0.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Some(full) = resolve(root, &path) else {
