@@ -383,7 +383,7 @@ async fn jwks_keys_by_kid_with_bounded_refetch() {
         // however many forged kids arrive.
         for i in 0..20 {
             let kid: &'static str = Box::leak(format!("forged-{i}").into_boxed_str());
-            let _ = Client::connect(
+            let refused = Client::connect(
                 &gw,
                 Transport::Sse,
                 Auth::Bearer(sign(
@@ -395,6 +395,7 @@ async fn jwks_keys_by_kid_with_bounded_refetch() {
                 )),
             )
             .await;
+            assert_eq!(refused.err(), Some(401), "forged kid {kid}");
         }
         let fetches = hits.load(std::sync::atomic::Ordering::SeqCst);
         assert!((1..=2).contains(&fetches), "JWKS fetched {fetches} times");

@@ -108,6 +108,12 @@ async fn lost_queue_after_an_outage_sends_resync_then_live_events() {
         let publisher = Publisher::connect(&gw.exchange).await;
         let mut ws = Client::as_user(&gw, Transport::Ws, "t", "u").await;
         let mut sse = Client::as_user(&gw, Transport::Sse, "t", "u").await;
+        publisher
+            .publish(PROGRESS, &event("before", "t", Some("u")))
+            .await;
+        for c in [&mut ws, &mut sse] {
+            assert_eq!(c.next_event().await["event_id"], "before");
+        }
 
         proxy.cut();
         wait_ready_status(&gw, 503).await;
@@ -128,6 +134,26 @@ async fn lost_queue_after_an_outage_sends_resync_then_live_events() {
             assert_eq!(c.next_event().await["event_id"], "live");
         }
         assert_eq!(gw.metric("gateway_resyncs_sent_total").await, 2.0);
+        // Events may be missing after `before`: resuming from it is a resync, not a replay
+        // with a silent gap. From `live`, after the gap, resuming works.
+        for path in ["/ws?last_event_id=before", "/sse?last_event_id=before"] {
+            let auth = Auth::Bearer(token("t", "u"));
+            let mut back = if path.starts_with("/ws") {
+                Client::Ws(WsClient::connect(&gw, path, auth).await.unwrap())
+            } else {
+                Client::Sse(SseClient::connect(&gw, path, auth).await.unwrap())
+            };
+            assert_eq!(back.next_any().await, json!({"type": "resync"}), "{path}");
+        }
+        publisher
+            .publish(PROGRESS, &event("after", "t", Some("u")))
+            .await;
+        let mut back = Client::Ws(
+            WsClient::connect(&gw, "/ws?last_event_id=live", Auth::Bearer(token("t", "u")))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(back.next_event().await["event_id"], "after");
         publisher.cleanup().await;
         gw.shutdown().await;
     })
@@ -152,6 +178,64 @@ async fn duplicate_event_ids_are_delivered_once() {
         assert_eq!(ws.ids_until("marker").await, ["once", "marker"]);
         assert_eq!(sse.ids_until("marker").await, ["once", "marker"]);
         assert_eq!(gw.metric("gateway_duplicates_dropped_total").await, 2.0);
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_reads_too_slowly_is_closed_with_4000() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    bounded(async {
+        let gw = GatewayBuilder::new("slow-reader")
+            .arg("send-queue-len", "8")
+            .start()
+            .await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        // A small receive buffer, so the backlog builds up in the gateway, not the kernel.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(gw.addr).await.unwrap();
+        let mut req = gw.ws_url("/ws").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token("t", "slow")).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        gw.wait_metric("gateway_connections{transport=\"ws\"}", 1.0)
+            .await;
+
+        let pad = "x".repeat(8 * 1024);
+        for i in 0..300 {
+            let mut e = event(&format!("s-{i}"), "t", Some("slow"));
+            e["data"]["pad"] = json!(pad);
+            publisher.publish(PROGRESS, &e).await;
+        }
+        // It reads, just not fast enough: it sees some events, then the close.
+        let mut events = 0;
+        let code = loop {
+            let msg = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("no close frame");
+            match msg {
+                Some(Ok(Message::Text(_))) => events += 1,
+                Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(code, 4000, "closed as a slow client after {events} events");
+        assert!(events < 300);
+        gw.wait_metric_at_most("gateway_connections{transport=\"ws\"}", 0.0)
+            .await;
+        assert!(
+            gw.metric("gateway_disconnects_total{reason=\"slow_client\"}")
+                .await
+                >= 1.0
+        );
         publisher.cleanup().await;
         gw.shutdown().await;
     })
@@ -248,7 +332,7 @@ async fn connections_end_when_their_token_expires() {
             .start()
             .await;
         let mut c = claims("t", "u");
-        c["exp"] = json!(now() + 2);
+        c["exp"] = json!(now() + 6);
         let short = sign(&Signer::Hs256(SECRET), &c);
         let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(short.clone()))
             .await
@@ -277,7 +361,7 @@ async fn websocket_refresh_keeps_the_connection_past_the_old_exp() {
             .await;
         let publisher = Publisher::connect(&gw.exchange).await;
         let mut c = claims("t", "u");
-        c["exp"] = json!(now() + 2);
+        c["exp"] = json!(now() + 6);
         let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(sign(&Signer::Hs256(SECRET), &c)))
             .await
             .unwrap();

@@ -152,7 +152,12 @@ async fn resume_works_on_another_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
     bounded(async {
-        let gw = GatewayBuilder::new("seam").start().await;
+        // A queue that holds every live event while the replay is written, so a busy
+        // machine cannot turn the resumed client into a slow one.
+        let gw = GatewayBuilder::new("seam")
+            .arg("send-queue-len", "1024")
+            .start()
+            .await;
         let publisher = Publisher::connect(&gw.exchange).await;
         let n = 400;
         let all: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
@@ -188,6 +193,74 @@ async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
             got.extend(back.ids_until(ids.last().unwrap()).await);
             pumping.await.unwrap();
             assert_eq!(got, ids, "{how}: every event exactly once, in order");
+        }
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+/// Holds the consumer at the resume seam for one event id: after the history has it,
+/// before the hub fans it out.
+struct SeamGate {
+    held: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_at_the_seam_is_replayed_once_not_also_live() {
+    bounded(async {
+        let gate = std::sync::Arc::new(SeamGate {
+            held: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        });
+        let hook_gate = gate.clone();
+        let gw = GatewayBuilder::new("seam-hook")
+            .seam_hook(std::sync::Arc::new(move |e| {
+                let gate = hook_gate.clone();
+                let at_seam = e.id.ends_with("-at-seam");
+                Box::pin(async move {
+                    if at_seam {
+                        // Registered before `held` is signalled, so the release cannot be
+                        // missed.
+                        let released = gate.release.notified();
+                        gate.held.notify_one();
+                        released.await;
+                    }
+                })
+            }))
+            .start()
+            .await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        for how in HOWS {
+            let (before, at, after) = (
+                format!("{how}-before"),
+                format!("{how}-at-seam"),
+                format!("{how}-after"),
+            );
+            // Once a live client has `before`, so does the history (it resumes from there).
+            let mut live = Client::as_user(&gw, Transport::Ws, "t", "u").await;
+            publisher
+                .publish(PROGRESS, &event(&before, "t", Some("u")))
+                .await;
+            assert_eq!(live.next_event().await["event_id"], before.as_str());
+            drop(live);
+            publisher
+                .publish(PROGRESS, &event(&at, "t", Some("u")))
+                .await;
+            gate.held.notified().await;
+            // The event is in the history but not yet live: the replay has it, and its
+            // live copy arrives after the registration.
+            let mut back = resume(&gw, how, &before).await;
+            gate.release.notify_one();
+            publisher
+                .publish(PROGRESS, &event(&after, "t", Some("u")))
+                .await;
+            assert_eq!(
+                back.ids_until(&after).await,
+                [at.clone(), after.clone()],
+                "{how}"
+            );
         }
         publisher.cleanup().await;
         gw.shutdown().await;

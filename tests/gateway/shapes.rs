@@ -140,8 +140,16 @@ async fn several_exchanges_checked_passively() {
 
         // Passive: missing exchanges keep the gateway unready, it does not create them.
         let gw = builder.arg("amqp-bindings", &bindings.join(",")).no_wait_ready().start().await;
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Give it time to try (and fail) a few times, then check the broker itself: the
+        // exchanges it was pointed at still do not exist.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         assert_eq!(gw.status("/readyz").await, 503);
+        for name in ["payments", "notifications", "products"] {
+            assert!(
+                !publisher.exchange_exists(&ex(name)).await,
+                "{name} was declared by a passive gateway"
+            );
+        }
         for name in ["payments", "notifications", "products"] {
             publisher.declare(&ex(name)).await;
         }

@@ -55,6 +55,7 @@ pub struct GatewayBuilder {
     env: std::collections::HashMap<String, String>,
     exchange: String,
     wait_ready: bool,
+    hooks: realtime_gateway::Hooks,
 }
 
 impl GatewayBuilder {
@@ -74,8 +75,10 @@ impl GatewayBuilder {
             "5".into(),
             "--jwt-secret".into(),
             SECRET.into(),
+            // Above the default drain (3 s) plus the close handshake's 2 s, so clients that
+            // a test holds but no longer reads still close within the grace.
             "--shutdown-grace-secs".into(),
-            "5".into(),
+            "8".into(),
             "--log".into(),
             "warn,realtime_gateway=debug".into(),
         ];
@@ -84,6 +87,7 @@ impl GatewayBuilder {
             env: Default::default(),
             exchange,
             wait_ready: true,
+            hooks: realtime_gateway::Hooks::default(),
         }
     }
 
@@ -133,6 +137,13 @@ impl GatewayBuilder {
         self.args[q + 1].clone()
     }
 
+    /// Runs `hook` in the consumer after each event entered the history and before the
+    /// hub fans it out (the resume seam).
+    pub fn seam_hook(mut self, hook: realtime_gateway::broker::SeamHook) -> Self {
+        self.hooks.seam = Some(hook);
+        self
+    }
+
     pub fn no_wait_ready(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -155,12 +166,16 @@ impl GatewayBuilder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(realtime_gateway::run(listener, config, async move {
+        let stop = async move {
             let _ = stop_rx.await;
-        }));
+        };
+        let queue = self.queue();
+        let handle = tokio::spawn(realtime_gateway::run_with(
+            listener, config, stop, self.hooks,
+        ));
         let gw = Gateway {
             addr,
-            queue: self.queue(),
+            queue,
             exchange: self.exchange,
             stop: Some(stop_tx),
             handle: Some(handle),
@@ -391,6 +406,24 @@ impl Publisher {
             )
             .await
             .unwrap();
+    }
+
+    /// Whether an exchange exists, asked with a passive declare on a throwaway channel
+    /// (a failed passive declare closes its channel).
+    pub async fn exchange_exists(&self, exchange: &str) -> bool {
+        let probe = self.conn.create_channel().await.unwrap();
+        probe
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
     }
 
     /// Deletes another exchange.
@@ -765,7 +798,9 @@ impl SseClient {
             match chunk {
                 None => return None,
                 Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
-                Some(Err(_)) => return None,
+                // The gateway ends streams by closing them after a last event; a broken
+                // stream is a failure, not a clean end.
+                Some(Err(e)) => panic!("SSE stream failed: {e}"),
             }
         }
     }
