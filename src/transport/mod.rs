@@ -371,3 +371,138 @@ pub async fn check_preflight() -> Response {
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::header::COOKIE;
+
+    use super::*;
+    use crate::config::Parsed;
+    use crate::envelope::Event;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn context(args: &[&str]) -> Context {
+        let mut all = vec!["--jwt-secret", SECRET];
+        all.extend_from_slice(args);
+        let Ok(Parsed::Run(config)) = Config::parse(all, |_| None) else {
+            panic!("test config");
+        };
+        let config = Arc::new(*config);
+        Context {
+            hub: Hub::new(crate::hub::HubLimits {
+                max_connections: config.max_connections,
+                max_per_user: config.max_connections_per_user,
+                queue_len: config.send_queue_len,
+                queue_bytes: config.send_queue_bytes,
+            }),
+            verifier: Arc::new(Verifier::new(&config.jwt).unwrap()),
+            history: Arc::new(History::new(config.history)),
+            metrics: Arc::new(TransportMetrics::default()),
+            draining: Arc::new(AtomicBool::new(false)),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            config,
+        }
+    }
+
+    fn token(user: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let claims = serde_json::json!({"sub": user, "tenant_id": "t", "exp": exp});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn bearer(user: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let value = format!("Bearer {}", token(user));
+        h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    async fn status(ctx: &Context, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+        match authenticate(ctx, headers, None, Transport::Sse).await {
+            Ok(_) => Ok(()),
+            Err(refusal) => {
+                let resp = refusal.into_response();
+                let status = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+                Err((status, String::from_utf8(body.to_vec()).unwrap()))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_have_their_status_reason_and_label() {
+        let ctx = context(&["--allowed-origins", "https://studio.example"]);
+        assert!(status(&ctx, &bearer("u")).await.is_ok());
+
+        let (code, body) = status(&ctx, &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert_eq!(body, r#"{"error":"unauthorized","reason":"missing"}"#);
+        assert_eq!(ctx.metrics.auth_failures.get(AuthFailure::Missing), 1);
+
+        let mut cookie = HeaderMap::new();
+        cookie.insert(
+            COOKIE,
+            format!("access_token={}", token("u")).parse().unwrap(),
+        );
+        cookie.insert(ORIGIN, "https://evil.example".parse().unwrap());
+        let (code, _) = status(&ctx, &cookie).await.unwrap_err();
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        assert_eq!(ctx.hub.metrics().refused.get(Refusal::Origin), 1);
+
+        ctx.draining.store(true, Ordering::Release);
+        let (code, body) = status(&ctx, &bearer("u")).await.unwrap_err();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("draining"), "{body}");
+        assert_eq!(ctx.hub.metrics().refused.get(Refusal::Draining), 1);
+        assert_eq!(ctx.hub.metrics().refused.get(Refusal::MaxConnections), 0);
+    }
+
+    #[tokio::test]
+    async fn resuming_replays_known_ids_and_resyncs_unknown_ones() {
+        let ctx = context(&[]);
+        let body = |id: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "event_id": id, "event_type": "x", "tenant_id": "t", "user_id": "u"
+            }))
+            .unwrap()
+        };
+        for id in ["1", "2", "3"] {
+            ctx.history.append(Event::parse(body(id), 4096).unwrap());
+        }
+        let identity = |user: &str| Identity {
+            tenant: "t".into(),
+            user: user.into(),
+            expires_at: u64::MAX,
+        };
+        let kick = CancellationToken::new;
+        let replayed = register(&ctx, identity("u"), Transport::Ws, kick(), Some("1".into()))
+            .unwrap()
+            .replay;
+        let ids: Vec<_> = replayed
+            .iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => e.id.to_string(),
+                Outgoing::Resync => "resync".into(),
+            })
+            .collect();
+        assert_eq!(ids, ["2", "3"]);
+        let unknown = register(&ctx, identity("u"), Transport::Ws, kick(), Some("9".into()));
+        assert!(matches!(unknown.unwrap().replay[..], [Outgoing::Resync]));
+        // Another user of the tenant cannot resume from u's events.
+        let foreign = register(&ctx, identity("v"), Transport::Ws, kick(), Some("1".into()));
+        assert!(matches!(foreign.unwrap().replay[..], [Outgoing::Resync]));
+        assert_eq!(ctx.metrics.resumes.get(Resume::Replayed), 1);
+        assert_eq!(ctx.metrics.resumes.get(Resume::Resync), 2);
+    }
+}

@@ -349,3 +349,118 @@ fn close_event(why: Disconnect, retry_ms: Option<u64>) -> Bytes {
         why.as_str()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stream of one SSE connection driven by a real hub, with paused time.
+
+    use super::*;
+    use crate::envelope::Event;
+    use crate::hub::HubLimits;
+
+    struct Setup {
+        hub: Arc<Hub>,
+        stream: SseStream,
+        shutdown: CancellationToken,
+    }
+
+    fn open_stream(lifetime: Duration, queue_len: usize) -> Setup {
+        let hub = Hub::new(HubLimits {
+            max_connections: 10,
+            max_per_user: 10,
+            queue_len,
+            queue_bytes: 1 << 20,
+        });
+        let subscription = hub
+            .subscribe("t", "u", Transport::Sse, CancellationToken::new())
+            .unwrap();
+        let kicked = subscription.kicked.clone();
+        let shutdown = CancellationToken::new();
+        let keepalive = Duration::from_secs(15);
+        let stream = SseStream {
+            lifetime: Lifetime::new(
+                lifetime,
+                kicked.clone(),
+                shutdown.clone(),
+                Duration::from_secs(3),
+                Duration::from_secs(60),
+            ),
+            kicked,
+            subscription,
+            keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
+            pending: [Bytes::from_static(b"retry: 2000\n\n")].into(),
+            retry_ms: 2000,
+            drain: Duration::from_secs(3),
+            done: false,
+        };
+        Setup {
+            hub,
+            stream,
+            shutdown,
+        }
+    }
+
+    fn event(id: &str) -> Arc<Event> {
+        let body = serde_json::json!({
+            "event_id": id, "event_type": "render.job.progress.v1",
+            "tenant_id": "t", "user_id": "u", "data": {}
+        });
+        Arc::new(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
+    }
+
+    async fn next(s: &mut SseStream) -> String {
+        String::from_utf8(s.next_chunk().await.unwrap().to_vec()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opening_lines_then_events_then_heartbeats() {
+        let mut s = open_stream(Duration::from_secs(3600), 16);
+        s.hub.publish(&event("a"));
+        assert_eq!(next(&mut s.stream).await, "retry: 2000\n\n");
+        let a = next(&mut s.stream).await;
+        assert!(
+            a.starts_with("id: a\n") && a.contains("\"event_id\":\"a\""),
+            "{a}"
+        );
+        assert_eq!(next(&mut s.stream).await, "event: heartbeat\ndata: {}\n\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_expiry_ends_the_stream_with_a_close_event_and_no_retry() {
+        let mut s = open_stream(Duration::from_secs(5), 16);
+        next(&mut s.stream).await;
+        let mut last = next(&mut s.stream).await;
+        while last.contains("heartbeat") {
+            last = next(&mut s.stream).await;
+        }
+        assert_eq!(
+            last,
+            "event: close\ndata: {\"type\":\"close\",\"reason\":\"token_expired\"}\n\n"
+        );
+        assert!(s.stream.next_chunk().await.is_none());
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::TokenExpired), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kick_and_a_shutdown_each_end_it_with_their_reason() {
+        let mut s = open_stream(Duration::from_secs(3600), 1);
+        next(&mut s.stream).await;
+        for i in 0..3 {
+            s.hub.publish(&event(&format!("e{i}")));
+        }
+        let mut chunk = next(&mut s.stream).await;
+        while !chunk.starts_with("event: close") {
+            chunk = next(&mut s.stream).await;
+        }
+        assert!(chunk.contains("slow_client"), "{chunk}");
+
+        let mut s = open_stream(Duration::from_secs(3600), 16);
+        next(&mut s.stream).await;
+        s.shutdown.cancel();
+        let chunk = next(&mut s.stream).await;
+        // The reconnect hint is itself spread over the drain window.
+        assert!(chunk.starts_with("retry: "), "{chunk}");
+        assert!(chunk.contains("\"reason\":\"shutdown\""), "{chunk}");
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::Shutdown), 1);
+    }
+}

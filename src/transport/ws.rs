@@ -464,3 +464,278 @@ fn tungstenite_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a tungsten
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection loop driven by channels: a recording sink for what the gateway sends,
+    //! a channel for what the client sends, a real hub and verifier.
+
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context as TaskContext, Poll};
+
+    use futures_util::stream;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::config::JwtConfig;
+    use crate::envelope::Event;
+    use crate::hub::{Hub, HubLimits, Refusal};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// Records every message; `stalled` makes it stop accepting, like a full socket.
+    #[derive(Clone, Default)]
+    struct Client {
+        sent: Arc<Mutex<Vec<Message>>>,
+        stalled: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Client {
+        fn texts(&self) -> Vec<String> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter()
+                .filter_map(|m| match m {
+                    Message::Text(t) => Some(t.to_string()),
+                    _ => None,
+                })
+                .collect()
+        }
+        fn close_code(&self) -> Option<u16> {
+            let sent = self.sent.lock().unwrap();
+            sent.iter().find_map(|m| match m {
+                Message::Close(Some(f)) => Some(f.code.into()),
+                _ => None,
+            })
+        }
+    }
+
+    impl Sink<Message> for Client {
+        type Error = std::io::Error;
+        fn poll_ready(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            if self.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.sent.lock().unwrap().push(item);
+            Ok(())
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.poll_ready(cx)
+        }
+        fn poll_close(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Setup {
+        hub: Arc<Hub>,
+        client: Client,
+        to_gateway: mpsc::UnboundedSender<Result<Message, std::io::Error>>,
+        metrics: Arc<TransportMetrics>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(sub: &str, exp: u64) -> String {
+        let claims = serde_json::json!({"sub": sub, "tenant_id": "t", "exp": exp});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// A connection of (t, u) whose token lasts `lifetime`, served on a task.
+    fn connect(lifetime: Duration, queue_len: usize) -> Setup {
+        let hub = Hub::new(HubLimits {
+            max_connections: 10,
+            max_per_user: 10,
+            queue_len,
+            queue_bytes: 1 << 20,
+        });
+        let subscription = hub
+            .subscribe("t", "u", Transport::Ws, CancellationToken::new())
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(TransportMetrics::default());
+        let jwt = JwtConfig {
+            secret: Some(SECRET.into()),
+            tenant_claim: "tenant_id".into(),
+            ..JwtConfig::default()
+        };
+        let session = Session {
+            replay: Vec::new(),
+            identity: Identity {
+                tenant: "t".into(),
+                user: "u".into(),
+                expires_at: now() + lifetime.as_secs(),
+            },
+            lifetime: Lifetime::new(
+                lifetime,
+                subscription.kicked.clone(),
+                shutdown.clone(),
+                Duration::from_secs(3),
+                Duration::from_secs(60),
+            ),
+            subscription,
+            verifier: Arc::new(Verifier::new(&jwt).unwrap()),
+            metrics: metrics.clone(),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(600),
+            leeway: Duration::ZERO,
+        };
+        let client = Client::default();
+        let (to_gateway, rx) = mpsc::unbounded_channel();
+        let incoming = Box::pin(stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }));
+        let task = tokio::spawn(serve(client.clone(), incoming, session));
+        Setup {
+            hub,
+            client,
+            to_gateway,
+            metrics,
+            shutdown,
+            task,
+        }
+    }
+
+    fn event(id: &str) -> Arc<Event> {
+        let body = serde_json::json!({
+            "event_id": id, "event_type": "render.job.progress.v1",
+            "tenant_id": "t", "user_id": "u", "data": {}
+        });
+        Arc::new(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
+    }
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_are_sent_in_order_and_control_messages_answered() {
+        let s = connect(Duration::from_secs(3600), 16);
+        for id in ["a", "b", "c"] {
+            s.hub.publish(&event(id));
+        }
+        let text = |t: &str| Ok(Message::Text(t.into()));
+        s.to_gateway.send(text(r#"{"type":"ping"}"#)).unwrap();
+        s.to_gateway.send(text(r#"{"type":"dance"}"#)).unwrap();
+        settle().await;
+        let texts = s.client.texts();
+        let ids: Vec<_> = texts.iter().filter(|t| t.contains("event_id")).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids[0].contains("\"a\"") && ids[2].contains("\"c\""));
+        assert!(texts.contains(&r#"{"type":"pong"}"#.to_owned()));
+        assert!(texts.contains(&r#"{"type":"error","reason":"unknown_message"}"#.to_owned()));
+        assert_eq!(s.metrics.client_messages_ignored.get(), 1);
+        drop(s.to_gateway);
+        s.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_token_deadline_closes_with_4001_and_a_refresh_extends_it() {
+        let s = connect(Duration::from_secs(5), 16);
+        let refresh = format!(
+            r#"{{"type":"refresh","token":"{}"}}"#,
+            token("u", now() + 100)
+        );
+        s.to_gateway
+            .send(Ok(Message::Text(refresh.into())))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(s.client.close_code(), None, "refreshed, still open");
+        assert!(s.client.texts().iter().any(|t| t.contains("refreshed")));
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        s.task.await.unwrap();
+        assert_eq!(s.client.close_code(), Some(close_code::TOKEN_EXPIRED));
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::TokenExpired), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_for_someone_else_closes_with_1008() {
+        let s = connect(Duration::from_secs(3600), 16);
+        let refresh = format!(
+            r#"{{"type":"refresh","token":"{}"}}"#,
+            token("v", now() + 100)
+        );
+        s.to_gateway
+            .send(Ok(Message::Text(refresh.into())))
+            .unwrap();
+        s.task.await.unwrap();
+        assert_eq!(s.client.close_code(), Some(close_code::POLICY));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_closes_with_4000() {
+        let s = connect(Duration::from_secs(3600), 2);
+        s.client
+            .stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for i in 0..10 {
+            s.hub.publish(&event(&format!("e{i}")));
+            settle().await;
+        }
+        s.client
+            .stalled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        s.task.await.unwrap();
+        assert_eq!(s.client.close_code(), Some(close_code::SLOW_CLIENT));
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::SlowClient), 1);
+        assert_eq!(s.hub.connections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_takes_a_write_is_dropped_after_the_write_timeout() {
+        let s = connect(Duration::from_secs(3600), 16);
+        s.client
+            .stalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        s.to_gateway
+            .send(Ok(Message::Text(r#"{"type":"ping"}"#.into())))
+            .unwrap();
+        // The reply cannot be written; 60 s later the connection is given up on.
+        s.task.await.unwrap();
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::SlowClient), 1);
+        assert_eq!(
+            s.client.close_code(),
+            None,
+            "a stuck socket gets no goodbye"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_with_1001_within_the_drain() {
+        let s = connect(Duration::from_secs(3600), 16);
+        let start = Instant::now();
+        s.shutdown.cancel();
+        s.task.await.unwrap();
+        assert_eq!(s.client.close_code(), Some(close_code::GOING_AWAY));
+        assert!(start.elapsed() <= Duration::from_secs(3) + CLOSE_TIMEOUT);
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::Shutdown), 1);
+        assert_eq!(s.hub.metrics().refused.get(Refusal::Draining), 0);
+    }
+}
