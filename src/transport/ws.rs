@@ -504,7 +504,7 @@ mod tests {
         fn close_code(&self) -> Option<u16> {
             let sent = self.sent.lock().unwrap();
             sent.iter().find_map(|m| match m {
-                Message::Close(Some(f)) => Some(f.code.into()),
+                Message::Close(Some(f)) => Some(f.code),
                 _ => None,
             })
         }
