@@ -27,6 +27,8 @@ pub struct Identity {
     pub user: String,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// `iat`, seconds since the epoch, when the token has one.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -245,19 +247,27 @@ impl Verifier {
     /// Verifies `token`: signature, algorithm, `exp`/`nbf` with leeway, issuer, audience,
     /// `sub` and the tenant claim.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
-        // RFC 7515 4.1.11: a `crit` header names extensions that must be understood; the
-        // gateway understands none, so such a token cannot be accepted.
-        let header_json = segment(token, 0).ok_or(AuthFailure::Malformed)?;
-        if !unique_keys(&header_json) || has_key(&header_json, "crit") {
-            return Err(AuthFailure::Malformed);
-        }
+        check_header(token)?;
         let header = match jsonwebtoken::decode_header(token) {
             Ok(h) => h,
             Err(_) => return Err(classify_bad_header(token)),
         };
         let key = self.key_for(header.alg, header.kid.as_deref()).await?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &self.validation(key.alg))
+                .map_err(|e| decode_failure(token, e.kind()))?;
+        // The claims were parsed into a map, where a repeated claim silently keeps its last
+        // value: a signed `"tenant_id":"A","tenant_id":"B"` must not connect as B.
+        if !segment(token, 1).is_some_and(|json| unique_keys(&json)) {
+            return Err(AuthFailure::Claims);
+        }
+        self.identity(&data.claims)
+    }
 
-        let mut validation = Validation::new(key.alg);
+    /// What jsonwebtoken checks: the key's algorithm, `exp`/`nbf` with leeway, and the
+    /// configured issuer and audience.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
         // jsonwebtoken only checks iss/aud when the claim is present, so a configured
@@ -278,34 +288,11 @@ impl Verifier {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
+        validation
+    }
 
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthFailure::Expired,
-                ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
-                ErrorKind::InvalidIssuer => AuthFailure::Issuer,
-                ErrorKind::InvalidAudience => AuthFailure::Audience,
-                ErrorKind::MissingRequiredClaim(_)
-                | ErrorKind::InvalidClaimFormat(_)
-                | ErrorKind::InvalidSubject => AuthFailure::Claims,
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthFailure::Algorithm,
-                // jsonwebtoken reads the registered claims into a struct after checking
-                // the signature: a repeated `sub` or `exp` fails there.
-                ErrorKind::Json(_) if !segment(token, 1).is_some_and(|j| unique_keys(&j)) => {
-                    AuthFailure::Claims
-                }
-                ErrorKind::InvalidToken
-                | ErrorKind::Base64(_)
-                | ErrorKind::Json(_)
-                | ErrorKind::Utf8(_) => AuthFailure::Malformed,
-                _ => AuthFailure::Signature,
-            })?;
-        // The claims were parsed into a map, where a repeated claim silently keeps its last
-        // value: a signed `"tenant_id":"A","tenant_id":"B"` must not connect as B.
-        if !segment(token, 1).is_some_and(|json| unique_keys(&json)) {
-            return Err(AuthFailure::Claims);
-        }
-        let claims = data.claims;
+    /// Tenant, user and lifetime from verified claims.
+    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, AuthFailure> {
         let text = |name: &str| match claims.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             _ => None,
@@ -324,6 +311,7 @@ impl Verifier {
             tenant,
             user,
             expires_at,
+            issued_at: claims.get("iat").and_then(Value::as_u64),
         })
     }
 
@@ -349,6 +337,41 @@ impl Verifier {
             None if self.jwks.is_some() => Err(AuthFailure::UnknownKey),
             None => Err(AuthFailure::Algorithm),
         }
+    }
+}
+
+/// Refuses headers the gateway must not accept whatever the signature: repeated keys, and
+/// `crit` (RFC 7515 4.1.11: it names extensions that must be understood, and the gateway
+/// understands none).
+fn check_header(token: &str) -> Result<(), AuthFailure> {
+    let header = segment(token, 0).ok_or(AuthFailure::Malformed)?;
+    if !unique_keys(&header) || has_key(&header, "crit") {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(())
+}
+
+/// Why jsonwebtoken refused a token, as the gateway reports it.
+fn decode_failure(token: &str, kind: &ErrorKind) -> AuthFailure {
+    match kind {
+        ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthFailure::Issuer,
+        ErrorKind::InvalidAudience => AuthFailure::Audience,
+        ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_)
+        | ErrorKind::InvalidSubject => AuthFailure::Claims,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthFailure::Algorithm,
+        // jsonwebtoken reads the registered claims into a struct after checking the
+        // signature: a repeated `sub` or `exp` fails there.
+        ErrorKind::Json(_) if !segment(token, 1).is_some_and(|j| unique_keys(&j)) => {
+            AuthFailure::Claims
+        }
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => AuthFailure::Malformed,
+        _ => AuthFailure::Signature,
     }
 }
 
@@ -740,6 +763,7 @@ mod tests {
             tenant: "t".into(),
             user: "u".into(),
             expires_at: u64::MAX,
+            issued_at: None,
         };
         assert_eq!(id.remaining(Duration::from_secs(u64::MAX)), MAX_LIFETIME);
     }

@@ -484,6 +484,7 @@ mod tests {
             tenant: "t".into(),
             user: user.into(),
             expires_at: u64::MAX,
+            issued_at: None,
         };
         let kick = CancellationToken::new;
         let replayed = register(&ctx, identity("u"), Transport::Ws, kick(), Some("1".into()))

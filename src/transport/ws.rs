@@ -590,6 +590,7 @@ mod tests {
                 tenant: "t".into(),
                 user: "u".into(),
                 expires_at: now() + lifetime.as_secs(),
+                issued_at: Some(now()),
             },
             lifetime: Lifetime::new(
                 lifetime,
