@@ -20,12 +20,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, Mapping};
 use crate::dedupe::RecentIds;
 use crate::envelope::{DropReason, Event};
 use crate::history::History;
 use crate::hub::Hub;
-use crate::mapping::{Mapping, Meta};
+use crate::mapping::Meta;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.

@@ -3,7 +3,8 @@
 
 use std::sync::OnceLock;
 
-use crate::mapping::{Found, Mapping, Meta, ReadError};
+use crate::config::Mapping;
+use crate::mapping::{Found, Meta, ReadError};
 use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 

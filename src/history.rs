@@ -8,20 +8,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::config::HistoryLimits;
 use crate::envelope::Event;
-
-/// Limits of the history; the first one reached evicts the oldest events.
-#[derive(Clone, Copy, Debug)]
-pub struct HistoryLimits {
-    /// Events kept.
-    pub max_events: usize,
-    /// Bytes of envelopes kept.
-    pub max_bytes: usize,
-    /// Oldest event kept.
-    pub max_age: Duration,
-}
 
 /// What a resuming client gets before live events.
 #[derive(Debug)]
@@ -210,6 +200,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits() -> HistoryLimits {
         HistoryLimits {

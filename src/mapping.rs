@@ -3,6 +3,9 @@
 //! FlatRender catalog's fields), AMQP headers as fallbacks, and an explicit single-tenant
 //! mode for systems without tenants.
 //!
+//! The [`Mapping`] itself is configuration and lives in [`crate::config`]; this module
+//! reads bodies with it.
+//!
 //! Extraction reads only the keys the pointers name and skips the rest without building a
 //! tree, so a mapped envelope costs about what a fixed struct would.
 
@@ -13,86 +16,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// An RFC 6901 JSON pointer into the body, e.g. `/metadata/tenant_id`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pointer(Vec<String>);
-
-impl Pointer {
-    /// Parses `/a/b` (with `~1` for `/` and `~0` for `~`).
-    pub fn parse(s: &str) -> Result<Pointer, String> {
-        let rest = s
-            .strip_prefix('/')
-            .ok_or_else(|| format!("`{s}` is not a JSON pointer like /tenant_id"))?;
-        let segments: Vec<String> = rest
-            .split('/')
-            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        if segments.iter().any(String::is_empty) {
-            return Err(format!("`{s}` has an empty segment"));
-        }
-        Ok(Pointer(segments))
-    }
-
-    fn field(name: &str) -> Pointer {
-        Pointer(vec![name.to_owned()])
-    }
-}
-
-impl fmt::Display for Pointer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for seg in &self.0 {
-            write!(f, "/{}", seg.replace('~', "~0").replace('/', "~1"))?;
-        }
-        Ok(())
-    }
-}
-
-/// How envelope fields are found. The default is the FlatRender catalog.
-#[derive(Clone, Debug)]
-pub struct Mapping {
-    /// Event id; falls back to the AMQP `message_id` property.
-    pub event_id: Pointer,
-    /// Event type; falls back to `event_type_header`.
-    pub event_type: Pointer,
-    /// Event time (RFC 3339), for the latency histogram only.
-    pub event_time: Pointer,
-    /// Tenant; falls back to `tenant_header` when that is set.
-    pub tenant: Pointer,
-    /// User; falls back to `user_header` when that is set.
-    pub user: Pointer,
-    /// Trace id, for logs.
-    pub trace_id: Pointer,
-    /// Header carrying the event type when the body has none.
-    pub event_type_header: Option<String>,
-    /// Header carrying the tenant when the body has none. Off by default: the contract
-    /// sends an event without a body tenant to nobody.
-    pub tenant_header: Option<String>,
-    /// Header carrying the user when the body has none.
-    pub user_header: Option<String>,
-    /// Single-tenant mode: every event and every token belong to this tenant.
-    pub single_tenant: Option<String>,
-    /// Whether events without a user go to every connection of their tenant (the
-    /// contract) or to nobody.
-    pub tenant_wide_events: bool,
-}
-
-impl Default for Mapping {
-    fn default() -> Mapping {
-        Mapping {
-            event_id: Pointer::field("event_id"),
-            event_type: Pointer::field("event_type"),
-            event_time: Pointer::field("event_time"),
-            tenant: Pointer::field("tenant_id"),
-            user: Pointer::field("user_id"),
-            trace_id: Pointer::field("trace_id"),
-            event_type_header: Some("x-event-type".to_owned()),
-            tenant_header: None,
-            user_header: None,
-            single_tenant: None,
-            tenant_wide_events: true,
-        }
-    }
-}
+use crate::config::{Mapping, Pointer};
 
 /// What the message carries besides its body.
 pub struct Meta<'a> {
@@ -152,6 +76,8 @@ pub enum ReadError {
     Duplicate,
 }
 
+// An inherent impl on the config type, so callers keep writing `mapping.read(text)`
+// while config stays free of the envelope side.
 impl Mapping {
     /// Finds the mapped fields in `text`.
     pub fn read(&self, text: &str) -> Result<Fields, ReadError> {
@@ -165,8 +91,8 @@ impl Mapping {
         ];
         let mut firsts: Vec<&str> = Vec::with_capacity(pointers.len());
         for p in pointers {
-            if !firsts.contains(&p.0[0].as_str()) {
-                firsts.push(&p.0[0]);
+            if !firsts.contains(&p.segments()[0].as_str()) {
+                firsts.push(&p.segments()[0]);
             }
         }
         let mut de = serde_json::Deserializer::from_str(text);
@@ -175,12 +101,15 @@ impl Mapping {
             .and_then(|v| de.end().map(|()| v))
             .map_err(|e| classify(&e, text))?;
         let resolve = |p: &Pointer| -> Result<Found, ReadError> {
-            let i = firsts.iter().position(|f| *f == p.0[0]).unwrap_or(0);
+            let i = firsts
+                .iter()
+                .position(|f| *f == p.segments()[0])
+                .unwrap_or(0);
             let mut raw = match top.get(i).copied().flatten() {
                 Some(r) => r,
                 None => return Ok(Found::Absent),
             };
-            for seg in &p.0[1..] {
+            for seg in &p.segments()[1..] {
                 if !raw.get().starts_with('{') {
                     return Ok(Found::Other);
                 }
@@ -277,18 +206,6 @@ impl<'de> Visitor<'de> for Capture<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pointers_parse_and_print() {
-        assert_eq!(
-            Pointer::parse("/a/b~1c/d~0e").unwrap().0,
-            ["a", "b/c", "d~e"]
-        );
-        assert_eq!(Pointer::parse("/a/b~1c").unwrap().to_string(), "/a/b~1c");
-        for bad in ["", "a", "/", "/a//b"] {
-            assert!(Pointer::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn nested_fields_and_wrong_shapes() {

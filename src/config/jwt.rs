@@ -1,0 +1,108 @@
+//! Token verification settings: where keys come from and which claims are required.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::settings::Key;
+use super::validate::Validator;
+
+/// Where the gateway finds token verification keys. At least one must be set.
+#[derive(Clone, Debug, Default)]
+pub struct JwtConfig {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// PEM public key file, RSA (RS256) or P-256 (ES256).
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS endpoint for keys selected by `kid`.
+    pub jwks_url: Option<String>,
+    /// Periodic JWKS refresh, so rotated keys appear without a restart.
+    pub jwks_refresh: Duration,
+    /// Floor between refetches triggered by unknown `kid`s, so forged kids cannot make
+    /// the gateway hammer the identity provider.
+    pub jwks_min_refetch: Duration,
+    /// Required `iss` when set.
+    pub issuer: Option<String>,
+    /// Required `aud` when set.
+    pub audience: Option<String>,
+    /// Claim that names the tenant.
+    pub tenant_claim: String,
+    /// Cookie that may carry the token.
+    pub cookie: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Single-tenant mode: tokens need no tenant claim; everyone is in this tenant.
+    pub single_tenant: Option<String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn jwt(&mut self) -> JwtConfig {
+        let (secret, public_key_file, jwks_url) = self.jwt_keys();
+        let tenant_claim = self.string(Key::JwtTenantClaim);
+        if tenant_claim.is_empty() {
+            self.problem(Key::JwtTenantClaim, "must not be empty");
+        }
+        let cookie = self.string(Key::JwtCookie);
+        let leeway = match self.parsed::<u64>(Key::JwtLeewaySecs, "a whole number of seconds") {
+            Some(v) if v <= 600 => Duration::from_secs(v),
+            Some(v) => {
+                self.problem(
+                    Key::JwtLeewaySecs,
+                    format_args!("{v} is out of range (0 to 600)"),
+                );
+                Duration::ZERO
+            }
+            None => Duration::ZERO,
+        };
+        JwtConfig {
+            secret,
+            public_key_file,
+            jwks_url,
+            jwks_refresh: self.secs(Key::JwtJwksRefreshSecs),
+            jwks_min_refetch: self.secs(Key::JwtJwksMinRefetchSecs),
+            issuer: self.optional(Key::JwtIssuer),
+            audience: self.optional(Key::JwtAudience),
+            tenant_claim,
+            cookie,
+            leeway,
+            single_tenant: self.optional(Key::SingleTenant),
+        }
+    }
+
+    /// The secret, key file and JWKS URL, each checked, and at least one of them set.
+    fn jwt_keys(&mut self) -> (Option<String>, Option<PathBuf>, Option<String>) {
+        let secret = self.optional(Key::JwtSecret);
+        if let Some(s) = &secret
+            && s.len() < 32
+        {
+            // RFC 7518 3.2: an HS256 key shorter than the hash output is brute-forceable.
+            self.problem(Key::JwtSecret, "must be at least 32 bytes");
+        }
+        let public_key_file = self.optional(Key::JwtPublicKeyFile).map(PathBuf::from);
+        if let Some(path) = &public_key_file
+            && let Err(e) = std::fs::metadata(path)
+        {
+            self.problem(
+                Key::JwtPublicKeyFile,
+                format_args!("cannot read {}: {e}", path.display()),
+            );
+        }
+        let jwks_url = self.optional(Key::JwtJwksUrl);
+        if let Some(url) = &jwks_url
+            && reqwest::Url::parse(url)
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+        {
+            self.problem(
+                Key::JwtJwksUrl,
+                format_args!("`{url}` is not an http(s) URL"),
+            );
+        }
+        if secret.is_none() && public_key_file.is_none() && jwks_url.is_none() {
+            let [a, b, c] =
+                [Key::JwtSecret, Key::JwtPublicKeyFile, Key::JwtJwksUrl].map(|k| k.setting().env);
+            self.problems
+                .push(format!("no token key configured: set {a}, {b} or {c}"));
+        }
+        (secret, public_key_file, jwks_url)
+    }
+}

@@ -1,0 +1,192 @@
+//! Configuration: every setting is a flag and a `GATEWAY_*` variable, parsed and validated
+//! in full before anything binds a port.
+//!
+//! The table in [`SETTINGS`] is the single source for parsing, defaults, `--help` and error
+//! messages, so a setting cannot exist in one and be missing from another; code names a
+//! setting by its [`Key`]. The environment is read through a closure so tests pass a map
+//! and never mutate the process environment.
+//!
+//! Files by concern: `settings` (the table, [`Key`], flag > variable > default), `validate`
+//! (typed readers that collect every problem, and the assembly of [`Config`]), `amqp`,
+//! `jwt`, `mapping` and `limits` (each concern's types and checks). Configuration stands
+//! beside the data flow: it imports none of it, and the flow imports its types from here.
+
+mod amqp;
+mod jwt;
+mod limits;
+mod mapping;
+mod settings;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use amqp::{AmqpConfig, Binding};
+pub use jwt::JwtConfig;
+pub use limits::HistoryLimits;
+pub use mapping::{Mapping, Pointer};
+pub use settings::{Key, SETTINGS, Setting};
+
+use settings::Raw;
+use validate::Validator;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Everything the gateway needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Broker settings.
+    pub amqp: AmqpConfig,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// Origins allowed to use cookie auth and to read `/sse` cross-origin.
+    pub allowed_origins: Vec<String>,
+    /// Total client connections.
+    pub max_connections: usize,
+    /// Connections per (tenant, user).
+    pub max_connections_per_user: usize,
+    /// Largest event body.
+    pub max_event_bytes: usize,
+    /// Per-connection send queue length.
+    pub send_queue_len: usize,
+    /// Per-connection send queue bytes.
+    pub send_queue_bytes: usize,
+    /// Recent event ids remembered for duplicate suppression.
+    pub dedupe_window: usize,
+    /// What the resume history keeps.
+    pub history: HistoryLimits,
+    /// Largest incoming WebSocket message.
+    pub ws_max_message_bytes: usize,
+    /// WebSocket read buffer.
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket ping interval.
+    pub ws_ping_interval: Duration,
+    /// Silence after which a WebSocket is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for request headers.
+    pub handshake_timeout: Duration,
+    /// Sockets whose first request head is not complete yet; a flood of silent sockets
+    /// takes at most these descriptors, never those of admitted clients.
+    pub max_pending_connections: usize,
+    /// SSE heartbeat interval.
+    pub sse_keepalive: Duration,
+    /// SSE `retry:` hint.
+    pub sse_retry: Duration,
+    /// Bound on graceful shutdown.
+    pub shutdown_grace: Duration,
+    /// Clients are closed at random moments within this window, so a fleet of browsers
+    /// does not reconnect in one spike.
+    pub shutdown_drain: Duration,
+    /// Where envelope fields are found.
+    pub mapping: Mapping,
+    /// Directory of the demo page, served under `/demo/` when set.
+    pub demo_dir: Option<PathBuf>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+}
+
+/// What parsing the command line and environment produced.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Run with this configuration.
+    Run(Box<Config>),
+    /// The user asked for `--help`; print this text.
+    Help(String),
+    /// The user asked for `--version`.
+    Version,
+}
+
+/// Every problem found, reported together so an operator fixes them in one go.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parses flags (without the program name) and the environment, flags winning.
+    pub fn parse<I, S>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut problems = Vec::new();
+        let mut flags: HashMap<Key, String> = HashMap::new();
+        let mut args = args.into_iter().map(Into::into);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "-h" | "--help" => return Ok(Parsed::Help(help_text())),
+                "-V" | "--version" => return Ok(Parsed::Version),
+                _ => {}
+            }
+            let Some(body) = arg.strip_prefix("--") else {
+                problems.push(format!("unexpected argument `{arg}` (see --help)"));
+                continue;
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (body, None),
+            };
+            let Some(key) = Key::from_flag(name) else {
+                problems.push(format!("unknown flag `--{name}` (see --help)"));
+                continue;
+            };
+            match inline.or_else(|| args.next()) {
+                Some(value) => {
+                    flags.insert(key, value);
+                }
+                None => problems.push(format!("flag `--{name}` needs a value")),
+            }
+        }
+
+        let raw = Raw::new(flags, &env);
+        let mut v = Validator::new(&raw, problems);
+        let config = v.build();
+        if v.problems.is_empty() {
+            Ok(Parsed::Run(Box::new(config)))
+        } else {
+            Err(ConfigError(v.problems))
+        }
+    }
+}
+
+/// `--help` text, generated from [`SETTINGS`].
+pub fn help_text() -> String {
+    let mut out = String::from(
+        "realtime-gateway: RabbitMQ domain events to browsers over WebSocket and SSE\n\n\
+         Usage: realtime-gateway [--flag value | --flag=value]...\n\n\
+         Every flag can also be given as its environment variable; flags win.\n\n",
+    );
+    for s in SETTINGS {
+        let default = s.default.unwrap_or("(unset)");
+        out.push_str(&format!(
+            "  --{:<28} {}\n      {}\n      default: {}\n",
+            s.name, s.env, s.help, default
+        ));
+    }
+    out.push_str("\n  -h, --help      this text\n  -V, --version   print the version\n");
+    out
+}

@@ -1,0 +1,209 @@
+//! Parsing and validation as a whole: defaults, precedence, problems, help and README.
+
+use super::*;
+
+fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Parsed, ConfigError> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::parse(args.iter().copied(), move |k| env.get(k).cloned())
+}
+
+fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+    match parse(args, env).expect("valid config") {
+        Parsed::Run(c) => *c,
+        other => panic!("expected a config, got {other:?}"),
+    }
+}
+
+const SECRET: (&str, &str) = ("GATEWAY_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+
+#[test]
+fn defaults_match_the_contract() {
+    let c = config(&[], &[SECRET]);
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(c.amqp.exchange, "flatrender.events");
+    let keys: Vec<_> = c
+        .amqp
+        .bindings
+        .iter()
+        .map(|b| (b.exchange.as_str(), b.key.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("flatrender.events", "render.job.#"),
+            ("flatrender.events", "notification.#")
+        ]
+    );
+    assert!(c.amqp.declare_exchanges);
+    assert_eq!(c.mapping.tenant.to_string(), "/tenant_id");
+    assert!(c.mapping.single_tenant.is_none() && c.mapping.tenant_header.is_none());
+    assert!(c.amqp.queue.starts_with("realtime-gateway."));
+    assert_eq!(c.jwt.tenant_claim, "tenant_id");
+    assert_eq!(c.jwt.cookie, "access_token");
+    assert_eq!(c.jwt.leeway, Duration::from_secs(30));
+    assert_eq!(c.max_connections_per_user, 16);
+    assert!(c.max_connections >= 1);
+    assert_eq!(c.max_event_bytes, 64 * 1024);
+    assert_eq!(c.send_queue_len, 256);
+    assert_eq!(c.ws_max_message_bytes, 16 * 1024);
+    assert_eq!(c.ws_read_buffer_bytes, 1024);
+}
+
+#[test]
+fn flags_win_over_environment() {
+    let c = config(
+        &["--listen", "127.0.0.1:9000", "--amqp-exchange=x.flag"],
+        &[
+            SECRET,
+            ("GATEWAY_LISTEN", "127.0.0.1:1"),
+            ("GATEWAY_AMQP_EXCHANGE", "x.env"),
+            ("GATEWAY_AMQP_BINDINGS", " a.# , b.*.c ,"),
+        ],
+    );
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(c.amqp.exchange, "x.flag");
+    let keys: Vec<_> = c
+        .amqp
+        .bindings
+        .iter()
+        .map(|b| (b.exchange.as_str(), b.key.as_str()))
+        .collect();
+    assert_eq!(keys, [("x.flag", "a.#"), ("x.flag", "b.*.c")]);
+}
+
+#[test]
+fn every_problem_is_reported_by_name() {
+    let err = parse(
+        &["--bogus", "1"],
+        &[
+            ("GATEWAY_LISTEN", "nowhere"),
+            ("GATEWAY_MAX_CONNECTIONS_PER_USER", "0"),
+            ("GATEWAY_JWT_LEEWAY_SECS", "-3"),
+            ("GATEWAY_LOG_FORMAT", "xml"),
+            ("GATEWAY_AMQP_URL", "http://x"),
+        ],
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "--bogus",
+        "GATEWAY_LISTEN",
+        "GATEWAY_MAX_CONNECTIONS_PER_USER",
+        "GATEWAY_JWT_LEEWAY_SECS",
+        "GATEWAY_LOG_FORMAT",
+        "GATEWAY_AMQP_URL",
+        "no token key configured",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bindings_across_exchanges_and_mapping() {
+    let c = config(
+        &[],
+        &[
+            SECRET,
+            (
+                "GATEWAY_AMQP_BINDINGS",
+                "orders:order.*, payments:payment.#,plain.#",
+            ),
+            ("GATEWAY_AMQP_EXCHANGE_DECLARE", "passive"),
+            ("GATEWAY_USER_POINTER", "/metadata/user_id"),
+            ("GATEWAY_SINGLE_TENANT", "app"),
+            ("GATEWAY_TENANT_WIDE_EVENTS", "false"),
+        ],
+    );
+    let keys: Vec<_> = c
+        .amqp
+        .bindings
+        .iter()
+        .map(|b| (b.exchange.as_str(), b.key.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("orders", "order.*"),
+            ("payments", "payment.#"),
+            ("flatrender.events", "plain.#")
+        ]
+    );
+    assert!(!c.amqp.declare_exchanges);
+    assert_eq!(c.mapping.user.to_string(), "/metadata/user_id");
+    assert_eq!(c.mapping.single_tenant.as_deref(), Some("app"));
+    assert!(!c.mapping.tenant_wide_events);
+    let err = parse(
+        &[],
+        &[
+            SECRET,
+            ("GATEWAY_AMQP_BINDINGS", ":x,a:"),
+            ("GATEWAY_TENANT_POINTER", "tenant"),
+            ("GATEWAY_TENANT_WIDE_EVENTS", "maybe"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "`:x`",
+        "`a:`",
+        "GATEWAY_TENANT_POINTER",
+        "GATEWAY_TENANT_WIDE_EVENTS",
+    ] {
+        assert!(err.contains(needle), "{needle} in {err}");
+    }
+}
+
+#[test]
+fn short_secret_and_bad_origin_are_refused() {
+    let err = parse(
+        &[],
+        &[
+            ("GATEWAY_JWT_SECRET", "short"),
+            (
+                "GATEWAY_ALLOWED_ORIGINS",
+                "https://ok.example,studio.example",
+            ),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("GATEWAY_JWT_SECRET"));
+    assert!(err.contains("studio.example"));
+    assert!(!err.contains("https://ok.example`"));
+}
+
+#[test]
+fn empty_variable_counts_as_unset() {
+    let err = parse(&[], &[("GATEWAY_JWT_SECRET", "")]).unwrap_err();
+    assert!(err.to_string().contains("no token key configured"));
+}
+
+#[test]
+fn readme_documents_every_setting() {
+    let readme = include_str!("../../README.md");
+    for s in SETTINGS {
+        assert!(
+            readme.contains(&format!("`{}`", s.env)),
+            "{} missing from README",
+            s.env
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_setting_with_its_default() {
+    let Parsed::Help(text) = parse(&["--help"], &[]).unwrap() else {
+        panic!("expected help");
+    };
+    for s in SETTINGS {
+        assert!(text.contains(s.env), "{} missing from help", s.env);
+        assert!(text.contains(&format!("--{}", s.name)));
+        if let Some(d) = s.default {
+            assert!(text.contains(d));
+        }
+    }
+}

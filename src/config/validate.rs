@@ -1,0 +1,160 @@
+//! Validation: typed readers over the raw values that collect every problem instead of
+//! stopping at the first, and the assembly of a [`Config`] from each concern's part.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::settings::{Key, Raw};
+use super::{Config, LogFormat};
+
+/// Reads settings through [`Raw`], recording a problem for each bad value and going on
+/// with a placeholder, so one run reports everything. The placeholders never escape: a
+/// config with problems is discarded.
+pub(super) struct Validator<'a> {
+    raw: &'a Raw<'a>,
+    /// Every problem found so far, in the order the settings were read.
+    pub(super) problems: Vec<String>,
+}
+
+impl<'a> Validator<'a> {
+    /// Reads `raw`, after the `problems` already found in the flags.
+    pub(super) fn new(raw: &'a Raw<'a>, problems: Vec<String>) -> Self {
+        Validator { raw, problems }
+    }
+
+    /// Records that `key`'s value is wrong, named the way the operator set it.
+    pub(super) fn problem(&mut self, key: Key, what: impl fmt::Display) {
+        self.problems.push(format!("{}: {what}", key.label()));
+    }
+
+    /// The value, `None` when unset and without a default.
+    pub(super) fn optional(&self, key: Key) -> Option<String> {
+        self.raw.get(key)
+    }
+
+    /// The value, empty when unset and without a default.
+    pub(super) fn string(&self, key: Key) -> String {
+        self.raw.get(key).unwrap_or_default()
+    }
+
+    /// The value parsed as `T`, `what` naming the expected form in the problem.
+    pub(super) fn parsed<T: std::str::FromStr>(&mut self, key: Key, what: &str) -> Option<T> {
+        let value = self.raw.get(key)?;
+        match value.trim().parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(key, format_args!("`{value}` is not {what}"));
+                None
+            }
+        }
+    }
+
+    /// A positive integer within `[1, max]`.
+    pub(super) fn count<T>(&mut self, key: Key, max: T) -> T
+    where
+        T: std::str::FromStr + PartialOrd + From<u8> + fmt::Display + Copy,
+    {
+        let fallback = T::from(1);
+        match self.parsed::<T>(key, "a positive whole number") {
+            Some(v) if v >= T::from(1) && v <= max => v,
+            Some(v) => {
+                self.problem(key, format_args!("{v} is out of range (1 to {max})"));
+                fallback
+            }
+            None => fallback,
+        }
+    }
+
+    /// Whole seconds within one day.
+    pub(super) fn secs(&mut self, key: Key) -> Duration {
+        Duration::from_secs(self.count::<u64>(key, 86_400))
+    }
+
+    /// Every setting, read in a fixed order so problems are always listed the same way.
+    pub(super) fn build(&mut self) -> Config {
+        let listen = self
+            .parsed::<SocketAddr>(Key::Listen, "a socket address like 0.0.0.0:8080")
+            // Placeholder only: a problem has been recorded.
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let amqp = self.amqp();
+        let jwt = self.jwt();
+        let allowed_origins = self.allowed_origins();
+        let connections = self.connection_limits();
+        let (log_format, log) = self.logging();
+        let shutdown = self.shutdown_timing();
+        let sizes = self.event_sizes();
+
+        Config {
+            listen,
+            amqp,
+            jwt,
+            allowed_origins,
+            max_connections: connections.total,
+            max_pending_connections: connections.pending,
+            max_connections_per_user: self.count::<usize>(Key::MaxConnectionsPerUser, 100_000),
+            max_event_bytes: sizes.max_event_bytes,
+            send_queue_len: self.count::<usize>(Key::SendQueueLen, 1_000_000),
+            send_queue_bytes: sizes.send_queue_bytes,
+            dedupe_window: self.count::<usize>(Key::DedupeWindow, 10_000_000),
+            history: self.history(),
+            ws_max_message_bytes: self.count::<usize>(Key::WsMaxMessageBytes, 16 * 1024 * 1024),
+            ws_read_buffer_bytes: self.count::<usize>(Key::WsReadBufferBytes, 1024 * 1024),
+            ws_ping_interval: self.secs(Key::WsPingIntervalSecs),
+            idle_timeout: self.secs(Key::IdleTimeoutSecs),
+            handshake_timeout: self.secs(Key::HandshakeTimeoutSecs),
+            sse_keepalive: self.secs(Key::SseKeepaliveSecs),
+            sse_retry: Duration::from_millis(self.count::<u64>(Key::SseRetryMs, 3_600_000)),
+            shutdown_grace: shutdown.grace,
+            shutdown_drain: shutdown.drain,
+            mapping: self.mapping(),
+            demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
+            log_format,
+            log,
+        }
+    }
+
+    fn allowed_origins(&mut self) -> Vec<String> {
+        let allowed_origins = split_list(&self.string(Key::AllowedOrigins));
+        for origin in &allowed_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !ok {
+                self.problem(
+                    Key::AllowedOrigins,
+                    format_args!("`{origin}` is not an origin like https://studio.example.com"),
+                );
+            }
+        }
+        allowed_origins
+    }
+
+    fn logging(&mut self) -> (LogFormat, String) {
+        let log_format = match self.string(Key::LogFormat).as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.problem(
+                    Key::LogFormat,
+                    format_args!("`{other}` is not `text` or `json`"),
+                );
+                LogFormat::Text
+            }
+        };
+        let log = self.string(Key::Log);
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            self.problem(Key::Log, format_args!("`{log}` is not a valid filter"));
+        }
+        (log_format, log)
+    }
+}
+
+/// Items of a comma-separated list, trimmed, empty ones skipped.
+pub(super) fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
