@@ -73,6 +73,8 @@ crate::label_set! {
         Claims = "claims",
         /// The JWKS could not be fetched yet.
         KeysUnavailable = "keys_unavailable",
+        /// Issued before the platform banned its user or suspended its tenant.
+        Revoked = "revoked",
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Event;
+use crate::revocation::Revoked;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, Histogram};
 
 crate::label_set! {
@@ -58,6 +59,8 @@ crate::label_set! {
         Shutdown = "shutdown",
         /// An in-band refresh named another user or tenant.
         Policy = "policy",
+        /// The platform banned its user or suspended its tenant.
+        Revoked = "revoked",
     }
 }
 
@@ -212,8 +215,24 @@ struct Member {
     /// Bytes of the events in the queue, shared with the connection, which subtracts
     /// what it takes out.
     queued_bytes: Arc<AtomicUsize>,
-    /// Cancelled when the queue overflowed, so the connection task closes the client.
+    /// Cancelled when the connection must go, so its task closes the client.
     kick: CancellationToken,
+    /// Set before `kick` when the reason is a revocation rather than a full queue.
+    revoked: Arc<AtomicBool>,
+}
+
+impl Member {
+    /// Tells the connection to go, once; false when it was told already.
+    fn kick(&self, why: Disconnect) -> bool {
+        if self.kick.is_cancelled() {
+            return false;
+        }
+        if why == Disconnect::Revoked {
+            self.revoked.store(true, Ordering::Release);
+        }
+        self.kick.cancel();
+        true
+    }
 }
 
 /// Connections of one tenant, by user.
@@ -259,8 +278,10 @@ pub struct Subscription {
     /// Events up to this sequence number were replayed from history; their live copies
     /// are skipped so the resume seam has no duplicate.
     skip_through: Option<u64>,
-    /// Cancelled when this connection fell too far behind.
+    /// Cancelled when this connection must go: it fell too far behind, or its access was
+    /// revoked ([`Subscription::kick_reason`] tells which).
     pub kicked: CancellationToken,
+    revoked: Arc<AtomicBool>,
 }
 
 impl Hub {
@@ -298,6 +319,7 @@ impl Hub {
         }
         let (tx, rx) = mpsc::channel(self.limits.queue_len);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let revoked = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
 
         let registered = {
@@ -320,6 +342,7 @@ impl Hub {
                     tx,
                     queued_bytes: queued_bytes.clone(),
                     kick: kick.clone(),
+                    revoked: revoked.clone(),
                 });
                 Some((tenant_key, user_key))
             }
@@ -341,6 +364,7 @@ impl Hub {
             queued_bytes,
             skip_through: None,
             kicked: kick,
+            revoked,
         })
     }
 
@@ -445,7 +469,7 @@ impl Hub {
                 m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 // The client is not reading. Dropping just this event would leave a
                 // silent gap, so the connection is ended instead and the client resumes.
-                if !m.kick.is_cancelled() {
+                if m.kick(Disconnect::SlowClient) {
                     let (event_id, trace_id) = match item {
                         Outgoing::Event(e) => (&*e.id, e.trace_id.as_deref().unwrap_or("")),
                         Outgoing::Resync => ("", ""),
@@ -456,7 +480,6 @@ impl Hub {
                         trace_id,
                         "send queue full; disconnecting slow client"
                     );
-                    m.kick.cancel();
                     self.metrics.disconnects.inc(Disconnect::SlowClient);
                 }
                 self.metrics.dropped_slow.inc();
@@ -471,6 +494,37 @@ impl Hub {
     /// Open connections on this instance.
     pub fn connections(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// Closes every connection of a revoked user (by `sub`, in every tenant) or tenant;
+    /// returns how many were told to go.
+    pub fn revoke(&self, who: &Revoked) -> usize {
+        let mut n = 0;
+        let mut kick_all = |members: &[Member]| {
+            for m in members {
+                if m.kick(Disconnect::Revoked) {
+                    n += 1;
+                }
+            }
+        };
+        match who {
+            Revoked::User(user) => {
+                for tenant in self.tenants.iter() {
+                    if let Some(members) = tenant.users.get(user.as_str()) {
+                        kick_all(members);
+                    }
+                }
+            }
+            Revoked::Tenant(tenant) => {
+                if let Some(t) = self.tenants.get(tenant.as_str()) {
+                    for members in t.users.values() {
+                        kick_all(members);
+                    }
+                }
+            }
+        }
+        self.metrics.disconnects.add(Disconnect::Revoked, n as i64);
+        n
     }
 
     /// Resolves once no connection is registered.
@@ -506,6 +560,16 @@ impl Hub {
 }
 
 impl Subscription {
+    /// Why the hub kicked this connection (meaningful once `kicked` is cancelled):
+    /// `Revoked`, or `SlowClient` for a full queue.
+    pub fn kick_reason(&self) -> Disconnect {
+        if self.revoked.load(Ordering::Acquire) {
+            Disconnect::Revoked
+        } else {
+            Disconnect::SlowClient
+        }
+    }
+
     /// Counts why the gateway ended this connection.
     pub fn disconnected(&self, why: Disconnect) {
         self.hub.metrics.disconnects.inc(why);

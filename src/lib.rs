@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod history;
 pub mod hub;
 pub mod mapping;
+pub mod revocation;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

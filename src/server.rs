@@ -25,11 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{KeyError, Verifier};
+use crate::broker::revocations::RevocationFeed;
 use crate::broker::{BrokerMetrics, Consumer, SeamHook};
 use crate::config::Config;
 use crate::demo::{self, DemoDir};
 use crate::history::History;
 use crate::hub::{Hub, HubLimits};
+use crate::revocation::{self, Revocations};
 use crate::telemetry::Exposition;
 use crate::transport::raw::Pending;
 use crate::transport::{self, ConnectionToken, Context, TransportMetrics, sse, ws};
@@ -64,6 +66,9 @@ pub struct Hooks {
 #[derive(Clone)]
 struct Ops {
     broker_ready: Arc<AtomicBool>,
+    /// Revocations read up to this instance's start (always true when they are off).
+    revocations_ready: Arc<AtomicBool>,
+    revocations: Arc<Revocations>,
     draining: Arc<AtomicBool>,
     hub: Arc<Hub>,
     transport: Arc<TransportMetrics>,
@@ -97,15 +102,22 @@ fn app(ctx: Context, ops: Ops, demo_dir: DemoDir) -> Router {
 async fn readyz(ops: Ops) -> impl IntoResponse {
     if ops.draining.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if ops.broker_ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready")
-    } else {
+    } else if !ops.broker_ready.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "broker not connected")
+    } else if !ops.revocations_ready.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "reading revocations")
+    } else {
+        (StatusCode::OK, "ready")
     }
 }
 
 async fn render_metrics(ops: Ops) -> impl IntoResponse {
-    let text = Exposition::render(&[ops.hub.metrics(), &*ops.transport, &*ops.broker]);
+    let text = Exposition::render(&[
+        ops.hub.metrics(),
+        &*ops.transport,
+        &*ops.broker,
+        ops.revocations.metrics(),
+    ]);
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
@@ -283,6 +295,10 @@ pub async fn run_with(
         hub: hub.clone(),
         verifier: verifier.clone(),
         history: Arc::new(History::new(config.history)),
+        revocations: Arc::new(Revocations::new(
+            config.revocation.ttl.as_secs(),
+            revocation::MAX_ENTRIES,
+        )),
         metrics: Arc::new(TransportMetrics::default()),
         draining: Arc::new(AtomicBool::new(false)),
         shutdown: clients.clone(),
@@ -290,6 +306,8 @@ pub async fn run_with(
     };
     let ops = Ops {
         broker_ready: Arc::new(AtomicBool::new(false)),
+        revocations_ready: Arc::new(AtomicBool::new(!config.revocation.enabled())),
+        revocations: ctx.revocations.clone(),
         draining: ctx.draining.clone(),
         hub: hub.clone(),
         transport: ctx.metrics.clone(),
@@ -306,8 +324,20 @@ pub async fn run_with(
         metrics: ops.broker.clone(),
         ready: ops.broker_ready.clone(),
         seam_hook: hooks.seam,
+        revocation_keys: revocation_keys(&config),
     };
     tasks.spawn(consumer.run(clients.clone()));
+    if config.revocation.enabled() {
+        let feed = RevocationFeed {
+            url: config.amqp.url.clone(),
+            reconnect_max: config.amqp.reconnect_max,
+            config: config.revocation.clone(),
+            revocations: ctx.revocations.clone(),
+            hub: hub.clone(),
+            caught_up: ops.revocations_ready.clone(),
+        };
+        tasks.spawn(feed.run(clients.clone()));
+    }
     if verifier.has_jwks() {
         tasks.spawn(refresh_jwks(
             verifier,
@@ -329,6 +359,12 @@ pub async fn run_with(
 
     shutdown.await;
     Ok(drain(&ctx, &hub, &tasks, &listening).await)
+}
+
+/// The bindings that carry revocations.
+fn revocation_keys(config: &Config) -> Vec<crate::config::Binding> {
+    let r = &config.revocation;
+    r.user_keys.iter().chain(&r.tenant_keys).cloned().collect()
 }
 
 /// Refetches the JWKS periodically, so rotated keys appear without a restart.
@@ -399,7 +435,8 @@ mod tests {
             queue_bytes: 1,
         });
         let (transport, broker) = (TransportMetrics::default(), BrokerMetrics::default());
-        let text = Exposition::render(&[hub.metrics(), &transport, &broker]);
+        let revocations = Revocations::new(1, 1);
+        let text = Exposition::render(&[hub.metrics(), &transport, &broker, revocations.metrics()]);
         let readme = include_str!("../README.md");
         let mut names = 0;
         for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {

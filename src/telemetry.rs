@@ -1,7 +1,7 @@
 //! Telemetry: metric primitives rendered as Prometheus text, and log setup.
 //!
 //! This module owns no metric of the gateway: each module defines the metrics it counts,
-//! with label sets made from its own types ([`label_set!`]), and implements [`Collect`];
+//! with label sets made from its own types ([`label_set!`](crate::label_set)), and implements [`Collect`];
 //! `/metrics` renders them all. Metrics are plain atomics with fixed label sets: the
 //! fan-out bumps them per delivery, so they cost no more than an uncontended add.
 

@@ -39,6 +39,32 @@ pub struct Binding {
     pub key: String,
 }
 
+impl Binding {
+    /// Whether a message published with `routing_key` matches this binding's key, with
+    /// topic-exchange rules: words between dots, `*` one word, `#` zero or more.
+    pub fn matches(&self, routing_key: &str) -> bool {
+        topic_matches(&self.key, routing_key)
+    }
+}
+
+/// Topic-exchange matching of `routing_key` against `pattern`.
+pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = routing_key.split('.').collect();
+    matches_words(&pattern, &key)
+}
+
+fn matches_words(pattern: &[&str], key: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => key.is_empty(),
+        Some((&"#", rest)) => (0..=key.len()).any(|skip| matches_words(rest, &key[skip..])),
+        Some((word, rest)) => match key.split_first() {
+            Some((k, key_rest)) => (*word == "*" || word == k) && matches_words(rest, key_rest),
+            None => false,
+        },
+    }
+}
+
 impl Validator<'_> {
     pub(super) fn amqp(&mut self) -> AmqpConfig {
         let url = self.amqp_url();
@@ -134,4 +160,27 @@ fn default_queue_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     format!("realtime-gateway.{host}.{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::topic_matches;
+
+    #[test]
+    fn topic_patterns_match_like_rabbitmq() {
+        for (p, k, want) in [
+            ("identity.user.banned.v1", "identity.user.banned.v1", true),
+            ("identity.user.banned.v1", "identity.user.banned.v2", false),
+            ("identity.*.banned.v1", "identity.user.banned.v1", true),
+            ("identity.#", "identity.user.banned.v1", true),
+            ("identity.#", "identity", true),
+            ("#", "a.b", true),
+            ("render.job.#", "render.jobs.x", false),
+            ("*.job.*", "render.job", false),
+            ("a.#.z", "a.z", true),
+            ("a.#.z", "a.b.c.z", true),
+        ] {
+            assert_eq!(topic_matches(p, k), want, "{p} vs {k}");
+        }
+    }
 }

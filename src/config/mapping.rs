@@ -114,7 +114,7 @@ impl Validator<'_> {
         }
     }
 
-    fn pointer(&mut self, key: Key) -> Pointer {
+    pub(super) fn pointer(&mut self, key: Key) -> Pointer {
         let raw = self.string(key);
         Pointer::parse(&raw).unwrap_or_else(|e| {
             self.problem(key, e);

@@ -15,6 +15,7 @@ mod amqp;
 mod jwt;
 mod limits;
 mod mapping;
+mod revocation;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -26,10 +27,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use amqp::{AmqpConfig, Binding};
+pub use amqp::{AmqpConfig, Binding, topic_matches};
 pub use jwt::JwtConfig;
 pub use limits::HistoryLimits;
 pub use mapping::{Mapping, Pointer};
+pub use revocation::RevocationConfig;
 pub use settings::{Key, SETTINGS, Setting};
 
 use settings::Raw;
@@ -93,6 +95,8 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Where envelope fields are found.
     pub mapping: Mapping,
+    /// Which events revoke users and tenants, and how long revocations are kept.
+    pub revocation: RevocationConfig,
     /// Directory of the demo page, served under `/demo/` when set.
     pub demo_dir: Option<PathBuf>,
     /// Log format.

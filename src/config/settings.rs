@@ -91,6 +91,12 @@ settings! {
     UserHeader, "user-header", "GATEWAY_USER_HEADER", None, "AMQP header with the user when the body has none (off when unset)";
     SingleTenant, "single-tenant", "GATEWAY_SINGLE_TENANT", None, "single-tenant mode: every token and event belong to this tenant";
     TenantWideEvents, "tenant-wide-events", "GATEWAY_TENANT_WIDE_EVENTS", Some("true"), "deliver events without a user to their whole tenant (false: to nobody)";
+    RevocationUserKeys, "revocation-user-keys", "GATEWAY_REVOCATION_USER_KEYS", Some("identity.user.banned.v1"), "routing keys whose events revoke the user they name (`exchange:key` allowed; `off` or empty: none)";
+    RevocationUserPointer, "revocation-user-pointer", "GATEWAY_REVOCATION_USER_POINTER", Some("/user_id"), "JSON pointer to the revoked user (a token's sub) in those events";
+    RevocationTenantKeys, "revocation-tenant-keys", "GATEWAY_REVOCATION_TENANT_KEYS", Some("identity.tenant.suspended.v1"), "routing keys whose events revoke the tenant they name (`off` or empty: none)";
+    RevocationTenantPointer, "revocation-tenant-pointer", "GATEWAY_REVOCATION_TENANT_POINTER", Some("/tenant_id"), "JSON pointer to the revoked tenant in those events";
+    RevocationTtlSecs, "revocation-ttl-secs", "GATEWAY_REVOCATION_TTL_SECS", Some("86400"), "how long a revocation is remembered: the longest token lifetime accepted";
+    RevocationStream, "revocation-stream", "GATEWAY_REVOCATION_STREAM", Some("realtime-gateway.revocations"), "RabbitMQ stream every instance reads revocations from (declared if absent)";
     DemoDir, "demo-dir", "GATEWAY_DEMO_DIR", None, "serve the demo page from this directory under /demo/ (off when unset)";
     LogFormat, "log-format", "GATEWAY_LOG_FORMAT", Some("text"), "text or json";
     Log, "log", "GATEWAY_LOG", Some("info"), "log filter (tracing EnvFilter syntax)";
@@ -127,6 +133,18 @@ impl<'a> Raw<'a> {
         env: &'a dyn Fn(&str) -> Option<String>,
     ) -> Self {
         Raw { flags, env }
+    }
+
+    /// Like [`Raw::get`], but an explicitly empty value is `Some("")` rather than the
+    /// default: for lists where empty means "none".
+    pub(super) fn get_list(&self, key: Key) -> Option<String> {
+        let s = key.setting();
+        let given = self.flags.get(&key).cloned().or_else(|| (self.env)(s.env));
+        match given {
+            Some(v) if v.trim().is_empty() => Some(String::new()),
+            Some(v) => Some(v),
+            None => s.default.map(str::to_owned),
+        }
     }
 
     /// Flag, else variable, else default; empty values count as unset so that

@@ -34,6 +34,15 @@ impl<'a> Validator<'a> {
         self.raw.get(key)
     }
 
+    /// A list setting where an explicitly empty value (or `off`) means none.
+    pub(super) fn list(&self, key: Key) -> Vec<String> {
+        let raw = self.raw.get_list(key).unwrap_or_default();
+        if raw.trim() == "off" {
+            return Vec::new();
+        }
+        split_list(&raw)
+    }
+
     /// The value, empty when unset and without a default.
     pub(super) fn string(&self, key: Key) -> String {
         self.raw.get(key).unwrap_or_default()
@@ -109,6 +118,7 @@ impl<'a> Validator<'a> {
             shutdown_grace: shutdown.grace,
             shutdown_drain: shutdown.drain,
             mapping: self.mapping(),
+            revocation: self.revocation(),
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
             log_format,
             log,

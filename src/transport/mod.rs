@@ -23,6 +23,7 @@ use crate::auth::{AuthFailure, Identity, TokenSource, Verifier, find_token};
 use crate::config::Config;
 use crate::history::{History, Replay};
 use crate::hub::{Hub, Outgoing, Refusal, Subscription, Transport};
+use crate::revocation::Revocations;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 
 /// What every transport handler shares; built once by the server.
@@ -36,6 +37,8 @@ pub struct Context {
     pub verifier: Arc<Verifier>,
     /// Recent events, for resuming clients.
     pub history: Arc<History>,
+    /// Banned users and suspended tenants.
+    pub revocations: Arc<Revocations>,
     /// What the transports count.
     pub metrics: Arc<TransportMetrics>,
     /// True from the first moment of shutdown: new clients are refused.
@@ -212,6 +215,9 @@ pub async fn authenticate(
         return Err(refuse_auth(ctx, AuthFailure::Missing, transport));
     };
     let identity = match ctx.verifier.verify(&token).await {
+        Ok(id) if ctx.revocations.is_revoked(&id) => {
+            return Err(refuse_auth(ctx, AuthFailure::Revoked, transport));
+        }
         Ok(id) => id,
         Err(reason) => return Err(refuse_auth(ctx, reason, transport)),
     };
@@ -255,6 +261,12 @@ pub fn register(
             NotAdmitted::Refused(r)
         })?;
     let mut subscription = subscription;
+    // Checked after registering: a revocation recorded meanwhile is either seen here, or
+    // its kick finds this connection in the hub.
+    if ctx.revocations.is_revoked(&identity) {
+        drop(subscription);
+        return Err(refuse_auth(ctx, AuthFailure::Revoked, transport));
+    }
     // Registered first, history read second: an event arriving in between is in both,
     // and the live copy is skipped.
     let replay = match last_event_id {
@@ -398,6 +410,7 @@ mod tests {
             }),
             verifier: Arc::new(Verifier::new(&config.jwt).unwrap()),
             history: Arc::new(History::new(config.history)),
+            revocations: Arc::new(Revocations::new(3600, 100)),
             metrics: Arc::new(TransportMetrics::default()),
             draining: Arc::new(AtomicBool::new(false)),
             shutdown: CancellationToken::new(),

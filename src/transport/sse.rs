@@ -22,7 +22,6 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, sleep};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::hub::{Disconnect, Hub, Outgoing, Subscription, Transport};
 use crate::transport::lifetime::{Ending, Lifetime, WriteError, jitter};
@@ -46,24 +45,27 @@ pub async fn handler(
     conn_token: Option<Extension<ConnectionToken>>,
     headers: HeaderMap,
 ) -> Response {
-    // A stuck SSE stream is never polled, so it cannot end itself: its kick drops the
-    // whole HTTP connection instead.
-    let kick = conn_token.map(|t| t.0.0).unwrap_or_default();
-    let stream = match open(&ctx, &headers, query.as_deref(), kick).await {
+    let stream = match open(&ctx, &headers, query.as_deref(), CancellationToken::new()).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    watch_stuck_stream(
-        stream.kicked.clone(),
-        stream
-            .lifetime
-            .deadline()
-            .saturating_duration_since(Instant::now()),
-        ctx.shutdown.clone(),
-        ctx.config.shutdown_drain,
-        ctx.hub.clone(),
-        &ctx.tracker,
-    );
+    // A stuck SSE stream is never polled, so it cannot end itself: the watcher drops the
+    // whole HTTP connection instead, after giving the stream a chance to say goodbye.
+    if let Some(Extension(ConnectionToken(connection))) = conn_token {
+        let watch = Watch {
+            done: stream.done_token.clone(),
+            kicked: stream.kicked.clone(),
+            connection,
+            remaining: stream
+                .lifetime
+                .deadline()
+                .saturating_duration_since(Instant::now()),
+            shutdown: ctx.shutdown.clone(),
+            drain: ctx.config.shutdown_drain,
+            hub: ctx.hub.clone(),
+        };
+        ctx.tracker.spawn(watch.run());
+    }
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
         Some((Ok::<_, Infallible>(chunk), s))
@@ -122,6 +124,7 @@ async fn open(
             cfg.idle_timeout,
         ),
         kicked,
+        done_token: CancellationToken::new(),
         subscription: admitted.subscription,
         keepalive: tokio::time::interval_at(Instant::now() + cfg.sse_keepalive, cfg.sse_keepalive),
         // The first bytes flush the headers at once and tell EventSource how long to wait
@@ -237,36 +240,50 @@ pub async fn preflight(State(ctx): State<Context>, headers: HeaderMap) -> Respon
 /// Slack given to a stream to end itself before its connection is dropped from outside.
 const STUCK_SLACK: Duration = Duration::from_secs(5);
 
-/// A stream whose socket is full is not polled, so its own timers cannot end it. This
-/// watcher drops the whole connection (through its kick token) if the stream is still
-/// there a little after its token's expiry or after the shutdown drain. It ends at once
-/// when the stream ends, since dropping the stream cancels the same token.
-fn watch_stuck_stream(
-    kick: CancellationToken,
+/// What the watcher of a stream served through hyper needs. Such a stream is polled only
+/// when its socket takes data, so a stuck one cannot end itself: the watcher drops its
+/// HTTP connection if it is still there a little after a kick, its token's expiry or the
+/// shutdown drain, and stops as soon as the stream ends.
+struct Watch {
+    /// Cancelled when the stream is dropped.
+    done: CancellationToken,
+    /// The hub's kick (counted there).
+    kicked: CancellationToken,
+    /// Dropping the HTTP connection.
+    connection: CancellationToken,
     remaining: Duration,
     shutdown: CancellationToken,
     drain: Duration,
     hub: Arc<Hub>,
-    tracker: &TaskTracker,
-) {
-    tracker.spawn(async move {
+}
+
+impl Watch {
+    async fn run(self) {
         let why = tokio::select! {
-            _ = kick.cancelled() => return,
-            _ = sleep(remaining.saturating_add(STUCK_SLACK)) => Disconnect::TokenExpired,
+            _ = self.done.cancelled() => return,
             _ = async {
-                shutdown.cancelled().await;
-                sleep(drain + STUCK_SLACK).await;
-            } => Disconnect::Shutdown,
+                self.kicked.cancelled().await;
+                sleep(STUCK_SLACK).await;
+            } => None,
+            _ = sleep(self.remaining.saturating_add(STUCK_SLACK)) => Some(Disconnect::TokenExpired),
+            _ = async {
+                self.shutdown.cancelled().await;
+                sleep(self.drain + STUCK_SLACK).await;
+            } => Some(Disconnect::Shutdown),
         };
-        hub.metrics().disconnects.inc(why);
-        kick.cancel();
-    });
+        if let Some(why) = why {
+            self.hub.metrics().disconnects.inc(why);
+        }
+        self.connection.cancel();
+    }
 }
 
 struct SseStream {
     subscription: Subscription,
-    /// Clone of the subscription's token, cancelled on drop to end the watcher.
+    /// Clone of the subscription's kick, taken once.
     kicked: CancellationToken,
+    /// Cancelled on drop, to end the watcher of a stream served through hyper.
+    done_token: CancellationToken,
     /// Token deadline, kick and drain; bounds every write.
     lifetime: Lifetime,
     keepalive: Interval,
@@ -280,8 +297,7 @@ struct SseStream {
 
 impl Drop for SseStream {
     fn drop(&mut self) {
-        // Ends the watcher; the connection it belongs to is over anyway.
-        self.kicked.cancel();
+        self.done_token.cancel();
     }
 }
 
@@ -307,7 +323,9 @@ impl SseStream {
             ending = self.lifetime.ended() => {
                 self.done = true;
                 match ending {
-                    Ending::Kicked => close_event(Disconnect::SlowClient, None),
+                    // Counted by the hub; a revoked client gets no `retry:`, which would
+                    // invite a reconnect storm of refused tokens.
+                    Ending::Kicked => close_event(self.subscription.kick_reason(), None),
                     Ending::Shutdown => {
                         self.subscription.disconnected(Disconnect::Shutdown);
                         // Spread the reconnects too, not only the disconnects.
@@ -386,6 +404,7 @@ mod tests {
                 Duration::from_secs(60),
             ),
             kicked,
+            done_token: CancellationToken::new(),
             subscription,
             keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
             pending: [Bytes::from_static(b"retry: 2000\n\n")].into(),

@@ -19,8 +19,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Identity, Verifier, WS_PROTOCOL};
+use crate::auth::{AuthFailure, Identity, Verifier, WS_PROTOCOL};
 use crate::hub::{Disconnect, Outgoing, Subscription, Transport};
+use crate::revocation::Revocations;
 use crate::transport::lifetime::{Ending, Lifetime, WriteError};
 use crate::transport::{Context, TransportMetrics};
 use crate::transport::{NotAdmitted, authenticate, last_event_id_param, register};
@@ -35,6 +36,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The client did not read fast enough; its send queue overflowed. Reconnect.
     pub const SLOW_CLIENT: u16 = 4000;
+    /// The platform banned the user or suspended the tenant. Do not reconnect: sign out.
+    pub const REVOKED: u16 = 4003;
     /// The token expired; reconnect with a fresh one.
     pub const TOKEN_EXPIRED: u16 = 4001;
     /// Nothing heard from the client (not even a pong) within the idle timeout.
@@ -88,6 +91,7 @@ pub async fn handler(
         subscription: admitted.subscription,
         lifetime,
         verifier: ctx.verifier.clone(),
+        revocations: ctx.revocations.clone(),
         metrics: ctx.metrics.clone(),
         ping_interval: cfg.ws_ping_interval,
         idle_timeout: cfg.idle_timeout,
@@ -136,6 +140,8 @@ pub struct Session {
     pub lifetime: Lifetime,
     /// For in-band token refresh.
     pub verifier: Arc<Verifier>,
+    /// A refresh token issued before a revocation is refused.
+    pub revocations: Arc<Revocations>,
     /// Counters (disconnects go to the subscription's hub).
     pub metrics: Arc<TransportMetrics>,
     /// Ping period.
@@ -157,13 +163,15 @@ enum End {
     Gone,
     /// The socket is stuck; dropped without a close handshake, counted.
     Dropped(Disconnect),
+    /// The hub told the connection to go (counted there): a slow client or a revocation.
+    Kicked,
 }
 
 impl End {
     /// The end of a connection whose write did not complete.
     fn from_write<E: StdError + 'static>(e: WriteError<E>) -> End {
         match e {
-            WriteError::Kicked => End::Close(close_code::SLOW_CLIENT, "slow client", None),
+            WriteError::Kicked => End::Kicked,
             WriteError::Stuck(why) => End::Dropped(why),
             // The write buffer is full: pongs the client solicited but never read.
             WriteError::Failed(e) if is_write_buffer_full(&e) => {
@@ -175,7 +183,7 @@ impl End {
 
     fn from_ending(e: Ending) -> End {
         match e {
-            Ending::Kicked => End::Close(close_code::SLOW_CLIENT, "slow client", None),
+            Ending::Kicked => End::Kicked,
             Ending::TokenExpired => End::Close(
                 close_code::TOKEN_EXPIRED,
                 "token expired",
@@ -350,6 +358,13 @@ where
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
     let conn_id = session.subscription.id();
+    let end = match end {
+        End::Kicked => match session.subscription.kick_reason() {
+            Disconnect::Revoked => End::Close(close_code::REVOKED, "revoked", None),
+            _ => End::Close(close_code::SLOW_CLIENT, "slow client", None),
+        },
+        other => other,
+    };
     match end {
         End::Close(code, reason, why) => {
             if let Some(why) = why {
@@ -384,7 +399,7 @@ where
                 "dropping stuck websocket"
             );
         }
-        End::Gone => {}
+        End::Gone | End::Kicked => {}
     }
 }
 
@@ -403,7 +418,7 @@ pub const RESYNC: &str = r#"{"type":"resync"}"#;
 async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>, End> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
-        Ok(Control::Refresh { token }) => match session.verifier.verify(&token).await {
+        Ok(Control::Refresh { token }) => match verify_refresh(session, &token).await {
             Ok(id) if id.tenant == session.identity.tenant && id.user == session.identity.user => {
                 session.identity.expires_at = id.expires_at;
                 session
@@ -441,6 +456,15 @@ async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>,
             )))
         }
     }
+}
+
+/// Verifies a refresh token, revocations included.
+async fn verify_refresh(session: &Session, token: &str) -> Result<Identity, AuthFailure> {
+    let id = session.verifier.verify(token).await?;
+    if session.revocations.is_revoked(&id) {
+        return Err(AuthFailure::Revoked);
+    }
+    Ok(id)
 }
 
 /// Whether a read error is tungstenite refusing a message or frame over the size limit.
@@ -601,6 +625,7 @@ mod tests {
             ),
             subscription,
             verifier: Arc::new(Verifier::new(&jwt).unwrap()),
+            revocations: Arc::new(Revocations::new(3600, 100)),
             metrics: metrics.clone(),
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(600),

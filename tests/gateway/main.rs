@@ -11,6 +11,7 @@ mod connection;
 mod delivery;
 mod resilience;
 mod resume;
+mod revocation;
 mod security;
 mod shapes;
 mod support;

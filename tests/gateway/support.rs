@@ -81,6 +81,12 @@ impl GatewayBuilder {
             "8".into(),
             "--log".into(),
             "warn,realtime_gateway=debug".into(),
+            // Off unless a test turns it on with its own stream: a stream outlives the
+            // test (streams cannot expire), so only the tests of it create and delete one.
+            "--revocation-user-keys".into(),
+            "off".into(),
+            "--revocation-tenant-keys".into(),
+            "off".into(),
         ];
         GatewayBuilder {
             args,
@@ -986,6 +992,8 @@ pub fn gateway_process(
         .env("GATEWAY_AMQP_EXCHANGE", exchange)
         .env("GATEWAY_AMQP_QUEUE_EXPIRES_SECS", "5")
         .env("GATEWAY_JWT_SECRET", SECRET)
+        .env("GATEWAY_REVOCATION_USER_KEYS", "off")
+        .env("GATEWAY_REVOCATION_TENANT_KEYS", "off")
         .kill_on_drop(true);
     (cmd, port)
 }

@@ -5,6 +5,8 @@
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
 //! says 503.
 
+pub mod revocations;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,7 +22,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Mapping};
+use crate::config::{AmqpConfig, Binding, Mapping};
 use crate::dedupe::RecentIds;
 use crate::envelope::{DropReason, Event};
 use crate::history::History;
@@ -32,7 +34,7 @@ use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 /// Time allowed for TCP connect plus the AMQP handshake, so a black-holed broker address
 /// does not stall the reconnect loop.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most messages acknowledged together.
 const ACK_BATCH: usize = 64;
 /// Longest a processed message waits for its acknowledgement.
@@ -124,11 +126,14 @@ pub struct Consumer {
     pub ready: Arc<AtomicBool>,
     /// See [`SeamHook`]; `None` outside tests.
     pub seam_hook: Option<SeamHook>,
+    /// Bindings of revocation events, which are never delivered to browsers (they reach
+    /// the revocation feed through its own stream).
+    pub revocation_keys: Vec<Binding>,
 }
 
 /// Why a session with the broker ended.
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub(crate) enum LinkError {
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("connect timed out after {0:?}")]
@@ -156,37 +161,65 @@ enum Session {
     Broke(LinkError),
 }
 
+/// Capped exponential backoff between attempts to re-establish a link.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: INITIAL_BACKOFF,
+            max,
+        }
+    }
+
+    /// Waits before the next attempt (jittered), or returns false on shutdown. `worked`:
+    /// the link was up for a while, so the delays start over from the shortest.
+    pub(crate) async fn wait(
+        &mut self,
+        worked: bool,
+        error: &(dyn std::fmt::Display + Sync),
+        what: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if worked {
+            self.next = INITIAL_BACKOFF;
+        }
+        let delay = backoff_jitter(self.next);
+        tracing::warn!(
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "{what} link down; clients stay connected, retrying"
+        );
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
 impl Consumer {
     /// Runs until `shutdown` is cancelled, reconnecting as needed.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = INITIAL_BACKOFF;
+        let mut backoff = Backoff::new(self.config.reconnect_max);
         let mut failed_before = false;
         // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
         let mut recent = RecentIds::new(self.dedupe_window);
         loop {
             let session = self.session(&shutdown, failed_before, &mut recent).await;
             self.set_ready(false);
-            let e = match session {
+            let (e, worked) = match session {
                 Session::Stopped => break,
-                Session::Failed(e) => e,
-                Session::Broke(e) => {
-                    // It worked for a while: start over from a short delay.
-                    backoff = INITIAL_BACKOFF;
-                    e
-                }
+                Session::Failed(e) => (e, false),
+                Session::Broke(e) => (e, true),
             };
             failed_before = true;
-            let delay = backoff_jitter(backoff);
-            tracing::warn!(
-                error = %e,
-                retry_in_ms = delay.as_millis() as u64,
-                "broker link down; clients stay connected, retrying"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            if !backoff.wait(worked, &e, "broker", &shutdown).await {
+                break;
             }
-            backoff = (backoff * 2).min(self.config.reconnect_max);
         }
         tracing::info!("broker consumer stopped");
     }
@@ -316,6 +349,10 @@ impl Consumer {
 
     /// Parses one message and hands the event to history and hub, or counts why not.
     async fn handle(&self, delivery: Delivery, recent: &mut RecentIds) {
+        let key = delivery.routing_key.as_str();
+        if self.revocation_keys.iter().any(|b| b.matches(key)) {
+            return;
+        }
         self.metrics.received.inc();
         let headers = delivery.properties.headers().as_ref();
         let header = |name: &str| -> Option<String> {
