@@ -53,6 +53,9 @@ pub struct Event {
     pub user: Option<Box<str>>,
     /// `trace_id`, when the producer set one, for logs.
     pub trace_id: Option<Box<str>>,
+    /// Events with the same key supersede each other in a connection's queue when it
+    /// falls behind (set by the consumer from the conflation rules; `None`: never).
+    pub conflation_key: Option<Box<str>>,
     /// `event_time` as microseconds since the epoch, when present and RFC 3339; only used
     /// for the latency histogram, so an odd timestamp never rejects an event.
     pub event_time_us: Option<i64>,
@@ -151,10 +154,16 @@ impl Event {
             tenant,
             user,
             trace_id,
+            conflation_key: None,
             event_time_us,
             json: one_line(body),
             sse: OnceLock::new(),
         })
+    }
+
+    /// The envelope on one line, as published.
+    pub fn json(&self) -> &str {
+        self.json.as_str()
     }
 
     /// The WebSocket text frame: the published envelope, byte for byte but on one line.

@@ -203,9 +203,55 @@ impl<'de> Visitor<'de> for Capture<'_> {
     }
 }
 
+/// The value at `pointer` in `text` as a key: a string's contents, a number as written;
+/// `None` when absent, null, another shape, or not a JSON object. Reads only what the
+/// pointer walks through, like [`Mapping::read`].
+pub fn key_at(text: &str, pointer: &Pointer) -> Option<String> {
+    let mut raw: &RawValue = serde_json::from_str(text).ok()?;
+    for seg in pointer.segments() {
+        if !raw.get().starts_with('{') {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let found = Capture {
+            wanted: &[seg.as_str()],
+        }
+        .deserialize(&mut de)
+        .ok()?;
+        raw = found.into_iter().next().flatten()?;
+    }
+    match raw.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw.get()).ok(),
+        Some(b'-' | b'0'..=b'9') => Some(raw.get().to_owned()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_strings_or_numbers_found_by_pointer() {
+        let p = Pointer::parse("/data/job_id").unwrap();
+        assert_eq!(
+            key_at(r#"{"data":{"job_id":"j-1"}}"#, &p).as_deref(),
+            Some("j-1")
+        );
+        assert_eq!(
+            key_at(r#"{"data":{"job_id":42}}"#, &p).as_deref(),
+            Some("42")
+        );
+        for none in [
+            r#"{"data":{}}"#,
+            r#"{"data":{"job_id":null}}"#,
+            r#"{"data":"x"}"#,
+            "[]",
+            "{",
+        ] {
+            assert_eq!(key_at(none, &p), None, "{none}");
+        }
+    }
 
     #[test]
     fn nested_fields_and_wrong_shapes() {

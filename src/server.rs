@@ -325,6 +325,7 @@ pub async fn run_with(
         ready: ops.broker_ready.clone(),
         seam_hook: hooks.seam,
         revocation_keys: revocation_keys(&config),
+        conflate: config.delivery.conflate.clone(),
     };
     tasks.spawn(consumer.run(clients.clone()));
     if config.revocation.enabled() {

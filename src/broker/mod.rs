@@ -22,12 +22,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Binding, Mapping};
+use crate::config::{AmqpConfig, Binding, ConflationRule, Mapping};
 use crate::dedupe::RecentIds;
 use crate::envelope::{DropReason, Event};
 use crate::history::History;
 use crate::hub::Hub;
-use crate::mapping::Meta;
+use crate::mapping::{Meta, key_at};
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
@@ -129,6 +129,8 @@ pub struct Consumer {
     /// Bindings of revocation events, which are never delivered to browsers (they reach
     /// the revocation feed through its own stream).
     pub revocation_keys: Vec<Binding>,
+    /// Which event types supersede each other, keyed by which field.
+    pub conflate: Vec<ConflationRule>,
 }
 
 /// Why a session with the broker ended.
@@ -397,7 +399,8 @@ impl Consumer {
 
     /// Into the history before the hub: a client registering meanwhile then finds the
     /// event in its replay or gets it live (or both, and skips one).
-    async fn dispatch(&self, event: Event) {
+    async fn dispatch(&self, mut event: Event) {
+        event.conflation_key = self.conflation_key(&event);
         let (event, (events, bytes)) = self.history.append(event);
         self.metrics.history_events.set(events as i64);
         self.metrics.history_bytes.set(bytes as i64);
@@ -412,6 +415,19 @@ impl Consumer {
             recipients,
             "event dispatched"
         );
+    }
+}
+
+impl Consumer {
+    /// The key under which `event` supersedes older unsent events of its type, if a
+    /// conflation rule names its type and the event has the key field.
+    fn conflation_key(&self, event: &Event) -> Option<Box<str>> {
+        let rule = self
+            .conflate
+            .iter()
+            .find(|r| *r.event_type == *event.event_type)?;
+        let key = key_at(event.json(), &rule.key)?;
+        Some(format!("{}\u{0}{key}", rule.event_type).into())
     }
 }
 

@@ -12,6 +12,7 @@
 //! beside the data flow: it imports none of it, and the flow imports its types from here.
 
 mod amqp;
+mod delivery;
 mod jwt;
 mod limits;
 mod mapping;
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use amqp::{AmqpConfig, Binding, topic_matches};
+pub use delivery::{ConflationRule, DeliveryConfig};
 pub use jwt::JwtConfig;
 pub use limits::HistoryLimits;
 pub use mapping::{Mapping, Pointer};
@@ -95,6 +97,8 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Where envelope fields are found.
     pub mapping: Mapping,
+    /// Conflation and interest limits.
+    pub delivery: DeliveryConfig,
     /// Which events revoke users and tenants, and how long revocations are kept.
     pub revocation: RevocationConfig,
     /// Directory of the demo page, served under `/demo/` when set.

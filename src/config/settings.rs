@@ -91,6 +91,8 @@ settings! {
     UserHeader, "user-header", "GATEWAY_USER_HEADER", None, "AMQP header with the user when the body has none (off when unset)";
     SingleTenant, "single-tenant", "GATEWAY_SINGLE_TENANT", None, "single-tenant mode: every token and event belong to this tenant";
     TenantWideEvents, "tenant-wide-events", "GATEWAY_TENANT_WIDE_EVENTS", Some("true"), "deliver events without a user to their whole tenant (false: to nobody)";
+    Conflate, "conflate", "GATEWAY_CONFLATE", Some("render.job.progress.v1=/data/job_id"), "event types whose unsent events a newer one with the same key replaces, as `type=/json/pointer`, comma-separated (`off` or empty: none)";
+    MaxInterestPatterns, "max-interest-patterns", "GATEWAY_MAX_INTEREST_PATTERNS", Some("32"), "most event-type patterns one connection may select (types=, subscribe)";
     RevocationUserKeys, "revocation-user-keys", "GATEWAY_REVOCATION_USER_KEYS", Some("identity.user.banned.v1"), "routing keys whose events revoke the user they name (`exchange:key` allowed; `off` or empty: none)";
     RevocationUserPointer, "revocation-user-pointer", "GATEWAY_REVOCATION_USER_POINTER", Some("/user_id"), "JSON pointer to the revoked user (a token's sub) in those events";
     RevocationTenantKeys, "revocation-tenant-keys", "GATEWAY_REVOCATION_TENANT_KEYS", Some("identity.tenant.suspended.v1"), "routing keys whose events revoke the tenant they name (`off` or empty: none)";

@@ -119,6 +119,7 @@ impl<'a> Validator<'a> {
             shutdown_drain: shutdown.drain,
             mapping: self.mapping(),
             revocation: self.revocation(),
+            delivery: self.delivery(),
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
             log_format,
             log,

@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthFailure, Identity, TokenSource, Verifier, find_token};
 use crate::config::Config;
+use crate::envelope::Event;
 use crate::history::{History, Replay};
-use crate::hub::{Hub, Outgoing, Refusal, Subscription, Transport};
+use crate::hub::{Hub, Interest, Outgoing, Refusal, Subscription, Transport, conflate};
 use crate::revocation::Revocations;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 
@@ -127,6 +128,8 @@ pub enum NotAdmitted {
     Refused(Refusal),
     /// 400: `/ws` without a WebSocket handshake.
     NotWebSocket,
+    /// 400: a `types=` selection that is not a list of valid patterns.
+    BadTypes,
 }
 
 impl IntoResponse for NotAdmitted {
@@ -152,6 +155,7 @@ impl IntoResponse for NotAdmitted {
                 "bad_request",
                 "expected a WebSocket upgrade",
             ),
+            NotAdmitted::BadTypes => (StatusCode::BAD_REQUEST, "bad_request", "types"),
         };
         let body = format!(r#"{{"error":"{error}","reason":"{reason}"}}"#);
         let mut resp = (status, [("content-type", "application/json")], body).into_response();
@@ -201,7 +205,28 @@ pub async fn admit(
     last_event_id: Option<String>,
 ) -> Result<Admitted, NotAdmitted> {
     let identity = authenticate(ctx, headers, query, transport).await?;
-    register(ctx, identity, transport, kick, last_event_id)
+    let interest = interest_param(ctx, query)?;
+    register(ctx, identity, transport, kick, last_event_id, interest)
+}
+
+/// The `types=` query parameter: comma-separated event-type patterns the client wants
+/// (`None`: everything its token allows). Bad patterns are a 400, before any upgrade.
+pub fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Interest>, NotAdmitted> {
+    let Some(raw) = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, v)| k == "types" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    }) else {
+        return Ok(None);
+    };
+    let patterns: Vec<&str> = raw.split(',').map(str::trim).collect();
+    Interest::new(&patterns, ctx.config.delivery.max_interest_patterns)
+        .map(Some)
+        .map_err(|why| {
+            ctx.metrics.client_messages_ignored.inc();
+            tracing::info!(reason = %why, "refused: bad types= selection");
+            NotAdmitted::BadTypes
+        })
 }
 
 /// Token and origin checks, and a 503 while draining: everything short of registering.
@@ -246,10 +271,11 @@ pub fn register(
     transport: Transport,
     kick: CancellationToken,
     last_event_id: Option<String>,
+    interest: Option<Interest>,
 ) -> Result<Admitted, NotAdmitted> {
     let subscription = ctx
         .hub
-        .subscribe(&identity.tenant, &identity.user, transport, kick)
+        .subscribe(&identity.tenant, &identity.user, transport, kick, interest)
         .map_err(|r| {
             tracing::info!(
                 transport = transport.as_str(),
@@ -275,7 +301,7 @@ pub fn register(
             Replay::Events { events, through } => {
                 ctx.metrics.resumes.inc(Resume::Replayed);
                 subscription.skip_through(through);
-                events.into_iter().map(Outgoing::Event).collect()
+                replay_for(&subscription, events)
             }
             Replay::Resync => {
                 ctx.metrics.resumes.inc(Resume::Resync);
@@ -289,6 +315,22 @@ pub fn register(
         subscription,
         replay,
     })
+}
+
+/// A replay as the connection's queue would have delivered it: only the selected types,
+/// and superseded progress conflated away.
+fn replay_for(subscription: &Subscription, events: Vec<Arc<Event>>) -> Vec<Outgoing> {
+    let interest = subscription.interest();
+    let wanted = events
+        .into_iter()
+        .filter(|e| interest.as_ref().is_none_or(|i| i.wants(&e.event_type)))
+        .map(Outgoing::Event)
+        .collect();
+    let (kept, conflated) = conflate(wanted);
+    if conflated > 0 {
+        subscription.count_conflated(conflated);
+    }
+    kept
 }
 
 fn refuse_auth(ctx: &Context, reason: AuthFailure, transport: Transport) -> NotAdmitted {
@@ -500,9 +542,16 @@ mod tests {
             issued_at: None,
         };
         let kick = CancellationToken::new;
-        let replayed = register(&ctx, identity("u"), Transport::Ws, kick(), Some("1".into()))
-            .unwrap()
-            .replay;
+        let replayed = register(
+            &ctx,
+            identity("u"),
+            Transport::Ws,
+            kick(),
+            Some("1".into()),
+            None,
+        )
+        .unwrap()
+        .replay;
         let ids: Vec<_> = replayed
             .iter()
             .map(|o| match o {
@@ -511,10 +560,24 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["2", "3"]);
-        let unknown = register(&ctx, identity("u"), Transport::Ws, kick(), Some("9".into()));
+        let unknown = register(
+            &ctx,
+            identity("u"),
+            Transport::Ws,
+            kick(),
+            Some("9".into()),
+            None,
+        );
         assert!(matches!(unknown.unwrap().replay[..], [Outgoing::Resync]));
         // Another user of the tenant cannot resume from u's events.
-        let foreign = register(&ctx, identity("v"), Transport::Ws, kick(), Some("1".into()));
+        let foreign = register(
+            &ctx,
+            identity("v"),
+            Transport::Ws,
+            kick(),
+            Some("1".into()),
+            None,
+        );
         assert!(matches!(foreign.unwrap().replay[..], [Outgoing::Resync]));
         assert_eq!(ctx.metrics.resumes.get(Resume::Replayed), 1);
         assert_eq!(ctx.metrics.resumes.get(Resume::Resync), 2);

@@ -390,7 +390,7 @@ mod tests {
             queue_bytes: 1 << 20,
         });
         let subscription = hub
-            .subscribe("t", "u", Transport::Sse, CancellationToken::new())
+            .subscribe("t", "u", Transport::Sse, CancellationToken::new(), None)
             .unwrap();
         let kicked = subscription.kicked.clone();
         let shutdown = CancellationToken::new();

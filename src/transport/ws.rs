@@ -20,11 +20,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthFailure, Identity, Verifier, WS_PROTOCOL};
-use crate::hub::{Disconnect, Outgoing, Subscription, Transport};
+use crate::hub::{Disconnect, Interest, Outgoing, Subscription, Transport};
 use crate::revocation::Revocations;
 use crate::transport::lifetime::{Ending, Lifetime, WriteError};
 use crate::transport::{Context, TransportMetrics};
-use crate::transport::{NotAdmitted, authenticate, last_event_id_param, register};
+use crate::transport::{NotAdmitted, authenticate, interest_param, last_event_id_param, register};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -67,12 +67,17 @@ pub async fn handler(
         return NotAdmitted::NotWebSocket.into_response();
     };
     let last_event_id = last_event_id_param(query.as_deref());
+    let interest = match interest_param(&ctx, query.as_deref()) {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
     let admitted = match register(
         &ctx,
         identity,
         Transport::Ws,
         CancellationToken::new(),
         last_event_id,
+        interest,
     ) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
@@ -96,6 +101,7 @@ pub async fn handler(
         ping_interval: cfg.ws_ping_interval,
         idle_timeout: cfg.idle_timeout,
         leeway: cfg.jwt.leeway,
+        max_interest_patterns: cfg.delivery.max_interest_patterns,
     };
     let tracker = ctx.tracker.clone();
     upgrade
@@ -150,6 +156,8 @@ pub struct Session {
     pub idle_timeout: Duration,
     /// Added to `exp`.
     pub leeway: Duration,
+    /// Most event-type patterns the client may select.
+    pub max_interest_patterns: usize,
 }
 
 /// How the loop ended.
@@ -206,6 +214,10 @@ enum Control {
     Ping,
     /// A fresh token for the same user and tenant, to outlive the current `exp`.
     Refresh { token: String },
+    /// Select these event types too (the first one replaces the default, everything).
+    Subscribe { types: Vec<String> },
+    /// Stop receiving these patterns.
+    Unsubscribe { types: Vec<String> },
 }
 
 /// Drives one connection until it ends.
@@ -418,6 +430,8 @@ pub const RESYNC: &str = r#"{"type":"resync"}"#;
 async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>, End> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
+        Ok(Control::Subscribe { types }) => Ok(Some(select(session, &types, true))),
+        Ok(Control::Unsubscribe { types }) => Ok(Some(select(session, &types, false))),
         Ok(Control::Refresh { token }) => match verify_refresh(session, &token).await {
             Ok(id) if id.tenant == session.identity.tenant && id.user == session.identity.user => {
                 session.identity.expires_at = id.expires_at;
@@ -454,6 +468,33 @@ async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>,
             Ok(Some(Utf8Bytes::from_static(
                 r#"{"type":"error","reason":"unknown_message"}"#,
             )))
+        }
+    }
+}
+
+/// Changes the connection's selection of event types and answers with the result:
+/// `{"type":"subscribed","types":[...]}` (`["#"]` for everything), or an error that
+/// leaves the selection as it was.
+fn select(session: &mut Session, types: &[String], add: bool) -> Utf8Bytes {
+    let max = session.max_interest_patterns;
+    let current = session.subscription.interest();
+    let next = match (current, add) {
+        // The default is everything; the first subscribe narrows it to its list.
+        (None, true) => Interest::new(types, max),
+        (Some(i), true) => i.with(types, max),
+        (None, false) => Interest::new(&["#"], max).map(|i| i.without(types)),
+        (Some(i), false) => Ok(i.without(types)),
+    };
+    match next {
+        Ok(interest) => {
+            let reply = serde_json::json!({"type": "subscribed", "types": interest.patterns()});
+            session.subscription.set_interest(Some(interest));
+            Utf8Bytes::from(reply.to_string())
+        }
+        Err(why) => {
+            session.metrics.client_messages_ignored.inc();
+            tracing::debug!(connection.id = session.subscription.id(), reason = %why, "bad selection");
+            Utf8Bytes::from_static(r#"{"type":"error","reason":"invalid_types"}"#)
         }
     }
 }
@@ -599,7 +640,7 @@ mod tests {
             queue_bytes: 1 << 20,
         });
         let subscription = hub
-            .subscribe("t", "u", Transport::Ws, CancellationToken::new())
+            .subscribe("t", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(TransportMetrics::default());
@@ -630,6 +671,7 @@ mod tests {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(600),
             leeway: Duration::ZERO,
+            max_interest_patterns: 8,
         };
         let client = Client::default();
         let (to_gateway, rx) = mpsc::unbounded_channel();

@@ -9,6 +9,7 @@
 mod auth;
 mod connection;
 mod delivery;
+mod delivery_control;
 mod resilience;
 mod resume;
 mod revocation;

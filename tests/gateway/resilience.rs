@@ -189,7 +189,10 @@ async fn a_websocket_that_reads_too_slowly_is_closed_with_4000() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     bounded(async {
+        // Every event here is progress of one job, which conflation would merge: this
+        // is about events that cannot be conflated.
         let gw = GatewayBuilder::new("slow-reader")
+            .arg("conflate", "off")
             .arg("send-queue-len", "8")
             .start()
             .await;
@@ -245,7 +248,10 @@ async fn a_websocket_that_reads_too_slowly_is_closed_with_4000() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_are_disconnected_and_nobody_else_waits() {
     bounded(async {
+        // Every event here is progress of one job, which conflation would merge: this
+        // is about events that cannot be conflated.
         let gw = GatewayBuilder::new("slow")
+            .arg("conflate", "off")
             .arg("send-queue-len", "64")
             .arg("send-queue-bytes", "1048576")
             .start()

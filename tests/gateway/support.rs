@@ -475,7 +475,7 @@ pub fn envelope(id: &str, event_type: &str, tenant: Option<&str>, user: Option<&
         "trace_id": format!("trace-{id}"),
         "correlation_id": format!("corr-{id}"),
         "producer": "render-orchestrator",
-        "data": {"job_id": "job-1", "progress": 42}
+        "data": {"job_id": format!("job-{id}"), "progress": 42}
     });
     if let Some(t) = tenant {
         v["tenant_id"] = json!(t);

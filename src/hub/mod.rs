@@ -13,8 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+mod queue;
+
+pub use queue::{Interest, MAX_PATTERN_BYTES, conflate};
+use queue::{Offered, SendQueue};
 
 use crate::envelope::Event;
 use crate::revocation::Revoked;
@@ -90,6 +94,10 @@ pub struct HubMetrics {
     pub unrouted: Counter,
     /// Resync signals queued.
     pub resyncs: Counter,
+    /// Unsent events superseded by a newer one with the same conflation key.
+    pub conflated: Counter,
+    /// Deliveries skipped because the client did not ask for the event's type.
+    pub filtered: Counter,
     /// Deepest send queue seen, in events.
     pub queue_events_high_water: Gauge,
     /// Fullest send queue seen, in bytes.
@@ -109,6 +117,8 @@ impl Default for HubMetrics {
             dropped_slow: Counter::default(),
             unrouted: Counter::default(),
             resyncs: Counter::default(),
+            conflated: Counter::default(),
+            filtered: Counter::default(),
             queue_events_high_water: Gauge::default(),
             queue_bytes_high_water: Gauge::default(),
             latency_us: Histogram::new(LATENCY_BUCKETS_US, 1e6),
@@ -164,6 +174,16 @@ impl Collect for HubMetrics {
             "Resync signals queued to connections.",
             &self.resyncs,
         );
+        o.counter(
+            "gateway_events_conflated_total",
+            "Unsent events superseded by a newer one with the same conflation key (live and in replays).",
+            &self.conflated,
+        );
+        o.counter(
+            "gateway_events_filtered_total",
+            "Deliveries skipped because the client did not select the event's type.",
+            &self.filtered,
+        );
         o.gauge(
             "gateway_send_queue_high_water_events",
             "Deepest any connection's send queue has been, in events.",
@@ -211,10 +231,7 @@ struct Member {
     /// Which transport, for per-transport delivery counts.
     transport: Transport,
     /// The connection's bounded queue.
-    tx: mpsc::Sender<Outgoing>,
-    /// Bytes of the events in the queue, shared with the connection, which subtracts
-    /// what it takes out.
-    queued_bytes: Arc<AtomicUsize>,
+    queue: Arc<SendQueue>,
     /// Cancelled when the connection must go, so its task closes the client.
     kick: CancellationToken,
     /// Set before `kick` when the reason is a revocation rather than a full queue.
@@ -271,10 +288,9 @@ pub struct Subscription {
     tenant: Arc<str>,
     user: Arc<str>,
     id: u64,
-    /// Events for this connection, in the order the hub received them; take them with
-    /// [`Subscription::recv`] / [`Subscription::try_recv`] so the byte budget is returned.
-    rx: mpsc::Receiver<Outgoing>,
-    queued_bytes: Arc<AtomicUsize>,
+    /// Events for this connection, in the order the hub received them (less superseded
+    /// progress and what the client is not interested in).
+    queue: Arc<SendQueue>,
     /// Events up to this sequence number were replayed from history; their live copies
     /// are skipped so the resume seam has no duplicate.
     skip_through: Option<u64>,
@@ -310,6 +326,7 @@ impl Hub {
         user: &str,
         transport: Transport,
         kick: CancellationToken,
+        interest: Option<Interest>,
     ) -> Result<Subscription, Refusal> {
         let before = self.total.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_connections {
@@ -317,8 +334,11 @@ impl Hub {
             self.metrics.refused.inc(Refusal::MaxConnections);
             return Err(Refusal::MaxConnections);
         }
-        let (tx, rx) = mpsc::channel(self.limits.queue_len);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(SendQueue::new(
+            self.limits.queue_len,
+            self.limits.queue_bytes,
+            interest,
+        ));
         let revoked = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
 
@@ -339,8 +359,7 @@ impl Hub {
                 members.push(Member {
                     id,
                     transport,
-                    tx,
-                    queued_bytes: queued_bytes.clone(),
+                    queue: queue.clone(),
                     kick: kick.clone(),
                     revoked: revoked.clone(),
                 });
@@ -360,8 +379,7 @@ impl Hub {
             tenant: tenant_key,
             user: user_key,
             id,
-            rx,
-            queued_bytes,
+            queue,
             skip_through: None,
             kicked: kick,
             revoked,
@@ -447,26 +465,20 @@ impl Hub {
     }
 
     fn offer(&self, m: &Member, item: &Outgoing, counts: &mut [u64; 2]) {
-        let bytes = item.bytes();
-        let queued = m.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let result = if queued > self.limits.queue_bytes {
-            Err(mpsc::error::TrySendError::Full(()))
-        } else {
-            m.tx.try_send(item.clone()).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-            })
-        };
-        match result {
-            Ok(()) => {
+        let hm = &self.metrics;
+        let offered = m.queue.offer(item);
+        match offered {
+            Offered::Queued(depth, bytes) | Offered::Conflated(depth, bytes) => {
                 counts[m.transport as usize] += 1;
-                let depth = self.limits.queue_len - m.tx.capacity();
-                let hm = &self.metrics;
                 hm.queue_events_high_water.raise(depth as i64);
-                hm.queue_bytes_high_water.raise(queued as i64);
+                hm.queue_bytes_high_water.raise(bytes as i64);
+                if matches!(offered, Offered::Conflated(..)) {
+                    hm.conflated.inc();
+                }
             }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            Offered::Filtered => hm.filtered.inc(),
+            Offered::Closed => {}
+            Offered::Full => {
                 // The client is not reading. Dropping just this event would leave a
                 // silent gap, so the connection is ended instead and the client resumes.
                 if m.kick(Disconnect::SlowClient) {
@@ -480,13 +492,9 @@ impl Hub {
                         trace_id,
                         "send queue full; disconnecting slow client"
                     );
-                    self.metrics.disconnects.inc(Disconnect::SlowClient);
+                    hm.disconnects.inc(Disconnect::SlowClient);
                 }
-                self.metrics.dropped_slow.inc();
-            }
-            // The connection is shutting down; its Subscription is about to go.
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                hm.dropped_slow.inc();
             }
         }
     }
@@ -585,10 +593,11 @@ impl Subscription {
         self.skip_through = Some(seq);
     }
 
-    /// Waits for the next item; `None` only if the hub is gone.
+    /// Waits for the next item. (Kept as `Option` for the transports' loops; the queue
+    /// outlives the subscription, so it is never `None` today.)
     pub async fn recv(&mut self) -> Option<Outgoing> {
         loop {
-            let item = self.rx.recv().await?;
+            let item = self.queue.pop().await;
             if let Some(item) = self.take(item) {
                 return Some(item);
             }
@@ -598,24 +607,39 @@ impl Subscription {
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         loop {
-            let item = self.rx.try_recv().ok()?;
+            let item = self.queue.try_pop()?;
             if let Some(item) = self.take(item) {
                 return Some(item);
             }
         }
     }
 
-    fn take(&mut self, item: Outgoing) -> Option<Outgoing> {
-        self.queued_bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
+    fn take(&self, item: Outgoing) -> Option<Outgoing> {
         match &item {
             Outgoing::Event(e) if self.skip_through.is_some_and(|s| e.seq <= s) => None,
             _ => Some(item),
         }
     }
+
+    /// The event types this connection receives (`None`: all its token allows).
+    pub fn interest(&self) -> Option<Interest> {
+        self.queue.interest()
+    }
+
+    /// Changes the event types this connection receives, from the next event on.
+    pub fn set_interest(&self, interest: Option<Interest>) {
+        self.queue.set_interest(interest);
+    }
+
+    /// Counts replayed events that a newer one superseded.
+    pub fn count_conflated(&self, n: usize) {
+        self.hub.metrics.conflated.add(n as u64);
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.queue.close();
         self.hub.unsubscribe(&self.tenant, &self.user, self.id);
     }
 }
@@ -645,13 +669,13 @@ mod tests {
     fn routes_by_tenant_and_user() {
         let hub = hub(100, 10, 8);
         let mut a1 = hub
-            .subscribe("a", "u1", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "u1", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let mut a2 = hub
-            .subscribe("a", "u2", Transport::Sse, CancellationToken::new())
+            .subscribe("a", "u2", Transport::Sse, CancellationToken::new(), None)
             .unwrap();
         let mut b1 = hub
-            .subscribe("b", "u1", Transport::Ws, CancellationToken::new())
+            .subscribe("b", "u1", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
 
         assert_eq!(hub.publish(&event("1", "a", Some("u1"))), 1);
@@ -675,28 +699,28 @@ mod tests {
     fn limits_refuse_and_release() {
         let hub = hub(3, 2, 8);
         let s1 = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let _s2 = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         assert_eq!(
-            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
                 .err(),
             Some(Refusal::MaxPerUser)
         );
         let _s3 = hub
-            .subscribe("a", "v", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "v", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         assert_eq!(
-            hub.subscribe("b", "w", Transport::Ws, CancellationToken::new())
+            hub.subscribe("b", "w", Transport::Ws, CancellationToken::new(), None)
                 .err(),
             Some(Refusal::MaxConnections)
         );
         drop(s1);
         assert_eq!(hub.connections(), 2);
         assert!(
-            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
                 .is_ok()
         );
     }
@@ -705,7 +729,7 @@ mod tests {
     fn unsubscribe_removes_empty_entries() {
         let hub = hub(10, 10, 8);
         let s = hub
-            .subscribe("a", "u", Transport::Sse, CancellationToken::new())
+            .subscribe("a", "u", Transport::Sse, CancellationToken::new(), None)
             .unwrap();
         drop(s);
         assert!(hub.tenants.is_empty());
@@ -716,10 +740,10 @@ mod tests {
     fn full_queue_kicks_only_that_connection() {
         let hub = hub(10, 10, 2);
         let slow = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let mut fast = hub
-            .subscribe("a", "v", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "v", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         for i in 0..5 {
             hub.publish(&event(&i.to_string(), "a", None));
@@ -738,7 +762,7 @@ mod tests {
             queue_bytes: 600,
         });
         let mut s = hub
-            .subscribe("a", "u", Transport::Sse, CancellationToken::new())
+            .subscribe("a", "u", Transport::Sse, CancellationToken::new(), None)
             .unwrap();
         let e = event("1", "a", None);
         let fits = 600 / e.len();
@@ -759,10 +783,10 @@ mod tests {
     fn resync_reaches_every_connection() {
         let hub = hub(10, 10, 8);
         let mut a = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let mut b = hub
-            .subscribe("b", "v", Transport::Sse, CancellationToken::new())
+            .subscribe("b", "v", Transport::Sse, CancellationToken::new(), None)
             .unwrap();
         assert_eq!(hub.resync_all(), 2);
         assert!(matches!(a.try_recv(), Some(Outgoing::Resync)));
@@ -773,10 +797,10 @@ mod tests {
     fn one_event_is_shared_not_copied() {
         let hub = hub(10, 10, 8);
         let mut s1 = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let mut s2 = hub
-            .subscribe("a", "v", Transport::Ws, CancellationToken::new())
+            .subscribe("a", "v", Transport::Ws, CancellationToken::new(), None)
             .unwrap();
         let e = event("1", "a", None);
         hub.publish(&e);

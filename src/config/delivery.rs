@@ -1,0 +1,51 @@
+//! Delivery settings: which events supersede each other in a slow client's queue
+//! (conflation), and how many event-type patterns a client may select.
+
+use super::mapping::Pointer;
+use super::settings::Key;
+use super::validate::Validator;
+
+/// Events of `event_type` with the same value at `key` supersede each other.
+#[derive(Clone, Debug)]
+pub struct ConflationRule {
+    /// The event type, exactly.
+    pub event_type: String,
+    /// Where the key is (e.g. the job id).
+    pub key: Pointer,
+}
+
+/// How events reach each connection.
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    /// Conflatable event types; empty: conflation off.
+    pub conflate: Vec<ConflationRule>,
+    /// Most `types=` patterns one connection may select.
+    pub max_interest_patterns: usize,
+}
+
+impl Validator<'_> {
+    pub(super) fn delivery(&mut self) -> DeliveryConfig {
+        let mut conflate = Vec::new();
+        for entry in self.list(Key::Conflate) {
+            let parsed = entry
+                .split_once('=')
+                .map(|(t, p)| (t.trim(), Pointer::parse(p.trim())));
+            match parsed {
+                Some((t, Ok(key))) if !t.is_empty() && !t.contains(char::is_whitespace) => {
+                    conflate.push(ConflationRule {
+                        event_type: t.to_owned(),
+                        key,
+                    });
+                }
+                _ => self.problem(
+                    Key::Conflate,
+                    format_args!("`{entry}` is not `event.type=/json/pointer`"),
+                ),
+            }
+        }
+        DeliveryConfig {
+            conflate,
+            max_interest_patterns: self.count::<usize>(Key::MaxInterestPatterns, 1024),
+        }
+    }
+}

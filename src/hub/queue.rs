@@ -1,0 +1,401 @@
+//! One connection's send queue: bounded in events and bytes, filled by the fan-out without
+//! ever waiting, emptied by the connection's task.
+//!
+//! Two things happen on the way in. **Interest**: events of types the client did not ask
+//! for never enter (they cost the client nothing). **Conflation**: an event with a
+//! conflation key (say, progress of one render job) replaces the older unsent event with
+//! the same key, which leaves the queue and the new one joins at the tail. What a client
+//! receives is so always a subsequence of the events in their original order, missing
+//! only superseded progress, and a client that reads slowly keeps up with the latest
+//! state instead of being disconnected. Events without a key (a job's completion, a
+//! notification) are never dropped: when they do not fit, the connection is a slow client.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::Outgoing;
+use crate::config::topic_matches;
+
+/// Longest interest pattern accepted.
+pub const MAX_PATTERN_BYTES: usize = 255;
+
+/// The event types a client asked for: topic patterns (`*` one word, `#` any number).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interest {
+    patterns: Vec<String>,
+}
+
+impl Interest {
+    /// Validates `patterns`: at most `max` of them, each at most [`MAX_PATTERN_BYTES`],
+    /// made of letters, digits, `_`, `-`, `.`, `*`, `#`, without empty words; `*` and `#`
+    /// stand alone as words.
+    pub fn new<S: AsRef<str>>(patterns: &[S], max: usize) -> Result<Interest, String> {
+        if patterns.len() > max {
+            return Err(format!("at most {max} patterns"));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let p = p.as_ref();
+            check_pattern(p)?;
+            if !out.iter().any(|q| q == p) {
+                out.push(p.to_owned());
+            }
+        }
+        Ok(Interest { patterns: out })
+    }
+
+    /// Whether an event of `event_type` is wanted.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.patterns.iter().any(|p| topic_matches(p, event_type))
+    }
+
+    /// The patterns, in the order they were first given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// This selection with `more` added (duplicates ignored), within `max`.
+    pub fn with<S: AsRef<str>>(&self, more: &[S], max: usize) -> Result<Interest, String> {
+        let mut all: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
+        all.extend(more.iter().map(AsRef::as_ref));
+        Interest::new(&all, max)
+    }
+
+    /// This selection without `less`.
+    pub fn without<S: AsRef<str>>(&self, less: &[S]) -> Interest {
+        let patterns = self
+            .patterns
+            .iter()
+            .filter(|p| !less.iter().any(|l| l.as_ref() == p.as_str()))
+            .cloned()
+            .collect();
+        Interest { patterns }
+    }
+}
+
+fn check_pattern(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.len() > MAX_PATTERN_BYTES {
+        return Err(format!("patterns are 1 to {MAX_PATTERN_BYTES} bytes"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '*' | '#');
+    if !p.chars().all(allowed) {
+        return Err(format!(
+            "`{p}` has a character other than letters, digits, _ - . * #"
+        ));
+    }
+    for word in p.split('.') {
+        let wild_inside = word.len() > 1 && word.contains(['*', '#']);
+        if word.is_empty() || wild_inside {
+            return Err(format!(
+                "`{p}` has an empty word or a wildcard inside a word"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What became of an offered item.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued; the queue now holds this many items and bytes.
+    Queued(usize, usize),
+    /// Queued in place of an older event with the same conflation key.
+    Conflated(usize, usize),
+    /// Not of interest to this client.
+    Filtered,
+    /// No room: the client is not keeping up.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+struct Inner {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    /// `None`: everything the token allows.
+    interest: Option<Interest>,
+    closed: bool,
+}
+
+/// A connection's queue, shared by the fan-out (which offers) and the connection (which
+/// takes).
+pub struct SendQueue {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    max_len: usize,
+    max_bytes: usize,
+}
+
+impl SendQueue {
+    /// An empty queue holding at most `max_len` items and `max_bytes` bytes.
+    pub fn new(max_len: usize, max_bytes: usize, interest: Option<Interest>) -> SendQueue {
+        SendQueue {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                bytes: 0,
+                interest,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            max_len,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers `item` without waiting.
+    pub fn offer(&self, item: &Outgoing) -> Offered {
+        let bytes = item.bytes();
+        let mut q = self.lock();
+        if q.closed {
+            return Offered::Closed;
+        }
+        if let Outgoing::Event(e) = item {
+            if q.interest.as_ref().is_some_and(|i| !i.wants(&e.event_type)) {
+                return Offered::Filtered;
+            }
+            if let Some(key) = e.conflation_key.as_deref() {
+                let older = q.items.iter().position(
+                    |o| matches!(o, Outgoing::Event(x) if x.conflation_key.as_deref() == Some(key)),
+                );
+                if let Some(i) = older
+                    && let Some(old) = q.items.remove(i)
+                {
+                    q.bytes -= old.bytes();
+                    if q.bytes + bytes <= self.max_bytes {
+                        q.items.push_back(item.clone());
+                        q.bytes += bytes;
+                        let sizes = (q.items.len(), q.bytes);
+                        drop_and_wake(q, &self.wake);
+                        return Offered::Conflated(sizes.0, sizes.1);
+                    }
+                    // A newer event too large for the room the older one left.
+                    q.bytes += old.bytes();
+                    q.items.insert(i, old);
+                    return Offered::Full;
+                }
+            }
+        }
+        if q.items.len() >= self.max_len || q.bytes + bytes > self.max_bytes {
+            return Offered::Full;
+        }
+        q.items.push_back(item.clone());
+        q.bytes += bytes;
+        let sizes = (q.items.len(), q.bytes);
+        drop_and_wake(q, &self.wake);
+        Offered::Queued(sizes.0, sizes.1)
+    }
+
+    /// The next item, if one is waiting.
+    pub fn try_pop(&self) -> Option<Outgoing> {
+        let mut q = self.lock();
+        let item = q.items.pop_front()?;
+        q.bytes -= item.bytes();
+        Some(item)
+    }
+
+    /// Waits for the next item.
+    pub async fn pop(&self) -> Outgoing {
+        loop {
+            if let Some(item) = self.try_pop() {
+                return item;
+            }
+            // `notify_one` keeps a permit when nobody waits, so an offer between the
+            // check above and this wait is not missed.
+            self.wake.notified().await;
+        }
+    }
+
+    /// Replaces the selection; `None` is everything the token allows.
+    pub fn set_interest(&self, interest: Option<Interest>) {
+        self.lock().interest = interest;
+    }
+
+    /// The current selection.
+    pub fn interest(&self) -> Option<Interest> {
+        self.lock().interest.clone()
+    }
+
+    /// Refuses everything from now on and frees what is queued.
+    pub fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.items.clear();
+        q.bytes = 0;
+    }
+}
+
+fn drop_and_wake(guard: std::sync::MutexGuard<'_, Inner>, wake: &Notify) {
+    drop(guard);
+    wake.notify_one();
+}
+
+/// Conflates a replay: of the events sharing a conflation key, only the last is kept, in
+/// its place; everything else stays, in order.
+pub fn conflate(events: Vec<Outgoing>) -> (Vec<Outgoing>, usize) {
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, o) in events.iter().enumerate() {
+        if let Outgoing::Event(e) = o
+            && let Some(k) = e.conflation_key.as_deref()
+        {
+            last.insert(k, i);
+        }
+    }
+    let keep: Vec<bool> = events
+        .iter()
+        .enumerate()
+        .map(|(i, o)| match o {
+            Outgoing::Event(e) => e
+                .conflation_key
+                .as_deref()
+                .is_none_or(|k| last.get(k) == Some(&i)),
+            Outgoing::Resync => true,
+        })
+        .collect();
+    let dropped = keep.iter().filter(|k| !**k).count();
+    let kept = events
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(o, k)| k.then_some(o))
+        .collect();
+    (kept, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::envelope::Event;
+
+    fn event(id: &str, ty: &str, key: Option<&str>) -> Outgoing {
+        let body = serde_json::json!({
+            "event_id": id, "event_type": ty, "tenant_id": "t", "user_id": "u", "data": {}
+        });
+        let mut e = Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap();
+        e.conflation_key = key.map(Into::into);
+        Outgoing::Event(Arc::new(e))
+    }
+
+    fn ids(q: &SendQueue) -> Vec<String> {
+        std::iter::from_fn(|| q.try_pop())
+            .map(|o| match o {
+                Outgoing::Event(e) => e.id.to_string(),
+                Outgoing::Resync => "resync".into(),
+            })
+            .collect()
+    }
+
+    const P: &str = "render.job.progress.v1";
+
+    #[test]
+    fn newer_progress_replaces_older_and_joins_the_tail() {
+        let q = SendQueue::new(3, 1 << 20, None);
+        assert!(matches!(
+            q.offer(&event("p1", P, Some("j1"))),
+            Offered::Queued(1, _)
+        ));
+        assert!(matches!(
+            q.offer(&event("p2", P, Some("j2"))),
+            Offered::Queued(2, _)
+        ));
+        assert!(matches!(
+            q.offer(&event("n1", "notification.created.v1", None)),
+            Offered::Queued(3, _)
+        ));
+        // Full, but conflatable: it does not count toward the limit.
+        assert!(matches!(
+            q.offer(&event("p3", P, Some("j1"))),
+            Offered::Conflated(3, _)
+        ));
+        // A non-conflatable event does not fit.
+        assert_eq!(
+            q.offer(&event("n2", "notification.created.v1", None)),
+            Offered::Full
+        );
+        assert_eq!(ids(&q), ["p2", "n1", "p3"]);
+    }
+
+    #[test]
+    fn interest_filters_before_the_queue() {
+        let interest = Interest::new(&["render.job.#"], 8).unwrap();
+        let q = SendQueue::new(8, 1 << 20, Some(interest));
+        assert_eq!(
+            q.offer(&event("n", "notification.created.v1", None)),
+            Offered::Filtered
+        );
+        assert!(matches!(
+            q.offer(&event("p", P, None)),
+            Offered::Queued(1, _)
+        ));
+        q.set_interest(None);
+        assert!(matches!(
+            q.offer(&event("n", "notification.created.v1", None)),
+            Offered::Queued(2, _)
+        ));
+        q.close();
+        assert_eq!(q.offer(&event("x", P, None)), Offered::Closed);
+    }
+
+    #[test]
+    fn patterns_are_checked() {
+        assert!(Interest::new(&["render.job.#", "notification.*.v1", "a-b_c.d"], 8).is_ok());
+        for bad in [
+            "",
+            "a..b",
+            "a.b*",
+            "render job",
+            "a/b",
+            "ä",
+            &"x".repeat(256),
+        ] {
+            assert!(Interest::new(&[bad], 8).is_err(), "{bad:?}");
+        }
+        assert!(Interest::new(&["a", "b", "c"], 2).is_err());
+        let i = Interest::new(&["a"], 3)
+            .unwrap()
+            .with(&["b", "a"], 3)
+            .unwrap();
+        assert_eq!(i.patterns(), ["a", "b"]);
+        assert_eq!(i.without(&["a"]).patterns(), ["b"]);
+        assert!(i.wants("a") && !i.wants("c"));
+    }
+
+    #[test]
+    fn replays_keep_the_last_of_each_key_in_place() {
+        let replay = vec![
+            event("p1", P, Some("j1")),
+            event("p2", P, Some("j2")),
+            event("p3", P, Some("j1")),
+            event("done1", "render.job.completed.v1", None),
+            event("p4", P, Some("j2")),
+        ];
+        let (kept, dropped) = conflate(replay);
+        let kept: Vec<String> = kept
+            .iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => e.id.to_string(),
+                Outgoing::Resync => "resync".into(),
+            })
+            .collect();
+        assert_eq!(kept, ["p3", "done1", "p4"]);
+        assert_eq!(dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn pop_waits_for_an_offer() {
+        let q = Arc::new(SendQueue::new(4, 1 << 20, None));
+        let taker = {
+            let q = q.clone();
+            tokio::spawn(async move { q.pop().await })
+        };
+        tokio::task::yield_now().await;
+        q.offer(&event("late", P, None));
+        assert!(matches!(taker.await.unwrap(), Outgoing::Event(e) if &*e.id == "late"));
+    }
+}
