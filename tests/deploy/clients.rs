@@ -53,7 +53,13 @@ pub struct Client {
 
 impl Client {
     /// Starts a client of `kind` against `base` (the load balancer's `http://` address).
-    pub fn start(kind: Kind, name: &str, base: &str, token: String, stop: watch::Receiver<bool>) -> Client {
+    pub fn start(
+        kind: Kind,
+        name: &str,
+        base: &str,
+        token: String,
+        stop: watch::Receiver<bool>,
+    ) -> Client {
         let record = Arc::new(Mutex::new(Record::default()));
         let task = tokio::spawn(run(kind, base.to_owned(), token, record.clone(), stop));
         Client {

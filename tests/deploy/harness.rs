@@ -245,7 +245,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(kind: ProxyKind, upstreams: &[u16]) -> Proxy {
-        assert_eq!(upstreams.len(), 2, "the shipped configurations list two instances");
+        assert_eq!(
+            upstreams.len(),
+            2,
+            "the shipped configurations list two instances"
+        );
         let port = free_port();
         let dir = TempDir::new(match kind {
             ProxyKind::Nginx => "nginx",
@@ -255,8 +259,8 @@ impl Proxy {
         let log = std::fs::File::create(dir.path("proxy.log")).unwrap();
         let mut cmd = match kind {
             ProxyKind::Nginx => {
-                let shipped = std::fs::read_to_string(repo("deploy/nginx/realtime-gateway.conf"))
-                    .unwrap();
+                let shipped =
+                    std::fs::read_to_string(repo("deploy/nginx/realtime-gateway.conf")).unwrap();
                 let site = substitute(
                     &shipped,
                     &[
@@ -378,10 +382,7 @@ impl Prometheus {
     pub async fn start(targets: &[u16], rule_files: &[PathBuf]) -> Prometheus {
         let port = free_port();
         let dir = TempDir::new("prometheus");
-        let targets: Vec<String> = targets
-            .iter()
-            .map(|p| format!("'127.0.0.1:{p}'"))
-            .collect();
+        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
         let rules: Vec<String> = rule_files
             .iter()
             .map(|p| format!("  - '{}'", p.display()))
@@ -396,8 +397,14 @@ impl Prometheus {
         std::fs::write(dir.path("prometheus.yml"), config).unwrap();
         let log = std::fs::File::create(dir.path("prometheus.log")).unwrap();
         let child = Command::new(tool("prometheus"))
-            .arg(format!("--config.file={}", dir.path("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

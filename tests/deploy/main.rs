@@ -6,6 +6,7 @@
 
 mod clients;
 mod harness;
+mod prometheus;
 mod proxies;
 #[path = "../gateway/support.rs"]
 mod support;
