@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Static checks of deploy/: every YAML and JSON file parses; every GATEWAY_* setting that
+any file there names exists in the gateway (as `realtime-gateway --help` lists them); the
+Kubernetes manifests keep the promises the README makes (probes on the right endpoints, a
+termination grace above the drain grace, selectors that match, the connection alert in step
+with the connection limit).
+
+Usage: check-deploy.py <path to the realtime-gateway binary>
+"""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+problems = []
+
+
+def check(ok, message):
+    if not ok:
+        problems.append(message)
+
+
+def load_yaml(path):
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as e:
+        problems.append(f"{path.relative_to(ROOT)}: not YAML: {e}")
+        return []
+
+
+def settings_from_help(binary):
+    out = subprocess.run([binary, "--help"], check=True, capture_output=True, text=True).stdout
+    return set(re.findall(r"\bGATEWAY_[A-Z0-9_]+\b", out))
+
+
+def main():
+    known = settings_from_help(sys.argv[1])
+    check(len(known) > 40, f"--help lists only {len(known)} settings?")
+
+    # Every file parses, and every setting any file names exists.
+    docs = {}
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(ROOT)
+        if path.suffix in (".yaml", ".yml"):
+            docs[rel.as_posix()] = load_yaml(path)
+        elif path.suffix == ".json":
+            try:
+                json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                problems.append(f"{rel}: not JSON: {e}")
+        for name in sorted(set(re.findall(r"\bGATEWAY_[A-Z0-9_]+\b", path.read_text()))):
+            check(name in known, f"{rel}: {name} is not a gateway setting")
+
+    manifests = [d for f, ds in docs.items() if f.startswith("deploy/kubernetes/") for d in ds]
+    by_kind = {}
+    for d in manifests:
+        check("kind" in d and "apiVersion" in d, f"manifest without kind/apiVersion: {d}")
+        by_kind.setdefault(d.get("kind"), []).append(d)
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "Ingress"):
+        check(len(by_kind.get(kind, [])) == 1, f"expected one {kind} in deploy/kubernetes/")
+    if problems:
+        return
+
+    deployment = by_kind["Deployment"][0]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    for name in env:
+        check(name in known, f"Deployment env {name} is not a gateway setting")
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness must probe /readyz")
+    check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness must probe /healthz")
+    grace = int(env.get("GATEWAY_SHUTDOWN_GRACE_SECS") or 10)
+    drain = int(env.get("GATEWAY_SHUTDOWN_DRAIN_SECS") or 3)
+    check(drain < grace, "GATEWAY_SHUTDOWN_DRAIN_SECS must be less than the grace")
+    check(
+        pod["spec"]["terminationGracePeriodSeconds"] > grace,
+        "terminationGracePeriodSeconds must be above GATEWAY_SHUTDOWN_GRACE_SECS",
+    )
+    check("requests" in container.get("resources", {}), "the container needs resource requests")
+    port_names = {p["name"] for p in container["ports"]}
+    check(deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(),
+          "Deployment selector must match its pod labels")
+
+    service = by_kind["Service"][0]
+    check(service["spec"]["selector"].items() <= labels.items(), "Service selector must match the pods")
+    for p in service["spec"]["ports"]:
+        check(p["targetPort"] in port_names or isinstance(p["targetPort"], int),
+              f"Service targetPort {p['targetPort']} is not a container port")
+    service_ports = {p["name"] for p in service["spec"]["ports"]}
+
+    pdb = by_kind["PodDisruptionBudget"][0]
+    check(pdb["spec"]["selector"]["matchLabels"].items() <= labels.items(), "PDB selector must match the pods")
+
+    ingress = by_kind["Ingress"][0]
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            check(backend["name"] == service["metadata"]["name"], f"Ingress backend {backend['name']} is not the Service")
+            check(backend["port"].get("name") in service_ports, f"Ingress backend port {backend['port']} not on the Service")
+    annotations = ingress["metadata"].get("annotations", {})
+    check(annotations.get("nginx.ingress.kubernetes.io/proxy-buffering") == "off", "Ingress must turn SSE buffering off")
+
+    # The connection-limit alert fires at 80 % of the Deployment's limit.
+    limit = int(env.get("GATEWAY_MAX_CONNECTIONS") or 0)
+    rules = [r for d in docs["deploy/prometheus/realtime-gateway.rules.yml"] for g in d["groups"] for r in g["rules"]]
+    near = next(r for r in rules if r.get("alert") == "GatewayConnectionLimitNear")
+    threshold = int(re.search(r">\s*(\d+)", near["expr"]).group(1))
+    check(threshold == limit * 8 // 10,
+          f"GatewayConnectionLimitNear threshold {threshold} is not 80 % of GATEWAY_MAX_CONNECTIONS {limit}")
+
+
+main()
+if problems:
+    print("deploy/ checks failed:", *problems, sep="\n  - ", file=sys.stderr)
+    sys.exit(1)
+print("deploy/ checks passed", file=sys.stderr)
