@@ -54,7 +54,7 @@ settings! {
     "amqp-queue-max-length", "GATEWAY_AMQP_QUEUE_MAX_LENGTH", Some("100000"), "most messages the queue holds while nobody consumes (oldest dropped)";
     "amqp-queue-max-bytes", "GATEWAY_AMQP_QUEUE_MAX_BYTES", Some("67108864"), "most bytes the queue holds while nobody consumes (oldest dropped)";
     "amqp-reconnect-max-secs", "GATEWAY_AMQP_RECONNECT_MAX_SECS", Some("30"), "cap of the broker reconnect backoff";
-    "jwt-secret", "GATEWAY_JWT_SECRET", None, "HS256 secret";
+    "jwt-secret", "GATEWAY_JWT_SECRET", None, "HS256 secret, at least 32 bytes";
     "jwt-public-key-file", "GATEWAY_JWT_PUBLIC_KEY_FILE", None, "PEM public key (RSA for RS256, P-256 for ES256)";
     "jwt-jwks-url", "GATEWAY_JWT_JWKS_URL", None, "JWKS endpoint (keys by kid, cached, refreshed)";
     "jwt-jwks-refresh-secs", "GATEWAY_JWT_JWKS_REFRESH_SECS", Some("300"), "how often the JWKS is refetched";
@@ -708,8 +708,15 @@ fn default_max_connections() -> usize {
 pub fn help_text() -> String {
     let mut out = String::from(
         "realtime-gateway: RabbitMQ domain events to browsers over WebSocket and SSE\n\n\
-         Usage: realtime-gateway [--flag value | --flag=value]...\n\n\
-         Every flag can also be given as its environment variable; flags win.\n\n",
+         Usage: realtime-gateway [--flag value | --flag=value]...\n\
+         \x20      realtime-gateway healthcheck [--listen ADDR]\n\
+         \x20          GET /healthz on this host at the --listen (or GATEWAY_LISTEN) port;\n\
+         \x20          exit 0 when it answers 200 (for container health checks)\n\n\
+         Every flag can also be given as its environment variable; flags win.\n\n\
+         Token keys: at least one of --jwt-secret (HS256, at least 32 bytes),\n\
+         --jwt-public-key-file (RS256/ES256 PEM) and --jwt-jwks-url is required; none is a\n\
+         startup error. With several, a token's alg picks the key: HS256 the secret;\n\
+         RS256/ES256 with a kid the JWKS knows that key; otherwise the PEM key.\n\n",
     );
     for s in SETTINGS {
         let default = s.default.unwrap_or("(unset)");
@@ -923,6 +930,9 @@ mod tests {
         let Parsed::Help(text) = parse(&["--help"], &[]).unwrap() else {
             panic!("expected help");
         };
+        for needle in ["healthcheck [--listen ADDR]", "at least one of", "32 bytes"] {
+            assert!(text.contains(needle), "{needle} missing from help");
+        }
         for s in SETTINGS {
             assert!(text.contains(s.env), "{} missing from help", s.env);
             assert!(text.contains(&format!("--{}", s.name)));

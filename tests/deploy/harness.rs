@@ -421,10 +421,10 @@ impl Prometheus {
         let ready = format!("http://127.0.0.1:{port}/-/ready");
         let end = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = prom.http.get(&ready).send().await {
-                if r.status() == 200 {
-                    break;
-                }
+            if let Ok(r) = prom.http.get(&ready).send().await
+                && r.status() == 200
+            {
+                break;
             }
             assert!(
                 tokio::time::Instant::now() < end,

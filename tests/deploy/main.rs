@@ -4,6 +4,7 @@
 //! on 127.0.0.1; the tools come from `scripts/ensure-deploy-tools.sh`, which the test
 //! command runs first.
 
+mod cli;
 mod clients;
 mod harness;
 mod prometheus;
