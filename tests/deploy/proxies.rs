@@ -3,6 +3,10 @@
 //! stream of events while each instance in turn is sent SIGTERM, waited for, and started
 //! again on the same port. Every client must end with every event, in order, once (or an
 //! explicit `resync` before a gap), and none may stay disconnected.
+//!
+//! The pieces are meant for other rolling-restart scenarios: [`Fleet`] (instances with
+//! extra environment, a proxy, [`Fleet::rolling_restart`]), [`start_clients`],
+//! [`start_publisher`] and `clients::check_stream`.
 
 use std::time::Duration;
 
@@ -115,7 +119,7 @@ impl Fleet {
 
 /// Publishes tenant-wide events at a steady pace until told to stop; returns their ids in
 /// publishing order.
-fn start_publisher(exchange: &str, stop: watch::Receiver<bool>) -> JoinHandle<Vec<String>> {
+pub fn start_publisher(exchange: &str, stop: watch::Receiver<bool>) -> JoinHandle<Vec<String>> {
     let exchange = exchange.to_owned();
     let run = format!("{:08x}", rand::random::<u32>());
     tokio::spawn(async move {
@@ -140,7 +144,7 @@ fn start_publisher(exchange: &str, stop: watch::Receiver<bool>) -> JoinHandle<Ve
 
 /// Clients of both transports, each as its own user of the tenant (so every one gets the
 /// tenant-wide events), connected through the proxy.
-async fn start_clients(fleet: &Fleet, stop: &watch::Receiver<bool>) -> Vec<Client> {
+pub async fn start_clients(fleet: &Fleet, stop: &watch::Receiver<bool>) -> Vec<Client> {
     let mut clients = Vec::new();
     for kind in [Kind::Ws, Kind::Sse] {
         for n in 0..CLIENTS_PER_TRANSPORT {
