@@ -6,6 +6,7 @@
 
 mod cli;
 mod clients;
+mod forwarding;
 mod harness;
 mod prometheus;
 mod proxies;
