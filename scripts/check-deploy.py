@@ -39,6 +39,23 @@ def settings_from_help(binary):
     return set(re.findall(r"\bGATEWAY_[A-Z0-9_]+\b", out))
 
 
+def check_dashboard(dash):
+    """What Grafana needs to import the dashboard anywhere: unique panel ids, a query on
+    every panel, and every panel on the data source chosen at import."""
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    check({"datasource", "instance"} <= variables, "dashboard needs datasource and instance variables")
+    ids = [p["id"] for p in dash["panels"]]
+    check(len(ids) == len(set(ids)), "dashboard panel ids must be unique")
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            continue
+        title = p.get("title", "?")
+        check(p.get("datasource", {}).get("uid") == "${datasource}", f"panel {title}: not on ${{datasource}}")
+        targets = p.get("targets", [])
+        check(targets and all(t.get("expr") for t in targets), f"panel {title}: no query")
+        check(all('instance=~"$instance"' in t["expr"] for t in targets), f"panel {title}: ignores $instance")
+
+
 def main():
     known = settings_from_help(sys.argv[1])
     check(len(known) > 40, f"--help lists only {len(known)} settings?")
@@ -58,6 +75,8 @@ def main():
                 problems.append(f"{rel}: not JSON: {e}")
         for name in sorted(set(re.findall(r"\bGATEWAY_[A-Z0-9_]+\b", path.read_text()))):
             check(name in known, f"{rel}: {name} is not a gateway setting")
+
+    check_dashboard(json.loads((DEPLOY / "grafana" / "realtime-gateway.json").read_text()))
 
     manifests = [d for f, ds in docs.items() if f.startswith("deploy/kubernetes/") for d in ds]
     by_kind = {}
