@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the tools the deployment checks and tests run are installed, from Debian:
 # nginx and HAProxy (the shipped load-balancer configurations run in front of real
-# gateways), Prometheus and promtool (the shipped rules), and PyYAML for python3 (the
-# Kubernetes manifests). The tests start their own private instances on loopback; the
+# gateways), Prometheus and promtool (the shipped rules), and PyYAML and venv for python3
+# (the Kubernetes manifests). The tests start their own private instances on loopback; the
 # packages' system services are never used, and are kept from starting where that can be
 # done without systemd.
 set -euo pipefail
@@ -12,6 +12,8 @@ missing=()
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || missing+=(prometheus)
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+# The Kubernetes schema check runs from a virtualenv.
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
