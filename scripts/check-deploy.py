@@ -3,7 +3,8 @@
 any file there names exists in the gateway (as `realtime-gateway --help` lists them); the
 Kubernetes manifests keep the promises the README makes (probes on the right endpoints, a
 termination grace above the drain grace, selectors that match, the connection alert in step
-with the connection limit).
+with the connection limit); the proxies' stream timeouts are above the gateway's ping and
+keep-alive intervals; the dashboard imports cleanly.
 
 Usage: check-deploy.py <path to the realtime-gateway binary>
 """
@@ -35,8 +36,36 @@ def load_yaml(path):
 
 
 def settings_from_help(binary):
+    """Every setting `--help` lists, with its default (None when unset)."""
     out = subprocess.run([binary, "--help"], check=True, capture_output=True, text=True).stdout
-    return set(re.findall(r"\bGATEWAY_[A-Z0-9_]+\b", out))
+    settings = {}
+    for name, default in re.findall(r"(GATEWAY_[A-Z0-9_]+)\n.*\n\s+default: (.*)", out):
+        settings[name] = None if default == "(unset)" else default
+    return settings
+
+
+def check_proxy_timeouts(known):
+    """Every proxy timeout that can end a quiet stream is longer than the longest quiet gap
+    the gateway leaves by default (WebSocket pings, SSE keep-alive comments)."""
+    gap = max(int(known["GATEWAY_WS_PING_INTERVAL_SECS"]), int(known["GATEWAY_SSE_KEEPALIVE_SECS"]))
+    nginx = (DEPLOY / "nginx" / "realtime-gateway.conf").read_text()
+    haproxy = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    ingress = (DEPLOY / "kubernetes" / "ingress.yaml").read_text()
+    found = {
+        "nginx " + k: v
+        for k, v in re.findall(r"^\s*(proxy_read_timeout|proxy_send_timeout|send_timeout) (\d+)s;", nginx, re.M)
+    }
+    found.update(
+        ("haproxy timeout " + k, v)
+        for k, v in re.findall(r"^\s*timeout (client|server|tunnel) (\d+)s$", haproxy, re.M)
+    )
+    found.update(
+        ("ingress " + k, v)
+        for k, v in re.findall(r"(proxy-read-timeout|proxy-send-timeout): \"(\d+)\"", ingress)
+    )
+    check(len(found) == 8, f"expected 8 stream timeouts in the proxy configurations, found {sorted(found)}")
+    for what, secs in found.items():
+        check(int(secs) > gap, f"{what} {secs}s is not above the gateway's {gap}s ping/keep-alive interval")
 
 
 def check_dashboard(dash):
@@ -59,6 +88,7 @@ def check_dashboard(dash):
 def main():
     known = settings_from_help(sys.argv[1])
     check(len(known) > 40, f"--help lists only {len(known)} settings?")
+    check_proxy_timeouts(known)
 
     # Every file parses, and every setting any file names exists.
     docs = {}
