@@ -213,11 +213,29 @@ async fn publish(o: &Opts, events: &[(String, Value)]) -> Result<()> {
         )
         .await?
         .await?;
-        eprintln!("published {key} {}", body["event_id"]);
+        // The browser tests read the id as the third word of these lines.
+        match body["tenant_id"].as_str() {
+            Some(t) if t != o.tenant => eprintln!(
+                "published {key} {} for another tenant ({t}): neither client may receive it",
+                body["event_id"]
+            ),
+            _ => eprintln!("published {key} {}", body["event_id"]),
+        }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     conn.close(200, "done".into()).await?;
     Ok(())
+}
+
+/// A connection error that says where the demo looked and how to point it elsewhere.
+fn unreachable_gateway(o: &Opts, path: &str, e: &dyn std::fmt::Display) -> Box<dyn Error> {
+    format!(
+        "cannot reach the gateway at {}{path}: {e}\n\
+         Is it running (scripts/quickstart.sh)? If it listens elsewhere, pass \
+         --gateway http://HOST:PORT (the gateway's GATEWAY_LISTEN).",
+        o.gateway
+    )
+    .into()
 }
 
 async fn watch(o: &Opts) -> Result<()> {
@@ -226,12 +244,15 @@ async fn watch(o: &Opts) -> Result<()> {
         "{}/ws?access_token={token}",
         o.gateway.replacen("http", "ws", 1)
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .map_err(|e| unreachable_gateway(o, "/ws", &e))?;
     let sse = reqwest::Client::new()
         .get(format!("{}/sse", o.gateway))
         .bearer_auth(&token)
         .send()
-        .await?;
+        .await
+        .map_err(|e| unreachable_gateway(o, "/sse", &e))?;
     if !sse.status().is_success() {
         return Err(format!("/sse answered {}", sse.status()).into());
     }
@@ -298,7 +319,18 @@ async fn watch(o: &Opts) -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    // Errors are printed for a person (Display), not as a Debug dump of the error value.
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let o = opts()?;
     match o.command.as_str() {
         "token" => println!("{}", token(&o)?),

@@ -24,5 +24,11 @@ export GATEWAY_JWT_SECRET="${GATEWAY_JWT_SECRET:-dev-secret-change-me-0123456789
 export GATEWAY_LISTEN="${GATEWAY_LISTEN:-127.0.0.1:8080}"
 
 echo "quickstart: building and starting realtime-gateway on $GATEWAY_LISTEN (Ctrl-C stops it)" >&2
-echo "quickstart: then, in another terminal: cargo run --example demo   (and: -- url, -- publish)" >&2
+gateway_flag=""
+if [ "$GATEWAY_LISTEN" != "127.0.0.1:8080" ]; then
+  # The demo looks for the gateway at 127.0.0.1:8080 unless told otherwise.
+  gateway_flag=" --gateway http://$GATEWAY_LISTEN"
+fi
+echo "quickstart: the first build takes several minutes; later starts take seconds" >&2
+echo "quickstart: then, in another terminal: cargo run --example demo -- [url | publish]$gateway_flag" >&2
 exec cargo run --release --locked -- "$@"

@@ -9,7 +9,7 @@ use realtime_gateway::config::{Config, Parsed};
 
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck();
+        return healthcheck(std::env::args().skip(2));
     }
     let parsed = Config::parse(std::env::args().skip(1), |k| std::env::var(k).ok());
     let config = match parsed {
@@ -64,18 +64,26 @@ fn main() -> ExitCode {
     code
 }
 
-/// `realtime-gateway healthcheck`: GET /healthz on the configured port of this host, for
-/// container health checks in images that carry no curl. Exit 0 when it answers 200.
-fn healthcheck() -> ExitCode {
+/// `realtime-gateway healthcheck [--listen ADDR]`: GET /healthz on the configured port of
+/// this host, for container health checks in images that carry no curl. The address is
+/// found as the gateway finds it (flag, then `GATEWAY_LISTEN`, then the default), so the
+/// check follows the port the gateway was told to use. Exit 0 when it answers 200.
+fn healthcheck(args: impl Iterator<Item = String>) -> ExitCode {
     use std::io::Read as _;
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
 
-    let listen = std::env::var("GATEWAY_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
+    let listen = match healthcheck_listen(args, std::env::var("GATEWAY_LISTEN").ok()) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let Ok(mut addr) = listen.parse::<SocketAddr>() else {
         let _ = writeln!(
             std::io::stderr(),
-            "healthcheck: bad GATEWAY_LISTEN `{listen}`"
+            "healthcheck: bad listen address `{listen}`"
         );
         return ExitCode::FAILURE;
     };
@@ -93,5 +101,51 @@ fn healthcheck() -> ExitCode {
     match answer {
         Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
+    }
+}
+
+/// The address `healthcheck` probes: `--listen ADDR` or `--listen=ADDR`, else a non-empty
+/// `GATEWAY_LISTEN`, else the gateway's default.
+fn healthcheck_listen(
+    mut args: impl Iterator<Item = String>,
+    env: Option<String>,
+) -> Result<String, String> {
+    let mut listen = None;
+    while let Some(arg) = args.next() {
+        match arg.strip_prefix("--listen") {
+            Some("") => listen = Some(args.next().ok_or("--listen needs a value")?),
+            Some(v) if v.starts_with('=') => listen = Some(v[1..].to_owned()),
+            _ => return Err(format!("unexpected argument `{arg}` (only --listen)")),
+        }
+    }
+    listen
+        .or(env.filter(|v| !v.is_empty()))
+        .or_else(|| {
+            let listen = realtime_gateway::config::SETTINGS
+                .iter()
+                .find(|s| s.name == "listen");
+            listen?.default.map(str::to_owned)
+        })
+        .ok_or_else(|| "no listen address".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::healthcheck_listen;
+
+    fn listen(args: &[&str], env: Option<&str>) -> Result<String, String> {
+        healthcheck_listen(args.iter().map(|a| a.to_string()), env.map(str::to_owned))
+    }
+
+    #[test]
+    fn healthcheck_takes_the_flag_then_the_environment_then_the_default() {
+        assert_eq!(listen(&[], None).unwrap(), "0.0.0.0:8080");
+        assert_eq!(listen(&[], Some("")).unwrap(), "0.0.0.0:8080");
+        assert_eq!(listen(&[], Some("127.0.0.1:9")).unwrap(), "127.0.0.1:9");
+        let flag = listen(&["--listen", "127.0.0.1:7"], Some("127.0.0.1:9"));
+        assert_eq!(flag.unwrap(), "127.0.0.1:7");
+        assert_eq!(listen(&["--listen=[::1]:7"], None).unwrap(), "[::1]:7");
+        assert!(listen(&["--listen"], None).is_err());
+        assert!(listen(&["--port", "7"], None).is_err());
     }
 }

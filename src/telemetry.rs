@@ -247,8 +247,13 @@ impl Exposition {
 /// Installs the global log subscriber. Call once, from `main`; tests leave logging alone
 /// or install their own.
 pub fn init_logging(config: &Config) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::new(&config.log);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour codes only for a person at a terminal; in files, pipes and log collectors
+    // they are noise around every field.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

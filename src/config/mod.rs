@@ -185,8 +185,15 @@ impl Config {
 pub fn help_text() -> String {
     let mut out = String::from(
         "realtime-gateway: RabbitMQ domain events to browsers over WebSocket and SSE\n\n\
-         Usage: realtime-gateway [--flag value | --flag=value]...\n\n\
-         Every flag can also be given as its environment variable; flags win.\n\n",
+         Usage: realtime-gateway [--flag value | --flag=value]...\n\
+         \x20      realtime-gateway healthcheck [--listen ADDR]\n\
+         \x20          GET /healthz on this host at the --listen (or GATEWAY_LISTEN) port;\n\
+         \x20          exit 0 when it answers 200 (for container health checks)\n\n\
+         Every flag can also be given as its environment variable; flags win.\n\n\
+         Token keys: at least one of --jwt-secret (HS256, at least 32 bytes),\n\
+         --jwt-public-key-file (RS256/ES256 PEM) and --jwt-jwks-url is required; none is a\n\
+         startup error. With several, a token's alg picks the key: HS256 the secret;\n\
+         RS256/ES256 with a kid the JWKS knows that key; otherwise the PEM key.\n\n",
     );
     for s in SETTINGS {
         let default = s.default.unwrap_or("(unset)");

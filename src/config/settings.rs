@@ -46,7 +46,7 @@ settings! {
     AmqpQueueMaxLength, "amqp-queue-max-length", "GATEWAY_AMQP_QUEUE_MAX_LENGTH", Some("100000"), "most messages the queue holds while nobody consumes (oldest dropped)";
     AmqpQueueMaxBytes, "amqp-queue-max-bytes", "GATEWAY_AMQP_QUEUE_MAX_BYTES", Some("67108864"), "most bytes the queue holds while nobody consumes (oldest dropped)";
     AmqpReconnectMaxSecs, "amqp-reconnect-max-secs", "GATEWAY_AMQP_RECONNECT_MAX_SECS", Some("30"), "cap of the broker reconnect backoff";
-    JwtSecret, "jwt-secret", "GATEWAY_JWT_SECRET", None, "HS256 secret";
+    JwtSecret, "jwt-secret", "GATEWAY_JWT_SECRET", None, "HS256 secret, at least 32 bytes";
     JwtPublicKeyFile, "jwt-public-key-file", "GATEWAY_JWT_PUBLIC_KEY_FILE", None, "PEM public key (RSA for RS256, P-256 for ES256)";
     JwtJwksUrl, "jwt-jwks-url", "GATEWAY_JWT_JWKS_URL", None, "JWKS endpoint (keys by kid, cached, refreshed)";
     JwtJwksRefreshSecs, "jwt-jwks-refresh-secs", "GATEWAY_JWT_JWKS_REFRESH_SECS", Some("300"), "how often the JWKS is refetched";

@@ -199,6 +199,9 @@ fn help_lists_every_setting_with_its_default() {
     let Parsed::Help(text) = parse(&["--help"], &[]).unwrap() else {
         panic!("expected help");
     };
+    for needle in ["healthcheck [--listen ADDR]", "at least one of", "32 bytes"] {
+        assert!(text.contains(needle), "{needle} missing from help");
+    }
     for s in SETTINGS {
         assert!(text.contains(s.env), "{} missing from help", s.env);
         assert!(text.contains(&format!("--{}", s.name)));

@@ -388,14 +388,14 @@ impl Hub {
 
     fn unsubscribe(&self, tenant: &Arc<str>, user: &Arc<str>, id: u64) {
         let mut transport = None;
-        if let Some(mut t) = self.tenants.get_mut(tenant) {
-            if let Some(members) = t.users.get_mut(user) {
-                if let Some(pos) = members.iter().position(|m| m.id == id) {
-                    transport = Some(members.swap_remove(pos).transport);
-                }
-                if members.is_empty() {
-                    t.users.remove(user);
-                }
+        if let Some(mut t) = self.tenants.get_mut(tenant)
+            && let Some(members) = t.users.get_mut(user)
+        {
+            if let Some(pos) = members.iter().position(|m| m.id == id) {
+                transport = Some(members.swap_remove(pos).transport);
+            }
+            if members.is_empty() {
+                t.users.remove(user);
             }
         }
         self.tenants.remove_if(tenant, |_, t| t.users.is_empty());
