@@ -294,6 +294,10 @@ pub struct Subscription {
     /// Events up to this sequence number were replayed from history; their live copies
     /// are skipped so the resume seam has no duplicate.
     skip_through: Option<u64>,
+    /// For the access log line when the connection ends.
+    opened: std::time::Instant,
+    transport: Transport,
+    delivered: u64,
     /// Cancelled when this connection must go: it fell too far behind, or its access was
     /// revoked ([`Subscription::kick_reason`] tells which).
     pub kicked: CancellationToken,
@@ -381,6 +385,9 @@ impl Hub {
             id,
             queue,
             skip_through: None,
+            opened: std::time::Instant::now(),
+            transport,
+            delivered: 0,
             kicked: kick,
             revoked,
         })
@@ -614,11 +621,31 @@ impl Subscription {
         }
     }
 
-    fn take(&self, item: Outgoing) -> Option<Outgoing> {
+    fn take(&mut self, item: Outgoing) -> Option<Outgoing> {
         match &item {
             Outgoing::Event(e) if self.skip_through.is_some_and(|s| e.seq <= s) => None,
-            _ => Some(item),
+            Outgoing::Event(_) => {
+                self.delivered += 1;
+                Some(item)
+            }
+            Outgoing::Resync => Some(item),
         }
+    }
+
+    /// The access log line of a connection that ended: who, how long, how many events,
+    /// and why (`client_closed`, `client_gone`, or a gateway disconnect reason). Never
+    /// a token.
+    pub fn log_end(&self, reason: &str) {
+        tracing::info!(
+            connection.id = self.id,
+            transport = self.transport.as_str(),
+            tenant = %self.tenant,
+            user = %self.user,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            events = self.delivered,
+            reason,
+            "connection ended"
+        );
     }
 
     /// The event types this connection receives (`None`: all its token allows).

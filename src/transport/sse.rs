@@ -125,6 +125,7 @@ async fn open(
         ),
         kicked,
         done_token: CancellationToken::new(),
+        end_reason: "client_gone",
         subscription: admitted.subscription,
         keepalive: tokio::time::interval_at(Instant::now() + cfg.sse_keepalive, cfg.sse_keepalive),
         // The first bytes flush the headers at once and tell EventSource how long to wait
@@ -284,6 +285,8 @@ struct SseStream {
     kicked: CancellationToken,
     /// Cancelled on drop, to end the watcher of a stream served through hyper.
     done_token: CancellationToken,
+    /// Why the stream ended, for the access log line.
+    end_reason: &'static str,
     /// Token deadline, kick and drain; bounds every write.
     lifetime: Lifetime,
     keepalive: Interval,
@@ -298,15 +301,17 @@ struct SseStream {
 impl Drop for SseStream {
     fn drop(&mut self) {
         self.done_token.cancel();
+        self.subscription.log_end(self.end_reason);
     }
 }
 
 impl SseStream {
     /// Counts a write the gateway gave up on; a kick was counted by the hub, and a failed
     /// socket is the client leaving.
-    fn count_write_error<E>(&self, e: WriteError<E>) {
+    fn count_write_error<E>(&mut self, e: WriteError<E>) {
         if let WriteError::Stuck(why) = e {
             self.subscription.disconnected(why);
+            self.end_reason = why.as_str();
         }
     }
 
@@ -322,6 +327,11 @@ impl SseStream {
             biased;
             ending = self.lifetime.ended() => {
                 self.done = true;
+                self.end_reason = match ending {
+                    Ending::Kicked => self.subscription.kick_reason().as_str(),
+                    Ending::Shutdown => Disconnect::Shutdown.as_str(),
+                    Ending::TokenExpired => Disconnect::TokenExpired.as_str(),
+                };
                 match ending {
                     // Counted by the hub; a revoked client gets no `retry:`, which would
                     // invite a reconnect storm of refused tokens.
@@ -405,6 +415,7 @@ mod tests {
             ),
             kicked,
             done_token: CancellationToken::new(),
+            end_reason: "client_gone",
             subscription,
             keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
             pending: [Bytes::from_static(b"retry: 2000\n\n")].into(),

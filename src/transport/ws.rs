@@ -370,6 +370,7 @@ where
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
     let conn_id = session.subscription.id();
+    session.subscription.log_end(end_reason(&end, session));
     let end = match end {
         End::Kicked => match session.subscription.kick_reason() {
             Disconnect::Revoked => End::Close(close_code::REVOKED, "revoked", None),
@@ -412,6 +413,17 @@ where
             );
         }
         End::Gone | End::Kicked => {}
+    }
+}
+
+/// The `reason` of the access log line.
+fn end_reason(end: &End, session: &Session) -> &'static str {
+    match end {
+        End::Close(_, _, Some(why)) | End::Dropped(why) => why.as_str(),
+        End::Close(..) => "slow_client",
+        End::Kicked => session.subscription.kick_reason().as_str(),
+        End::ClientClosed => "client_closed",
+        End::Gone => "client_gone",
     }
 }
 

@@ -485,6 +485,27 @@ async fn sigterm_drains_clients_exits_zero_and_never_logs_tokens() {
         let text = std::fs::read_to_string(&log).unwrap();
         let _ = std::fs::remove_file(&log);
         assert!(text.contains("SIGTERM received"), "log: {text}");
+        // One access line per connection end, with its reason, at info.
+        let ended: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("connection ended"))
+            .collect();
+        assert!(ended.len() >= 2, "access lines: {ended:?}");
+        for line in &ended {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["level"], "INFO", "{line}");
+            assert!(v["duration_ms"].is_u64() && v["events"].is_u64(), "{line}");
+        }
+        let field = |k: &str, want: &str| {
+            ended
+                .iter()
+                .any(|l| l.contains(&format!("\"{k}\":\"{want}\"")))
+        };
+        assert!(
+            field("transport", "ws") && field("transport", "sse"),
+            "{ended:?}"
+        );
+        assert!(field("reason", "shutdown"), "{ended:?}");
         for secret in [&good, &bad, &SECRET.to_owned()] {
             // Any recognisable piece of a token would be a leak, not only the whole.
             let signature = secret.rsplit('.').next().unwrap();
