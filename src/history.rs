@@ -99,6 +99,16 @@ impl History {
         (event, size)
     }
 
+    /// The newest event held and roughly when it arrived (wall clock), if any.
+    pub fn last(&self) -> Option<(Arc<Event>, std::time::SystemTime)> {
+        let h = self.lock();
+        let e = h.entries.back()?;
+        let at = std::time::SystemTime::now()
+            .checked_sub(e.at.elapsed())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        Some((e.event.clone(), at))
+    }
+
     /// Records that events may have been lost after everything held so far.
     pub fn mark_gap(&self) {
         let mut h = self.lock();

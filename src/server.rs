@@ -326,6 +326,7 @@ pub async fn run_with(
         seam_hook: hooks.seam,
         revocation_keys: revocation_keys(&config),
         conflate: config.delivery.conflate.clone(),
+        history_stream: config.history_stream.clone(),
     };
     tasks.spawn(consumer.run(clients.clone()));
     if config.revocation.enabled() {

@@ -5,6 +5,7 @@
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
 //! says 503.
 
+mod backfill;
 pub mod revocations;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Binding, ConflationRule, Mapping};
+use crate::config::{AmqpConfig, Binding, ConflationRule, HistoryStream, Mapping};
 use crate::dedupe::RecentIds;
 use crate::envelope::{DropReason, Event};
 use crate::history::History;
@@ -59,6 +60,10 @@ pub struct BrokerMetrics {
     pub history_events: Gauge,
     /// Bytes held for resuming clients.
     pub history_bytes: Gauge,
+    /// Events read into the history from the fleet's stream.
+    pub backfilled: Counter,
+    /// How long the last backfill took.
+    pub backfill_ms: Gauge,
 }
 
 impl Collect for BrokerMetrics {
@@ -88,6 +93,16 @@ impl Collect for BrokerMetrics {
             "gateway_history_bytes",
             "Bytes of envelopes held for resuming clients.",
             &self.history_bytes,
+        );
+        o.counter(
+            "gateway_history_backfilled_total",
+            "Events read into the history from the fleet's history stream.",
+            &self.backfilled,
+        );
+        o.gauge(
+            "gateway_history_backfill_milliseconds",
+            "How long the last backfill from the history stream took.",
+            &self.backfill_ms,
         );
         o.gauge(
             "gateway_broker_connected",
@@ -131,6 +146,8 @@ pub struct Consumer {
     pub revocation_keys: Vec<Binding>,
     /// Which event types supersede each other, keyed by which field.
     pub conflate: Vec<ConflationRule>,
+    /// The fleet's stream to backfill the history from; `None`: off.
+    pub history_stream: Option<HistoryStream>,
 }
 
 /// Why a session with the broker ended.
@@ -245,7 +262,8 @@ impl Consumer {
                 Err(e) => return Session::Failed(e),
             },
         };
-        self.announce(&link, reconnecting);
+        let covered = self.backfill(&link, reconnecting, recent).await;
+        self.announce(&link, reconnecting, covered);
         match self.consume(link, shutdown, recent).await {
             Ok(()) => Session::Stopped,
             Err(e) => Session::Broke(e),
@@ -288,14 +306,15 @@ impl Consumer {
         })
     }
 
-    /// Ready, counted and logged; clients told to resync when the queue was lost.
-    fn announce(&self, link: &Link, reconnecting: bool) {
+    /// Ready, counted and logged; clients told to resync when the queue was lost and the
+    /// history stream could not fill the gap.
+    fn announce(&self, link: &Link, reconnecting: bool, covered: bool) {
         let cfg = &self.config;
         self.set_ready(true);
         if reconnecting {
             self.metrics.reconnects.inc();
         }
-        if link.queue_lost {
+        if link.queue_lost && !covered {
             self.history.mark_gap();
             let told = self.hub.resync_all();
             tracing::warn!(
@@ -309,6 +328,88 @@ impl Consumer {
             amqp.bindings = ?cfg.bindings.iter().map(|b| format!("{}:{}", b.exchange, b.key)).collect::<Vec<_>>(),
             "consuming"
         );
+    }
+
+    /// Fills the history from the fleet's stream: everything of the history's age on a
+    /// fresh start (before ready, so resumes work at once), and after a break what came
+    /// after the last event held, delivered to clients too. Returns whether a break (a
+    /// lost queue) was covered; the live queue is already bound, so nothing published
+    /// from here on can fall between stream and queue.
+    async fn backfill(&self, link: &Link, reconnecting: bool, recent: &mut RecentIds) -> bool {
+        let Some(stream) = &self.history_stream else {
+            return false;
+        };
+        let started = std::time::Instant::now();
+        let result = if !reconnecting {
+            self.fill(link, stream, recent).await.map(|_| false)
+        } else if link.queue_lost {
+            self.fill_gap(link, stream, recent).await
+        } else {
+            // The queue kept everything; nothing to fill.
+            return false;
+        };
+        self.metrics
+            .backfill_ms
+            .set(started.elapsed().as_millis() as i64);
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, stream = %stream.name, "history stream unavailable; resuming clients may resync");
+            false
+        })
+    }
+
+    /// A fresh start: the stream's recent events into the history (no client to deliver
+    /// them to yet).
+    async fn fill(
+        &self,
+        link: &Link,
+        stream: &HistoryStream,
+        recent: &mut RecentIds,
+    ) -> Result<(), LinkError> {
+        let from = backfill::From::Ago(stream.max_age);
+        let n = backfill::read(&link.conn, stream, &self.config, from, |d| {
+            if let Some(event) = self.parse(d, recent) {
+                self.metrics.backfilled.inc();
+                self.remember(event);
+            }
+        })
+        .await?;
+        tracing::info!(stream = %stream.name, read = n, "history backfilled");
+        Ok(())
+    }
+
+    /// After a lost queue: what came after the last event held, into history and hub, in
+    /// order. `true` when the stream showed that it covers the gap (it still had the last
+    /// event held); otherwise nothing is delivered and clients resync.
+    async fn fill_gap(
+        &self,
+        link: &Link,
+        stream: &HistoryStream,
+        recent: &mut RecentIds,
+    ) -> Result<bool, LinkError> {
+        let Some((last, at)) = self.history.last() else {
+            return Ok(false);
+        };
+        let mut found = false;
+        let mut missed = Vec::new();
+        let from = backfill::From::Before(at);
+        backfill::read(&link.conn, stream, &self.config, from, |d| {
+            if found {
+                if let Some(event) = self.parse(d, recent) {
+                    missed.push(event);
+                }
+            } else if let Some(event) = self.parse(d, &mut RecentIds::new(1)) {
+                found = *event.tenant == *last.tenant && event.id == last.id;
+            }
+        })
+        .await?;
+        if found {
+            tracing::info!(stream = %stream.name, delivered = missed.len(), "gap filled from the history stream");
+            for event in missed {
+                self.metrics.backfilled.inc();
+                self.dispatch(event).await;
+            }
+        }
+        Ok(found)
     }
 
     /// Hands every delivery on and acknowledges it, until the link breaks (`Err`) or
@@ -351,9 +452,16 @@ impl Consumer {
 
     /// Parses one message and hands the event to history and hub, or counts why not.
     async fn handle(&self, delivery: Delivery, recent: &mut RecentIds) {
+        if let Some(event) = self.parse(delivery, recent) {
+            self.dispatch(event).await;
+        }
+    }
+
+    /// Parses one message into a new event, or counts why not (drops, duplicates).
+    fn parse(&self, delivery: Delivery, recent: &mut RecentIds) -> Option<Event> {
         let key = delivery.routing_key.as_str();
         if self.revocation_keys.iter().any(|b| b.matches(key)) {
-            return;
+            return None;
         }
         self.metrics.received.inc();
         let headers = delivery.properties.headers().as_ref();
@@ -384,8 +492,9 @@ impl Consumer {
                     redelivered = delivery.redelivered,
                     "duplicate event dropped"
                 );
+                None
             }
-            Ok(event) => self.dispatch(event).await,
+            Ok(event) => Some(event),
             Err(reason) => {
                 self.metrics.dropped.inc(reason);
                 tracing::warn!(
@@ -393,8 +502,17 @@ impl Consumer {
                     reason = reason.as_str(),
                     "dropping message: {reason}"
                 );
+                None
             }
         }
+    }
+
+    /// Into the history only (a backfill at start).
+    fn remember(&self, mut event: Event) {
+        event.conflation_key = self.conflation_key(&event);
+        let (_, (events, bytes)) = self.history.append(event);
+        self.metrics.history_events.set(events as i64);
+        self.metrics.history_bytes.set(bytes as i64);
     }
 
     /// Into the history before the hub: a client registering meanwhile then finds the

@@ -17,6 +17,17 @@ pub struct HistoryLimits {
     pub max_age: Duration,
 }
 
+/// The stream every instance backfills its history from.
+#[derive(Clone, Debug)]
+pub struct HistoryStream {
+    /// Stream (queue) name, shared by the fleet.
+    pub name: String,
+    /// `x-max-age`: the history's age.
+    pub max_age: Duration,
+    /// `x-max-length-bytes`.
+    pub max_bytes: u64,
+}
+
 /// Descriptors kept back for the listener, the broker link, logs and JWKS fetches.
 const RESERVED_FDS: usize = 128;
 /// Used when the open-file limit cannot be read.
@@ -70,6 +81,22 @@ impl Validator<'_> {
             max_bytes: self.count::<usize>(Key::HistoryMaxBytes, 1 << 34),
             max_age: self.secs(Key::HistoryMaxAgeSecs),
         }
+    }
+
+    /// The history stream, `None` when switched off.
+    pub(super) fn history_stream(&mut self, history: &HistoryLimits) -> Option<HistoryStream> {
+        let name = self.list(Key::HistoryStream).into_iter().next()?;
+        if name.len() > 255 || name.starts_with("amq.") {
+            self.problem(
+                Key::HistoryStream,
+                "must be at most 255 bytes and not start with `amq.`",
+            );
+        }
+        Some(HistoryStream {
+            name,
+            max_age: history.max_age,
+            max_bytes: self.count::<u64>(Key::HistoryStreamMaxBytes, u64::MAX),
+        })
     }
 
     pub(super) fn shutdown_timing(&mut self) -> ShutdownTiming {

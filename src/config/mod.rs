@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use amqp::{AmqpConfig, Binding, topic_matches};
 pub use delivery::{ConflationRule, DeliveryConfig};
 pub use jwt::JwtConfig;
-pub use limits::HistoryLimits;
+pub use limits::{HistoryLimits, HistoryStream};
 pub use mapping::{Mapping, Pointer};
 pub use revocation::RevocationConfig;
 pub use settings::{Key, SETTINGS, Setting};
@@ -97,6 +97,8 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Where envelope fields are found.
     pub mapping: Mapping,
+    /// Where the history is backfilled from, if anywhere.
+    pub history_stream: Option<HistoryStream>,
     /// Conflation and interest limits.
     pub delivery: DeliveryConfig,
     /// Which events revoke users and tenants, and how long revocations are kept.

@@ -67,6 +67,8 @@ settings! {
     HistoryMaxEvents, "history-max-events", "GATEWAY_HISTORY_MAX_EVENTS", Some("10000"), "recent events kept for resuming clients";
     HistoryMaxBytes, "history-max-bytes", "GATEWAY_HISTORY_MAX_BYTES", Some("16777216"), "bytes of recent events kept for resuming clients";
     HistoryMaxAgeSecs, "history-max-age-secs", "GATEWAY_HISTORY_MAX_AGE_SECS", Some("300"), "oldest event kept for resuming clients";
+    HistoryStream, "history-stream", "GATEWAY_HISTORY_STREAM", Some("realtime-gateway.history"), "RabbitMQ stream the fleet's history is backfilled from (declared if absent; `off` or empty: none, clients resync after breaks)";
+    HistoryStreamMaxBytes, "history-stream-max-bytes", "GATEWAY_HISTORY_STREAM_MAX_BYTES", Some("1073741824"), "most bytes the history stream keeps (x-max-length-bytes)";
     DedupeWindow, "dedupe-window", "GATEWAY_DEDUPE_WINDOW", Some("16384"), "recent event_ids remembered to drop redelivered duplicates";
     // Clients send only control messages, which carry at most a token.
     WsMaxMessageBytes, "ws-max-message-bytes", "GATEWAY_WS_MAX_MESSAGE_BYTES", Some("16384"), "largest message a WebSocket client may send";

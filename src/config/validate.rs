@@ -94,6 +94,8 @@ impl<'a> Validator<'a> {
         let (log_format, log) = self.logging();
         let shutdown = self.shutdown_timing();
         let sizes = self.event_sizes();
+        let history = self.history();
+        let history_stream = self.history_stream(&history);
 
         Config {
             listen,
@@ -107,7 +109,8 @@ impl<'a> Validator<'a> {
             send_queue_len: self.count::<usize>(Key::SendQueueLen, 1_000_000),
             send_queue_bytes: sizes.send_queue_bytes,
             dedupe_window: self.count::<usize>(Key::DedupeWindow, 10_000_000),
-            history: self.history(),
+            history,
+            history_stream,
             ws_max_message_bytes: self.count::<usize>(Key::WsMaxMessageBytes, 16 * 1024 * 1024),
             ws_read_buffer_bytes: self.count::<usize>(Key::WsReadBufferBytes, 1024 * 1024),
             ws_ping_interval: self.secs(Key::WsPingIntervalSecs),

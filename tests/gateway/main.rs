@@ -8,6 +8,7 @@
 
 mod auth;
 mod connection;
+mod continuity;
 mod delivery;
 mod delivery_control;
 mod resilience;

@@ -87,6 +87,8 @@ impl GatewayBuilder {
             "off".into(),
             "--revocation-tenant-keys".into(),
             "off".into(),
+            "--history-stream".into(),
+            "off".into(),
         ];
         GatewayBuilder {
             args,
@@ -994,6 +996,7 @@ pub fn gateway_process(
         .env("GATEWAY_JWT_SECRET", SECRET)
         .env("GATEWAY_REVOCATION_USER_KEYS", "off")
         .env("GATEWAY_REVOCATION_TENANT_KEYS", "off")
+        .env("GATEWAY_HISTORY_STREAM", "off")
         .kill_on_drop(true);
     (cmd, port)
 }
