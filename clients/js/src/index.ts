@@ -1,8 +1,10 @@
 export {
   createRealtimeClient,
+  WS_PROTOCOL,
   type ConnectionState,
   type EventSourceConstructor,
   type EventSourceLike,
+  type PageLifecycle,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeError,
@@ -14,4 +16,6 @@ export {
   type WebSocketLike,
 } from './client.js';
 export * from './events.js';
-export { decodeTokenTimes, type TokenTimes } from './jwt.js';
+export { decodeTokenTimes, refreshDelay, type TokenTimes } from './jwt.js';
+export { fetchToken, TokenError } from './token.js';
+export { safeHttpUrl } from './url.js';

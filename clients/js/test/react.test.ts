@@ -12,7 +12,7 @@ import {
   useRealtimeClient,
   useRenderProgress,
 } from '../src/react.js';
-import { envelope, FakeEventSource, FakeWebSocket, flush } from './fakes.js';
+import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush } from './fakes.js';
 
 let client: RealtimeClient;
 let ws: FakeWebSocket;
@@ -25,6 +25,7 @@ beforeEach(async () => {
     getToken: async () => 'tok',
     WebSocketImpl: FakeWebSocket,
     EventSourceImpl: FakeEventSource,
+    fetchImpl: new FakeFetch().fetch,
   });
   await flush();
   ws = FakeWebSocket.last();
@@ -123,6 +124,7 @@ describe('RealtimeProvider', () => {
             url: 'https://rt.flatrender.example',
             getToken: async () => token, // a new inline function every render
             WebSocketImpl: FakeWebSocket,
+            fetchImpl: new FakeFetch().fetch,
             random: () => 0, // reconnect without waiting
           },
           children: createElement(Probe),
@@ -141,11 +143,12 @@ describe('RealtimeProvider', () => {
     const owned = seen!;
     await act(async () => {
       live[0]!.fail();
+      await flush(); // the refusal probe (404 here) settles first
       await new Promise((r) => setTimeout(r, 0));
       await flush();
     });
     expect(seen).toBe(owned);
-    expect(FakeWebSocket.last().query.get('access_token')).toBe('v2');
+    expect(FakeWebSocket.last().bearer).toBe('v2');
 
     unmount();
     expect(owned.state).toBe('closed');
