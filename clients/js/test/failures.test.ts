@@ -440,7 +440,7 @@ describe('refresh sensibly', () => {
         ws.receive({ type: 'refreshed', exp });
       }
     }
-    // One refresh every 30 s: 4 in two minutes (the old schedule did 23).
+    // One refresh every 30 s: 4 in two minutes (the old schedule did 24).
     expect(ws.sent.filter((m) => (m as { type: string }).type === 'refresh')).toHaveLength(4);
   });
 
