@@ -208,3 +208,44 @@ export async function screenshot(page, name) {
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
+
+const STUDIO_DIR = path.join(ROOT, 'examples', 'nextjs-studio');
+
+/**
+ * Starts the built examples/nextjs-studio (`next start`) on a free loopback port with the
+ * given environment (REALTIME_URL, REALTIME_TOKEN_TRANSPORT, ...); resolves once it serves.
+ */
+export async function startStudio(env = {}) {
+  const port = await freePort();
+  const child = spawn(path.join(STUDIO_DIR, 'node_modules', '.bin', 'next'), ['start', '-p', String(port), '-H', '127.0.0.1'], {
+    cwd: STUDIO_DIR,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: 'production',
+      NEXT_TELEMETRY_DISABLED: '1',
+      REALTIME_JWT_SECRET: SECRET,
+      ...env,
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await until(`studio on ${port}`, async () => (await status(`${url}/api/realtime-token`)) !== 0, 60000);
+  return {
+    url,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await Promise.race([once(child, 'exit'), sleep(10000).then(() => child.kill('SIGKILL'))]);
+    },
+  };
+}
+
+/**
+ * Whether this gateway speaks the issue-17 protocol additions (token in the WebSocket
+ * subprotocol, `GET /auth/check`, SSE heartbeat and CORS for token requests): an older
+ * gateway answers 404 on /auth/check.
+ */
+export async function gatewayHasAuthCheck(url) {
+  return (await status(`${url}/auth/check`)) !== 404;
+}
