@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: starts and installs what the tests need (RabbitMQ, Chromium, npm
 # packages), checks formatting and lints, then runs every test: Rust unit and integration
-# tests against the real broker, the browser client's unit tests, and the end-to-end tests
-# in headless Chromium.
+# tests against the real broker, the browser client's unit tests, a production build of the
+# Next.js example, and the end-to-end tests in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,10 +15,13 @@ cargo test --all-targets --locked
 # The browser tests run the real binary and the demo example as publisher.
 cargo build --bins --examples --locked
 
-if [ -f clients/js/package.json ]; then
-  (cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm test && npm run build)
-  rm -rf clients/demo/lib && mkdir -p clients/demo && cp -r clients/js/dist clients/demo/lib
-fi
+# The client is built before its tests: one of them type-checks apps against dist/.
+(cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm run build && npm test)
+rm -rf clients/demo/lib && cp -r clients/js/dist clients/demo/lib
+
+# The Next.js example installs the client just built (a copy, via install-links in its
+# .npmrc) and is built for production; the browser tests start it with `next start`.
+(cd examples/nextjs-studio && npm ci --no-audit --no-fund && NEXT_TELEMETRY_DISABLED=1 npm run build)
 
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
 
