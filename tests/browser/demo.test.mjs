@@ -11,6 +11,7 @@ import { after, before, test } from 'node:test';
 
 import {
   ROOT,
+  gatewayHasAuthCheck,
   launchBrowser,
   publishSequence,
   screenshot,
@@ -36,15 +37,13 @@ after(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => {});
 });
 
-// The token rides in the WebSocket subprotocol once the gateway selects
-// realtime-gateway.v1 (see README, "Browser client"); until then these tests ask for the
-// query form. Flip TOKEN_TRANSPORT to 'protocol' when the gateway side has landed.
-const TOKEN_TRANSPORT = process.env.DEMO_TOKEN_TRANSPORT ?? 'query';
-
 async function openDemo(base, tok, extra = '') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
-  await page.goto(`${base}/demo/?tokenTransport=${TOKEN_TRANSPORT}${extra}#token=${encodeURIComponent(tok)}`);
+  // The token rides in the WebSocket subprotocol where the gateway selects
+  // realtime-gateway.v1; a gateway without it (no /auth/check) gets the query form.
+  const tokenTransport = (await gatewayHasAuthCheck(base)) ? 'protocol' : 'query';
+  await page.goto(`${base}/demo/?tokenTransport=${tokenTransport}${extra}#token=${encodeURIComponent(tok)}`);
   await until('connection badge open', async () => (await page.textContent('#connection')) === 'open');
   // The token was taken from the fragment and removed from the address bar; nothing
   // global holds it.
