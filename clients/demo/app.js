@@ -96,6 +96,7 @@ if (!token) {
     transport: transport === 'websocket' || transport === 'sse' ? transport : 'auto',
     tokenTransport: params.get('tokenTransport') === 'query' ? 'query' : 'protocol',
     backoff: { initialMs: 250, maxMs: positiveParam('maxBackoffMs', 5000) },
+    wsRetryIntervalMs: positiveParam('wsRetryMs', 5 * 60_000),
     onStateChange: (state) => {
       $('connection').textContent = state;
       $('connection').dataset.state = state;
@@ -108,6 +109,10 @@ if (!token) {
       $('resync').dataset.shown = 'true';
     },
   });
+  // A tab on SSE moves back to WebSocket without a state change: show the live transport.
+  setInterval(() => {
+    $('transport').textContent = client.transport ?? '-';
+  }, 1000);
   client.onEvent((event) => {
     remember(demo.eventIds, event.event_id, MAX_IDS);
     if (!isCatalogEvent(event)) return; // unknown type, or data without its declared fields

@@ -17,6 +17,7 @@ import {
   screenshot,
   startBalancer,
   startGateway,
+  startUpgradeBlocker,
   token,
   unique,
   until,
@@ -123,5 +124,30 @@ test('after a gateway restart the page reconnects by itself and shows what it mi
   assert.equal(await page.evaluate(() => window.demo.resyncs), 0);
   assert.ok((await b.metric('gateway_resumes_total{outcome="replayed"}')) >= 1);
   await screenshot(page, 'demo-after-restart');
+  await page.close();
+});
+
+test('WebSocket blocked on the path: SSE carries the page, and WebSocket takes over once the path allows it', async (t) => {
+  const exchange = unique('browser-blocked');
+  const gw = await startGateway({ exchange, env: { GATEWAY_DEMO_DIR: DEMO_DIR } });
+  cleanups.push(() => gw.stop());
+  if (!(await gatewayHasAuthCheck(gw.url))) {
+    // Without the probe the client cannot tell a blocked path from an outage.
+    t.skip('this gateway has no GET /auth/check yet (issue 17, gateway side)');
+    return;
+  }
+  const proxy = await startUpgradeBlocker(gw.port);
+  cleanups.push(() => proxy.close());
+  const page = await openDemo(proxy.url, await token('tenant-a', 'user-1'), '&wsRetryMs=2000');
+  assert.equal(await page.textContent('#transport'), 'sse');
+  const first = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
+  await until('bell shows 1', async () => (await bell(page)) === '1');
+
+  proxy.allow();
+  await until('back on WebSocket', async () => (await page.textContent('#transport')) === 'websocket', 30000);
+  const second = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
+  await until('bell shows 2', async () => (await bell(page)) === '2');
+  assert.deepEqual(await page.evaluate(() => window.demo.eventIds), [...first, ...second]);
+  assert.equal(await page.textContent('#connection'), 'open');
   await page.close();
 });

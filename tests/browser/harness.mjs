@@ -249,3 +249,54 @@ export async function startStudio(env = {}) {
 export async function gatewayHasAuthCheck(url) {
   return (await status(`${url}/auth/check`)) !== 404;
 }
+
+/**
+ * A loopback HTTP proxy in front of a gateway that can refuse WebSocket upgrades, as a
+ * corporate proxy does (403 to the upgrade, plain requests pass). `allow()` lifts it.
+ */
+export async function startUpgradeBlocker(upstreamPort) {
+  let blocking = true;
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.on('error', () => client.destroy());
+    let head = Buffer.alloc(0);
+    const onData = (chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0 && head.length < 65536) return;
+      client.off('data', onData);
+      if (blocking && /^upgrade:\s*websocket/im.test(head.subarray(0, end).toString('latin1'))) {
+        client.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        return;
+      }
+      const up = net.connect(upstreamPort, '127.0.0.1', () => {
+        up.write(head);
+        client.pipe(up);
+        up.pipe(client);
+      });
+      const end2 = () => {
+        client.destroy();
+        up.destroy();
+      };
+      up.on('error', end2);
+      up.on('close', end2);
+      client.on('close', end2);
+    };
+    client.on('data', onData);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    allow() {
+      blocking = false;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
