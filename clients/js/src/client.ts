@@ -602,6 +602,10 @@ class Client implements RealtimeClient {
       this.wsEverOpened = true;
     }
     this.setState('open');
+    // On SSE because WebSocket was blocked: keep trying WebSocket beside it.
+    if (conn.kind === 'sse' && this.fellBack && this.wsRetryTimer === undefined && this.trial === null) {
+      this.scheduleWsRetry();
+    }
     this.healthyTimer = setTimeout(() => this.markHealthy(conn), this.cfg.healthyAfterMs);
     if (this.#token !== null) this.scheduleRefresh(decodeTokenTimes(this.#token));
     this.startLiveness(conn);
@@ -818,8 +822,7 @@ class Client implements RealtimeClient {
 
   private fallBack(): void {
     if ((this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || !this.ES) return;
-    this.fellBack = true;
-    this.scheduleWsRetry();
+    this.fellBack = true; // the SSE stream, once open, schedules the WebSocket retries
   }
 
   // ---- trying WebSocket again while on SSE ------------------------------------------
@@ -836,12 +839,10 @@ class Client implements RealtimeClient {
    */
   private tryWebSocketAgain(): void {
     this.wsRetryTimer = undefined;
-    if (this.disposed || this.halted || !this.fellBack) return;
+    if (this.disposed || this.halted || !this.fellBack || !this.WS) return;
     const current = this.conn;
-    if (!current?.opened || current.kind !== 'sse' || !this.WS) {
-      this.scheduleWsRetry();
-      return;
-    }
+    // Not serving right now: the next SSE stream to open schedules the next try.
+    if (!current?.opened || current.kind !== 'sse') return;
     let trial: Conn;
     try {
       trial = this.openWebSocket(this.#token);

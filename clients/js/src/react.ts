@@ -34,7 +34,9 @@ interface Status {
   /** The provider could not create a client (bad options): nothing will ever connect. */
   failed: boolean;
 }
-const StatusContext = createContext<Status>({ error: null, failed: false });
+const NO_ERROR: Status = { error: null, failed: false };
+const StatusContext = createContext<Status>(NO_ERROR);
+const clearError = (prev: Status): Status => (prev.error === null ? prev : NO_ERROR);
 
 export interface RealtimeProviderProps {
   /** A client you own: you create it and you close it. */
@@ -60,7 +62,7 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
   });
   const owns = client === undefined && options !== undefined;
   const [owned, setOwned] = useState<RealtimeClient | null>(null);
-  const [status, setStatus] = useState<Status>({ error: null, failed: false });
+  const [status, setStatus] = useState<Status>(NO_ERROR);
   const { url, tokenUrl, cookieAuth, transport, tokenTransport } = options ?? {};
   const hasGetToken = options?.getToken !== undefined;
 
@@ -69,14 +71,23 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
     const opts = () => latest.current!;
     // Created in an effect (not useState) so React StrictMode's mount/unmount/mount closes
     // the first client cleanly instead of leaking or reusing a closed one.
+    setStatus(NO_ERROR);
     let c: RealtimeClient;
     try {
       c = createRealtimeClient({
         ...opts(),
         getToken: hasGetToken ? () => opts().getToken!() : undefined,
         onResync: () => opts().onResync?.(),
-        onStateChange: (s) => opts().onStateChange?.(s),
-        onError: (e) => opts().onError?.(e),
+        // Wired at creation, not in a later effect: the first error can come before React
+        // has rendered with the new client.
+        onStateChange: (s) => {
+          if (s === 'open') setStatus(clearError);
+          opts().onStateChange?.(s);
+        },
+        onError: (e) => {
+          setStatus({ error: e, failed: false });
+          opts().onError?.(e);
+        },
       });
     } catch (cause) {
       const error: RealtimeError = {
@@ -95,19 +106,21 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
     };
   }, [owns, url, tokenUrl, cookieAuth, transport, tokenTransport, hasGetToken]);
 
-  const value = client !== undefined ? client : owned;
+  // A client the app owns: follow its errors from the moment it is handed over.
   useEffect(() => {
-    if (!value) return;
-    setStatus({ error: null, failed: false });
-    const offError = value.onError((error) => setStatus({ error, failed: false }));
-    const offState = value.onStateChange((s) => {
-      if (s === 'open') setStatus((prev) => (prev.error === null ? prev : { error: null, failed: false }));
+    if (!client) return;
+    setStatus(NO_ERROR);
+    const offError = client.onError((error) => setStatus({ error, failed: false }));
+    const offState = client.onStateChange((s) => {
+      if (s === 'open') setStatus(clearError);
     });
     return () => {
       offError();
       offState();
     };
-  }, [value]);
+  }, [client]);
+
+  const value = client !== undefined ? client : owned;
 
   return createElement(
     RealtimeContext.Provider,

@@ -344,6 +344,25 @@ describe('WebSocket blocked on the path', () => {
     expect(events.map((e) => e.event_id)).toEqual(['s1', 'w2']);
   });
 
+  it('keeps trying WebSocket after a wake reconnected the SSE stream', async () => {
+    const win = new EventTarget();
+    const fetch = new FakeFetch(admitted);
+    make({ wsRetryIntervalMs: 60_000, lifecycle: { window: win } }, fetch);
+    await flush();
+    FakeWebSocket.last().fail();
+    await advance(500);
+    FakeWebSocket.last().fail();
+    await advance(1_000);
+    FakeEventSource.last().open();
+    win.dispatchEvent(new Event('online')); // reconnects now, still on SSE
+    await flush();
+    expect(FakeEventSource.instances).toHaveLength(2);
+    FakeEventSource.last().open();
+    const before = FakeWebSocket.instances.length;
+    await advance(60_000);
+    expect(FakeWebSocket.instances).toHaveLength(before + 1);
+  });
+
   it('a failed trial leaves SSE alone and is tried again', async () => {
     const { client, es } = await blockedThenSse();
     await advance(60_000);

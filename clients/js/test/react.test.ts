@@ -238,8 +238,30 @@ describe('errors reach the page', () => {
     expect(onError).toHaveBeenCalledTimes(1);
   });
 
+  it('an error right at creation (getToken throws at once) still reaches the page', async () => {
+    FakeWebSocket.reset();
+    const { container } = render(
+      createElement(RealtimeProvider, {
+        options: {
+          url: 'https://rt.flatrender.example',
+          getToken: () => {
+            throw new Error('no session');
+          },
+          WebSocketImpl: FakeWebSocket,
+          backoff: { initialMs: 60_000 },
+        },
+        children: createElement(ShowError),
+      }),
+    );
+    await act(async () => flush());
+    expect(container.textContent).toBe('unauthorized: token_error no session');
+  });
+
   it('a signed-out token endpoint shows as unauthorized with the status, and clears once open', async () => {
-    const fetch = new FakeFetch().answer(new Response('signed out', { status: 401 }));
+    let signedIn = false;
+    const fetch = new FakeFetch(() =>
+      signedIn ? new Response('good.jwt.token') : new Response('signed out', { status: 401 }),
+    );
     FakeWebSocket.reset();
     const { container } = render(
       createElement(RealtimeProvider, {
@@ -257,7 +279,7 @@ describe('errors reach the page', () => {
     expect(container.textContent).toBe('unauthorized: token_error token endpoint answered 401');
     expect(FakeWebSocket.instances).toHaveLength(0);
 
-    fetch.answer(new Response('good.jwt.token'));
+    signedIn = true;
     await act(async () => {
       await new Promise((r) => setTimeout(r, 0));
       await flush();
