@@ -1,8 +1,9 @@
 // examples/nextjs-studio (Next.js App Router, built by scripts/test.sh) in headless
 // Chromium against real gateways and RabbitMQ: progress and the bell work with tokens
 // minted by the app's route handler; a missing gateway URL and a signed-out user show as
-// errors on the page and never leak a token; a gateway restart is survived with resume;
-// the WebSocket URL carries no token.
+// errors on the page and never leak a token; a gateway restart, and an outage while the
+// page loads, are survived on WebSocket with resume; short tokens are refreshed in band at
+// a sensible pace; the WebSocket URL carries no token.
 //
 // Token transport: the client sends the token in Sec-WebSocket-Protocol by default. A
 // gateway without that support (no /auth/check) fails such handshakes, so against it these
@@ -193,6 +194,52 @@ test('a gateway restart is survived: the page reconnects on WebSocket and resume
   assert.deepEqual(await eventIds(page), [...first, ...second]);
   assert.ok((await b.metric('gateway_resumes_total{outcome="replayed"}')) >= 1);
   await screenshot(page, 'studio-after-restart');
+  await close();
+});
+
+test('a gateway outage while the page loads does not move the tab to SSE', async () => {
+  const exchange = unique('studio-outage-at-load');
+  const gw = await gateway(exchange);
+  const modern = await gatewayHasAuthCheck(gw.url);
+  const lb = await startBalancer([gw.port]);
+  cleanups.push(() => lb.close());
+  lb.pause(); // a deploy: nothing answers while the page loads
+  const s = await studio(lb.url, { modern });
+  const { page, seen, close } = await openStudio(s);
+  await until('several failed attempts', async () => seen.sockets.length >= 3, 60000);
+  assert.notEqual(await connection(page), 'open');
+  lb.resume();
+  await waitOpen(page, 60000);
+  assert.equal(await testId(page, 'connection').getAttribute('data-transport'), 'websocket');
+  assert.ok(!seen.requests.some((u) => u.includes('/sse')), 'no SSE attempt during an outage');
+  const ids = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
+  await until('bell shows 1', async () => (await bell(page)) === '1');
+  assert.deepEqual(await eventIds(page), ids);
+  await close();
+});
+
+test('a short-lived token is refreshed in band at half its life, not every few seconds', async () => {
+  const exchange = unique('studio-refresh');
+  const gw = await gateway(exchange);
+  const modern = await gatewayHasAuthCheck(gw.url);
+  // 20 s tokens: due at 10 s (the 60 s default margin is capped at half the lifetime).
+  const s = await studio(gw.url, { modern, env: { REALTIME_TOKEN_TTL_SECS: '20' } });
+  const { page, seen, close } = await openStudio(s);
+  await waitOpen(page);
+  const tokenFetches = () => seen.requests.filter((u) => u.endsWith('/api/realtime-token')).length;
+  const start = tokenFetches();
+  const t0 = Date.now();
+  // Two refreshes take the socket past the first token's expiry: only in-band refreshes
+  // can have kept it open. A slow machine only makes them later, never sooner.
+  await until('two refreshes', async () => tokenFetches() - start >= 2, 90000);
+  const elapsed = Date.now() - t0;
+  assert.ok(elapsed >= 15000, `two refreshes within ${elapsed} ms: refreshing far too often`);
+  await until('past the first expiry', async () => Date.now() - t0 > 22000, 30000);
+  assert.equal(seen.sockets.length, 1, 'refreshed in band, never reconnected');
+  assert.equal(await connection(page), 'open');
+  const ids = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
+  await until('bell shows 1', async () => (await bell(page)) === '1');
+  assert.deepEqual(await eventIds(page), ids);
   await close();
 });
 
