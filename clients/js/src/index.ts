@@ -1,5 +1,5 @@
+export { createRealtimeClient } from './client.js';
 export {
-  createRealtimeClient,
   WS_PROTOCOL,
   type ConnectionState,
   type EventSourceConstructor,
@@ -14,7 +14,7 @@ export {
   type Unsubscribe,
   type WebSocketConstructor,
   type WebSocketLike,
-} from './client.js';
+} from './api.js';
 export * from './events.js';
 export { decodeTokenTimes, refreshDelay, type TokenTimes } from './jwt.js';
 export { fetchToken, TokenError } from './token.js';

@@ -15,13 +15,8 @@ import {
   type ReactElement,
   type ReactNode,
 } from 'react';
-import {
-  createRealtimeClient,
-  type ConnectionState,
-  type RealtimeClient,
-  type RealtimeClientOptions,
-  type RealtimeError,
-} from './client.js';
+import type { ConnectionState, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
+import { createRealtimeClient } from './client.js';
 import type { NotificationCreated, RenderJobEvent } from './events.js';
 import { safeHttpUrl } from './url.js';
 
