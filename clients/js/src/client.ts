@@ -740,12 +740,12 @@ class Client implements RealtimeClient {
    * what `setTimeout` can hold (a 45-day token, or an `exp` in milliseconds, would
    * otherwise fire at once, forever), re-armed until the refresh is really due.
    */
-  private scheduleRefresh(times: TokenTimes, extraDelayMs = 0): void {
+  private scheduleRefresh(times: TokenTimes): void {
     clearTimeout(this.refreshTimer);
     const now = this.now();
     const planned = refreshDelay(times, now, this.cfg.refreshBeforeExpiryMs);
     if (planned === null) return; // no exp: nothing to plan; the gateway will tell us (4001 / close)
-    let dueAt = now + planned + extraDelayMs;
+    let dueAt = now + planned;
     if (this.lastRefreshAt !== undefined) dueAt = Math.max(dueAt, this.lastRefreshAt + MIN_REFRESH_DELAY_MS);
     this.armRefresh(dueAt, times);
   }
