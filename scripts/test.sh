@@ -17,6 +17,10 @@ cargo build --bins --examples --locked
 
 # The client is built before its tests: one of them type-checks apps against dist/.
 (cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm run build && npm test)
+# The peer range says React 18 or 19: run the hooks' tests on React 18 too, then put the
+# locked tree back.
+(cd clients/js && npm install --no-save --no-audit --no-fund react@18.3.1 react-dom@18.3.1 &&
+  npx vitest run test/react.test.ts && npm ci --no-audit --no-fund)
 rm -rf clients/demo/lib && cp -r clients/js/dist clients/demo/lib
 
 # The Next.js example installs the client just built (a copy, via install-links in its
