@@ -37,7 +37,7 @@ export type RealtimeErrorCode =
   | 'revoked'
   /** The gateway refused for another cause: 403 origin, 429 too many connections, 503 over capacity or draining (`status`, `reason`, `retryAfterMs`). Retried, no sooner than Retry-After. */
   | 'refused'
-  /** The WebSocket/EventSource constructor threw (bad URL, CSP), or the gateway selected no or another subprotocol. Retried like any failed attempt. */
+  /** The WebSocket/EventSource constructor threw (bad URL, CSP), the gateway selected no or another subprotocol, or an SSE stream failed although the gateway would admit the token (CORS, a proxy). Retried like any failed attempt. */
   | 'connect_failed'
   /** A token would go over plain http/ws to a host other than this machine. Not retried. */
   | 'insecure_url'

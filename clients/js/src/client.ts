@@ -596,8 +596,15 @@ class Client implements RealtimeClient {
         return;
       case 'admitted':
         // The gateway would take this very token, yet the attempt failed: something on the
-        // path (a proxy, a firewall) blocks WebSocket.
+        // path (a proxy, a firewall) blocks WebSocket; for SSE, most often CORS.
         if (ws) this.countWsBlocked();
+        else {
+          this.emitError({
+            code: 'connect_failed',
+            message:
+              'the SSE stream failed although the gateway would admit this token: check CORS (a cookie-authenticated page origin must be in GATEWAY_ALLOWED_ORIGINS) and proxies',
+          });
+        }
         break;
       case 'unsupported':
         if (ws) this.countWsFailure();

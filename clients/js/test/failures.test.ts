@@ -282,6 +282,18 @@ describe('knowing why a connection failed (GET /auth/check)', () => {
     FakeWebSocket.last().open();
   });
 
+  it('an SSE stream failing while the gateway would admit the token says so (CORS, proxies)', async () => {
+    const fetch = new FakeFetch(admitted);
+    const { errors } = make({ transport: 'sse' }, fetch);
+    await flush();
+    FakeEventSource.last().fail(2);
+    await flush();
+    expect(errors[0]).toMatchObject({ code: 'connect_failed' });
+    expect(errors[0]!.message).toMatch(/CORS/);
+    await advance(500);
+    expect(FakeEventSource.instances).toHaveLength(2);
+  });
+
   it('cookie auth has no token to probe with: behaves as before', async () => {
     const fetch = new FakeFetch(admitted);
     make({ getToken: async () => null }, fetch);
