@@ -144,6 +144,7 @@ test('signed out: the 401 shows on the page, no token is sent, and signing in re
   assert.equal(await testId(page, 'error').getAttribute('data-code'), 'token_error');
   assert.match(await testId(page, 'error').textContent(), /Signed out.*401/);
   assert.equal(await connection(page), 'unauthorized');
+  await screenshot(page, 'studio-signed-out');
   // Let it retry a few times: still nothing goes to the gateway, the error body never
   // becomes a token, and the tab does not give up on WebSocket.
   await until('retried', async () => seen.requests.filter((u) => u.endsWith('/api/realtime-token')).length >= 3);
