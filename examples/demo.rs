@@ -334,7 +334,7 @@ async fn run() -> Result<()> {
     let o = opts()?;
     match o.command.as_str() {
         "token" => println!("{}", token(&o)?),
-        "url" => println!("{}/demo/?token={}", o.gateway, token(&o)?),
+        "url" => println!("{}/demo/#token={}", o.gateway, token(&o)?),
         "publish" => publish(&o, &sequence(&o)).await?,
         _ => watch(&o).await?,
     }

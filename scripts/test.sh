@@ -3,7 +3,8 @@
 # HAProxy, Prometheus, npm packages), checks formatting and lints, then runs every test:
 # Rust unit and integration tests against the real broker (including the shipped
 # load-balancer and Prometheus configurations run by the real tools), the checks of
-# deploy/, the browser client's unit tests, and the end-to-end tests in headless Chromium.
+# deploy/, the browser client's unit tests, a production build of the Next.js example, and
+# the end-to-end tests in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,17 @@ cargo build --bins --examples --locked
 # deploy/: rules (promtool), manifests (schemas, settings that exist), dashboard.
 scripts/check-deploy.sh target/debug/realtime-gateway
 
-if [ -f clients/js/package.json ]; then
-  (cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm test && npm run build)
-  rm -rf clients/demo/lib && mkdir -p clients/demo && cp -r clients/js/dist clients/demo/lib
-fi
+# The client is built before its tests: one of them type-checks apps against dist/.
+(cd clients/js && npm ci --no-audit --no-fund && npm run typecheck && npm run build && npm test)
+# The peer range says React 18 or 19: run the hooks' tests on React 18 too, then put the
+# locked tree back.
+(cd clients/js && npm install --no-save --no-audit --no-fund react@18.3.1 react-dom@18.3.1 &&
+  npx vitest run test/react.test.ts && npm ci --no-audit --no-fund)
+rm -rf clients/demo/lib && cp -r clients/js/dist clients/demo/lib
+
+# The Next.js example installs the client just built (a copy, via install-links in its
+# .npmrc) and is built for production; the browser tests start it with `next start`.
+(cd examples/nextjs-studio && npm ci --no-audit --no-fund && NEXT_TELEMETRY_DISABLED=1 npm run build)
 
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
 

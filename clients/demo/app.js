@@ -1,16 +1,22 @@
 // The demo page: a render job card whose progress bar moves live, a notification bell,
 // and a connection badge, all driven by @flatrender/realtime-client (built into ./lib by
-// the quick start). The token comes from ?token= (mint one with
-// `cargo run --example demo -- token --user <sub>`).
+// the quick start). The token comes from the fragment, #token=… (mint one with
+// `cargo run --example demo -- url`): a fragment never reaches a server, a Referer or
+// the request logs, and the page removes it from the address bar at once.
 
-import { createRealtimeClient } from './lib/index.js';
+import { createRealtimeClient, isCatalogEvent, safeHttpUrl } from './lib/index.js';
+import { remember } from './bounded.js';
 
+const fragment = new URLSearchParams(location.hash.slice(1));
+const token = fragment.get('token');
+if (token !== null) history.replaceState(null, '', location.pathname + location.search);
 const params = new URLSearchParams(location.search);
-const token = params.get('token');
 const $ = (id) => document.getElementById(id);
 
-// What the end-to-end tests read; also handy in the console.
-const demo = (window.demo = { eventIds: [], jobIds: [], notifications: 0, resyncs: 0 });
+/** How many event and job ids the page keeps for the tests (and the console). */
+const MAX_IDS = 500;
+// What the end-to-end tests read. Ids and counters only: never the token or the client.
+const demo = (window.demo = { eventIds: [], jobIds: [], notifications: 0, resyncs: 0, errors: [] });
 
 const STATUS = {
   'render.job.queued.v1': 'queued',
@@ -22,9 +28,8 @@ const STATUS = {
 };
 
 function showJob(event) {
-  const { job_id: jobId } = event.data ?? {};
-  if (!jobId) return;
-  if (!demo.jobIds.includes(jobId)) demo.jobIds.push(jobId);
+  const jobId = event.data.job_id;
+  remember(demo.jobIds, jobId, MAX_IDS, true);
   const card = $('job');
   // The card follows the most recent job.
   if (card.dataset.jobId !== jobId) {
@@ -39,7 +44,9 @@ function showJob(event) {
   if (event.event_type === 'render.job.progress.v1') setProgress(event.data.progress);
   if (event.event_type === 'render.job.completed.v1') {
     setProgress(100);
-    if (event.data.output_url) $('job-output').textContent = `· ${event.data.output_url}`;
+    // Producer data, not a trusted link: only http(s) is shown (as text, never as href).
+    const output = safeHttpUrl(event.data.output_url);
+    if (output) $('job-output').textContent = `· ${output}`;
   }
 }
 
@@ -58,6 +65,7 @@ function showNotification(event) {
   const li = document.createElement('li');
   li.textContent = event.data.title ?? event.data.kind ?? 'notification';
   $('notifications').prepend(li);
+  while ($('notifications').children.length > 20) $('notifications').lastElementChild.remove();
 }
 
 $('bell').addEventListener('click', () => {
@@ -66,28 +74,48 @@ $('bell').addEventListener('click', () => {
   $('bell-count').dataset.count = '0';
 });
 
+/** A number from the address bar, or `fallback` unless it is finite and above zero. */
+function positiveParam(name, fallback) {
+  const value = Number(params.get(name));
+  return params.has(name) && Number.isFinite(value) && value > 0 ? value : fallback;
+}
+
+function showError(error) {
+  remember(demo.errors, error.code, 50);
+  $('error').textContent = `${error.code}: ${error.message}`;
+}
+
 if (!token) {
-  $('connection').textContent = 'no token: add ?token=…';
+  $('connection').textContent = 'no token: open the address `cargo run --example demo -- url` prints';
   $('connection').dataset.state = 'closed';
 } else {
+  const transport = params.get('transport');
   const client = createRealtimeClient({
     url: location.origin,
     getToken: () => token,
-    transport: params.get('transport') ?? 'auto',
-    backoff: { initialMs: 250, maxMs: Number(params.get('maxBackoffMs') ?? 5000) },
+    transport: transport === 'websocket' || transport === 'sse' ? transport : 'auto',
+    tokenTransport: params.get('tokenTransport') === 'query' ? 'query' : 'protocol',
+    backoff: { initialMs: 250, maxMs: positiveParam('maxBackoffMs', 5000) },
+    wsRetryIntervalMs: positiveParam('wsRetryMs', 5 * 60_000),
     onStateChange: (state) => {
       $('connection').textContent = state;
       $('connection').dataset.state = state;
       $('transport').textContent = client.transport ?? '-';
+      if (state === 'open') $('error').textContent = '';
     },
+    onError: showError,
     onResync: () => {
       demo.resyncs += 1;
       $('resync').dataset.shown = 'true';
     },
   });
-  window.realtime = client;
+  // A tab on SSE moves back to WebSocket without a state change: show the live transport.
+  setInterval(() => {
+    $('transport').textContent = client.transport ?? '-';
+  }, 1000);
   client.onEvent((event) => {
-    demo.eventIds.push(event.event_id);
+    remember(demo.eventIds, event.event_id, MAX_IDS);
+    if (!isCatalogEvent(event)) return; // unknown type, or data without its declared fields
     if (event.event_type.startsWith('render.job.')) showJob(event);
     if (event.event_type.startsWith('notification.')) showNotification(event);
   });

@@ -11,11 +11,13 @@ import { after, before, test } from 'node:test';
 
 import {
   ROOT,
+  gatewayHasAuthCheck,
   launchBrowser,
   publishSequence,
   screenshot,
   startBalancer,
   startGateway,
+  startUpgradeBlocker,
   token,
   unique,
   until,
@@ -39,8 +41,15 @@ after(async () => {
 async function openDemo(base, tok, extra = '') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
-  await page.goto(`${base}/demo/?token=${encodeURIComponent(tok)}${extra}`);
+  // The token rides in the WebSocket subprotocol where the gateway selects
+  // realtime-gateway.v1; a gateway without it (no /auth/check) gets the query form.
+  const tokenTransport = (await gatewayHasAuthCheck(base)) ? 'protocol' : 'query';
+  await page.goto(`${base}/demo/?tokenTransport=${tokenTransport}${extra}#token=${encodeURIComponent(tok)}`);
   await until('connection badge open', async () => (await page.textContent('#connection')) === 'open');
+  // The token was taken from the fragment and removed from the address bar; nothing
+  // global holds it.
+  assert.ok(!page.url().includes(tok), 'token left in the address bar');
+  assert.equal(await page.evaluate(() => typeof window.realtime), 'undefined');
   return page;
 }
 
@@ -115,5 +124,30 @@ test('after a gateway restart the page reconnects by itself and shows what it mi
   assert.equal(await page.evaluate(() => window.demo.resyncs), 0);
   assert.ok((await b.metric('gateway_resumes_total{outcome="replayed"}')) >= 1);
   await screenshot(page, 'demo-after-restart');
+  await page.close();
+});
+
+test('WebSocket blocked on the path: SSE carries the page, and WebSocket takes over once the path allows it', async (t) => {
+  const exchange = unique('browser-blocked');
+  const gw = await startGateway({ exchange, env: { GATEWAY_DEMO_DIR: DEMO_DIR } });
+  cleanups.push(() => gw.stop());
+  if (!(await gatewayHasAuthCheck(gw.url))) {
+    // Without the probe the client cannot tell a blocked path from an outage.
+    t.skip('this gateway has no GET /auth/check yet (issue 17, gateway side)');
+    return;
+  }
+  const proxy = await startUpgradeBlocker(gw.port);
+  cleanups.push(() => proxy.close());
+  const page = await openDemo(proxy.url, await token('tenant-a', 'user-1'), '&wsRetryMs=2000');
+  assert.equal(await page.textContent('#transport'), 'sse');
+  const first = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
+  await until('bell shows 1', async () => (await bell(page)) === '1');
+
+  proxy.allow();
+  await until('back on WebSocket', async () => (await page.textContent('#transport')) === 'websocket', 30000);
+  const second = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
+  await until('bell shows 2', async () => (await bell(page)) === '2');
+  assert.deepEqual(await page.evaluate(() => window.demo.eventIds), [...first, ...second]);
+  assert.equal(await page.textContent('#connection'), 'open');
   await page.close();
 });

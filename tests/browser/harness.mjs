@@ -208,3 +208,95 @@ export async function screenshot(page, name) {
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
+
+const STUDIO_DIR = path.join(ROOT, 'examples', 'nextjs-studio');
+
+/**
+ * Starts the built examples/nextjs-studio (`next start`) on a free loopback port with the
+ * given environment (REALTIME_URL, REALTIME_TOKEN_TRANSPORT, ...); resolves once it serves.
+ */
+export async function startStudio(env = {}) {
+  const port = await freePort();
+  const child = spawn(path.join(STUDIO_DIR, 'node_modules', '.bin', 'next'), ['start', '-p', String(port), '-H', '127.0.0.1'], {
+    cwd: STUDIO_DIR,
+    env: {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      NODE_ENV: 'production',
+      NEXT_TELEMETRY_DISABLED: '1',
+      REALTIME_JWT_SECRET: SECRET,
+      ...env,
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await until(`studio on ${port}`, async () => (await status(`${url}/api/realtime-token`)) !== 0, 60000);
+  return {
+    url,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await Promise.race([once(child, 'exit'), sleep(10000).then(() => child.kill('SIGKILL'))]);
+    },
+  };
+}
+
+/**
+ * Whether this gateway speaks the issue-17 protocol additions (token in the WebSocket
+ * subprotocol, `GET /auth/check`, SSE heartbeat and CORS for token requests): an older
+ * gateway answers 404 on /auth/check.
+ */
+export async function gatewayHasAuthCheck(url) {
+  return (await status(`${url}/auth/check`)) !== 404;
+}
+
+/**
+ * A loopback HTTP proxy in front of a gateway that can refuse WebSocket upgrades, as a
+ * corporate proxy does (403 to the upgrade, plain requests pass). `allow()` lifts it.
+ */
+export async function startUpgradeBlocker(upstreamPort) {
+  let blocking = true;
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    sockets.add(client);
+    client.on('close', () => sockets.delete(client));
+    client.on('error', () => client.destroy());
+    let head = Buffer.alloc(0);
+    const onData = (chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0 && head.length < 65536) return;
+      client.off('data', onData);
+      if (blocking && /^upgrade:\s*websocket/im.test(head.subarray(0, end).toString('latin1'))) {
+        client.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        return;
+      }
+      const up = net.connect(upstreamPort, '127.0.0.1', () => {
+        up.write(head);
+        client.pipe(up);
+        up.pipe(client);
+      });
+      const end2 = () => {
+        client.destroy();
+        up.destroy();
+      };
+      up.on('error', end2);
+      up.on('close', end2);
+      client.on('close', end2);
+    };
+    client.on('data', onData);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    allow() {
+      blocking = false;
+    },
+    async close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}

@@ -5,135 +5,37 @@
  * What it guarantees to listeners: each event at most once (dedupe by `event_id` over a
  * bounded window), in the order the gateway sent it, and a `resync` signal whenever the
  * gateway says events may have been lost. Everything else (backoff, resume, token
- * refresh, transport fallback) is hidden behind `state`.
+ * refresh, refusal probes, transport fallback, liveness) is hidden behind `state`, and
+ * every failure the app could act on is reported through `onError`.
  */
 import {
+  WS_PROTOCOL,
+  type ConnectionState,
+  type EventSourceConstructor,
+  type RealtimeClient,
+  type RealtimeClientOptions,
+  type RealtimeError,
+  type TransportKind,
+  type Unsubscribe,
+  type WebSocketConstructor,
+} from './api.js';
+import {
+  isCatalogEvent,
   isNotificationEvent,
   isRenderJobEvent,
+  KNOWN_EVENT_TYPES,
   type CatalogEventType,
   type EventOfType,
   type NotificationEvent,
   type RealtimeEvent,
   type RenderJobEvent,
 } from './events.js';
-import { decodeTokenTimes, MIN_REFRESH_DELAY_MS, refreshDelay, type TokenTimes } from './jwt.js';
+import { decodeTokenTimes, MAX_TIMER_MS, MIN_REFRESH_DELAY_MS, refreshDelay, type TokenTimes } from './jwt.js';
+import { isLoopback, isSecure, resolveBaseUrl, resolveSettings, type Settings } from './options.js';
+import { probeAuth, type ProbeResult } from './probe.js';
 import { RecentIds } from './recent.js';
-
-export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
-export type TransportKind = 'websocket' | 'sse';
-export type Unsubscribe = () => void;
-
-/** Token, or null/undefined for cookie authentication. */
-export type TokenResult = string | null | undefined;
-
-export type RealtimeErrorCode =
-  /** WS close 1008: an in-band refresh named another user/tenant. Not retried; see `reconnect()`. */
-  | 'identity_mismatch'
-  /** WS close 1009: this client sent an oversized message. Reconnects. */
-  | 'message_too_big'
-  /** `{"type":"error"}` from the gateway for a failed in-band refresh (`reason` is `refresh_<why>`). */
-  | 'refresh_failed'
-  /** Any other `{"type":"error"}` from the gateway. */
-  | 'server_error'
-  /** `getToken()` threw or rejected. The attempt counts as failed and is retried. */
-  | 'token_error'
-  /** The WebSocket/EventSource constructor threw (bad URL, CSP). Retried like any failed attempt. */
-  | 'connect_failed'
-  /** Neither WebSocket nor EventSource exists here (e.g. server-side rendering). Not retried. */
-  | 'no_transport';
-
-export interface RealtimeError {
-  code: RealtimeErrorCode;
-  message: string;
-  closeCode?: number;
-  reason?: string;
-  cause?: unknown;
-}
-
-/** The part of the browser `WebSocket` this client uses. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  onopen: ((ev: Event) => void) | null;
-  onmessage: ((ev: MessageEvent) => void) | null;
-  onclose: ((ev: CloseEvent) => void) | null;
-  onerror: ((ev: Event) => void) | null;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-}
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
-
-/** The part of the browser `EventSource` this client uses. */
-export interface EventSourceLike {
-  readonly readyState: number;
-  onopen: ((ev: Event) => void) | null;
-  onmessage: ((ev: MessageEvent) => void) | null;
-  onerror: ((ev: Event) => void) | null;
-  addEventListener(type: string, listener: (ev: MessageEvent) => void): void;
-  close(): void;
-}
-export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
-
-export interface RealtimeClientOptions {
-  /** http(s) base of the gateway, e.g. `https://rt.flatrender.example` (a path prefix is kept). ws(s) is derived. */
-  url: string;
-  /**
-   * Called before every connection attempt and before the token expires. Return the
-   * current JWT, or null/undefined to authenticate with the gateway's cookie instead
-   * (refresh the cookie here if needed).
-   */
-  getToken: () => TokenResult | Promise<TokenResult>;
-  /** `auto` (default): WebSocket, falling back to SSE after `fallbackAfter` WebSocket attempts in a row fail to open, or if WebSocket doesn't exist. */
-  transport?: 'auto' | TransportKind;
-  /** Consecutive WebSocket attempts that never opened before `auto` switches to SSE for the rest of this client's life (or until `reconnect()`). Default 2. */
-  fallbackAfter?: number;
-  onResync?: () => void;
-  onStateChange?: (state: ConnectionState) => void;
-  onError?: (error: RealtimeError) => void;
-  /** Reconnect delay = random(0, min(maxMs, initialMs * 2^attempt)) ("full jitter"). Defaults 1000 / 30000. */
-  backoff?: { initialMs?: number; maxMs?: number };
-  /** Refresh this long before `exp`, or at 80 % of the token's lifetime if that is sooner. Default 60000. */
-  refreshBeforeExpiryMs?: number;
-  /** WebSocket only: send `{"type":"ping"}` this often and drop the connection if nothing at all arrived since the previous ping. 0 (default) = off. */
-  pingIntervalMs?: number;
-  /** An attempt that neither opens nor fails within this time is abandoned and counted as failed. Default 15000. */
-  connectTimeoutMs?: number;
-  /** A connection open this long (or that delivered any message) resets the backoff. Default 5000. */
-  healthyAfterMs?: number;
-  /** How many recent event ids are remembered for deduplication. Default 1000. */
-  dedupeWindow?: number;
-  /** Resume from this event id on the first connection (e.g. kept in sessionStorage). */
-  lastEventId?: string | null;
-  WebSocketImpl?: WebSocketConstructor;
-  EventSourceImpl?: EventSourceConstructor;
-  /** [0, 1) source for jitter; injectable for tests. */
-  random?: () => number;
-  /** Wall clock in ms; injectable for tests. */
-  now?: () => number;
-}
-
-export interface RealtimeClient {
-  readonly state: ConnectionState;
-  /** Transport of the current (or last) connection; null before the first attempt. */
-  readonly transport: TransportKind | null;
-  /** Last `event_id` delivered, across transports; sent as `last_event_id` on reconnect. */
-  readonly lastEventId: string | null;
-  /** Every event, known catalog types or not. */
-  onEvent(cb: (event: RealtimeEvent) => void): Unsubscribe;
-  /** Events of one catalog type, typed. */
-  on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe;
-  /** `render.job.*` events whose `data.job_id` is `jobId`. */
-  onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
-  /** `notification.*` events. */
-  onNotification(cb: (event: NotificationEvent) => void): Unsubscribe;
-  /** The gateway says events may have been lost: refetch state over REST. */
-  onResync(cb: () => void): Unsubscribe;
-  onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;
-  onError(cb: (error: RealtimeError) => void): Unsubscribe;
-  /** Drop the current connection (if any) and connect again now with a fresh backoff, e.g. after `identity_mismatch` or when the browser comes back online. No-op after `close()`. */
-  reconnect(): void;
-  /** Stop for good: closes the connection, cancels every timer, drops all listeners. */
-  close(): void;
-}
+import { checkToken, fetchToken, TokenError, withDeadline } from './token.js';
+import { watchPage } from './wake.js';
 
 export function createRealtimeClient(options: RealtimeClientOptions): RealtimeClient {
   return new Client(options);
@@ -142,14 +44,16 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 // WebSocket close codes the gateway sends that need more than "reconnect".
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
+const CLOSE_REVOKED = 4003;
 
-/** One connection attempt. Callbacks from a conn that is no longer `client.conn` are ignored. */
+/** One connection attempt. Callbacks from a conn that is neither `client.conn` nor the trial are ignored. */
 interface Conn {
   kind: TransportKind;
   opened: boolean;
   healthy: boolean;
   /** Anything received since the last ping we sent. */
   heard: boolean;
+  lastHeardAt: number;
   send(data: string): void;
   /** Detach handlers and close; safe to call more than once. */
   close(): void;
@@ -158,13 +62,25 @@ interface Conn {
 type Timer = ReturnType<typeof setTimeout>;
 
 class Client implements RealtimeClient {
-  private readonly opts: RealtimeClientOptions;
+  // Private (#) so neither the token nor getToken shows in React DevTools or a console
+  // dump of the client.
+  readonly #opts: RealtimeClientOptions;
+  readonly #getToken: () => Promise<string | null>;
+  #token: string | null = null;
+  /** Sent in a refresh, not yet confirmed. */
+  #pendingToken: string | null = null;
+  /** Fetched by an SSE refresh for the reconnect it schedules. */
+  #nextToken: string | null | undefined = undefined;
+
   private readonly base: URL;
+  private readonly cfg: Settings;
   private readonly WS: WebSocketConstructor | undefined;
   private readonly ES: EventSourceConstructor | undefined;
+  private readonly fetchImpl: typeof fetch | undefined;
   private readonly random: () => number;
   private readonly now: () => number;
   private readonly seen: RecentIds;
+  private readonly detachLifecycle: () => void;
 
   private readonly events = new Set<(e: RealtimeEvent) => void>();
   private readonly resyncs = new Set<() => void>();
@@ -176,39 +92,53 @@ class Client implements RealtimeClient {
   private lastId: string | null;
 
   private conn: Conn | null = null;
+  /** A WebSocket tried in the background while SSE serves; adopted if it opens. */
+  private trial: Conn | null = null;
   /** Bumped by every attempt, `reconnect()` and `close()`; async work from an older generation is dropped. */
   private gen = 0;
   private disposed = false; // close() was called
-  private halted = false; // stopped by the gateway (1008) or no transport; reconnect() resumes
+  private halted = false; // stopped by the gateway or a config error; reconnect() resumes
   private attempt = 0; // reconnects since the last healthy connection, drives backoff
-  private wsFailures = 0; // WebSocket attempts in a row that never opened
-  private wsEverOpened = false; // WebSocket works on this network: failures are outages
+  private wsFailures = 0; // WebSocket attempts in a row that failed and could not be explained
+  private wsBlocked = 0; // WebSocket attempts in a row that failed while the gateway would admit us
+  private wsEverOpened = false; // WebSocket works on this network: unexplained failures are outages
   private fellBack = false;
+  private lastRefreshAt: number | undefined;
+  private sameTokenRetries = 0;
 
-  private token: string | null = null;
-  private pendingToken: string | null = null; // sent in a refresh, not yet confirmed
   private retryTimer: Timer | undefined;
   private connectTimer: Timer | undefined;
   private healthyTimer: Timer | undefined;
   private refreshTimer: Timer | undefined;
-  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private livenessTimer: ReturnType<typeof setInterval> | undefined;
+  private wsRetryTimer: Timer | undefined;
+  private trialTimer: Timer | undefined;
 
   constructor(opts: RealtimeClientOptions) {
-    this.opts = opts;
+    this.#opts = opts;
     const pageUrl = (globalThis as { location?: { href?: string } }).location?.href;
-    this.base = new URL(opts.url, pageUrl);
-    if (!/^(https?|wss?):$/.test(this.base.protocol)) {
-      throw new TypeError(`realtime-client: url must be http(s) or ws(s), got ${opts.url}`);
-    }
+    this.base = resolveBaseUrl(opts.url, pageUrl);
+    this.cfg = resolveSettings(opts);
+    this.fetchImpl = opts.fetchImpl ?? (typeof fetch === 'undefined' ? undefined : fetch.bind(globalThis));
+    this.#getToken = tokenSource(opts, this.fetchImpl);
     this.WS = opts.WebSocketImpl ?? (typeof WebSocket === 'undefined' ? undefined : WebSocket);
     this.ES = opts.EventSourceImpl ?? (typeof EventSource === 'undefined' ? undefined : EventSource);
     this.random = opts.random ?? Math.random;
     this.now = opts.now ?? Date.now;
-    this.seen = new RecentIds(opts.dedupeWindow ?? 1000);
+    this.seen = new RecentIds(this.cfg.dedupeWindow);
     this.lastId = opts.lastEventId ?? null;
     if (opts.onResync) this.resyncs.add(opts.onResync);
     if (opts.onStateChange) this.states.add(opts.onStateChange);
     if (opts.onError) this.errors.add(opts.onError);
+    this.detachLifecycle =
+      opts.reconnectOnWake === false
+        ? () => {}
+        : watchPage(opts.lifecycle, {
+            now: this.now,
+            resumeAfterHiddenMs: this.cfg.resumeAfterHiddenMs,
+            waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
+            wake: () => this.wake(),
+          });
     void this.connect();
   }
 
@@ -230,13 +160,13 @@ class Client implements RealtimeClient {
 
   on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe {
     return this.onEvent((e) => {
-      if (e.event_type === type) cb(e as EventOfType<T>);
+      if (e.event_type === type && isCatalogEvent(e)) cb(e as EventOfType<T>);
     });
   }
 
   onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe {
     return this.onEvent((e) => {
-      if (isRenderJobEvent(e) && isRecord(e.data) && e.data.job_id === jobId) cb(e);
+      if (isRenderJobEvent(e) && e.data.job_id === jobId) cb(e);
     });
   }
 
@@ -266,6 +196,7 @@ class Client implements RealtimeClient {
     this.halted = false;
     this.attempt = 0;
     this.wsFailures = 0;
+    this.wsBlocked = 0;
     this.fellBack = false;
     this.setState('connecting');
     void this.connect();
@@ -275,6 +206,7 @@ class Client implements RealtimeClient {
     if (this.disposed) return;
     this.disposed = true;
     this.stopAll();
+    this.detachLifecycle();
     this.setState('closed');
     this.events.clear();
     this.resyncs.clear();
@@ -282,39 +214,60 @@ class Client implements RealtimeClient {
     this.errors.clear();
   }
 
-  /** Cancels the connection, pending retry and any async attempt in flight. */
+  /** Cancels the connection, the trial, pending retries and any async attempt in flight. */
   private stopAll(): void {
     this.gen++;
     clearTimeout(this.retryTimer);
-    this.retryTimer = undefined;
+    clearTimeout(this.wsRetryTimer);
+    this.retryTimer = this.wsRetryTimer = undefined;
+    this.#nextToken = undefined;
+    this.dropTrial();
     this.dropConn();
   }
 
-  private halt(): void {
+  private halt(state: 'closed' | 'revoked' = 'closed'): void {
     this.halted = true;
     this.stopAll();
-    this.setState('closed');
+    this.setState(state);
   }
 
-  /**
-   * One attempt: ask for a token (unless the caller already did), pick the transport,
-   * open it. `prefetched` is set when a refresh already called getToken().
-   */
-  private async connect(prefetched?: { token: string | null }): Promise<void> {
+  /** Online again, or back from a long sleep: whatever we hold may be dead; connect now and resume. */
+  private wake(): void {
+    if (this.disposed || this.halted) return;
+    this.stopAll();
+    this.attempt = 0;
+    this.setState('reconnecting');
+    void this.connect();
+  }
+
+  /** One attempt: get a token, pick the transport, open it. */
+  private async connect(): Promise<void> {
     const gen = ++this.gen;
     let token: string | null;
-    if (prefetched) {
-      token = prefetched.token;
+    const prefetched = this.#nextToken;
+    this.#nextToken = undefined;
+    if (prefetched !== undefined) {
+      token = prefetched;
     } else {
       try {
-        token = (await this.opts.getToken()) ?? null;
+        token = checkToken(
+          await withDeadline(this.#getToken(), this.cfg.connectTimeoutMs, 'getToken()'),
+          this.tokenInProtocol(),
+        );
       } catch (cause) {
         if (gen !== this.gen) return;
-        this.emitError({ code: 'token_error', message: 'getToken() failed', cause });
-        this.scheduleReconnect();
+        this.tokenFailed(cause);
         return;
       }
       if (gen !== this.gen) return; // close()/reconnect() happened while we waited
+    }
+    if (token !== null && !isSecure(this.base) && !isLoopback(this.base)) {
+      this.emitError({
+        code: 'insecure_url',
+        message: `refusing to send a token over ${this.base.protocol}// to ${this.base.hostname}: use https`,
+      });
+      this.halt();
+      return;
     }
 
     const kind = this.pickTransport();
@@ -324,9 +277,10 @@ class Client implements RealtimeClient {
       return;
     }
     this._transport = kind;
-    this.token = token;
+    this.#token = token;
+    let conn: Conn;
     try {
-      this.conn = kind === 'websocket' ? this.openWebSocket(token) : this.openEventSource(token);
+      conn = kind === 'websocket' ? this.openWebSocket(token) : this.openEventSource(token);
     } catch (cause) {
       // A constructor can throw (bad URL, CSP); treat it like any failed attempt.
       this.emitError({ code: 'connect_failed', message: `could not create ${kind} connection`, cause });
@@ -334,16 +288,30 @@ class Client implements RealtimeClient {
       this.scheduleReconnect();
       return;
     }
-    const conn = this.conn;
-    const timeout = this.opts.connectTimeoutMs ?? 15_000;
+    this.conn = conn;
     this.connectTimer = setTimeout(() => {
       if (this.conn === conn && !conn.opened) this.handleDrop(conn);
-    }, timeout);
+    }, this.cfg.connectTimeoutMs);
+  }
+
+  private tokenFailed(cause: unknown): void {
+    const status = cause instanceof TokenError ? cause.status : undefined;
+    this.emitError({
+      code: 'token_error',
+      message: cause instanceof Error ? cause.message : 'getToken() failed',
+      ...(status !== undefined ? { status } : {}),
+      cause,
+    });
+    this.scheduleReconnect({ state: 'unauthorized' });
+  }
+
+  private tokenInProtocol(): boolean {
+    return (this.#opts.tokenTransport ?? 'protocol') === 'protocol' && this.pickTransport() === 'websocket';
   }
 
   private pickTransport(): TransportKind | null {
     const { WS, ES } = this;
-    switch (this.opts.transport ?? 'auto') {
+    switch (this.#opts.transport ?? 'auto') {
       case 'websocket':
         return WS ? 'websocket' : null;
       case 'sse':
@@ -354,27 +322,30 @@ class Client implements RealtimeClient {
     }
   }
 
-  private endpoint(kind: TransportKind, token: string | null): string {
+  private endpoint(kind: TransportKind, queryToken: string | null): string {
     const u = new URL(this.base.href);
-    const secure = u.protocol === 'https:' || u.protocol === 'wss:';
+    const secure = isSecure(u);
     u.protocol = kind === 'websocket' ? (secure ? 'wss:' : 'ws:') : secure ? 'https:' : 'http:';
     u.pathname = u.pathname.replace(/\/+$/, '') + (kind === 'websocket' ? '/ws' : '/sse');
-    u.hash = '';
     // URLSearchParams percent-encodes, so any token/id survives the query string.
-    if (token !== null) u.searchParams.set('access_token', token);
+    if (queryToken !== null) u.searchParams.set('access_token', queryToken);
     if (this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
     return u.href;
   }
 
+  private newConn(kind: TransportKind, send: Conn['send'], close: Conn['close']): Conn {
+    return { kind, opened: false, healthy: false, heard: true, lastHeardAt: this.now(), send, close };
+  }
+
   private openWebSocket(token: string | null): Conn {
-    const ws = new this.WS!(this.endpoint('websocket', token));
-    const conn: Conn = {
-      kind: 'websocket',
-      opened: false,
-      healthy: false,
-      heard: true,
-      send: (data) => ws.send(data),
-      close: () => {
+    const inProtocol = token !== null && (this.#opts.tokenTransport ?? 'protocol') === 'protocol';
+    const url = this.endpoint('websocket', inProtocol ? null : token);
+    // Cookie auth offers no subprotocol, so it works with gateways of any version.
+    const ws = inProtocol ? new this.WS!(url, [WS_PROTOCOL, `bearer.${token}`]) : new this.WS!(url);
+    const conn = this.newConn(
+      'websocket',
+      (data) => ws.send(data),
+      () => {
         ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
         try {
           ws.close(1000);
@@ -382,83 +353,124 @@ class Client implements RealtimeClient {
           // already closed
         }
       },
-    };
+    );
     ws.onopen = () => {
-      if (this.conn === conn) this.handleOpen(conn);
+      if (inProtocol && ws.protocol !== WS_PROTOCOL) {
+        // Browsers fail such a handshake themselves; anything else (a proxy, a fake) must
+        // not be trusted with a session it did not agree to.
+        this.emitError({
+          code: 'connect_failed',
+          message: `gateway selected subprotocol ${JSON.stringify(ws.protocol ?? '')}, expected ${WS_PROTOCOL}`,
+        });
+        this.onConnClose(conn);
+        return;
+      }
+      this.onConnOpen(conn);
     };
     ws.onmessage = (ev) => {
       if (this.conn === conn && typeof ev.data === 'string') this.handleText(conn, ev.data);
     };
     // Browsers always follow `error` with `close`, which carries the code; act there only.
     ws.onerror = () => {};
-    ws.onclose = (ev) => {
-      if (this.conn === conn) this.handleDrop(conn, ev.code);
-    };
+    ws.onclose = (ev) => this.onConnClose(conn, ev.code, ev.reason);
     return conn;
   }
 
   private openEventSource(token: string | null): Conn {
     const url = this.endpoint('sse', token);
     // Cookie mode: a cross-origin EventSource only sends cookies with withCredentials.
+    // Token mode sends none, so the gateway may answer any origin with `*`.
     const es = token === null ? new this.ES!(url, { withCredentials: true }) : new this.ES!(url);
-    const conn: Conn = {
-      kind: 'sse',
-      opened: false,
-      healthy: false,
-      heard: true,
-      send: () => {},
-      close: () => {
+    const conn = this.newConn(
+      'sse',
+      () => {},
+      () => {
         es.onopen = es.onmessage = es.onerror = null;
         es.close();
       },
-    };
-    es.onopen = () => {
-      if (this.conn === conn) this.handleOpen(conn);
-    };
+    );
+    es.onopen = () => this.onConnOpen(conn);
     const onText = (ev: MessageEvent) => {
       if (this.conn === conn && typeof ev.data === 'string') this.handleText(conn, ev.data);
     };
     es.onmessage = onText;
-    // Named events carry control JSON (`{"type":"resync"}`, `{"type":"close",...}`).
+    // Named events carry control JSON (`{"type":"resync"}`, `{"type":"close",...}`, heartbeats).
     es.addEventListener('resync', onText);
     es.addEventListener('close', onText);
+    es.addEventListener('heartbeat', () => {
+      if (this.conn === conn) this.noteHeard(conn);
+    });
     // We close the EventSource on any error and reconnect ourselves instead of letting the
     // browser retry: its retry would reuse the old URL (stale token, stale last_event_id)
     // and skip getToken(). The gateway staggers shutdown closes, and our jitter spreads the
     // rest, so ignoring its `retry:` hint costs little.
-    es.onerror = () => {
-      if (this.conn === conn) this.handleDrop(conn);
-    };
+    es.onerror = () => this.onConnClose(conn);
     return conn;
+  }
+
+  private onConnOpen(conn: Conn): void {
+    if (conn === this.trial) this.adoptTrial(conn);
+    else if (conn === this.conn) this.handleOpen(conn);
+  }
+
+  private onConnClose(conn: Conn, code?: number, reason?: string): void {
+    if (conn === this.trial) this.trialFailed();
+    else if (conn === this.conn) this.handleDrop(conn, code, reason);
   }
 
   private handleOpen(conn: Conn): void {
     conn.opened = true;
+    conn.lastHeardAt = this.now();
     clearTimeout(this.connectTimer);
     if (conn.kind === 'websocket') {
       this.wsFailures = 0;
+      this.wsBlocked = 0;
       this.wsEverOpened = true;
     }
     this.setState('open');
-    this.healthyTimer = setTimeout(() => this.markHealthy(conn), this.opts.healthyAfterMs ?? 5_000);
-    if (this.token !== null) this.scheduleRefresh(decodeTokenTimes(this.token));
-    const every = this.opts.pingIntervalMs ?? 0;
-    if (conn.kind === 'websocket' && every > 0) {
-      this.pingTimer = setInterval(() => {
-        if (this.conn !== conn) return;
-        if (!conn.heard) {
-          // Nothing (not even the pong) since the last ping: the socket is dead even if
-          // the browser hasn't noticed yet.
-          this.handleDrop(conn);
-          return;
-        }
-        conn.heard = false;
-        this.trySend(conn, { type: 'ping' });
-      }, every);
+    // On SSE because WebSocket was blocked: keep trying WebSocket beside it.
+    if (conn.kind === 'sse' && this.fellBack && this.wsRetryTimer === undefined && this.trial === null) {
+      this.scheduleWsRetry();
     }
+    this.healthyTimer = setTimeout(() => this.markHealthy(conn), this.cfg.healthyAfterMs);
+    if (this.#token !== null) this.scheduleRefresh(decodeTokenTimes(this.#token));
+    this.startLiveness(conn);
   }
 
-  /** Backoff resets only once a connection proved useful, so accept-then-drop loops still back off. */
+  /**
+   * A connection can look open long after it died (a laptop slept, the network changed).
+   * WebSocket: ping every `pingIntervalMs`; nothing at all heard since the previous ping
+   * means dead. SSE: the gateway sends a heartbeat event every few seconds; nothing heard
+   * for `sseHeartbeatTimeoutMs` means dead. Either way, a timer that fires far later than
+   * asked means the machine slept: reconnect at once rather than trust the socket.
+   */
+  private startLiveness(conn: Conn): void {
+    const ws = conn.kind === 'websocket';
+    const every = ws ? this.cfg.pingIntervalMs : this.cfg.sseHeartbeatTimeoutMs / 2;
+    if (every <= 0) return;
+    let lastTick = this.now();
+    this.livenessTimer = setInterval(() => {
+      if (this.conn !== conn) return;
+      const now = this.now();
+      const slept = now - lastTick > 2 * every + 5_000;
+      lastTick = now;
+      if (slept) {
+        this.wake();
+        return;
+      }
+      const dead = ws ? !conn.heard : now - conn.lastHeardAt >= this.cfg.sseHeartbeatTimeoutMs;
+      if (dead) {
+        this.handleDrop(conn);
+        return;
+      }
+      if (ws) {
+        conn.heard = false;
+        this.trySend(conn, { type: 'ping' });
+      }
+    }, every);
+  }
+
+  /** Backoff resets only once a connection proved useful (an event, or time open), so accept-then-drop loops still back off. */
   private markHealthy(conn: Conn): void {
     if (conn.healthy || this.conn !== conn) return;
     conn.healthy = true;
@@ -466,9 +478,13 @@ class Client implements RealtimeClient {
     clearTimeout(this.healthyTimer);
   }
 
-  private handleText(conn: Conn, text: string): void {
+  private noteHeard(conn: Conn): void {
     conn.heard = true;
-    this.markHealthy(conn);
+    conn.lastHeardAt = this.now();
+  }
+
+  private handleText(conn: Conn, text: string): void {
+    this.noteHeard(conn);
     let msg: unknown;
     try {
       msg = JSON.parse(text);
@@ -478,10 +494,13 @@ class Client implements RealtimeClient {
     if (!isRecord(msg)) return;
     if ('event_id' in msg) {
       if (typeof msg.event_id === 'string' && msg.event_id !== '' && typeof msg.event_type === 'string') {
+        this.markHealthy(conn);
         this.deliver(msg as unknown as RealtimeEvent);
       }
       return;
     }
+    // Control messages say nothing about health: a gateway that accepts, says `resync`
+    // or `error`, and drops must still meet a growing backoff.
     switch (msg.type) {
       case 'resync':
         for (const cb of [...this.resyncs]) safeCall(cb, undefined);
@@ -494,7 +513,7 @@ class Client implements RealtimeClient {
         const refresh = reason.startsWith('refresh_');
         // A failed refresh leaves the connection alive until the old exp; the gateway then
         // closes with 4001 and the reconnect fetches a new token. Nothing to retry here.
-        if (refresh) this.pendingToken = null;
+        if (refresh) this.#pendingToken = null;
         this.emitError({
           code: refresh ? 'refresh_failed' : 'server_error',
           message: `gateway error: ${reason}`,
@@ -502,10 +521,14 @@ class Client implements RealtimeClient {
         });
         break;
       }
-      case 'close': // SSE: the gateway is about to end the stream (shutdown or token_expired)
-        this.handleDrop(conn);
+      case 'close': {
+        // SSE: the gateway is about to end the stream (shutdown, token_expired, revoked).
+        const reason = typeof msg.reason === 'string' ? msg.reason : undefined;
+        if (reason === 'revoked') this.revoke(reason);
+        else this.handleDrop(conn);
         break;
-      default: // pong and anything newer: liveness was already noted
+      }
+      default: // pong, heartbeat and anything newer: liveness was already noted
         break;
     }
   }
@@ -513,16 +536,25 @@ class Client implements RealtimeClient {
   private deliver(event: RealtimeEvent): void {
     if (!this.seen.add(event.event_id)) return; // replay seam or redelivery
     this.lastId = event.event_id;
+    if (KNOWN_EVENT_TYPES.has(event.event_type) && !isCatalogEvent(event)) {
+      this.emitError({
+        code: 'invalid_event',
+        message: `${event.event_type} ${event.event_id} lacks the data fields its type declares; typed listeners skip it`,
+      });
+    }
     for (const cb of [...this.events]) {
       if (this.disposed) return; // a listener called close()
       safeCall(cb, event);
     }
   }
 
-  /** The connection ended or failed: decide between retrying, falling back and stopping. */
-  private handleDrop(conn: Conn, closeCode?: number): void {
+  /** The connection ended or failed: decide between retrying, asking why, falling back and stopping. */
+  private handleDrop(conn: Conn, closeCode?: number, reason?: string): void {
     this.dropConn();
-    if (!conn.opened && conn.kind === 'websocket') this.countWsFailure();
+    if (closeCode === CLOSE_REVOKED) {
+      this.revoke(reason || 'revoked');
+      return;
+    }
     if (closeCode === CLOSE_POLICY) {
       // The app handed us a token for someone else: retrying can't fix that, and quick
       // retries would only hammer the gateway. The app decides (new client or reconnect()).
@@ -537,43 +569,171 @@ class Client implements RealtimeClient {
     if (closeCode === CLOSE_TOO_BIG) {
       this.emitError({ code: 'message_too_big', message: 'gateway closed the connection: message too big', closeCode });
     }
+    if (!conn.opened) {
+      void this.explainFailure(conn);
+      return;
+    }
     // 1001 shutdown, 4000 slow client, 4001 token expired, 4002 idle, network loss:
     // all reconnect with backoff; getToken() runs before the attempt and last_event_id resumes.
     this.scheduleReconnect();
   }
 
-  private countWsFailure(): void {
-    this.wsFailures++;
-    // Only a WebSocket that never worked (a proxy that blocks upgrades) means "use SSE";
-    // once it has opened, failures are outages (a deploy, Wi-Fi) and WebSocket comes back.
-    if (this.wsEverOpened) return;
-    if ((this.opts.transport ?? 'auto') === 'auto' && this.wsFailures >= (this.opts.fallbackAfter ?? 2)) {
-      this.fellBack = true;
+  /** An attempt never opened: ask the gateway why (when we can), then act on the answer. */
+  private async explainFailure(conn: Conn): Promise<void> {
+    this.setState('reconnecting');
+    const gen = this.gen;
+    // The token of the attempt that failed (connect() set it; cookie auth has none to show).
+    const token = this.#token;
+    let result: ProbeResult = { kind: 'unsupported' };
+    if (token !== null && this.fetchImpl && this.#opts.probe !== false) {
+      result = await probeAuth(this.base, token, this.fetchImpl, this.cfg.connectTimeoutMs);
+      if (gen !== this.gen || this.disposed) return;
     }
+    const ws = conn.kind === 'websocket';
+    switch (result.kind) {
+      case 'refused':
+        this.handleRefusal(result);
+        return;
+      case 'admitted':
+        // The gateway would take this very token, yet the attempt failed: something on the
+        // path (a proxy, a firewall) blocks WebSocket; for SSE, most often CORS.
+        if (ws) this.countWsBlocked();
+        else {
+          this.emitError({
+            code: 'connect_failed',
+            message:
+              'the SSE stream failed although the gateway would admit this token: check CORS (a cookie-authenticated page origin must be in GATEWAY_ALLOWED_ORIGINS) and proxies',
+          });
+        }
+        break;
+      case 'unsupported':
+        if (ws) this.countWsFailure();
+        break;
+      case 'unreachable':
+        // The gateway itself is down (a deploy, an outage): no reason to leave WebSocket.
+        break;
+    }
+    this.scheduleReconnect();
   }
 
-  private scheduleReconnect(): void {
+  private handleRefusal(r: Extract<ProbeResult, { kind: 'refused' }>): void {
+    const detail = { status: r.status, reason: r.reason };
+    if (r.status === 401) {
+      if (r.reason === 'revoked') {
+        this.revoke(r.reason);
+        return;
+      }
+      this.emitError({ code: 'unauthorized', message: `gateway refused the token: ${r.reason || 'unauthorized'}`, ...detail });
+      this.scheduleReconnect({ state: 'unauthorized' }); // the next attempt calls getToken() again
+      return;
+    }
+    this.emitError({
+      code: 'refused',
+      message: `gateway refused the connection: ${r.status} ${r.error || ''} ${r.reason}`.trim(),
+      ...detail,
+      ...(r.retryAfterMs !== undefined ? { retryAfterMs: r.retryAfterMs } : {}),
+    });
+    this.scheduleReconnect(r.retryAfterMs !== undefined ? { notBeforeMs: r.retryAfterMs } : {});
+  }
+
+  private revoke(reason: string): void {
+    this.emitError({ code: 'revoked', message: 'the gateway revoked this session', reason });
+    this.halt('revoked');
+  }
+
+  /** A WebSocket failure we could not explain: legacy rule, it counts only while WebSocket never worked here. */
+  private countWsFailure(): void {
+    this.wsFailures++;
+    if (!this.wsEverOpened && this.wsFailures >= this.cfg.fallbackAfter) this.fallBack();
+  }
+
+  /** The gateway would admit us but WebSocket fails: the path blocks it, even if it worked before. */
+  private countWsBlocked(): void {
+    this.wsBlocked++;
+    if (this.wsBlocked >= this.cfg.fallbackAfter) this.fallBack();
+  }
+
+  private fallBack(): void {
+    if ((this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || !this.ES) return;
+    this.fellBack = true; // the SSE stream, once open, schedules the WebSocket retries
+  }
+
+  // ---- trying WebSocket again while on SSE ------------------------------------------
+
+  private scheduleWsRetry(): void {
+    clearTimeout(this.wsRetryTimer);
+    this.wsRetryTimer = setTimeout(() => this.tryWebSocketAgain(), this.cfg.wsRetryIntervalMs);
+  }
+
+  /**
+   * A blocked path may unblock (another network, a fixed proxy). Open a WebSocket beside
+   * the SSE stream; if it opens, it takes over (resume and dedupe make the handover
+   * seamless), otherwise SSE carries on and we try again later.
+   */
+  private tryWebSocketAgain(): void {
+    this.wsRetryTimer = undefined;
+    if (this.disposed || this.halted || !this.fellBack || !this.WS) return;
+    const current = this.conn;
+    // Not serving right now: the next SSE stream to open schedules the next try.
+    if (!current?.opened || current.kind !== 'sse') return;
+    let trial: Conn;
+    try {
+      trial = this.openWebSocket(this.#token);
+    } catch {
+      this.scheduleWsRetry();
+      return;
+    }
+    this.trial = trial;
+    this.trialTimer = setTimeout(() => this.trialFailed(), this.cfg.connectTimeoutMs);
+  }
+
+  private adoptTrial(trial: Conn): void {
+    this.trial = null;
+    clearTimeout(this.trialTimer);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.gen++; // an attempt in flight (awaiting getToken) must not replace the adopted socket
+    this.dropConn();
+    this.conn = trial;
+    this.fellBack = false;
+    this._transport = 'websocket';
+    this.handleOpen(trial);
+  }
+
+  private trialFailed(): void {
+    this.dropTrial();
+    if (!this.disposed && !this.halted && this.fellBack) this.scheduleWsRetry();
+  }
+
+  private dropTrial(): void {
+    clearTimeout(this.trialTimer);
+    this.trialTimer = undefined;
+    const trial = this.trial;
+    this.trial = null;
+    trial?.close();
+  }
+
+  private scheduleReconnect(how: { state?: 'reconnecting' | 'unauthorized'; notBeforeMs?: number } = {}): void {
     if (this.disposed || this.halted) return;
-    this.setState('reconnecting');
-    const initial = this.opts.backoff?.initialMs ?? 1_000;
-    const max = this.opts.backoff?.maxMs ?? 30_000;
-    const ceiling = Math.min(max, initial * 2 ** Math.min(this.attempt, 30));
+    this.setState(how.state ?? 'reconnecting');
+    const ceiling = Math.min(this.cfg.backoffMaxMs, this.cfg.backoffInitialMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
+    const delay = Math.max(how.notBeforeMs ?? 0, this.random() * ceiling);
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.connect();
-    }, this.random() * ceiling);
+    }, Math.min(delay, MAX_TIMER_MS));
   }
 
-  /** Per-connection timers and the connection itself; leaves the retry timer alone. */
+  /** Per-connection timers and the connection itself; leaves the retry timer and the trial alone. */
   private dropConn(): void {
     clearTimeout(this.connectTimer);
     clearTimeout(this.healthyTimer);
     clearTimeout(this.refreshTimer);
-    clearInterval(this.pingTimer);
-    this.connectTimer = this.healthyTimer = this.refreshTimer = this.pingTimer = undefined;
-    this.pendingToken = null;
+    clearInterval(this.livenessTimer);
+    this.connectTimer = this.healthyTimer = this.refreshTimer = this.livenessTimer = undefined;
+    this.#pendingToken = null;
     const conn = this.conn;
     this.conn = null;
     conn?.close();
@@ -581,50 +741,77 @@ class Client implements RealtimeClient {
 
   // ---- token refresh --------------------------------------------------------------
 
+  /**
+   * Plans the next refresh. Three guards keep it from spinning: a delay never below
+   * `MIN_REFRESH_DELAY_MS` from now nor from the previous refresh, and timers capped to
+   * what `setTimeout` can hold (a 45-day token, or an `exp` in milliseconds, would
+   * otherwise fire at once, forever), re-armed until the refresh is really due.
+   */
   private scheduleRefresh(times: TokenTimes): void {
     clearTimeout(this.refreshTimer);
-    const delay = refreshDelay(times, this.now(), this.opts.refreshBeforeExpiryMs ?? 60_000);
-    if (delay === null) return; // no exp: nothing to plan; the gateway will tell us (4001 / close)
-    this.refreshTimer = setTimeout(() => void this.refresh(times), delay);
+    const now = this.now();
+    const planned = refreshDelay(times, now, this.cfg.refreshBeforeExpiryMs);
+    if (planned === null) return; // no exp: nothing to plan; the gateway will tell us (4001 / close)
+    let dueAt = now + planned;
+    if (this.lastRefreshAt !== undefined) dueAt = Math.max(dueAt, this.lastRefreshAt + MIN_REFRESH_DELAY_MS);
+    this.armRefresh(dueAt, times);
+  }
+
+  private armRefresh(dueAt: number, times: TokenTimes): void {
+    this.refreshTimer = setTimeout(
+      () => {
+        if (this.now() < dueAt) this.armRefresh(dueAt, times);
+        else void this.refresh(times);
+      },
+      Math.min(Math.max(dueAt - this.now(), 0), MAX_TIMER_MS),
+    );
   }
 
   private async refresh(times: TokenTimes): Promise<void> {
     const conn = this.conn;
     if (!conn?.opened) return;
     const gen = this.gen;
+    this.lastRefreshAt = this.now();
     let token: string | null;
     try {
-      token = (await this.opts.getToken()) ?? null;
+      token = checkToken(
+        await withDeadline(this.#getToken(), this.cfg.connectTimeoutMs, 'getToken()'),
+        conn.kind === 'websocket' && (this.#opts.tokenTransport ?? 'protocol') === 'protocol',
+      );
     } catch (cause) {
       if (gen === this.gen) this.emitError({ code: 'token_error', message: 'getToken() failed during refresh', cause });
       return; // the gateway closes at exp and the reconnect asks again
     }
     if (gen !== this.gen || this.conn !== conn) return;
 
-    if (token === this.token) {
-      // The app has nothing fresher yet: ask again a little later while the token lives.
-      if (times.exp !== undefined && this.now() + MIN_REFRESH_DELAY_MS < times.exp * 1000) {
-        this.refreshTimer = setTimeout(() => void this.refresh(times), MIN_REFRESH_DELAY_MS);
+    if (token === this.#token) {
+      // The app has nothing fresher yet: ask again later while the token lives, a little
+      // less eagerly each time.
+      const wait = MIN_REFRESH_DELAY_MS * 2 ** Math.min(this.sameTokenRetries++, 6);
+      if (times.exp !== undefined && this.now() + wait < times.exp * 1000) {
+        this.armRefresh(this.now() + wait, times);
       }
       return;
     }
+    this.sameTokenRetries = 0;
     if (conn.kind === 'websocket' && token !== null) {
-      this.pendingToken = token;
+      this.#pendingToken = token;
       this.trySend(conn, { type: 'refresh', token });
       return;
     }
     // SSE has no in-band channel (and a WebSocket can't switch to cookie auth in band):
-    // reconnect right now with the new credentials, resuming from lastEventId.
+    // reconnect with the new credentials, resuming from lastEventId. Through the backoff,
+    // so a token that keeps needing refreshes cannot make the stream reopen in a loop.
     this.dropConn();
-    this.setState('reconnecting');
-    void this.connect({ token });
+    this.#nextToken = token;
+    this.scheduleReconnect();
   }
 
   private handleRefreshed(exp: number): void {
-    const token = this.pendingToken;
+    const token = this.#pendingToken;
     if (token === null) return;
-    this.pendingToken = null;
-    this.token = token;
+    this.#pendingToken = null;
+    this.#token = token;
     this.scheduleRefresh({ ...decodeTokenTimes(token), exp });
   }
 
@@ -647,6 +834,29 @@ class Client implements RealtimeClient {
   private emitError(error: RealtimeError): void {
     for (const cb of [...this.errors]) safeCall(cb, error);
   }
+}
+
+/** getToken, the token URL, or cookie auth; a config with none of them is a mistake. */
+function tokenSource(opts: RealtimeClientOptions, fetchImpl: typeof fetch | undefined): () => Promise<string | null> {
+  const { getToken, tokenUrl, cookieAuth } = opts;
+  const given = [getToken !== undefined, tokenUrl !== undefined, cookieAuth === true].filter(Boolean).length;
+  if (given !== 1) {
+    throw new TypeError('realtime-client: give exactly one of `getToken`, `tokenUrl` or `cookieAuth: true`');
+  }
+  if (getToken !== undefined) {
+    if (typeof getToken !== 'function') throw new TypeError('realtime-client: `getToken` must be a function');
+    return () => Promise.resolve().then(() => getToken()) as Promise<string | null>;
+  }
+  if (tokenUrl !== undefined) {
+    if (typeof tokenUrl !== 'string' || tokenUrl === '') {
+      throw new TypeError('realtime-client: `tokenUrl` must be a non-empty string');
+    }
+    return () => {
+      if (!fetchImpl) return Promise.reject(new TokenError('fetch is not available to read tokenUrl'));
+      return fetchToken(tokenUrl, fetchImpl);
+    };
+  }
+  return () => Promise.resolve(null);
 }
 
 function subscribe<T>(set: Set<T>, cb: T): Unsubscribe {

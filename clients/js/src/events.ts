@@ -2,9 +2,12 @@
  * Typed view of FlatRender's event catalog as the gateway forwards it.
  *
  * The gateway passes each published envelope through unchanged and only checks
- * `event_id`, `event_type`, `tenant_id` and `user_id`; everything else here is the
- * catalog's promise, not something this package validates. Every `data` type keeps an
- * index signature so fields added by producers later don't break compilation.
+ * `event_id`, `event_type`, `tenant_id` and `user_id`. A producer can still publish
+ * `data: null` or a string `progress`, so the type guards below (`isCatalogEvent`,
+ * `isEventType`, `isRenderJobEvent`, `isNotificationEvent`) check the fields each type
+ * declares before they narrow, and the client hands typed listeners only events that pass.
+ * Every `data` type keeps an index signature so fields added by producers later don't
+ * break compilation.
  */
 
 /** Fields producers may add that this package does not know about yet. */
@@ -127,22 +130,55 @@ export const CATALOG_EVENT_TYPES: readonly CatalogEventType[] = [
   'notification.failed.v1',
 ];
 
-const KNOWN = new Set<string>(CATALOG_EVENT_TYPES);
+/** `CATALOG_EVENT_TYPES` as a set. */
+export const KNOWN_EVENT_TYPES: ReadonlySet<string> = new Set<string>(CATALOG_EVENT_TYPES);
 
+type Check = (v: unknown) => boolean;
+const str: Check = (v) => typeof v === 'string';
+const num: Check = (v) => typeof v === 'number' && Number.isFinite(v);
+const optional =
+  (check: Check): Check =>
+  (v) =>
+    v === undefined || check(v);
+
+/** For each catalog type, the checks its declared `data` fields must pass. */
+const SHAPES: Record<CatalogEventType, Record<string, Check>> = {
+  'render.job.queued.v1': { job_id: str },
+  'render.job.started.v1': { job_id: str },
+  'render.job.progress.v1': { job_id: str, progress: num, frame: optional(num), total_frames: optional(num) },
+  'render.job.completed.v1': { job_id: str, output_url: optional(str), duration_ms: optional(num) },
+  'render.job.failed.v1': { job_id: str, error: optional(str), reason: optional(str) },
+  'render.job.cancelled.v1': { job_id: str },
+  'notification.created.v1': {
+    notification_id: str,
+    kind: optional(str),
+    title: optional(str),
+    body: optional(str),
+    job_id: optional(str),
+  },
+  'notification.delivered.v1': { notification_id: str, channel: optional(str) },
+  'notification.failed.v1': { notification_id: str, channel: optional(str), error: optional(str), reason: optional(str) },
+};
+
+/** True when `e` is of a catalog type and its `data` has the fields that type declares. */
 export function isCatalogEvent(e: RealtimeEvent): e is CatalogEvent {
-  return KNOWN.has(e.event_type);
+  if (!KNOWN_EVENT_TYPES.has(e.event_type)) return false;
+  const data: unknown = e.data;
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) return false;
+  const shape = SHAPES[e.event_type as CatalogEventType];
+  return Object.entries(shape).every(([field, check]) => check((data as Record<string, unknown>)[field]));
 }
 
 export function isEventType<T extends CatalogEventType>(e: RealtimeEvent, type: T): e is EventOfType<T> {
-  return e.event_type === type;
+  return e.event_type === type && isCatalogEvent(e);
 }
 
 export function isRenderJobEvent(e: RealtimeEvent): e is RenderJobEvent {
-  return isCatalogEvent(e) && e.event_type.startsWith('render.job.');
+  return e.event_type.startsWith('render.job.') && isCatalogEvent(e);
 }
 
 export function isNotificationEvent(e: RealtimeEvent): e is NotificationEvent {
-  return isCatalogEvent(e) && e.event_type.startsWith('notification.');
+  return e.event_type.startsWith('notification.') && isCatalogEvent(e);
 }
 
 // ---- control messages ---------------------------------------------------------------
@@ -153,4 +189,5 @@ export type ControlMessage =
   | { type: 'pong' }
   | { type: 'refreshed'; exp: number }
   | { type: 'error'; reason: string }
-  | { type: 'close'; reason: string };
+  | { type: 'close'; reason: string }
+  | { type: 'heartbeat' };

@@ -1,8 +1,10 @@
+export { createRealtimeClient } from './client.js';
 export {
-  createRealtimeClient,
+  WS_PROTOCOL,
   type ConnectionState,
   type EventSourceConstructor,
   type EventSourceLike,
+  type PageLifecycle,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeError,
@@ -12,6 +14,8 @@ export {
   type Unsubscribe,
   type WebSocketConstructor,
   type WebSocketLike,
-} from './client.js';
+} from './api.js';
 export * from './events.js';
-export { decodeTokenTimes, type TokenTimes } from './jwt.js';
+export { decodeTokenTimes, refreshDelay, type TokenTimes } from './jwt.js';
+export { fetchToken, TokenError } from './token.js';
+export { safeHttpUrl } from './url.js';

@@ -37,20 +37,29 @@ function base64UrlDecode(s: string): string {
 /** Smallest delay between two refresh attempts, so a bad clock or token can never spin. */
 export const MIN_REFRESH_DELAY_MS = 5_000;
 
+/** `setTimeout` keeps delays in 32 bits: anything longer fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
- * Milliseconds from `nowMs` until the token should be refreshed: `marginMs` before
- * expiry or at 80 % of its lifetime, whichever comes first. `null` if it has no `exp`.
+ * Milliseconds from `nowMs` until the token should be refreshed: at 80 % of its lifetime,
+ * or `marginMs` before expiry if that is sooner. The margin never moves the refresh before
+ * half the lifetime, so a short token with a large margin is not refreshed over and over
+ * (a 60 s token with the default 60 s margin refreshes after 30 s, not every 5 s). Never
+ * less than `MIN_REFRESH_DELAY_MS`; may exceed `MAX_TIMER_MS` (callers cap their timers).
+ * `null` if the token has no `exp`.
  */
 export function refreshDelay(times: TokenTimes, nowMs: number, marginMs: number): number | null {
   if (times.exp === undefined) return null;
   const expMs = times.exp * 1000;
   let remaining = expMs - nowMs;
-  const lifetime = times.iat !== undefined ? expMs - times.iat * 1000 : remaining;
+  let lifetime = times.iat !== undefined ? expMs - times.iat * 1000 : remaining;
   // A browser clock can be minutes off the server's. If it claims the token is already
   // dead or issued in the future, trust the token's own lifetime (both server clock).
   if (times.iat !== undefined && lifetime > 0 && (remaining <= 0 || remaining > lifetime)) {
     remaining = lifetime;
   }
-  const delay = Math.min(remaining - marginMs, remaining - 0.2 * lifetime);
+  if (!(lifetime > 0)) lifetime = Math.max(remaining, 0);
+  const margin = Math.min(marginMs, 0.5 * lifetime);
+  const delay = Math.min(remaining - margin, remaining - 0.2 * lifetime);
   return Math.max(delay, MIN_REFRESH_DELAY_MS);
 }

@@ -15,25 +15,36 @@ import {
   type ReactElement,
   type ReactNode,
 } from 'react';
-import {
-  createRealtimeClient,
-  type ConnectionState,
-  type RealtimeClient,
-  type RealtimeClientOptions,
-} from './client.js';
+import type { ConnectionState, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
+import { createRealtimeClient } from './client.js';
 import type { NotificationCreated, RenderJobEvent } from './events.js';
+import { safeHttpUrl } from './url.js';
 
-// undefined = no provider at all (a bug); null = provider still creating its client.
+// undefined = no provider at all (a bug); null = provider still creating its client (or it could not).
 const RealtimeContext = createContext<RealtimeClient | null | undefined>(undefined);
+
+interface Status {
+  /** The latest error, cleared when a connection opens. */
+  error: RealtimeError | null;
+  /** The provider could not create a client (bad options): nothing will ever connect. */
+  failed: boolean;
+}
+const NO_ERROR: Status = { error: null, failed: false };
+const StatusContext = createContext<Status>(NO_ERROR);
+const clearError = (prev: Status): Status => (prev.error === null ? prev : NO_ERROR);
 
 export interface RealtimeProviderProps {
   /** A client you own: you create it and you close it. */
   client?: RealtimeClient | null;
   /**
    * Or options: the provider creates the client after mount (never during server
-   * rendering) and closes it on unmount. A new client is made only when `url` or
-   * `transport` changes; `getToken` and the callbacks are always called in their
-   * latest version, so inline functions are fine.
+   * rendering) and closes it on unmount. Options without functions (`url` with
+   * `tokenUrl` or `cookieAuth`) are serializable, so a server layout can render the
+   * provider directly and read the URL from the server's environment at request time.
+   * A new client is made only when `url`, `tokenUrl`, `cookieAuth`, `transport` or
+   * `tokenTransport` change; `getToken` and the callbacks are always called in their
+   * latest version, so inline functions are fine. Invalid options do not throw during
+   * rendering: `useRealtimeError()` reports them (code `invalid_options`).
    */
   options?: RealtimeClientOptions;
   children?: ReactNode;
@@ -46,29 +57,71 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
   });
   const owns = client === undefined && options !== undefined;
   const [owned, setOwned] = useState<RealtimeClient | null>(null);
-  const url = options?.url;
-  const transport = options?.transport;
+  const [status, setStatus] = useState<Status>(NO_ERROR);
+  const { url, tokenUrl, cookieAuth, transport, tokenTransport } = options ?? {};
+  const hasGetToken = options?.getToken !== undefined;
 
   useEffect(() => {
     if (!owns) return;
     const opts = () => latest.current!;
     // Created in an effect (not useState) so React StrictMode's mount/unmount/mount closes
     // the first client cleanly instead of leaking or reusing a closed one.
-    const c = createRealtimeClient({
-      ...opts(),
-      getToken: () => opts().getToken(),
-      onResync: () => opts().onResync?.(),
-      onStateChange: (s) => opts().onStateChange?.(s),
-      onError: (e) => opts().onError?.(e),
-    });
+    setStatus(NO_ERROR);
+    let c: RealtimeClient;
+    try {
+      c = createRealtimeClient({
+        ...opts(),
+        getToken: hasGetToken ? () => opts().getToken!() : undefined,
+        onResync: () => opts().onResync?.(),
+        // Wired at creation, not in a later effect: the first error can come before React
+        // has rendered with the new client.
+        onStateChange: (s) => {
+          if (s === 'open') setStatus(clearError);
+          opts().onStateChange?.(s);
+        },
+        onError: (e) => {
+          setStatus({ error: e, failed: false });
+          opts().onError?.(e);
+        },
+      });
+    } catch (cause) {
+      const error: RealtimeError = {
+        code: 'invalid_options',
+        message: cause instanceof Error ? cause.message : String(cause),
+        cause,
+      };
+      setStatus({ error, failed: true });
+      opts().onError?.(error);
+      return;
+    }
     setOwned(c);
     return () => {
       c.close();
       setOwned(null);
     };
-  }, [owns, url, transport]);
+  }, [owns, url, tokenUrl, cookieAuth, transport, tokenTransport, hasGetToken]);
 
-  return createElement(RealtimeContext.Provider, { value: client !== undefined ? client : owned }, children);
+  // A client the app owns: follow its errors from the moment it is handed over.
+  useEffect(() => {
+    if (!client) return;
+    setStatus(NO_ERROR);
+    const offError = client.onError((error) => setStatus({ error, failed: false }));
+    const offState = client.onStateChange((s) => {
+      if (s === 'open') setStatus(clearError);
+    });
+    return () => {
+      offError();
+      offState();
+    };
+  }, [client]);
+
+  const value = client !== undefined ? client : owned;
+
+  return createElement(
+    RealtimeContext.Provider,
+    { value },
+    createElement(StatusContext.Provider, { value: status }, children),
+  );
 }
 
 /** The provider's client; null while the provider is still creating it. Throws outside a provider. */
@@ -78,15 +131,27 @@ export function useRealtimeClient(): RealtimeClient | null {
   return client;
 }
 
-/** Connection state; 'connecting' until the provider has a client (and during SSR). */
+/**
+ * The latest error the client reported (token endpoint refused, gateway refused, revoked,
+ * bad options...), or null; cleared when a connection opens. Show it: a signed-out user or
+ * a missing URL should be visible, not a badge stuck on "reconnecting".
+ */
+export function useRealtimeError(): RealtimeError | null {
+  useRealtimeClient(); // same "outside a provider" check as every hook
+  return useContext(StatusContext).error;
+}
+
+/** Connection state; 'connecting' until the provider has a client (and during SSR), 'closed' if it could not make one. */
 export function useConnectionState(): ConnectionState {
   const client = useRealtimeClient();
+  const { failed } = useContext(StatusContext);
   const subscribe = useCallback((notify: () => void) => (client ? client.onStateChange(notify) : () => {}), [client]);
-  return useSyncExternalStore(
+  const state = useSyncExternalStore(
     subscribe,
     () => client?.state ?? 'connecting',
-    () => 'connecting',
+    () => 'connecting' as const,
   );
+  return failed ? 'closed' : state;
 }
 
 /**
@@ -110,8 +175,14 @@ export interface RenderProgressState {
   progress: number;
   frame?: number;
   totalFrames?: number;
+  /** `output_url` when it is an http(s) URL (of an allowed origin, if you gave a list); safe for `href`. */
   outputUrl?: string;
   error?: string;
+}
+
+export interface RenderProgressOptions {
+  /** Only `output_url`s on these origins become `outputUrl`, e.g. `['https://cdn.flatrender.example']`. */
+  allowedOrigins?: readonly string[];
 }
 
 export interface RenderProgress extends RenderProgressState {
@@ -126,7 +197,11 @@ export const INITIAL_RENDER_PROGRESS: RenderProgressState = { status: 'unknown',
  * re-queued job goes back to 'queued'). Exported so apps can fold REST state and events
  * the same way.
  */
-export function reduceRenderProgress(prev: RenderProgressState, event: RenderJobEvent): RenderProgressState {
+export function reduceRenderProgress(
+  prev: RenderProgressState,
+  event: RenderJobEvent,
+  options: RenderProgressOptions = {},
+): RenderProgressState {
   switch (event.event_type) {
     case 'render.job.queued.v1':
       return { status: 'queued', progress: 0 };
@@ -143,8 +218,10 @@ export function reduceRenderProgress(prev: RenderProgressState, event: RenderJob
       };
     }
     case 'render.job.completed.v1': {
-      const { output_url } = event.data;
-      return { ...prev, status: 'completed', progress: 100, ...(typeof output_url === 'string' ? { outputUrl: output_url } : {}) };
+      // A producer's `javascript:` or foreign URL must never become a link.
+      const outputUrl = safeHttpUrl(event.data.output_url, options.allowedOrigins);
+      const { outputUrl: _dropped, ...rest } = prev;
+      return { ...rest, status: 'completed', progress: 100, ...(outputUrl !== undefined ? { outputUrl } : {}) };
     }
     case 'render.job.failed.v1': {
       const error = event.data.error ?? event.data.reason;
@@ -156,7 +233,7 @@ export function reduceRenderProgress(prev: RenderProgressState, event: RenderJob
 }
 
 /** Live progress of one render job; starts from 'unknown' and resets when `jobId` changes. */
-export function useRenderProgress(jobId: string | null | undefined): RenderProgress {
+export function useRenderProgress(jobId: string | null | undefined, options: RenderProgressOptions = {}): RenderProgress {
   const client = useRealtimeClient();
   const resyncCount = useResyncCount();
   // Keyed by job so a jobId change shows INITIAL at once instead of the old job's state.
@@ -164,15 +241,20 @@ export function useRenderProgress(jobId: string | null | undefined): RenderProgr
     jobId,
     state: INITIAL_RENDER_PROGRESS,
   });
+  const origins = options.allowedOrigins;
+  const originsKey = origins?.join(' ');
   useEffect(() => {
     if (!client || !jobId) return;
+    const opts = origins === undefined ? {} : { allowedOrigins: origins };
     return client.onJob(jobId, (event) =>
       setSlot((prev) => ({
         jobId,
-        state: reduceRenderProgress(prev.jobId === jobId ? prev.state : INITIAL_RENDER_PROGRESS, event),
+        state: reduceRenderProgress(prev.jobId === jobId ? prev.state : INITIAL_RENDER_PROGRESS, event, opts),
       })),
     );
-  }, [client, jobId]);
+    // originsKey stands for `origins`: a new array with the same origins must not resubscribe.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [client, jobId, originsKey]);
   const state = slot.jobId === jobId ? slot.state : INITIAL_RENDER_PROGRESS;
   return { ...state, resyncCount };
 }

@@ -1,66 +1,16 @@
-import { afterEach, beforeEach, describe, expect, expectTypeOf, it, vi } from 'vitest';
-import {
-  createRealtimeClient,
-  type ConnectionState,
-  type RealtimeClient,
-  type RealtimeClientOptions,
-  type RealtimeError,
-  type RealtimeEvent,
-  type WebSocketConstructor,
-  type EventSourceConstructor,
-} from '../src/index.js';
+import { describe, expect, expectTypeOf, it, vi } from 'vitest';
+import { type EventSourceConstructor, type RealtimeClient, type WebSocketConstructor } from '../src/index.js';
 import { envelope, FakeEventSource, FakeWebSocket, flush, jwt } from './fakes.js';
-
-const URL_BASE = 'https://rt.flatrender.example';
-const T0 = Date.UTC(2025, 0, 1); // fixed wall clock under fake timers
-const clients: RealtimeClient[] = [];
-
-beforeEach(() => {
-  vi.useFakeTimers();
-  vi.setSystemTime(T0);
-  FakeWebSocket.reset();
-  FakeEventSource.reset();
-});
-
-afterEach(() => {
-  for (const c of clients.splice(0)) c.close();
-  vi.useRealTimers();
-  vi.unstubAllGlobals();
-});
-
-function make(opts: Partial<RealtimeClientOptions> = {}) {
-  const getToken = vi.fn<() => Promise<string | null>>(async () => 'tok');
-  const states: ConnectionState[] = [];
-  const errors: RealtimeError[] = [];
-  const client = createRealtimeClient({
-    url: URL_BASE,
-    getToken,
-    WebSocketImpl: FakeWebSocket,
-    EventSourceImpl: FakeEventSource,
-    random: () => 0.5,
-    onStateChange: (s) => states.push(s),
-    onError: (e) => errors.push(e),
-    ...opts,
-  });
-  clients.push(client);
-  const events: RealtimeEvent[] = [];
-  client.onEvent((e) => events.push(e));
-  return { client, getToken: (opts.getToken as typeof getToken | undefined) ?? getToken, events, states, errors };
-}
-
-/** Advance fake time and let the async getToken() of any attempt that fired settle. */
-async function advance(ms: number): Promise<void> {
-  await vi.advanceTimersByTimeAsync(ms);
-  await flush();
-}
+import { advance, make, T0 } from './harness.js';
 
 describe('WebSocket delivery', () => {
-  it('connects to wss://…/ws with the token and delivers events', async () => {
+  it('connects to wss://…/ws with the token in the subprotocol header and delivers events', async () => {
     const { client, events, states } = make();
     expect(client.state).toBe('connecting');
     await flush();
     const ws = FakeWebSocket.last();
-    expect(ws.url).toBe(`wss://rt.flatrender.example/ws?access_token=tok`);
+    expect(ws.url).toBe(`wss://rt.flatrender.example/ws`);
+    expect(ws.protocols).toEqual(['realtime-gateway.v1', 'bearer.tok']);
     ws.open();
     expect(client.state).toBe('open');
     expect(client.transport).toBe('websocket');
@@ -140,25 +90,27 @@ describe('WebSocket delivery', () => {
   it('keeps a path prefix and maps http to ws', async () => {
     make({ url: 'http://localhost:8080/realtime/' });
     await flush();
-    expect(FakeWebSocket.last().url).toBe('ws://localhost:8080/realtime/ws?access_token=tok');
+    expect(FakeWebSocket.last().url).toBe('ws://localhost:8080/realtime/ws');
   });
 });
 
 describe('auth', () => {
-  it('URL-encodes the token in access_token', async () => {
-    const token = 'a+b/c=d e&f';
-    make({ getToken: async () => token });
+  it('tokenTransport "query": URL-encodes the token in access_token and offers no subprotocol', async () => {
+    const token = 'ab+c/d==';
+    make({ getToken: async () => token, tokenTransport: 'query' });
     await flush();
     const ws = FakeWebSocket.last();
-    expect(ws.url).not.toContain('a+b/c');
-    expect(ws.url).toContain('access_token=a%2Bb%2Fc%3Dd+e%26f');
+    expect(ws.url).not.toContain('ab+c/d');
+    expect(ws.url).toContain('access_token=ab%2Bc%2Fd%3D%3D');
     expect(ws.query.get('access_token')).toBe(token);
+    expect(ws.protocols).toEqual([]);
   });
 
   it('cookie mode: no token means no access_token, and withCredentials for SSE', async () => {
     make({ getToken: async () => null });
     await flush();
     expect(FakeWebSocket.last().url).toBe('wss://rt.flatrender.example/ws');
+    expect(FakeWebSocket.last().protocols).toEqual([]);
 
     make({ getToken: async () => undefined, transport: 'sse' });
     await flush();
@@ -185,7 +137,7 @@ describe('auth', () => {
     FakeWebSocket.last().fail();
     await advance(2_000);
     expect(getToken).toHaveBeenCalledTimes(3);
-    expect(FakeWebSocket.instances.map((ws) => ws.query.get('access_token'))).toEqual(['tok-1', 'tok-2', 'tok-3']);
+    expect(FakeWebSocket.instances.map((ws) => ws.bearer)).toEqual(['tok-1', 'tok-2', 'tok-3']);
   });
 
   it('a throwing getToken counts as a failed attempt and is retried', async () => {
@@ -193,7 +145,7 @@ describe('auth', () => {
     const { errors, client } = make({ getToken });
     await flush();
     expect(errors.map((e) => e.code)).toEqual(['token_error']);
-    expect(client.state).toBe('reconnecting');
+    expect(client.state).toBe('unauthorized');
     expect(FakeWebSocket.instances).toHaveLength(0);
     await advance(500);
     expect(FakeWebSocket.instances).toHaveLength(1);
@@ -217,10 +169,10 @@ describe('reconnect', () => {
     }
     expect(random).toHaveBeenCalledTimes(4);
 
-    // An open connection that delivers something resets the backoff.
+    // An open connection that delivers an event resets the backoff.
     const ws = FakeWebSocket.last();
     ws.open();
-    ws.receive({ type: 'pong' });
+    ws.receive(envelope('render.job.queued.v1', { job_id: 'j' }));
     ws.serverClose(1001, 'server shutting down');
     await advance(499);
     expect(FakeWebSocket.instances).toHaveLength(5);
@@ -296,7 +248,7 @@ describe('reconnect', () => {
     expect(getToken).toHaveBeenCalledTimes(2);
     const next = FakeWebSocket.last();
     expect(next).not.toBe(ws);
-    expect(next.query.get('access_token')).toBe('new');
+    expect(next.bearer).toBe('new');
     expect(next.query.get('last_event_id')).toBe('e7');
   });
 
@@ -380,13 +332,20 @@ describe('reconnect', () => {
     expect(FakeWebSocket.instances).toHaveLength(2);
   });
 
-  it('no ping is sent by default', async () => {
-    make();
+  it('pings every 20 s by default (below the gateway idle timeout); 0 turns it off', async () => {
+    make({ pingIntervalMs: undefined });
     await flush();
     const ws = FakeWebSocket.last();
     ws.open();
+    await advance(20_000);
+    expect(ws.sent).toEqual([{ type: 'ping' }]);
+
+    make({ pingIntervalMs: 0 });
+    await flush();
+    const quiet = FakeWebSocket.last();
+    quiet.open();
     await advance(120_000);
-    expect(ws.sent).toEqual([]);
+    expect(quiet.sent).toEqual([]);
   });
 });
 
@@ -460,6 +419,7 @@ describe('SSE', () => {
     const { events, getToken } = make({ transport: 'sse', onResync });
     await flush();
     const es = FakeEventSource.last();
+    // EventSource cannot set headers: SSE keeps the query parameter.
     expect(es.url).toBe('https://rt.flatrender.example/sse?access_token=tok');
     es.open();
     es.receive(envelope('notification.created.v1', { notification_id: 'n1' }, 's1'));
@@ -608,6 +568,7 @@ describe('token refresh', () => {
     es.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 5 }, 'p1'));
     await advance(480_000);
     expect(es.closed).toBe(true);
+    await advance(500); // through the backoff (attempt 0: random 0.5 * 1 s)
     const es2 = FakeEventSource.last();
     expect(es2).not.toBe(es);
     expect(es2.query.get('access_token')).toBe(second);
@@ -662,6 +623,7 @@ describe('close()', () => {
   it('while getToken is pending, no connection is made', async () => {
     let resolve!: (t: string) => void;
     const { client } = make({ getToken: () => new Promise<string>((r) => (resolve = r)) });
+    await flush();
     client.close();
     resolve('tok');
     await flush();

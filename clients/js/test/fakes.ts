@@ -16,6 +16,9 @@ export class FakeWebSocket implements WebSocketLike {
   }
 
   readyState = 0;
+  /** What the fake gateway selects on open; '' = none. */
+  protocol = '';
+  readonly protocols: string[];
   sent: unknown[] = [];
   closedByClient: number | undefined;
   onopen: ((ev: Event) => void) | null = null;
@@ -23,8 +26,17 @@ export class FakeWebSocket implements WebSocketLike {
   onclose: ((ev: CloseEvent) => void) | null = null;
   onerror: ((ev: Event) => void) | null = null;
 
-  constructor(public readonly url: string) {
+  constructor(
+    public readonly url: string,
+    protocols?: string | string[],
+  ) {
+    this.protocols = protocols === undefined ? [] : Array.isArray(protocols) ? protocols : [protocols];
     FakeWebSocket.instances.push(this);
+  }
+
+  /** The token offered in `bearer.<token>`, if any. */
+  get bearer(): string | undefined {
+    return this.protocols.find((p) => p.startsWith('bearer.'))?.slice('bearer.'.length);
   }
 
   get query(): URLSearchParams {
@@ -42,8 +54,10 @@ export class FakeWebSocket implements WebSocketLike {
   }
 
   // ---- driven by tests ----
+  /** The gateway accepts: selects realtime-gateway.v1 when it was offered. */
   open(): void {
     this.readyState = 1;
+    if (this.protocols.includes('realtime-gateway.v1')) this.protocol = 'realtime-gateway.v1';
     this.onopen?.({} as Event);
   }
   receive(msg: unknown): void {
@@ -124,6 +138,40 @@ export class FakeEventSource implements EventSourceLike {
     this.onerror?.({} as Event);
   }
 }
+
+/**
+ * A stand-in for the gateway's `GET /auth/check` (and a token endpoint): answers from a
+ * queue the test fills, or with `fallback`. Every request is recorded.
+ */
+export class FakeFetch {
+  calls: { url: string; init: RequestInit | undefined }[] = [];
+  private answers: Response[] = [];
+  constructor(private readonly fallback: () => Response | Promise<Response> = () => new Response(null, { status: 404 })) {}
+
+  readonly fetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
+    this.calls.push({ url: String(input), init });
+    const next = this.answers.shift();
+    return next ?? (await this.fallback());
+  };
+
+  answer(...responses: Response[]): this {
+    this.answers.push(...responses);
+    return this;
+  }
+
+  probes(): { url: string; init: RequestInit | undefined }[] {
+    return this.calls.filter((c) => c.url.endsWith('/auth/check'));
+  }
+}
+
+/** A refusal as the gateway answers it (JSON body, Retry-After where it applies). */
+export function refusal(status: number, error: string, reason: string, retryAfterSecs?: number): Response {
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (retryAfterSecs !== undefined) headers['retry-after'] = String(retryAfterSecs);
+  return new Response(JSON.stringify({ error, reason }), { status, headers });
+}
+
+export const admitted = (): Response => new Response(null, { status: 204 });
 
 let seq = 0;
 

@@ -1,7 +1,7 @@
 // @vitest-environment jsdom
 import { act, cleanup, render, renderHook } from '@testing-library/react';
 import { createElement, StrictMode, type ReactNode } from 'react';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createRealtimeClient, type RealtimeClient } from '../src/index.js';
 import {
   INITIAL_RENDER_PROGRESS,
@@ -10,9 +10,10 @@ import {
   useConnectionState,
   useNotifications,
   useRealtimeClient,
+  useRealtimeError,
   useRenderProgress,
 } from '../src/react.js';
-import { envelope, FakeEventSource, FakeWebSocket, flush } from './fakes.js';
+import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush } from './fakes.js';
 
 let client: RealtimeClient;
 let ws: FakeWebSocket;
@@ -25,6 +26,7 @@ beforeEach(async () => {
     getToken: async () => 'tok',
     WebSocketImpl: FakeWebSocket,
     EventSourceImpl: FakeEventSource,
+    fetchImpl: new FakeFetch().fetch,
   });
   await flush();
   ws = FakeWebSocket.last();
@@ -123,6 +125,7 @@ describe('RealtimeProvider', () => {
             url: 'https://rt.flatrender.example',
             getToken: async () => token, // a new inline function every render
             WebSocketImpl: FakeWebSocket,
+            fetchImpl: new FakeFetch().fetch,
             random: () => 0, // reconnect without waiting
           },
           children: createElement(Probe),
@@ -141,11 +144,12 @@ describe('RealtimeProvider', () => {
     const owned = seen!;
     await act(async () => {
       live[0]!.fail();
+      await flush(); // the refusal probe (404 here) settles first
       await new Promise((r) => setTimeout(r, 0));
       await flush();
     });
     expect(seen).toBe(owned);
-    expect(FakeWebSocket.last().query.get('access_token')).toBe('v2');
+    expect(FakeWebSocket.last().bearer).toBe('v2');
 
     unmount();
     expect(owned.state).toBe('closed');
@@ -162,5 +166,125 @@ describe('reduceRenderProgress', () => {
     expect(requeued).toEqual({ status: 'queued', progress: 0 });
     const cancelled = reduceRenderProgress(requeued, envelope('render.job.cancelled.v1', { job_id: 'j' }) as never);
     expect(cancelled.status).toBe('cancelled');
+  });
+});
+
+describe('review: links from event data', () => {
+  const completed = (output_url: unknown) =>
+    envelope('render.job.completed.v1', { job_id: 'j', output_url }) as never;
+
+  it.each([
+    ['javascript:', 'javascript:alert(document.cookie)'],
+    ['data:', 'data:text/html,<script>alert(1)</script>'],
+    ['relative', '/renders/j.mp4'],
+    ['credentials', 'https://user:pw@cdn.example/x.mp4'],
+  ])('a %s output_url never becomes outputUrl', (_, url) => {
+    expect(reduceRenderProgress(INITIAL_RENDER_PROGRESS, completed(url)).outputUrl).toBeUndefined();
+  });
+
+  it('http(s) passes; an allow-list keeps foreign origins out', () => {
+    const ok = 'https://cdn.flatrender.example/renders/j.mp4';
+    expect(reduceRenderProgress(INITIAL_RENDER_PROGRESS, completed(ok)).outputUrl).toBe(ok);
+    const allowedOrigins = ['https://cdn.flatrender.example'];
+    expect(reduceRenderProgress(INITIAL_RENDER_PROGRESS, completed(ok), { allowedOrigins }).outputUrl).toBe(ok);
+    const foreign = 'https://evil.example/renders/j.mp4';
+    expect(reduceRenderProgress(INITIAL_RENDER_PROGRESS, completed(foreign), { allowedOrigins }).outputUrl).toBeUndefined();
+  });
+
+  it('useRenderProgress applies the allow-list', () => {
+    const { result } = renderHook(() => useRenderProgress('j', { allowedOrigins: ['https://cdn.flatrender.example'] }), {
+      wrapper,
+    });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('render.job.completed.v1', { job_id: 'j', output_url: 'https://evil.example/x' }));
+    });
+    expect(result.current.status).toBe('completed');
+    expect(result.current.outputUrl).toBeUndefined();
+  });
+});
+
+describe('review: hostile event data does not break rendering', () => {
+  it('data: null notifications and progress are skipped by the hooks', () => {
+    const { result } = renderHook(() => ({ n: useNotifications(), p: useRenderProgress('j') }), { wrapper });
+    act(() => {
+      ws.open();
+      ws.receive({ ...envelope('notification.created.v1', {}), data: null });
+      ws.receive({ ...envelope('render.job.progress.v1', {}), data: null });
+      ws.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 'lots' }));
+    });
+    expect(result.current.n.items).toEqual([]);
+    expect(result.current.p.status).toBe('unknown');
+  });
+});
+
+describe('errors reach the page', () => {
+  function ShowError() {
+    const error = useRealtimeError();
+    const state = useConnectionState();
+    return createElement('p', { id: 'err' }, `${state}: ${error?.code ?? '-'} ${error?.message ?? ''}`);
+  }
+
+  it('a missing url does not throw during render: useRealtimeError reports invalid_options, state closed', async () => {
+    const onError = vi.fn();
+    const { container } = render(
+      createElement(RealtimeProvider, {
+        options: { url: undefined as unknown as string, tokenUrl: '/api/realtime-token', onError },
+        children: createElement(ShowError),
+      }),
+    );
+    await act(async () => flush());
+    expect(container.textContent).toMatch(/^closed: invalid_options realtime-client: `url` is required/);
+    expect(onError).toHaveBeenCalledTimes(1);
+  });
+
+  it('an error right at creation (getToken throws at once) still reaches the page', async () => {
+    FakeWebSocket.reset();
+    const { container } = render(
+      createElement(RealtimeProvider, {
+        options: {
+          url: 'https://rt.flatrender.example',
+          getToken: () => {
+            throw new Error('no session');
+          },
+          WebSocketImpl: FakeWebSocket,
+          backoff: { initialMs: 60_000 },
+        },
+        children: createElement(ShowError),
+      }),
+    );
+    await act(async () => flush());
+    expect(container.textContent).toBe('unauthorized: token_error no session');
+  });
+
+  it('a signed-out token endpoint shows as unauthorized with the status, and clears once open', async () => {
+    let signedIn = false;
+    const fetch = new FakeFetch(() =>
+      signedIn ? new Response('good.jwt.token') : new Response('signed out', { status: 401 }),
+    );
+    FakeWebSocket.reset();
+    const { container } = render(
+      createElement(RealtimeProvider, {
+        options: {
+          url: 'https://rt.flatrender.example',
+          tokenUrl: 'https://studio.example/api/realtime-token', // serializable: no functions
+          WebSocketImpl: FakeWebSocket,
+          fetchImpl: fetch.fetch,
+          random: () => 0,
+        },
+        children: createElement(ShowError),
+      }),
+    );
+    await act(async () => flush());
+    expect(container.textContent).toBe('unauthorized: token_error token endpoint answered 401');
+    expect(FakeWebSocket.instances).toHaveLength(0);
+
+    signedIn = true;
+    await act(async () => {
+      await new Promise((r) => setTimeout(r, 0));
+      await flush();
+    });
+    act(() => FakeWebSocket.last().open());
+    expect(container.textContent).toBe('open: - ');
   });
 });

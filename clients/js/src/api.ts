@@ -1,0 +1,173 @@
+/**
+ * The client's public contract: its options, its states and errors, the browser objects it
+ * drives, and the `RealtimeClient` interface. The behaviour lives in `client.ts`.
+ */
+import type { CatalogEventType, EventOfType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
+import type { NumericOptions } from './options.js';
+
+export type ConnectionState =
+  | 'connecting'
+  | 'open'
+  | 'reconnecting'
+  /** No usable token (getToken failed, or the gateway refused it): retrying with backoff and a fresh token. */
+  | 'unauthorized'
+  /** The gateway revoked this session (close 4003 / SSE close `revoked`). Final until `reconnect()`. */
+  | 'revoked'
+  | 'closed';
+export type TransportKind = 'websocket' | 'sse';
+export type Unsubscribe = () => void;
+
+/** Token, or null/undefined for cookie authentication. */
+export type TokenResult = string | null | undefined;
+
+export type RealtimeErrorCode =
+  /** WS close 1008: an in-band refresh named another user/tenant. Not retried; see `reconnect()`. */
+  | 'identity_mismatch'
+  /** WS close 1009: this client sent an oversized message. Reconnects. */
+  | 'message_too_big'
+  /** `{"type":"error"}` from the gateway for a failed in-band refresh (`reason` is `refresh_<why>`). */
+  | 'refresh_failed'
+  /** Any other `{"type":"error"}` from the gateway. */
+  | 'server_error'
+  /** No token: getToken() threw, timed out or returned junk, or the token URL answered non-2xx (`status`). Retried with backoff. */
+  | 'token_error'
+  /** The gateway refused the token (401, `reason` says why). Retried with backoff and a fresh token. */
+  | 'unauthorized'
+  /** The gateway revoked the session. Not retried. */
+  | 'revoked'
+  /** The gateway refused for another cause: 403 origin, 429 too many connections, 503 over capacity or draining (`status`, `reason`, `retryAfterMs`). Retried, no sooner than Retry-After. */
+  | 'refused'
+  /** The WebSocket/EventSource constructor threw (bad URL, CSP), the gateway selected no or another subprotocol, or an SSE stream failed although the gateway would admit the token (CORS, a proxy). Retried like any failed attempt. */
+  | 'connect_failed'
+  /** A token would go over plain http/ws to a host other than this machine. Not retried. */
+  | 'insecure_url'
+  /** An event of a catalog type whose `data` lacks the fields the type declares: not given to typed listeners. */
+  | 'invalid_event'
+  /** Neither WebSocket nor EventSource exists here (e.g. server-side rendering). Not retried. */
+  | 'no_transport'
+  /** React provider only: the options were rejected (missing or invalid `url`, bad numbers); nothing connects. */
+  | 'invalid_options';
+
+export interface RealtimeError {
+  code: RealtimeErrorCode;
+  message: string;
+  closeCode?: number;
+  /** HTTP status: of the token endpoint (`token_error`) or of the gateway's refusal. */
+  status?: number;
+  reason?: string;
+  /** The gateway's `Retry-After`, for `refused`. */
+  retryAfterMs?: number;
+  cause?: unknown;
+}
+
+/** The part of the browser `WebSocket` this client uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  /** The subprotocol the server selected ('' for none). */
+  readonly protocol?: string;
+  onopen: ((ev: Event) => void) | null;
+  onmessage: ((ev: MessageEvent) => void) | null;
+  onclose: ((ev: CloseEvent) => void) | null;
+  onerror: ((ev: Event) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** The part of the browser `EventSource` this client uses. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  onopen: ((ev: Event) => void) | null;
+  onmessage: ((ev: MessageEvent) => void) | null;
+  onerror: ((ev: Event) => void) | null;
+  addEventListener(type: string, listener: (ev: MessageEvent) => void): void;
+  close(): void;
+}
+export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
+
+/** Where the client hears `online` and `visibilitychange`; the browser's by default. */
+export interface PageLifecycle {
+  window?: Pick<EventTarget, 'addEventListener' | 'removeEventListener'>;
+  document?: Pick<EventTarget, 'addEventListener' | 'removeEventListener'> & { readonly visibilityState?: string };
+}
+
+/** The WebSocket subprotocol of this protocol version; the token rides next to it as `bearer.<token>`. */
+export const WS_PROTOCOL = 'realtime-gateway.v1';
+
+export interface RealtimeClientOptions extends NumericOptions {
+  /**
+   * Absolute http(s) base of the gateway, e.g. `https://rt.flatrender.example` (a path
+   * prefix is kept; ws(s) is derived), or a path starting with `/` on the page's origin.
+   * Anything else throws at construction.
+   */
+  url: string;
+  /**
+   * Called before every connection attempt and before the token expires. Return the
+   * current JWT, or null/undefined to authenticate with the gateway's cookie instead.
+   * Throw (or reject) when there is none, e.g. signed out: the client reports
+   * `token_error`, enters `unauthorized` and retries with backoff. A call that has not
+   * settled after `connectTimeoutMs` counts as failed.
+   */
+  getToken?: () => TokenResult | Promise<TokenResult>;
+  /**
+   * Or a URL the client fetches the token from (same-origin cookies included): a text
+   * body is the token, a JSON body `{"token": ...}`. Serializable, so a server component
+   * can configure the client. A non-2xx answer is a `token_error` with its `status`.
+   */
+  tokenUrl?: string;
+  /** Neither getToken nor tokenUrl: authenticate with the gateway's cookie. */
+  cookieAuth?: boolean;
+  /** `auto` (default): WebSocket, falling back to SSE when WebSocket is blocked on the path (see README), or if WebSocket doesn't exist. */
+  transport?: 'auto' | TransportKind;
+  /**
+   * How the token reaches the WebSocket endpoint. `protocol` (default): in the
+   * `Sec-WebSocket-Protocol` header, out of every URL and log; needs a gateway that
+   * selects `realtime-gateway.v1`. `query`: `?access_token=` as older gateways expect.
+   * SSE always uses the query (EventSource cannot set headers).
+   */
+  tokenTransport?: 'protocol' | 'query';
+  /**
+   * Ask `GET <url>/auth/check` why an attempt failed (browsers hide refusal statuses).
+   * Default true; a gateway without it (404) is handled as before.
+   */
+  probe?: boolean;
+  /** Reconnect at once on `online`, and on becoming visible after `resumeAfterHiddenMs` hidden. Default true. */
+  reconnectOnWake?: boolean;
+  onResync?: () => void;
+  onStateChange?: (state: ConnectionState) => void;
+  onError?: (error: RealtimeError) => void;
+  /** Resume from this event id on the first connection (e.g. kept in sessionStorage). */
+  lastEventId?: string | null;
+  WebSocketImpl?: WebSocketConstructor;
+  EventSourceImpl?: EventSourceConstructor;
+  fetchImpl?: typeof fetch;
+  lifecycle?: PageLifecycle;
+  /** [0, 1) source for jitter; injectable for tests. */
+  random?: () => number;
+  /** Wall clock in ms; injectable for tests. */
+  now?: () => number;
+}
+
+export interface RealtimeClient {
+  readonly state: ConnectionState;
+  /** Transport of the current (or last) connection; null before the first attempt. */
+  readonly transport: TransportKind | null;
+  /** Last `event_id` delivered, across transports; sent as `last_event_id` on reconnect. */
+  readonly lastEventId: string | null;
+  /** Every event, known catalog types or not. Check with `isCatalogEvent`/`isEventType` before reading `data`. */
+  onEvent(cb: (event: RealtimeEvent) => void): Unsubscribe;
+  /** Events of one catalog type whose `data` has that type's fields, typed. */
+  on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe;
+  /** Valid `render.job.*` events whose `data.job_id` is `jobId`. */
+  onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
+  /** Valid `notification.*` events. */
+  onNotification(cb: (event: NotificationEvent) => void): Unsubscribe;
+  /** The gateway says events may have been lost: refetch state over REST. */
+  onResync(cb: () => void): Unsubscribe;
+  onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;
+  onError(cb: (error: RealtimeError) => void): Unsubscribe;
+  /** Drop the current connection (if any) and connect again now with a fresh backoff, e.g. after `identity_mismatch`, `revoked` and a new sign-in. No-op after `close()`. */
+  reconnect(): void;
+  /** Stop for good: closes the connection, cancels every timer, drops all listeners. */
+  close(): void;
+}

@@ -1,0 +1,100 @@
+'use client';
+// The live parts of the studio page, all from the provider's one client.
+import { isRenderJobEvent, type RealtimeEvent } from '@flatrender/realtime-client';
+import {
+  INITIAL_RENDER_PROGRESS,
+  reduceRenderProgress,
+  useConnectionState,
+  useNotifications,
+  useRealtimeClient,
+  useRealtimeError,
+  type RenderProgressState,
+} from '@flatrender/realtime-client/react';
+import { useEffect, useState } from 'react';
+
+export function ConnectionBadge() {
+  const state = useConnectionState();
+  const client = useRealtimeClient();
+  return (
+    <span className="badge" data-state={state} data-testid="connection" data-transport={client?.transport ?? ''}>
+      {state}
+    </span>
+  );
+}
+
+/** Why nothing is live: a missing URL, a signed-out user, a refusal. Never silent. */
+export function ErrorBanner() {
+  const error = useRealtimeError();
+  if (!error) return null;
+  return (
+    <div className="error" role="alert" data-testid="error" data-code={error.code}>
+      <strong>{error.code === 'token_error' && error.status === 401 ? 'Signed out' : 'Live updates unavailable'}</strong>
+      : {error.message}
+    </div>
+  );
+}
+
+/**
+ * The most recent render job. A page that knows its job id would call
+ * `useRenderProgress(jobId, { allowedOrigins })`; this one follows whichever job shows up,
+ * so it folds the events itself with the same reducer.
+ */
+export function LatestJob({ allowedOrigins }: { allowedOrigins: string[] }) {
+  const client = useRealtimeClient();
+  const [job, setJob] = useState<{ id: string; state: RenderProgressState } | null>(null);
+  const origins = allowedOrigins.join(' ');
+  useEffect(() => {
+    if (!client) return;
+    const allowed = origins.split(' ');
+    return client.onEvent((event) => {
+      if (!isRenderJobEvent(event)) return;
+      setJob((prev) => {
+        const base = prev?.id === event.data.job_id ? prev.state : INITIAL_RENDER_PROGRESS;
+        return { id: event.data.job_id, state: reduceRenderProgress(base, event, { allowedOrigins: allowed }) };
+      });
+    });
+  }, [client, origins]);
+
+  const state = job?.state ?? INITIAL_RENDER_PROGRESS;
+  return (
+    <section className="card" data-testid="job" data-status={state.status} data-job={job?.id ?? ''}>
+      <h2>Render job <span className="muted">{job?.id ?? '(waiting for a render)'}</span></h2>
+      <div className="muted">
+        status: <span data-testid="job-status">{state.status}</span>
+      </div>
+      <progress data-testid="progress" value={state.progress} max={100} />
+      <div className="muted">
+        {Math.round(state.progress)} %{' '}
+        {/* outputUrl passed the reducer's check: http(s) on the CDN only. */}
+        {state.status === 'completed' && state.outputUrl && <a href={state.outputUrl}>Download</a>}
+        {state.status === 'failed' && state.error}
+      </div>
+    </section>
+  );
+}
+
+export function Bell() {
+  const { items, unread, markAllRead } = useNotifications({ max: 20 });
+  return (
+    <button className="bell" onClick={markAllRead} title={items.map((n) => n.data.title ?? n.data.kind).join('\n')}>
+      Notifications <span className="count" data-testid="bell" data-count={unread}>{unread}</span>
+    </button>
+  );
+}
+
+/** The last event ids, newest last: what the end-to-end tests compare with what was published. */
+export function RecentEvents() {
+  const client = useRealtimeClient();
+  const [ids, setIds] = useState<string[]>([]);
+  useEffect(() => client?.onEvent((e: RealtimeEvent) => setIds((prev) => [...prev, e.event_id].slice(-50))), [client]);
+  return (
+    <section className="card">
+      <h2>Recent events</h2>
+      <ol className="muted" data-testid="events">
+        {ids.map((id) => (
+          <li key={id}>{id}</li>
+        ))}
+      </ol>
+    </section>
+  );
+}
