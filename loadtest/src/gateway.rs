@@ -148,6 +148,16 @@ pub fn find_pid(port: u16) -> Result<u32, String> {
 
 /// A bounded GET over HTTP/1.1 with `Connection: close`: (status, body).
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    http_get_within(addr, host, path, Duration::from_secs(5)).await
+}
+
+/// `http_get` for answers that take a while (the floor answers when it has published).
+pub async fn http_get_within(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    within: Duration,
+) -> Result<(u16, String), String> {
     let fut = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -181,7 +191,7 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, 
         };
         Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), fut)
+    tokio::time::timeout(within, fut)
         .await
         .map_err(|_| format!("GET {path}: timed out"))?
 }

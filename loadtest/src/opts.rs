@@ -12,6 +12,10 @@ USAGE:
   loadgen idle      --ws N --sse M [--duration SECS] [flags]
   loadgen targeted  --ws N --sse M --rate R --duration SECS [flags]
   loadgen broadcast --ws N --sse M --rate R --duration SECS [flags]
+  loadgen unrouted  --ws N --sse M --rate R --duration SECS [flags]
+  loadgen floor targeted|broadcast|unrouted|idle ...
+                               the same run against the floor: a bare writer that this
+                               loadgen starts itself (see FLOOR below)
   loadgen publish   --users U --rate R --duration SECS [--plan-out FILE] [--wait-connections N]
   loadgen free-port            print a free TCP port on 127.0.0.1 (for scripts)
   loadgen wait-ready --gateway URL [--wait-timeout SECS]
@@ -23,6 +27,9 @@ MODES:
              every connection of that user must receive it exactly once
   broadcast  publish R tenant-wide events/s (no user_id; round-robin over tenants); every
              connection of the tenant must receive it exactly once
+  unrouted   publish R events/s for users that have no connection (nobody receives them),
+             then one for user 0 that marks the end: reports the gateway's CPU per event
+             ingested
   publish    only publish targeted events (for the k6 script, which does the receiving);
              --plan-out writes the users, their tokens and expected counts as JSON first
 
@@ -63,6 +70,15 @@ PUBLISH MODE:
                              more open connections than when the plan was written
   --wait-timeout SECS        give up waiting after this long (also wait-ready)      [120]
 
+FLOOR:
+  `loadgen floor MODE ...` starts a second loadgen process as a bare writer on a free
+  127.0.0.1 port (`floor-serve`, the same flags). It accepts the same WebSocket and SSE
+  clients (handshake, token checked once), and when the run publishes it produces the
+  same events itself, on the same schedule, and does one write() per delivery: the
+  cost any gateway must pay to hand each client its own frame, measured by the same
+  clients in the same run. No broker is involved. Its CPU is read from /proc like the
+  gateway's; its own write-loop time per event is reported under publish.floor.
+
 OUTPUT:
   A readable summary on stderr and one JSON line on stdout (also --json-out FILE).
   Exit status: 0 all delivered exactly once; 1 loss, duplicates, misrouted events,
@@ -82,17 +98,37 @@ pub enum Mode {
     Idle,
     Targeted,
     Broadcast,
+    Unrouted,
     Publish,
     FreePort,
     WaitReady,
 }
 
+/// The bare-writer floor: the loadgen that drives it, or the writer process itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    Drive,
+    Serve,
+}
+
 impl Mode {
+    /// Which events a mode publishes (none for idle and the helpers).
+    pub fn kind(self) -> Option<crate::publish::Kind> {
+        use crate::publish::Kind;
+        match self {
+            Mode::Targeted => Some(Kind::Targeted),
+            Mode::Broadcast => Some(Kind::Broadcast),
+            Mode::Unrouted => Some(Kind::Unrouted),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Idle => "idle",
             Mode::Targeted => "targeted",
             Mode::Broadcast => "broadcast",
+            Mode::Unrouted => "unrouted",
             Mode::Publish => "publish",
             Mode::FreePort => "free-port",
             Mode::WaitReady => "wait-ready",
@@ -103,6 +139,7 @@ impl Mode {
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub mode: Mode,
+    pub floor: Option<Floor>,
     pub ws: usize,
     pub sse: usize,
     pub users: usize,
@@ -261,6 +298,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut mode = None;
     let mut o = Opts {
         mode: Mode::Idle,
+        floor: None,
         ws: 0,
         sse: 0,
         users: 0,
@@ -296,10 +334,22 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             return Ok(Parsed::Help);
         }
         if !a.starts_with('-') {
+            let role = match a.as_str() {
+                "floor" => Some(Floor::Drive),
+                "floor-serve" => Some(Floor::Serve),
+                _ => None,
+            };
+            if let Some(role) = role {
+                if o.floor.replace(role).is_some() {
+                    return Err("give `floor` once".into());
+                }
+                continue;
+            }
             let m = match a.as_str() {
                 "idle" => Mode::Idle,
                 "targeted" => Mode::Targeted,
                 "broadcast" => Mode::Broadcast,
+                "unrouted" => Mode::Unrouted,
                 "publish" => Mode::Publish,
                 "free-port" => Mode::FreePort,
                 "wait-ready" => Mode::WaitReady,
@@ -352,7 +402,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             other => return Err(format!("unknown flag `{other}` (see --help)")),
         }
     }
-    o.mode = mode.ok_or("give a mode: idle, targeted, broadcast or publish (see --help)")?;
+    o.mode =
+        mode.ok_or("give a mode: idle, targeted, broadcast, unrouted or publish (see --help)")?;
+    if o.floor.is_some() && !matches!(o.mode, Mode::Idle) && o.mode.kind().is_none() {
+        return Err("floor runs idle, targeted, broadcast or unrouted".into());
+    }
     if o.mode == Mode::FreePort {
         return Ok(Parsed::Run(Box::new(o)));
     }
@@ -373,6 +427,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         };
     }
     if o.mode != Mode::Idle
+        && o.floor.is_none()
         && let Err(e) = check_amqp(&o.amqp_url)
     {
         problems.push(e);
@@ -432,8 +487,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     if o.secret.len() < 32 {
         problems.push("--secret must be at least 32 bytes (the gateway requires it)".into());
     }
-    if matches!(o.mode, Mode::Targeted | Mode::Broadcast | Mode::Publish) && o.planned_events() == 0
-    {
+    if (o.mode == Mode::Publish || o.mode.kind().is_some()) && o.planned_events() == 0 {
         problems.push("--rate x --duration plans no event at all".into());
     }
     if o.planned_events() > u32::MAX as u64 {

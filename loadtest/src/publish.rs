@@ -20,17 +20,40 @@ pub enum Kind {
     Targeted,
     /// Event k goes to every connection of tenant k % tenants.
     Broadcast,
+    /// Events for users that are not connected (nobody here receives them), except the
+    /// last one, for user 0: it arrives after the gateway has ingested all the others,
+    /// since one queue keeps their order, so it marks the end of the ingest window.
+    Unrouted,
 }
 
+/// The recipient of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of user i.
+    User(usize),
+    /// Every connection of the tenant.
+    Tenant,
+    /// A user with no connection (`<prefix>absent-<n>`).
+    Absent(u64),
+}
+
+/// Distinct absent users the unrouted events cycle through.
+const ABSENT_USERS: u64 = 100_000;
+
 impl Kind {
-    /// (tenant index, user index or None for tenant-wide) of event `seq`.
-    pub fn target(self, o: &Opts, seq: u64) -> (usize, Option<usize>) {
+    /// (tenant index, recipient) of event `seq`.
+    pub fn target(self, o: &Opts, seq: u64) -> (usize, Target) {
         match self {
             Kind::Targeted => {
                 let u = (seq % o.users as u64) as usize;
-                (u % o.tenants, Some(u))
+                (u % o.tenants, Target::User(u))
             }
-            Kind::Broadcast => ((seq % o.tenants as u64) as usize, None),
+            Kind::Broadcast => ((seq % o.tenants as u64) as usize, Target::Tenant),
+            Kind::Unrouted if seq + 1 == o.planned_events() => (0, Target::User(0)),
+            Kind::Unrouted => (
+                (seq % o.tenants as u64) as usize,
+                Target::Absent(seq % ABSENT_USERS),
+            ),
         }
     }
 
@@ -39,6 +62,7 @@ impl Kind {
         let (n, i) = match self {
             Kind::Targeted => (o.users as u64, u as u64),
             Kind::Broadcast => (o.tenants as u64, (u % o.tenants) as u64),
+            Kind::Unrouted => return u64::from(u == 0 && published >= o.planned_events()),
         };
         published / n + u64::from(i < published % n)
     }
@@ -48,6 +72,7 @@ impl Kind {
         match self {
             Kind::Targeted => seq % o.users as u64 == u as u64,
             Kind::Broadcast => seq % o.tenants as u64 == (u % o.tenants) as u64,
+            Kind::Unrouted => u == 0 && seq + 1 == o.planned_events(),
         }
     }
 }
@@ -94,8 +119,9 @@ pub fn envelope(o: &Opts, run: &str, kind: Kind, seq: u64, pad: &str) -> String 
     let (t, u) = kind.target(o, seq);
     let tenant = o.tenant_name(t);
     let user = match u {
-        Some(u) => format!(r#""user_id":"{}","#, o.user_name(u)),
-        None => String::new(),
+        Target::User(u) => format!(r#""user_id":"{}","#, o.user_name(u)),
+        Target::Absent(n) => format!(r#""user_id":"{}absent-{n}","#, o.user_prefix),
+        Target::Tenant => String::new(),
     };
     let sent_us = now_us();
     let pad = if pad.is_empty() {
@@ -145,6 +171,8 @@ pub struct PublishReport {
     /// Worst delay behind the schedule, ms.
     pub max_lag_ms: f64,
     pub aborted: bool,
+    /// The bare writer's own figures, when the floor produced the events.
+    pub floor: Option<serde_json::Value>,
 }
 
 impl PublishReport {
