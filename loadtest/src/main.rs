@@ -16,6 +16,7 @@ mod publish;
 mod report;
 mod scenario;
 mod stats;
+mod summarize;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ const EXIT_ENV: u8 = 3;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "summarize") {
+        return ExitCode::from(summarize::main(&args[1..]));
+    }
     let o = match opts::parse(args.iter().cloned()) {
         Ok(Parsed::Run(o)) => *o,
         Ok(Parsed::Help) => {

@@ -17,6 +17,7 @@ USAGE:
                                the same run against the floor: a bare writer that this
                                loadgen starts itself (see FLOOR below)
   loadgen publish   --users U --rate R --duration SECS [--plan-out FILE] [--wait-connections N]
+  loadgen summarize FILE...    the comparison table of labelled reports (compare.sh)
   loadgen free-port            print a free TCP port on 127.0.0.1 (for scripts)
   loadgen wait-ready --gateway URL [--wait-timeout SECS]
                                wait until the gateway's /readyz answers 200 (for scripts)
@@ -80,7 +81,10 @@ FLOOR:
   gateway's; its own write-loop time per event is reported under publish.floor.
 
 OUTPUT:
-  A readable summary on stderr and one JSON line on stdout (also --json-out FILE).
+  A readable summary on stderr and one JSON line on stdout (also --json-out FILE);
+  --label TEXT is copied into it. `loadgen summarize FILE...` reads such files written
+  with --label SCENARIO/SYSTEM/RUN (loadtest/compare.sh does) and prints the comparison
+  table: medians over the runs, ranges, and ratios to the floor of the same run.
   Exit status: 0 all delivered exactly once; 1 loss, duplicates, misrouted events,
   connect failures or dropped connections; 2 bad usage; 3 environment (gateway, broker,
   limits).
@@ -168,6 +172,8 @@ pub struct Opts {
     pub wait_connections: Option<u64>,
     pub wait_timeout: Duration,
     pub json_out: Option<String>,
+    /// Free text copied into the JSON (compare.sh: `scenario/system/run`).
+    pub label: Option<String>,
 }
 
 impl Opts {
@@ -326,6 +332,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         wait_connections: None,
         wait_timeout: Duration::from_secs(120),
         json_out: None,
+        label: None,
     };
     let mut users_given = false;
     let mut gateway_url = "http://127.0.0.1:8080".to_owned();
@@ -399,6 +406,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--wait-connections" => o.wait_connections = Some(num(&flag, &value()?)?),
             "--wait-timeout" => o.wait_timeout = secs(&flag, &value()?)?,
             "--json-out" => o.json_out = Some(value()?),
+            "--label" => o.label = Some(value()?),
             other => return Err(format!("unknown flag `{other}` (see --help)")),
         }
     }

@@ -283,6 +283,7 @@ impl<'a> Report<'a> {
         let (i, o, c) = (&self.i, self.i.o, &self.i.connected);
         json!({
             "mode": o.mode.as_str(),
+            "label": o.label,
             "floor": o.floor.is_some(),
             "run": i.run,
             "ok": self.ok(),
