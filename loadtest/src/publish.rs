@@ -335,7 +335,7 @@ impl Publisher {
         rep
     }
 
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = tokio::time::timeout(
             Duration::from_secs(3),
             self.conn.close(200, "loadgen done".into()),

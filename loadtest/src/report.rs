@@ -80,6 +80,7 @@ struct Figures {
     cpu_us_per_delivery: Option<f64>,
     cpu_us_per_event: Option<f64>,
     loadgen_us_per_delivery: Option<f64>,
+    loadgen_publisher_us_per_event: Option<f64>,
     hold_cpu: Option<f64>,
     metric_deltas: BTreeMap<String, f64>,
 }
@@ -117,7 +118,8 @@ impl<'a> Report<'a> {
             cpu_window,
             cpu_us_per_delivery: per(cpu_window, i.delivery.delivered),
             cpu_us_per_event: per(cpu_window, published),
-            loadgen_us_per_delivery: per(i.phase.loadgen_cpu, i.delivery.delivered),
+            loadgen_us_per_delivery: per(i.phase.loadgen_cpu.map(|c| c.0), i.delivery.delivered),
+            loadgen_publisher_us_per_event: per(i.phase.loadgen_cpu.map(|c| c.1), published),
             hold_cpu: if i.kind.is_none() {
                 s.p1.zip(s.p2).map(|(a, b)| b.cpu_secs - a.cpu_secs)
             } else {
@@ -259,10 +261,11 @@ impl<'a> Report<'a> {
                 s.push_str(&format!("             {k} +{v}\n"));
             }
         }
-        if let Some(c) = self.i.phase.loadgen_cpu {
+        if let Some((clients, rest)) = self.i.phase.loadgen_cpu {
             s.push_str(&format!(
-                "loadgen CPU  {c:.2} s during publish+tail = {:.2} µs per delivery received\n",
-                f.loadgen_us_per_delivery.unwrap_or(0.0)
+                "loadgen CPU  clients {clients:.2} s during publish+tail = {:.2} µs per delivery received; publisher {rest:.2} s = {:.2} µs per event\n",
+                f.loadgen_us_per_delivery.unwrap_or(0.0),
+                f.loadgen_publisher_us_per_event.unwrap_or(0.0)
             ));
         }
         if let Some(r) = self.i.loadgen_rss {
@@ -328,8 +331,10 @@ impl<'a> Report<'a> {
             "gateway_metrics_delta": self.f.metric_deltas,
             "loadgen_rss_kib": i.loadgen_rss,
             "loadgen_process": {
-                "cpu_secs_publish_window": i.phase.loadgen_cpu.map(round3),
+                "client_cpu_secs_publish_window": i.phase.loadgen_cpu.map(|c| round3(c.0)),
                 "cpu_us_per_delivery": self.f.loadgen_us_per_delivery.map(round3),
+                "publisher_cpu_secs_publish_window": i.phase.loadgen_cpu.map(|c| round3(c.1)),
+                "publisher_cpu_us_per_event": self.f.loadgen_publisher_us_per_event.map(round3),
             },
         })
     }

@@ -1,9 +1,10 @@
 //! One measured run (idle, targeted, broadcast, unrouted): check the environment, connect
 //! the clients, publish (or hold), collect what every client saw, report.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::account::account;
 use crate::fleet::{self, Fleet};
@@ -16,7 +17,7 @@ use crate::{EXIT_ENV, EXIT_FAIL, Proc, abort_on_signal, floor, limits, log, run_
 /// Where the events come from.
 pub enum Source {
     /// RabbitMQ: the gateway under test consumes them.
-    Amqp(Box<Publisher>),
+    Amqp(Arc<Publisher>),
     /// The floor process produces them itself (no broker).
     Floor,
 }
@@ -30,7 +31,7 @@ impl Source {
         abort: watch::Receiver<bool>,
     ) -> PublishReport {
         match self {
-            Source::Amqp(p) => p.run(o, run, kind, abort).await,
+            Source::Amqp(p) => publish_on_own_thread(p.clone(), o, run, kind, abort).await,
             Source::Floor => floor::publish(o, run).await,
         }
     }
@@ -39,6 +40,46 @@ impl Source {
         if let Source::Amqp(p) = self {
             p.close().await;
         }
+    }
+}
+
+/// Thread name of the publisher, whose CPU is not the clients'.
+const PUBLISH_THREAD: &str = "loadgen-publish";
+
+/// Runs the publisher on a thread of its own, so the client threads' CPU is the cost of
+/// receiving alone.
+async fn publish_on_own_thread(
+    p: Arc<Publisher>,
+    o: &Opts,
+    run: &str,
+    kind: Kind,
+    abort: watch::Receiver<bool>,
+) -> PublishReport {
+    let (tx, rx) = oneshot::channel();
+    let (o, run) = (o.clone(), run.to_owned());
+    let spawned = std::thread::Builder::new()
+        .name(PUBLISH_THREAD.into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let rep = match rt {
+                Ok(rt) => rt.block_on(p.run(&o, &run, kind, abort)),
+                Err(e) => failed_publish(format!("cannot start the publisher's runtime: {e}")),
+            };
+            let _ = tx.send(rep);
+        });
+    if let Err(e) = spawned {
+        return failed_publish(format!("cannot start the publisher's thread: {e}"));
+    }
+    rx.await
+        .unwrap_or_else(|_| failed_publish("the publisher's thread ended without a report".into()))
+}
+
+fn failed_publish(why: String) -> PublishReport {
+    PublishReport {
+        errors: vec![why],
+        ..PublishReport::default()
     }
 }
 
@@ -56,8 +97,9 @@ pub struct Phase {
     pub report: Option<PublishReport>,
     /// Gateway samples at the first publish and when the last delivery arrived.
     pub window: Option<(ProcSample, ProcSample)>,
-    /// The loadgen's own CPU over the same window, seconds.
-    pub loadgen_cpu: Option<f64>,
+    /// The loadgen's own CPU over the same window, seconds: (client threads, publisher
+    /// and the rest).
+    pub loadgen_cpu: Option<(f64, f64)>,
     pub tail_secs: f64,
 }
 
@@ -100,7 +142,7 @@ async fn prepare(o: &Opts, kind: Option<Kind>) -> Result<Setup, u8> {
         (None, _) => None,
         (Some(_), Some(Floor::Drive)) => Some(Source::Floor),
         (Some(_), _) => match Publisher::connect(o).await {
-            Ok(p) => Some(Source::Amqp(Box::new(p))),
+            Ok(p) => Some(Source::Amqp(Arc::new(p))),
             Err(e) => {
                 log(e);
                 return Err(EXIT_ENV);
@@ -241,7 +283,7 @@ async fn publish_phase(
     Phase {
         report: Some(rep),
         window: c0.zip(c1),
-        loadgen_cpu: s0.zip(s1).map(|(a, b)| b - a),
+        loadgen_cpu: s0.zip(s1).map(|(a, b)| (b.0 - a.0, b.1 - a.1)),
         tail_secs,
     }
 }

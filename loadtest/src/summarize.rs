@@ -35,7 +35,16 @@ fn parse(v: &Value) -> Option<Run> {
     } else {
         gw["cpu_us_per_delivery"].as_f64()
     };
-    let lat = &v["delivery"]["latency_ms"];
+    // Unrouted delivers one closing event: no latency or per-message figure to speak of.
+    let unrouted = v["mode"] == "unrouted";
+    let lat = if unrouted {
+        &Value::Null
+    } else {
+        &v["delivery"]["latency_ms"]
+    };
+    let loadgen_us = v["loadgen_process"]["cpu_us_per_delivery"]
+        .as_f64()
+        .filter(|_| !unrouted);
     Some(Run {
         scenario: scenario.to_owned(),
         system: system.to_owned(),
@@ -45,7 +54,7 @@ fn parse(v: &Value) -> Option<Run> {
         p50_ms: lat["p50"].as_f64(),
         p99_ms: lat["p99"].as_f64(),
         lost: v["delivery"]["lost"].as_u64().unwrap_or(0),
-        loadgen_us: v["loadgen_process"]["cpu_us_per_delivery"].as_f64(),
+        loadgen_us,
         rss_per_conn: gw["rss_per_connection_bytes"].as_f64(),
     })
 }
@@ -102,7 +111,17 @@ fn ratios(runs: &[Run], of: &[&Run], field: fn(&Run) -> Option<f64>) -> Vec<f64>
 const SYSTEMS: [&str; 3] = ["floor", "gateway", "node"];
 
 fn table(runs: &[Run]) -> String {
-    let mut scenarios: Vec<&str> = Vec::new();
+    // compare.sh's order first, then any other scenario in the order met.
+    let mut scenarios: Vec<&str> = [
+        "targeted",
+        "broadcast100",
+        "broadcast50",
+        "unrouted",
+        "idle",
+    ]
+    .into_iter()
+    .filter(|s| runs.iter().any(|r| r.scenario == *s))
+    .collect();
     for r in runs {
         if !scenarios.contains(&r.scenario.as_str()) {
             scenarios.push(&r.scenario);
