@@ -299,10 +299,9 @@ fn name_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut args = args.into_iter();
-    let mut mode = None;
-    let mut o = Opts {
+/// Defaults, with the endpoints the gateway's own environment names when set.
+fn defaults() -> Opts {
+    Opts {
         mode: Mode::Idle,
         floor: None,
         ws: 0,
@@ -333,113 +332,143 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         wait_timeout: Duration::from_secs(120),
         json_out: None,
         label: None,
+    }
+}
+
+/// What the command line gave beyond the options themselves.
+struct Given {
+    mode: Option<Mode>,
+    users: bool,
+    gateway_url: String,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = args.into_iter();
+    let mut o = defaults();
+    let mut given = Given {
+        mode: None,
+        users: false,
+        gateway_url: "http://127.0.0.1:8080".to_owned(),
     };
-    let mut users_given = false;
-    let mut gateway_url = "http://127.0.0.1:8080".to_owned();
     while let Some(a) = args.next() {
         if a == "-h" || a == "--help" || a == "help" {
             return Ok(Parsed::Help);
         }
         if !a.starts_with('-') {
-            let role = match a.as_str() {
-                "floor" => Some(Floor::Drive),
-                "floor-serve" => Some(Floor::Serve),
-                _ => None,
-            };
-            if let Some(role) = role {
-                if o.floor.replace(role).is_some() {
-                    return Err("give `floor` once".into());
-                }
-                continue;
-            }
-            let m = match a.as_str() {
-                "idle" => Mode::Idle,
-                "targeted" => Mode::Targeted,
-                "broadcast" => Mode::Broadcast,
-                "unrouted" => Mode::Unrouted,
-                "publish" => Mode::Publish,
-                "free-port" => Mode::FreePort,
-                "wait-ready" => Mode::WaitReady,
-                other => return Err(format!("unknown mode `{other}` (see --help)")),
-            };
-            if mode.replace(m).is_some() {
-                return Err("give exactly one mode".into());
-            }
+            word(&mut o, &mut given, &a)?;
             continue;
         }
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
             None => (a.clone(), None),
         };
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args.next().ok_or(format!("{flag} needs a value")),
-            }
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or(format!("{flag} needs a value"))?,
         };
-        match flag.as_str() {
-            "--ws" => o.ws = num(&flag, &value()?)?,
-            "--sse" => o.sse = num(&flag, &value()?)?,
-            "--users" => {
-                o.users = num(&flag, &value()?)?;
-                users_given = true;
-            }
-            "--tenants" => o.tenants = num(&flag, &value()?)?,
-            "--tenant" => o.tenant = value()?,
-            "--user-prefix" => o.user_prefix = value()?,
-            "--source-ips" => o.source_ips = num(&flag, &value()?)?,
-            "--connect-rate" => o.connect_rate = num(&flag, &value()?)?,
-            "--connect-concurrency" => o.connect_concurrency = num(&flag, &value()?)?,
-            "--connect-timeout" => o.connect_timeout = secs(&flag, &value()?)?,
-            "--rate" => o.rate = num(&flag, &value()?)?,
-            "--duration" => o.duration = secs(&flag, &value()?)?,
-            "--routing-key" => o.routing_key = value()?,
-            "--pad" => o.pad = num(&flag, &value()?)?,
-            "--settle" => o.settle = secs(&flag, &value()?)?,
-            "--tail-timeout" => o.tail_timeout = secs(&flag, &value()?)?,
-            "--gateway" => gateway_url = value()?,
-            "--amqp-url" => o.amqp_url = value()?,
-            "--exchange" => o.exchange = value()?,
-            "--secret" => o.secret = value()?,
-            "--gateway-pid" => o.gateway_pid = Some(num(&flag, &value()?)?),
-            "--plan-out" => o.plan_out = Some(value()?),
-            "--wait-connections" => o.wait_connections = Some(num(&flag, &value()?)?),
-            "--wait-timeout" => o.wait_timeout = secs(&flag, &value()?)?,
-            "--json-out" => o.json_out = Some(value()?),
-            "--label" => o.label = Some(value()?),
-            other => return Err(format!("unknown flag `{other}` (see --help)")),
-        }
+        set_flag(&mut o, &mut given, &flag, value)?;
     }
-    o.mode =
-        mode.ok_or("give a mode: idle, targeted, broadcast, unrouted or publish (see --help)")?;
+    o.mode = given
+        .mode
+        .ok_or("give a mode: idle, targeted, broadcast, unrouted or publish (see --help)")?;
     if o.floor.is_some() && !matches!(o.mode, Mode::Idle) && o.mode.kind().is_none() {
         return Err("floor runs idle, targeted, broadcast or unrouted".into());
     }
     if o.mode == Mode::FreePort {
         return Ok(Parsed::Run(Box::new(o)));
     }
-
     let mut problems = Vec::new();
-    match parse_gateway(&gateway_url) {
+    match parse_gateway(&given.gateway_url) {
         Ok((addr, host)) => {
             o.gateway = addr;
             o.gateway_host = host;
         }
         Err(e) => problems.push(e),
     }
-    if o.mode == Mode::WaitReady {
-        return if problems.is_empty() {
-            Ok(Parsed::Run(Box::new(o)))
-        } else {
-            Err(problems.join("\n"))
-        };
+    if o.mode != Mode::WaitReady {
+        if o.mode != Mode::Idle
+            && o.floor.is_none()
+            && let Err(e) = check_amqp(&o.amqp_url)
+        {
+            problems.push(e);
+        }
+        check_counts(&mut o, given.users, &mut problems);
+        check_values(&o, &mut problems);
     }
-    if o.mode != Mode::Idle
-        && o.floor.is_none()
-        && let Err(e) = check_amqp(&o.amqp_url)
-    {
-        problems.push(e);
+    if problems.is_empty() {
+        Ok(Parsed::Run(Box::new(o)))
+    } else {
+        Err(problems.join("\n"))
     }
+}
+
+/// A word without dashes: the mode, or the floor role.
+fn word(o: &mut Opts, given: &mut Given, a: &str) -> Result<(), String> {
+    let role = match a {
+        "floor" => Some(Floor::Drive),
+        "floor-serve" => Some(Floor::Serve),
+        _ => None,
+    };
+    if let Some(role) = role {
+        if o.floor.replace(role).is_some() {
+            return Err("give `floor` once".into());
+        }
+        return Ok(());
+    }
+    let m = match a {
+        "idle" => Mode::Idle,
+        "targeted" => Mode::Targeted,
+        "broadcast" => Mode::Broadcast,
+        "unrouted" => Mode::Unrouted,
+        "publish" => Mode::Publish,
+        "free-port" => Mode::FreePort,
+        "wait-ready" => Mode::WaitReady,
+        other => return Err(format!("unknown mode `{other}` (see --help)")),
+    };
+    if given.mode.replace(m).is_some() {
+        return Err("give exactly one mode".into());
+    }
+    Ok(())
+}
+
+fn set_flag(o: &mut Opts, given: &mut Given, flag: &str, v: String) -> Result<(), String> {
+    match flag {
+        "--ws" => o.ws = num(flag, &v)?,
+        "--sse" => o.sse = num(flag, &v)?,
+        "--users" => {
+            o.users = num(flag, &v)?;
+            given.users = true;
+        }
+        "--tenants" => o.tenants = num(flag, &v)?,
+        "--tenant" => o.tenant = v,
+        "--user-prefix" => o.user_prefix = v,
+        "--source-ips" => o.source_ips = num(flag, &v)?,
+        "--connect-rate" => o.connect_rate = num(flag, &v)?,
+        "--connect-concurrency" => o.connect_concurrency = num(flag, &v)?,
+        "--connect-timeout" => o.connect_timeout = secs(flag, &v)?,
+        "--rate" => o.rate = num(flag, &v)?,
+        "--duration" => o.duration = secs(flag, &v)?,
+        "--routing-key" => o.routing_key = v,
+        "--pad" => o.pad = num(flag, &v)?,
+        "--settle" => o.settle = secs(flag, &v)?,
+        "--tail-timeout" => o.tail_timeout = secs(flag, &v)?,
+        "--gateway" => given.gateway_url = v,
+        "--amqp-url" => o.amqp_url = v,
+        "--exchange" => o.exchange = v,
+        "--secret" => o.secret = v,
+        "--gateway-pid" => o.gateway_pid = Some(num(flag, &v)?),
+        "--plan-out" => o.plan_out = Some(v),
+        "--wait-connections" => o.wait_connections = Some(num(flag, &v)?),
+        "--wait-timeout" => o.wait_timeout = secs(flag, &v)?,
+        "--json-out" => o.json_out = Some(v),
+        "--label" => o.label = Some(v),
+        other => return Err(format!("unknown flag `{other}` (see --help)")),
+    }
+    Ok(())
+}
+
+/// Connections and users, by mode (defaults `--users` to the connection count).
+fn check_counts(o: &mut Opts, users_given: bool, problems: &mut Vec<String>) {
     let conns = o.connections();
     match o.mode {
         Mode::Publish => {
@@ -462,6 +491,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
         }
     }
+}
+
+/// Names, rates and limits.
+fn check_values(o: &Opts, problems: &mut Vec<String>) {
     if o.tenants == 0 || o.tenants > o.users.max(1) {
         problems.push(format!(
             "--tenants must be between 1 and the number of users ({})",
@@ -503,10 +536,5 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     }
     if o.mode != Mode::Publish && (o.plan_out.is_some() || o.wait_connections.is_some()) {
         problems.push("--plan-out and --wait-connections are for publish mode".into());
-    }
-    if problems.is_empty() {
-        Ok(Parsed::Run(Box::new(o)))
-    } else {
-        Err(problems.join("\n"))
     }
 }

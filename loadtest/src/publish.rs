@@ -10,6 +10,7 @@ use lapin::{
     PublisherConfirm,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::opts::Opts;
 
@@ -185,6 +186,39 @@ impl PublishReport {
     }
 }
 
+/// Awaits every confirm in order: (acked, nacked, acked but returned as unroutable).
+async fn confirm_all(mut rx: mpsc::UnboundedReceiver<PublisherConfirm>) -> (u64, u64, u64) {
+    let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
+    while let Some(c) = rx.recv().await {
+        match c.await {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => acked += 1,
+            Ok(Confirmation::Ack(Some(_))) => {
+                acked += 1;
+                returned += 1;
+            }
+            Ok(Confirmation::Nack(_)) | Err(_) => nacked += 1,
+        }
+    }
+    (acked, nacked, returned)
+}
+
+/// The confirms' outcome into the report, waiting at most 10 s for the last ones.
+async fn count_confirms(rep: &mut PublishReport, confirmer: JoinHandle<(u64, u64, u64)>) {
+    match tokio::time::timeout(Duration::from_secs(10), confirmer).await {
+        Ok(Ok((acked, nacked, returned))) => {
+            rep.confirmed = acked;
+            rep.nacked = nacked;
+            rep.unroutable = returned;
+            rep.unconfirmed = rep.published.saturating_sub(acked + nacked);
+        }
+        _ => {
+            rep.unconfirmed = rep.published;
+            rep.errors
+                .push("publisher confirms did not arrive within 10 s".into());
+        }
+    }
+}
+
 pub struct Publisher {
     conn: Connection,
     channel: Channel,
@@ -248,21 +282,8 @@ impl Publisher {
         };
 
         // Confirms are awaited by a separate task, in order, so the ticker never waits.
-        let (ctx, mut crx) = mpsc::unbounded_channel::<PublisherConfirm>();
-        let confirmer = tokio::spawn(async move {
-            let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
-            while let Some(c) = crx.recv().await {
-                match c.await {
-                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => acked += 1,
-                    Ok(Confirmation::Ack(Some(_))) => {
-                        acked += 1;
-                        returned += 1;
-                    }
-                    Ok(Confirmation::Nack(_)) | Err(_) => nacked += 1,
-                }
-            }
-            (acked, nacked, returned)
-        });
+        let (ctx, crx) = mpsc::unbounded_channel::<PublisherConfirm>();
+        let confirmer = tokio::spawn(confirm_all(crx));
 
         let start = Instant::now();
         let give_up = o.duration + Duration::from_secs(30);
@@ -319,19 +340,7 @@ impl Publisher {
         }
         rep.secs = last_publish.duration_since(start).as_secs_f64();
         drop(ctx);
-        match tokio::time::timeout(Duration::from_secs(10), confirmer).await {
-            Ok(Ok((acked, nacked, returned))) => {
-                rep.confirmed = acked;
-                rep.nacked = nacked;
-                rep.unroutable = returned;
-                rep.unconfirmed = rep.published.saturating_sub(acked + nacked);
-            }
-            _ => {
-                rep.unconfirmed = rep.published;
-                rep.errors
-                    .push("publisher confirms did not arrive within 10 s".into());
-            }
-        }
+        count_confirms(&mut rep, confirmer).await;
         rep
     }
 

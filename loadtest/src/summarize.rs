@@ -23,6 +23,8 @@ struct Run {
     lost: u64,
     loadgen_us: Option<f64>,
     rss_per_conn: Option<f64>,
+    /// The floor's own fan-out: first to last write of one event, p99 over events, ms.
+    floor_loop_p99_ms: Option<f64>,
 }
 
 fn parse(v: &Value) -> Option<Run> {
@@ -56,6 +58,7 @@ fn parse(v: &Value) -> Option<Run> {
         lost: v["delivery"]["lost"].as_u64().unwrap_or(0),
         loadgen_us,
         rss_per_conn: gw["rss_per_connection_bytes"].as_f64(),
+        floor_loop_p99_ms: v["publish"]["floor"]["write_loop_ms"]["p99"].as_f64(),
     })
 }
 
@@ -168,6 +171,33 @@ fn table(runs: &[Run]) -> String {
     out
 }
 
+/// The floor's write loop per event, server side: how long its bare writes take to reach
+/// the last recipient, without the clients' side of the latency.
+fn floor_loops(runs: &[Run]) -> String {
+    let mut out = String::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for r in runs.iter().filter(|r| r.system == "floor") {
+        if seen.contains(&r.scenario.as_str()) {
+            continue;
+        }
+        seen.push(&r.scenario);
+        let loops = runs
+            .iter()
+            .filter(|x| x.system == "floor" && x.scenario == r.scenario)
+            .filter_map(|x| x.floor_loop_p99_ms)
+            .collect();
+        out.push_str(&format!(
+            "\nfloor {}: write loop per event (first to last write), p99 {} ms",
+            r.scenario,
+            show(spread(loops), "")
+        ));
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
 pub fn main(files: &[String]) -> u8 {
     let mut runs = Vec::new();
     for f in files {
@@ -187,6 +217,7 @@ pub fn main(files: &[String]) -> u8 {
         return crate::EXIT_USAGE;
     }
     print!("{}", table(&runs));
+    print!("{}", floor_loops(&runs));
     0
 }
 
