@@ -21,6 +21,8 @@
 # Environment (defaults in brackets):
 #   RUNS [3]  CONNS [10000]  DURATION [10]  TARGETED_RATE [5000]  UNROUTED_RATE [20000]
 #   UNROUTED_CONNS [1000]  IDLE_CONNS [16000]  SYSTEMS ["floor gateway node"]
+#   TAIL        seconds each run waits after its last event for late deliveries; what has
+#               not arrived by then counts as lost [30]
 #   NODE_PEER   the Node peer's folder, copied to OUT and installed with `npm ci`
 #               [<repository>/../shared/peers/node-gateway]
 #   OUT         where the JSON reports, logs and table go [loadtest/target/compare/<time>]
@@ -40,6 +42,7 @@ TARGETED_RATE="${TARGETED_RATE:-5000}"
 UNROUTED_RATE="${UNROUTED_RATE:-20000}"
 UNROUTED_CONNS="${UNROUTED_CONNS:-1000}"
 IDLE_CONNS="${IDLE_CONNS:-16000}"
+TAIL="${TAIL:-30}"
 SYSTEMS="${SYSTEMS:-floor gateway node}"
 NODE_PEER="${NODE_PEER:-$root/../shared/peers/node-gateway}"
 OUT="${OUT:-$lt/target/compare/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -121,7 +124,7 @@ run_one() { # scenario system run
   local scenario="$1" system="$2" run="$3" name="$1.$2.$3"
   local -a args
   read -r -a args <<<"$(args_of "$scenario")"
-  args+=(--label "$scenario/$system/$run" --json-out "$OUT/$name.json" "${extra[@]}")
+  args+=(--tail-timeout "$TAIL" --label "$scenario/$system/$run" --json-out "$OUT/$name.json" "${extra[@]}")
   local status=0
   if [ "$system" = floor ]; then
     timeout --kill-after=10 900 "$loadgen" floor "${args[@]}" >/dev/null 2>"$OUT/$name.log" || status=$?
