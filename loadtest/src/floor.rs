@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::opts::Opts;
@@ -85,15 +85,22 @@ pub async fn drive(mut o: Opts, args: &[String]) -> u8 {
     code
 }
 
-/// Asks the floor process to publish the run's events; answers when it has written them.
-pub async fn publish(o: &Opts, run: &str) -> PublishReport {
+/// Asks the floor process to publish the run's events; answers when it has written them,
+/// or at once on Ctrl-C (the floor process is stopped with the run).
+pub async fn publish(o: &Opts, run: &str, mut abort: watch::Receiver<bool>) -> PublishReport {
     let mut rep = PublishReport {
         planned: o.planned_events(),
         ..PublishReport::default()
     };
     let path = format!("/floor/publish?run={run}");
     let within = o.duration + Duration::from_secs(60);
-    let answer = gateway::http_get_within(o.gateway, &o.gateway_host, &path, within).await;
+    let answer = tokio::select! {
+        a = gateway::http_get_within(o.gateway, &o.gateway_host, &path, within) => a,
+        _ = crate::conn::stopped(&mut abort) => {
+            rep.aborted = true;
+            return rep;
+        }
+    };
     let v = match answer {
         Ok((200, body)) => match serde_json::from_str::<Value>(&body) {
             Ok(v) => v,
@@ -616,6 +623,79 @@ mod tests {
         assert_eq!(r.query("access_token"), Some("a.b.c"));
         assert_eq!(r.query("y"), None);
         assert_eq!(r.header("sec-websocket-key"), Some("k=="));
+    }
+
+    /// A connected pair on loopback: (the floor's side, the client's side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(l.local_addr().expect("addr"));
+        let (client, accepted) = tokio::join!(client, l.accept());
+        (accepted.expect("accept").0, client.expect("connect"))
+    }
+
+    async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(&got) {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn writes_each_event_once_to_its_recipients() {
+        // 5 events over 2 users: 0, 2, 4 for user 0 (WebSocket), 1, 3 for user 1 (SSE).
+        let o = match crate::opts::parse(
+            "floor-serve targeted --ws 1 --sse 1 --rate 100 --duration 0.05"
+                .split_whitespace()
+                .map(String::from),
+        ) {
+            Ok(crate::opts::Parsed::Run(o)) => *o,
+            _ => panic!("bad test args"),
+        };
+        let ((ws_server, mut ws_client), (sse_server, mut sse_client)) =
+            tokio::join!(pair(), pair());
+        let mut conns = vec![
+            Conn {
+                user: 0,
+                sse: false,
+                stream: Arc::new(ws_server),
+                backlog: Vec::new(),
+                dead: false,
+            },
+            Conn {
+                user: 1,
+                sse: true,
+                stream: Arc::new(sse_server),
+                backlog: Vec::new(),
+                dead: false,
+            },
+        ];
+        let report =
+            tokio::task::spawn_blocking(move || publish_all(&o, Kind::Targeted, "r9", &mut conns))
+                .await
+                .expect("writer");
+        assert_eq!(report["published"], 5);
+        assert_eq!(report["writes"], 5);
+        assert_eq!(report["failed"], 0);
+
+        let count =
+            |b: &[u8], needle: &[u8]| b.windows(needle.len()).filter(|w| *w == needle).count();
+        let ws = read_until(&mut ws_client, |b| count(b, b"\"sent_us\"") == 3).await;
+        assert_eq!(ws[0], 0x81, "a text frame, not masked");
+        for (seq, other) in [(0, 1), (2, 3), (4, 1)] {
+            assert_eq!(count(&ws, format!("\"seq\":{seq},").as_bytes()), 1);
+            assert_eq!(count(&ws, format!("\"seq\":{other},").as_bytes()), 0);
+        }
+        let sse = read_until(&mut sse_client, |b| count(b, b"\n\n") == 2).await;
+        let text = String::from_utf8_lossy(&sse);
+        assert!(text.starts_with("id: lt-r9-1\ndata: {"), "{text}");
+        assert!(text.contains("id: lt-r9-3\ndata: {"), "{text}");
+        assert_eq!(count(&sse, b"\"user_id\":\"lt-user-1\""), 2);
     }
 
     #[test]

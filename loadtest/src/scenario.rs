@@ -32,7 +32,7 @@ impl Source {
     ) -> PublishReport {
         match self {
             Source::Amqp(p) => publish_on_own_thread(p.clone(), o, run, kind, abort).await,
-            Source::Floor => floor::publish(o, run).await,
+            Source::Floor => floor::publish(o, run, abort).await,
         }
     }
 
