@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Load-test smoke run: builds the gateway and the loadgen, starts the gateway on a free
-# 127.0.0.1 port against the local RabbitMQ, and runs three tiny scenarios:
+# 127.0.0.1 port against the local RabbitMQ, and runs tiny scenarios:
 #   targeted   50 WS + 50 SSE, 200 events/s for 2 s (400 deliveries)
 #   broadcast  50 WS + 50 SSE of one tenant, 5 tenant-wide events/s for 2 s (1,000 deliveries)
+#   unrouted   20 WS, 200 events in 1 s: 199 for users with no connection, the last for user 0
 #   idle       50 WS + 50 SSE held for 1 s (RSS per connection)
-# Exits 1 if any event is lost, duplicated or misrouted, any connection fails or drops, or
-# the publisher fails; 3 if the environment is not there (broker, gateway). Every step is
-# bounded by `timeout`; after the builds the run takes about 15 s.
+#   floor      a 1 s broadcast against the loadgen's bare writer (no gateway, no broker)
+# then stops the gateway with SIGTERM.
+# Exits 1 if any event is lost, duplicated or misrouted, any connection fails or drops, the
+# publisher fails, the gateway logs an ERROR line or panics, or it does not exit with
+# status 0 within 10 s of SIGTERM; 3 if the environment is not there (broker, gateway).
+# Every step is bounded by `timeout`; after the builds the run takes about 20 s.
 #
 #   loadtest/smoke.sh
 #   CARGO_TARGET_DIR=/tmp/lt-target loadtest/smoke.sh    # builds go there
@@ -48,7 +52,8 @@ trap 'exit 130' INT TERM
 port="$("$loadgen" free-port)"
 gateway="http://127.0.0.1:$port"
 say "starting the gateway on 127.0.0.1:$port, exchange $GATEWAY_AMQP_EXCHANGE"
-GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_LOG="${GATEWAY_LOG:-warn}" \
+# JSON logs: an ERROR line is `"level":"ERROR"` whatever the terminal or colours.
+GATEWAY_LISTEN="127.0.0.1:$port" GATEWAY_LOG="${GATEWAY_LOG:-warn}" GATEWAY_LOG_FORMAT=json \
   GATEWAY_SHUTDOWN_DRAIN_SECS=1 GATEWAY_SHUTDOWN_GRACE_SECS=3 \
   "$gateway_bin" >"$work/gateway.log" 2>&1 &
 gw_pid=$!
@@ -78,7 +83,21 @@ scenario() { # name, loadgen arguments...
 
 scenario targeted targeted --ws 50 --sse 50 --rate 200 --duration 2
 scenario broadcast broadcast --ws 50 --sse 50 --rate 5 --duration 2
+scenario unrouted unrouted --ws 20 --rate 200 --duration 1
 scenario idle idle --ws 50 --sse 50 --duration 1
+
+# The floor needs neither the gateway nor the broker: the loadgen starts its own writer.
+floor_status=0
+timeout --kill-after=5 60 "$loadgen" floor broadcast --ws 50 --sse 50 --rate 5 --duration 1 \
+  --connect-timeout 5 --tail-timeout 5 --json-out "$work/floor.json" \
+  >/dev/null 2>"$work/floor.log" || floor_status=$?
+if [ "$floor_status" -eq 0 ]; then
+  say "floor: OK"
+else
+  say "floor: FAILED (status $floor_status)"
+  sed 's/^/  /' "$work/floor.log" >&2
+  failed=1
+fi
 
 # A graceful stop within the configured grace (3 s), bounded here too.
 kill -TERM "$gw_pid" 2>/dev/null || true
@@ -91,16 +110,20 @@ for _ in $(seq 1 100); do
   fi
   sleep 0.1
 done
-gw_pid_was="$gw_pid"
 if [ -z "$gw_status" ]; then
-  say "warning: the gateway (pid $gw_pid_was) did not stop within 10 s of SIGTERM"
-elif [ "$gw_status" -ne 0 ]; then
-  say "warning: the gateway exited with status $gw_status after SIGTERM"
+  say "FAILED: the gateway (pid $gw_pid) did not stop within 10 s of SIGTERM"
+  failed=1
+else
+  gw_pid=""
+  if [ "$gw_status" -ne 0 ]; then
+    say "FAILED: the gateway exited with status $gw_status after SIGTERM"
+    failed=1
+  fi
 fi
-[ -n "$gw_status" ] && gw_pid=""
-if grep -qiE 'panick|ERROR' "$work/gateway.log"; then
-  say "warning: the gateway logged errors:"
-  grep -iE 'panick|ERROR' "$work/gateway.log" | head -n 10 | sed 's/^/  /' >&2
+if grep -qE '"level":"ERROR"|panicked at' "$work/gateway.log"; then
+  say "FAILED: the gateway logged errors or panicked:"
+  grep -E '"level":"ERROR"|panicked at' "$work/gateway.log" | head -n 10 | sed 's/^/  /' >&2
+  failed=1
 fi
 
 if [ "$failed" -ne 0 ]; then

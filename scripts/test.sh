@@ -35,6 +35,8 @@ rm -rf clients/demo/lib && cp -r clients/js/dist clients/demo/lib
 
 (cd tests/browser && npm ci --no-audit --no-fund && npm test)
 
+# The load generator's own checks and unit tests (its own crate and Cargo.lock).
+(cd loadtest && cargo fmt -- --check && cargo clippy --all-targets --locked -- -D warnings && cargo test --locked)
 # A tiny load run (release builds): fails on any lost, duplicated or misrouted event.
 # Performance itself is measured by the benchmarks, never asserted here.
 loadtest/smoke.sh

@@ -97,13 +97,15 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = find(hay, key)? + key.len();
-    let digits: Vec<u8> = hay[at..]
-        .iter()
-        .skip_while(|b| **b == b' ')
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+    let digits = hay[at..].iter().skip_while(|b| **b == b' ');
+    let mut n: Option<u64> = None;
+    for b in digits.take_while(|b| b.is_ascii_digit()) {
+        n = n
+            .unwrap_or(0)
+            .checked_mul(10)?
+            .checked_add(u64::from(b - b'0'));
+    }
+    n
 }
 
 /// Our events carry `"data":{"run":"<run>","seq":N,"sent_us":T,...}`; the gateway passes
@@ -174,9 +176,10 @@ fn refusal_reason(body: &[u8]) -> String {
 
 fn ws_config() -> WebSocketConfig {
     // tungstenite's defaults are 128 KiB buffers per connection: far too much for 16k
-    // clients on one machine. Events are small.
+    // clients on one machine. Events are small, and each read zeroes a whole chunk of
+    // this size first: 2 KiB holds a few events and keeps that cheap.
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20))
@@ -404,10 +407,13 @@ async fn ws_receive(
     r: &mut ConnResult,
     stop: &mut watch::Receiver<bool>,
 ) {
+    // One stop future for the whole stream, not one registration per message.
+    let stop = stopped(stop);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            _ = stopped(stop) => break,
+            _ = &mut stop => break,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => r.on_payload(shared, t.as_bytes()),
                 Some(Ok(Message::Close(frame))) => {
@@ -454,6 +460,8 @@ async fn sse_receive(
     r: &mut ConnResult,
     stop: &mut watch::Receiver<bool>,
 ) {
+    let stop = stopped(stop);
+    tokio::pin!(stop);
     loop {
         while let Some(line) = sse.line() {
             if let Some(data) = line.strip_prefix(b"data:") {
@@ -471,7 +479,7 @@ async fn sse_receive(
         }
         tokio::select! {
             biased;
-            _ = stopped(stop) => break,
+            _ = &mut stop => break,
             res = sse.fill() => match res {
                 Ok(true) => {}
                 Ok(false) => {} // eof handled at the top of the loop after the last lines

@@ -39,13 +39,40 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 pub fn cpu_secs(pid: u32, tck: f64) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_ticks(&stat)? as f64 / tck)
+}
+
+/// utime + stime of one `/proc/.../stat` text, in ticks.
+fn stat_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may contain spaces: count fields
     // after the last ')'. Field 3 is the state; utime and stime are fields 14 and 15.
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / tck)
+    Some(utime + stime)
+}
+
+/// CPU seconds of this process's threads whose name starts with `prefix`, and of the
+/// others.
+pub fn own_threads_cpu(prefix: &str, tck: f64) -> Option<(f64, f64)> {
+    let (mut named, mut rest) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let comm = stat
+            .find('(')
+            .zip(stat.rfind(')'))
+            .map_or("", |(a, b)| &stat[a + 1..b]);
+        let ticks = stat_ticks(&stat).unwrap_or(0);
+        if comm.starts_with(prefix) {
+            named += ticks;
+        } else {
+            rest += ticks;
+        }
+    }
+    Some((named as f64 / tck, rest as f64 / tck))
 }
 
 pub fn sample(pid: u32, tck: f64) -> Option<ProcSample> {
@@ -148,6 +175,16 @@ pub fn find_pid(port: u16) -> Result<u32, String> {
 
 /// A bounded GET over HTTP/1.1 with `Connection: close`: (status, body).
 pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    http_get_within(addr, host, path, Duration::from_secs(5)).await
+}
+
+/// `http_get` for answers that take a while (the floor answers when it has published).
+pub async fn http_get_within(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    within: Duration,
+) -> Result<(u16, String), String> {
     let fut = async {
         let mut s = TcpStream::connect(addr)
             .await
@@ -181,7 +218,7 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, 
         };
         Ok((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), fut)
+    tokio::time::timeout(within, fut)
         .await
         .map_err(|_| format!("GET {path}: timed out"))?
 }

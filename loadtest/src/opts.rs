@@ -12,7 +12,12 @@ USAGE:
   loadgen idle      --ws N --sse M [--duration SECS] [flags]
   loadgen targeted  --ws N --sse M --rate R --duration SECS [flags]
   loadgen broadcast --ws N --sse M --rate R --duration SECS [flags]
+  loadgen unrouted  --ws N --sse M --rate R --duration SECS [flags]
+  loadgen floor targeted|broadcast|unrouted|idle ...
+                               the same run against the floor: a bare writer that this
+                               loadgen starts itself (see FLOOR below)
   loadgen publish   --users U --rate R --duration SECS [--plan-out FILE] [--wait-connections N]
+  loadgen summarize FILE...    the comparison table of labelled reports (compare.sh)
   loadgen free-port            print a free TCP port on 127.0.0.1 (for scripts)
   loadgen wait-ready --gateway URL [--wait-timeout SECS]
                                wait until the gateway's /readyz answers 200 (for scripts)
@@ -23,6 +28,9 @@ MODES:
              every connection of that user must receive it exactly once
   broadcast  publish R tenant-wide events/s (no user_id; round-robin over tenants); every
              connection of the tenant must receive it exactly once
+  unrouted   publish R events/s for users that have no connection (nobody receives them),
+             then one for user 0 that marks the end: reports the gateway's CPU per event
+             ingested
   publish    only publish targeted events (for the k6 script, which does the receiving);
              --plan-out writes the users, their tokens and expected counts as JSON first
 
@@ -63,8 +71,20 @@ PUBLISH MODE:
                              more open connections than when the plan was written
   --wait-timeout SECS        give up waiting after this long (also wait-ready)      [120]
 
+FLOOR:
+  `loadgen floor MODE ...` starts a second loadgen process as a bare writer on a free
+  127.0.0.1 port (`floor-serve`, the same flags). It accepts the same WebSocket and SSE
+  clients (handshake, token checked once), and when the run publishes it produces the
+  same events itself, on the same schedule, and does one write() per delivery: the
+  cost any gateway must pay to hand each client its own frame, measured by the same
+  clients in the same run. No broker is involved. Its CPU is read from /proc like the
+  gateway's; its own write-loop time per event is reported under publish.floor.
+
 OUTPUT:
-  A readable summary on stderr and one JSON line on stdout (also --json-out FILE).
+  A readable summary on stderr and one JSON line on stdout (also --json-out FILE);
+  --label TEXT is copied into it. `loadgen summarize FILE...` reads such files written
+  with --label SCENARIO/SYSTEM/RUN (loadtest/compare.sh does) and prints the comparison
+  table: medians over the runs, ranges, and ratios to the floor of the same run.
   Exit status: 0 all delivered exactly once; 1 loss, duplicates, misrouted events,
   connect failures or dropped connections; 2 bad usage; 3 environment (gateway, broker,
   limits).
@@ -82,17 +102,37 @@ pub enum Mode {
     Idle,
     Targeted,
     Broadcast,
+    Unrouted,
     Publish,
     FreePort,
     WaitReady,
 }
 
+/// The bare-writer floor: the loadgen that drives it, or the writer process itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    Drive,
+    Serve,
+}
+
 impl Mode {
+    /// Which events a mode publishes (none for idle and the helpers).
+    pub fn kind(self) -> Option<crate::publish::Kind> {
+        use crate::publish::Kind;
+        match self {
+            Mode::Targeted => Some(Kind::Targeted),
+            Mode::Broadcast => Some(Kind::Broadcast),
+            Mode::Unrouted => Some(Kind::Unrouted),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Idle => "idle",
             Mode::Targeted => "targeted",
             Mode::Broadcast => "broadcast",
+            Mode::Unrouted => "unrouted",
             Mode::Publish => "publish",
             Mode::FreePort => "free-port",
             Mode::WaitReady => "wait-ready",
@@ -103,6 +143,7 @@ impl Mode {
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub mode: Mode,
+    pub floor: Option<Floor>,
     pub ws: usize,
     pub sse: usize,
     pub users: usize,
@@ -131,6 +172,8 @@ pub struct Opts {
     pub wait_connections: Option<u64>,
     pub wait_timeout: Duration,
     pub json_out: Option<String>,
+    /// Free text copied into the JSON (compare.sh: `scenario/system/run`).
+    pub label: Option<String>,
 }
 
 impl Opts {
@@ -256,11 +299,11 @@ fn name_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut args = args.into_iter();
-    let mut mode = None;
-    let mut o = Opts {
+/// Defaults, with the endpoints the gateway's own environment names when set.
+fn defaults() -> Opts {
+    Opts {
         mode: Mode::Idle,
+        floor: None,
         ws: 0,
         sse: 0,
         users: 0,
@@ -288,95 +331,144 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         wait_connections: None,
         wait_timeout: Duration::from_secs(120),
         json_out: None,
+        label: None,
+    }
+}
+
+/// What the command line gave beyond the options themselves.
+struct Given {
+    mode: Option<Mode>,
+    users: bool,
+    gateway_url: String,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = args.into_iter();
+    let mut o = defaults();
+    let mut given = Given {
+        mode: None,
+        users: false,
+        gateway_url: "http://127.0.0.1:8080".to_owned(),
     };
-    let mut users_given = false;
-    let mut gateway_url = "http://127.0.0.1:8080".to_owned();
     while let Some(a) = args.next() {
         if a == "-h" || a == "--help" || a == "help" {
             return Ok(Parsed::Help);
         }
         if !a.starts_with('-') {
-            let m = match a.as_str() {
-                "idle" => Mode::Idle,
-                "targeted" => Mode::Targeted,
-                "broadcast" => Mode::Broadcast,
-                "publish" => Mode::Publish,
-                "free-port" => Mode::FreePort,
-                "wait-ready" => Mode::WaitReady,
-                other => return Err(format!("unknown mode `{other}` (see --help)")),
-            };
-            if mode.replace(m).is_some() {
-                return Err("give exactly one mode".into());
-            }
+            word(&mut o, &mut given, &a)?;
             continue;
         }
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
             None => (a.clone(), None),
         };
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args.next().ok_or(format!("{flag} needs a value")),
-            }
+        let value = match inline {
+            Some(v) => v,
+            None => args.next().ok_or(format!("{flag} needs a value"))?,
         };
-        match flag.as_str() {
-            "--ws" => o.ws = num(&flag, &value()?)?,
-            "--sse" => o.sse = num(&flag, &value()?)?,
-            "--users" => {
-                o.users = num(&flag, &value()?)?;
-                users_given = true;
-            }
-            "--tenants" => o.tenants = num(&flag, &value()?)?,
-            "--tenant" => o.tenant = value()?,
-            "--user-prefix" => o.user_prefix = value()?,
-            "--source-ips" => o.source_ips = num(&flag, &value()?)?,
-            "--connect-rate" => o.connect_rate = num(&flag, &value()?)?,
-            "--connect-concurrency" => o.connect_concurrency = num(&flag, &value()?)?,
-            "--connect-timeout" => o.connect_timeout = secs(&flag, &value()?)?,
-            "--rate" => o.rate = num(&flag, &value()?)?,
-            "--duration" => o.duration = secs(&flag, &value()?)?,
-            "--routing-key" => o.routing_key = value()?,
-            "--pad" => o.pad = num(&flag, &value()?)?,
-            "--settle" => o.settle = secs(&flag, &value()?)?,
-            "--tail-timeout" => o.tail_timeout = secs(&flag, &value()?)?,
-            "--gateway" => gateway_url = value()?,
-            "--amqp-url" => o.amqp_url = value()?,
-            "--exchange" => o.exchange = value()?,
-            "--secret" => o.secret = value()?,
-            "--gateway-pid" => o.gateway_pid = Some(num(&flag, &value()?)?),
-            "--plan-out" => o.plan_out = Some(value()?),
-            "--wait-connections" => o.wait_connections = Some(num(&flag, &value()?)?),
-            "--wait-timeout" => o.wait_timeout = secs(&flag, &value()?)?,
-            "--json-out" => o.json_out = Some(value()?),
-            other => return Err(format!("unknown flag `{other}` (see --help)")),
-        }
+        set_flag(&mut o, &mut given, &flag, value)?;
     }
-    o.mode = mode.ok_or("give a mode: idle, targeted, broadcast or publish (see --help)")?;
+    o.mode = given
+        .mode
+        .ok_or("give a mode: idle, targeted, broadcast, unrouted or publish (see --help)")?;
+    if o.floor.is_some() && !matches!(o.mode, Mode::Idle) && o.mode.kind().is_none() {
+        return Err("floor runs idle, targeted, broadcast or unrouted".into());
+    }
     if o.mode == Mode::FreePort {
         return Ok(Parsed::Run(Box::new(o)));
     }
-
     let mut problems = Vec::new();
-    match parse_gateway(&gateway_url) {
+    match parse_gateway(&given.gateway_url) {
         Ok((addr, host)) => {
             o.gateway = addr;
             o.gateway_host = host;
         }
         Err(e) => problems.push(e),
     }
-    if o.mode == Mode::WaitReady {
-        return if problems.is_empty() {
-            Ok(Parsed::Run(Box::new(o)))
-        } else {
-            Err(problems.join("\n"))
-        };
+    if o.mode != Mode::WaitReady {
+        if o.mode != Mode::Idle
+            && o.floor.is_none()
+            && let Err(e) = check_amqp(&o.amqp_url)
+        {
+            problems.push(e);
+        }
+        check_counts(&mut o, given.users, &mut problems);
+        check_values(&o, &mut problems);
     }
-    if o.mode != Mode::Idle
-        && let Err(e) = check_amqp(&o.amqp_url)
-    {
-        problems.push(e);
+    if problems.is_empty() {
+        Ok(Parsed::Run(Box::new(o)))
+    } else {
+        Err(problems.join("\n"))
     }
+}
+
+/// A word without dashes: the mode, or the floor role.
+fn word(o: &mut Opts, given: &mut Given, a: &str) -> Result<(), String> {
+    let role = match a {
+        "floor" => Some(Floor::Drive),
+        "floor-serve" => Some(Floor::Serve),
+        _ => None,
+    };
+    if let Some(role) = role {
+        if o.floor.replace(role).is_some() {
+            return Err("give `floor` once".into());
+        }
+        return Ok(());
+    }
+    let m = match a {
+        "idle" => Mode::Idle,
+        "targeted" => Mode::Targeted,
+        "broadcast" => Mode::Broadcast,
+        "unrouted" => Mode::Unrouted,
+        "publish" => Mode::Publish,
+        "free-port" => Mode::FreePort,
+        "wait-ready" => Mode::WaitReady,
+        other => return Err(format!("unknown mode `{other}` (see --help)")),
+    };
+    if given.mode.replace(m).is_some() {
+        return Err("give exactly one mode".into());
+    }
+    Ok(())
+}
+
+fn set_flag(o: &mut Opts, given: &mut Given, flag: &str, v: String) -> Result<(), String> {
+    match flag {
+        "--ws" => o.ws = num(flag, &v)?,
+        "--sse" => o.sse = num(flag, &v)?,
+        "--users" => {
+            o.users = num(flag, &v)?;
+            given.users = true;
+        }
+        "--tenants" => o.tenants = num(flag, &v)?,
+        "--tenant" => o.tenant = v,
+        "--user-prefix" => o.user_prefix = v,
+        "--source-ips" => o.source_ips = num(flag, &v)?,
+        "--connect-rate" => o.connect_rate = num(flag, &v)?,
+        "--connect-concurrency" => o.connect_concurrency = num(flag, &v)?,
+        "--connect-timeout" => o.connect_timeout = secs(flag, &v)?,
+        "--rate" => o.rate = num(flag, &v)?,
+        "--duration" => o.duration = secs(flag, &v)?,
+        "--routing-key" => o.routing_key = v,
+        "--pad" => o.pad = num(flag, &v)?,
+        "--settle" => o.settle = secs(flag, &v)?,
+        "--tail-timeout" => o.tail_timeout = secs(flag, &v)?,
+        "--gateway" => given.gateway_url = v,
+        "--amqp-url" => o.amqp_url = v,
+        "--exchange" => o.exchange = v,
+        "--secret" => o.secret = v,
+        "--gateway-pid" => o.gateway_pid = Some(num(flag, &v)?),
+        "--plan-out" => o.plan_out = Some(v),
+        "--wait-connections" => o.wait_connections = Some(num(flag, &v)?),
+        "--wait-timeout" => o.wait_timeout = secs(flag, &v)?,
+        "--json-out" => o.json_out = Some(v),
+        "--label" => o.label = Some(v),
+        other => return Err(format!("unknown flag `{other}` (see --help)")),
+    }
+    Ok(())
+}
+
+/// Connections and users, by mode (defaults `--users` to the connection count).
+fn check_counts(o: &mut Opts, users_given: bool, problems: &mut Vec<String>) {
     let conns = o.connections();
     match o.mode {
         Mode::Publish => {
@@ -399,6 +491,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
         }
     }
+}
+
+/// Names, rates and limits.
+fn check_values(o: &Opts, problems: &mut Vec<String>) {
     if o.tenants == 0 || o.tenants > o.users.max(1) {
         problems.push(format!(
             "--tenants must be between 1 and the number of users ({})",
@@ -432,8 +528,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     if o.secret.len() < 32 {
         problems.push("--secret must be at least 32 bytes (the gateway requires it)".into());
     }
-    if matches!(o.mode, Mode::Targeted | Mode::Broadcast | Mode::Publish) && o.planned_events() == 0
-    {
+    if (o.mode == Mode::Publish || o.mode.kind().is_some()) && o.planned_events() == 0 {
         problems.push("--rate x --duration plans no event at all".into());
     }
     if o.planned_events() > u32::MAX as u64 {
@@ -441,10 +536,5 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     }
     if o.mode != Mode::Publish && (o.plan_out.is_some() || o.wait_connections.is_some()) {
         problems.push("--plan-out and --wait-connections are for publish mode".into());
-    }
-    if problems.is_empty() {
-        Ok(Parsed::Run(Box::new(o)))
-    } else {
-        Err(problems.join("\n"))
     }
 }

@@ -10,6 +10,7 @@ use lapin::{
     PublisherConfirm,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::opts::Opts;
 
@@ -20,17 +21,40 @@ pub enum Kind {
     Targeted,
     /// Event k goes to every connection of tenant k % tenants.
     Broadcast,
+    /// Events for users that are not connected (nobody here receives them), except the
+    /// last one, for user 0: it arrives after the gateway has ingested all the others,
+    /// since one queue keeps their order, so it marks the end of the ingest window.
+    Unrouted,
 }
 
+/// The recipient of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection of user i.
+    User(usize),
+    /// Every connection of the tenant.
+    Tenant,
+    /// A user with no connection (`<prefix>absent-<n>`).
+    Absent(u64),
+}
+
+/// Distinct absent users the unrouted events cycle through.
+const ABSENT_USERS: u64 = 100_000;
+
 impl Kind {
-    /// (tenant index, user index or None for tenant-wide) of event `seq`.
-    pub fn target(self, o: &Opts, seq: u64) -> (usize, Option<usize>) {
+    /// (tenant index, recipient) of event `seq`.
+    pub fn target(self, o: &Opts, seq: u64) -> (usize, Target) {
         match self {
             Kind::Targeted => {
                 let u = (seq % o.users as u64) as usize;
-                (u % o.tenants, Some(u))
+                (u % o.tenants, Target::User(u))
             }
-            Kind::Broadcast => ((seq % o.tenants as u64) as usize, None),
+            Kind::Broadcast => ((seq % o.tenants as u64) as usize, Target::Tenant),
+            Kind::Unrouted if seq + 1 == o.planned_events() => (0, Target::User(0)),
+            Kind::Unrouted => (
+                (seq % o.tenants as u64) as usize,
+                Target::Absent(seq % ABSENT_USERS),
+            ),
         }
     }
 
@@ -39,6 +63,7 @@ impl Kind {
         let (n, i) = match self {
             Kind::Targeted => (o.users as u64, u as u64),
             Kind::Broadcast => (o.tenants as u64, (u % o.tenants) as u64),
+            Kind::Unrouted => return u64::from(u == 0 && published >= o.planned_events()),
         };
         published / n + u64::from(i < published % n)
     }
@@ -48,6 +73,7 @@ impl Kind {
         match self {
             Kind::Targeted => seq % o.users as u64 == u as u64,
             Kind::Broadcast => seq % o.tenants as u64 == (u % o.tenants) as u64,
+            Kind::Unrouted => u == 0 && seq + 1 == o.planned_events(),
         }
     }
 }
@@ -94,8 +120,9 @@ pub fn envelope(o: &Opts, run: &str, kind: Kind, seq: u64, pad: &str) -> String 
     let (t, u) = kind.target(o, seq);
     let tenant = o.tenant_name(t);
     let user = match u {
-        Some(u) => format!(r#""user_id":"{}","#, o.user_name(u)),
-        None => String::new(),
+        Target::User(u) => format!(r#""user_id":"{}","#, o.user_name(u)),
+        Target::Absent(n) => format!(r#""user_id":"{}absent-{n}","#, o.user_prefix),
+        Target::Tenant => String::new(),
     };
     let sent_us = now_us();
     let pad = if pad.is_empty() {
@@ -145,6 +172,8 @@ pub struct PublishReport {
     /// Worst delay behind the schedule, ms.
     pub max_lag_ms: f64,
     pub aborted: bool,
+    /// The bare writer's own figures, when the floor produced the events.
+    pub floor: Option<serde_json::Value>,
 }
 
 impl PublishReport {
@@ -154,6 +183,39 @@ impl PublishReport {
             && self.nacked == 0
             && self.unroutable == 0
             && self.unconfirmed == 0
+    }
+}
+
+/// Awaits every confirm in order: (acked, nacked, acked but returned as unroutable).
+async fn confirm_all(mut rx: mpsc::UnboundedReceiver<PublisherConfirm>) -> (u64, u64, u64) {
+    let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
+    while let Some(c) = rx.recv().await {
+        match c.await {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => acked += 1,
+            Ok(Confirmation::Ack(Some(_))) => {
+                acked += 1;
+                returned += 1;
+            }
+            Ok(Confirmation::Nack(_)) | Err(_) => nacked += 1,
+        }
+    }
+    (acked, nacked, returned)
+}
+
+/// The confirms' outcome into the report, waiting at most 10 s for the last ones.
+async fn count_confirms(rep: &mut PublishReport, confirmer: JoinHandle<(u64, u64, u64)>) {
+    match tokio::time::timeout(Duration::from_secs(10), confirmer).await {
+        Ok(Ok((acked, nacked, returned))) => {
+            rep.confirmed = acked;
+            rep.nacked = nacked;
+            rep.unroutable = returned;
+            rep.unconfirmed = rep.published.saturating_sub(acked + nacked);
+        }
+        _ => {
+            rep.unconfirmed = rep.published;
+            rep.errors
+                .push("publisher confirms did not arrive within 10 s".into());
+        }
     }
 }
 
@@ -220,21 +282,8 @@ impl Publisher {
         };
 
         // Confirms are awaited by a separate task, in order, so the ticker never waits.
-        let (ctx, mut crx) = mpsc::unbounded_channel::<PublisherConfirm>();
-        let confirmer = tokio::spawn(async move {
-            let (mut acked, mut nacked, mut returned) = (0u64, 0u64, 0u64);
-            while let Some(c) = crx.recv().await {
-                match c.await {
-                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => acked += 1,
-                    Ok(Confirmation::Ack(Some(_))) => {
-                        acked += 1;
-                        returned += 1;
-                    }
-                    Ok(Confirmation::Nack(_)) | Err(_) => nacked += 1,
-                }
-            }
-            (acked, nacked, returned)
-        });
+        let (ctx, crx) = mpsc::unbounded_channel::<PublisherConfirm>();
+        let confirmer = tokio::spawn(confirm_all(crx));
 
         let start = Instant::now();
         let give_up = o.duration + Duration::from_secs(30);
@@ -291,23 +340,11 @@ impl Publisher {
         }
         rep.secs = last_publish.duration_since(start).as_secs_f64();
         drop(ctx);
-        match tokio::time::timeout(Duration::from_secs(10), confirmer).await {
-            Ok(Ok((acked, nacked, returned))) => {
-                rep.confirmed = acked;
-                rep.nacked = nacked;
-                rep.unroutable = returned;
-                rep.unconfirmed = rep.published.saturating_sub(acked + nacked);
-            }
-            _ => {
-                rep.unconfirmed = rep.published;
-                rep.errors
-                    .push("publisher confirms did not arrive within 10 s".into());
-            }
-        }
+        count_confirms(&mut rep, confirmer).await;
         rep
     }
 
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = tokio::time::timeout(
             Duration::from_secs(3),
             self.conn.close(200, "loadgen done".into()),
