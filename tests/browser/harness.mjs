@@ -242,12 +242,16 @@ export async function startStudio(env = {}) {
 }
 
 /**
- * Whether this gateway speaks the issue-17 protocol additions (token in the WebSocket
- * subprotocol, `GET /auth/check`, SSE heartbeat and CORS for token requests): an older
- * gateway answers 404 on /auth/check.
+ * The gateway under test speaks the browser protocol (token in the WebSocket subprotocol,
+ * `GET /auth/check`, SSE heartbeats, CORS for token requests). It always does now: a 404
+ * here fails the test rather than quietly running the older, query-token path.
  */
 export async function gatewayHasAuthCheck(url) {
-  return (await status(`${url}/auth/check`)) !== 404;
+  const s = await status(`${url}/auth/check`);
+  if (s === 404) {
+    throw new Error(`${url}/auth/check answered 404: the gateway lacks the browser protocol`);
+  }
+  return true;
 }
 
 /**
