@@ -133,6 +133,11 @@ impl GatewayProcess {
             ("GATEWAY_SHUTDOWN_GRACE_SECS", "6".into()),
             ("GATEWAY_SSE_RETRY_MS", "300".into()),
             ("GATEWAY_LOG", "info".into()),
+            // Streams outlive tests; only the tests that need one turn it on, with their
+            // own name, and delete it.
+            ("GATEWAY_REVOCATION_USER_KEYS", "off".into()),
+            ("GATEWAY_REVOCATION_TENANT_KEYS", "off".into()),
+            ("GATEWAY_HISTORY_STREAM", "off".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
