@@ -215,7 +215,9 @@ impl Config {
 pub fn help_text() -> String {
     let mut out = String::from(
         "realtime-gateway: RabbitMQ domain events to browsers over WebSocket and SSE\n\n\
-         Usage: realtime-gateway [--flag value | --flag=value]...\n\n\
+         Usage: realtime-gateway [--flag value | --flag=value]...\n\
+         \x20      realtime-gateway config check FILE   (validate a GATEWAY_CONFIG file, print its routes)\n\
+         \x20      realtime-gateway healthcheck\n\n\
          Every flag can also be given as its environment variable; flags win.\n\n",
     );
     for s in SETTINGS {

@@ -81,6 +81,11 @@ pub struct Routes {
     /// Pairs of routes that can match the same key and read it differently, described.
     /// Startup warns about them (their common events are dropped); `config check` fails.
     pub overlaps: Vec<String>,
+    /// The routes are the settings' default route: one reading for every message on the
+    /// queue, whatever its exchange, as before routes existed. (A message that came
+    /// through an exchange-to-exchange binding reports the exchange it was published to,
+    /// which need not be one the gateway bound.)
+    pub default_route: bool,
 }
 
 /// The route a message takes.
@@ -98,6 +103,9 @@ impl Routes {
     /// The route for a message published to `exchange` with `routing_key`. Routes that
     /// match and agree are one reading, so the first is as good as any.
     pub fn select(&self, exchange: &str, routing_key: &str) -> Selected<'_> {
+        if self.default_route {
+            return self.list.first().map_or(Selected::None, Selected::Route);
+        }
         let mut matching = self
             .list
             .iter()
@@ -204,6 +212,7 @@ impl Validator<'_> {
             return Routes {
                 list,
                 overlaps: Vec::new(),
+                default_route: true,
             };
         };
         if self.is_given(Key::AmqpBindings) {
@@ -226,7 +235,11 @@ impl Validator<'_> {
             list.push(route);
         }
         let overlaps = Routes::find_overlaps(&list);
-        Routes { list, overlaps }
+        Routes {
+            list,
+            overlaps,
+            default_route: false,
+        }
     }
 
     fn route(
@@ -420,6 +433,7 @@ mod tests {
                 route("same", "ticket.created", "/payload/ownerId"),
             ],
             overlaps: Vec::new(),
+            default_route: false,
         };
         assert_eq!(Routes::find_overlaps(&routes.list).len(), 2);
         assert_eq!(

@@ -390,12 +390,16 @@ async fn disagreeing_routes_deliver_to_nobody() {
         publisher.publish("ticket.created", &ev("both", "ticket.created.v1", json!({"owner": "u1", "author": "u2"}))).await;
         publisher.publish("ticket.created", &ev("both-userless", "ticket.created.v1", json!({}))).await;
         publisher.publish("ticket.noted", &ev("excluded", "ticket.internal_note.v1", json!({"owner": "u1"}))).await;
+        // A binding no route accounts for (left by an earlier configuration).
+        publisher.bind_queue(&gw.queue, "leftover.#").await;
+        publisher.publish("leftover.key", &ev("leftover", "leftover.v1", json!({"owner": "u1", "author": "u2"}))).await;
         publisher.publish("ticket.closed", &ev("a", "ticket.closed.v1", json!({"owner": "u1"}))).await;
         publisher.publish("page.created", &ev("b", "page.created.v1", json!({"author": "u2"}))).await;
         assert_eq!(a.ids_until("a").await, ["closed", "a"]);
         assert_eq!(b.ids_until("b").await, ["post", "b"]);
         assert_eq!(dropped(&gw, "route_conflict").await, 2.0);
         assert_eq!(dropped(&gw, "excluded_type").await, 1.0);
+        assert_eq!(dropped(&gw, "no_route").await, 1.0);
         publisher.cleanup().await;
         gw.shutdown().await;
     })

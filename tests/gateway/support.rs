@@ -452,6 +452,21 @@ impl Publisher {
             .await;
     }
 
+    /// Binds `queue` to the test's exchange with `key`, as an earlier configuration of a
+    /// gateway with a named queue would have left it.
+    pub async fn bind_queue(&self, queue: &str, key: &str) {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                self.exchange.as_str().into(),
+                key.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Deletes a queue, as a broker restart or an expired `x-expires` would.
     pub async fn delete_queue(&self, queue: &str) {
         self.channel
