@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     };
     realtime_gateway::telemetry::init_logging(&config);
     for route in &config.routes.list {
-        tracing::info!("{route}");
+        tracing::info!(route = %route.name, "{route}");
     }
     for overlap in &config.routes.overlaps {
         tracing::warn!("{overlap}");

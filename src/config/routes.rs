@@ -273,27 +273,7 @@ impl Validator<'_> {
                 "needs `binding` (a topic key) and an `exchange` of 1 to 255 bytes without spaces",
             );
         }
-        let users = match table.get("user") {
-            None => defaults.users.clone(),
-            Some(toml::Value::String(s)) => r.pointers("user", std::slice::from_ref(s)),
-            Some(toml::Value::Array(items)) => {
-                let texts: Option<Vec<String>> = items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned))
-                    .collect();
-                match texts {
-                    Some(t) if !t.is_empty() => r.pointers("user", &t),
-                    _ => {
-                        r.problem("`user` must be a pointer or a non-empty list of pointers");
-                        defaults.users.clone()
-                    }
-                }
-            }
-            Some(_) => {
-                r.problem("`user` must be a pointer or a non-empty list of pointers");
-                defaults.users.clone()
-            }
-        };
+        let users = r.users(&defaults.users);
         let mapping = Mapping {
             event_id: r.pointer("event-id", &defaults.event_id),
             event_type: r.pointer("event-type", &defaults.event_type),
@@ -306,21 +286,7 @@ impl Validator<'_> {
             tenant_wide_events: r.boolean("tenant-wide").unwrap_or(false),
             ..defaults.clone()
         };
-        let exclude_types = match table.get("exclude-types") {
-            None => Vec::new(),
-            Some(v) => v
-                .as_array()
-                .and_then(|items| {
-                    items
-                        .iter()
-                        .map(|i| i.as_str().map(str::to_owned))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .unwrap_or_else(|| {
-                    r.problem("`exclude-types` must be a list of event types");
-                    Vec::new()
-                }),
-        };
+        let exclude_types = r.exclude_types();
         self.problems.append(&mut r.problems);
         Route {
             name: r.name,
@@ -361,6 +327,43 @@ impl RouteReader<'_> {
                 None
             }
         }
+    }
+
+    /// `user`: one pointer or a non-empty list, tried in order.
+    fn users(&mut self, default: &[Pointer]) -> Vec<Pointer> {
+        let texts: Option<Vec<String>> = match self.table.get("user") {
+            None => return default.to_vec(),
+            Some(toml::Value::String(s)) => Some(vec![s.clone()]),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .filter(|t| !t.is_empty()),
+            Some(_) => None,
+        };
+        match texts {
+            Some(t) => self.pointers("user", &t),
+            None => {
+                self.problem("`user` must be a pointer or a non-empty list of pointers");
+                default.to_vec()
+            }
+        }
+    }
+
+    fn exclude_types(&mut self) -> Vec<String> {
+        let Some(value) = self.table.get("exclude-types") else {
+            return Vec::new();
+        };
+        let types = value.as_array().and_then(|items| {
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+        });
+        types.unwrap_or_else(|| {
+            self.problem("`exclude-types` must be a list of event types");
+            Vec::new()
+        })
     }
 
     fn pointer(&mut self, key: &str, default: &Pointer) -> Pointer {

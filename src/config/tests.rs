@@ -328,6 +328,13 @@ tenant-wdie = true
 name = "b"
 binding = "order.#"
 user = "/data/customer_id"
+
+[[route]]
+name = "c"
+binding = "refund.*"
+user = []
+exclude-types = "refund.internal"
+tenant-wide = "yes"
 "#,
     );
     let env = [
