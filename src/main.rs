@@ -8,23 +8,21 @@ use std::process::ExitCode;
 use realtime_gateway::config::{Config, Parsed};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["healthcheck"] => return healthcheck(),
-        ["config", "check", file] => return config_check(file),
-        ["config", ..] => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "usage: realtime-gateway config check FILE"
-            );
-            return ExitCode::from(2);
-        }
-        _ => {}
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck();
+    }
+    if std::env::args().nth(1).as_deref() == Some("config") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return match args.as_slice() {
+            [check, file] if check == "check" => config_check(file),
+            _ => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "usage: realtime-gateway config check FILE"
+                );
+                ExitCode::from(2)
+            }
+        };
     }
     let parsed = Config::parse(std::env::args().skip(1), |k| std::env::var(k).ok());
     let config = match parsed {
