@@ -7,6 +7,27 @@ use std::process::ExitCode;
 
 use realtime_gateway::config::{Config, Parsed};
 
+/// `realtime-gateway config check FILE`: validates a configuration file as a start with
+/// `GATEWAY_CONFIG=FILE` would (variables still override), prints the effective routes,
+/// and exits 0, or lists every problem (routes that overlap and disagree included) and
+/// exits 2. Nothing is started.
+fn config_check(file: &str) -> ExitCode {
+    match Config::check(file, |k| std::env::var(k).ok()) {
+        Ok(config) => {
+            let mut out = std::io::stdout().lock();
+            for route in &config.routes.list {
+                let _ = writeln!(out, "{route}");
+            }
+            let _ = writeln!(out, "{file}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = write!(std::io::stderr(), "{file}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return healthcheck();
@@ -81,27 +102,6 @@ fn main() -> ExitCode {
     // Blocking helpers (file reads, DNS) must not hold up the exit past the grace period.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
-}
-
-/// `realtime-gateway config check FILE`: validates a configuration file as a start with
-/// `GATEWAY_CONFIG=FILE` would (variables still override), prints the effective routes,
-/// and exits 0, or lists every problem (routes that overlap and disagree included) and
-/// exits 2. Nothing is started.
-fn config_check(file: &str) -> ExitCode {
-    match Config::check(file, |k| std::env::var(k).ok()) {
-        Ok(config) => {
-            let mut out = std::io::stdout().lock();
-            for route in &config.routes.list {
-                let _ = writeln!(out, "{route}");
-            }
-            let _ = writeln!(out, "{file}: ok");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            let _ = write!(std::io::stderr(), "{file}: {e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 /// `realtime-gateway healthcheck`: GET /healthz on the configured port of this host, for
