@@ -31,9 +31,20 @@ crate::label_set! {
         /// No usable `tenant_id` (absent, not a string, empty): goes to nobody.
         #[error("no usable tenant_id")]
         NoTenant = "no_tenant",
-        /// No user, and tenant-wide events are switched off.
+        /// No user, and tenant-wide events are switched off (for its route).
         #[error("no user_id and tenant-wide events are off")]
         NoUser = "no_user",
+        /// Its event type is one its route excludes.
+        #[error("event type excluded by its route")]
+        ExcludedType = "excluded_type",
+        /// Its exchange and routing key match no route (a binding left on a named queue by
+        /// an earlier configuration).
+        #[error("no route for this exchange and routing key")]
+        NoRoute = "no_route",
+        /// Two routes that read events differently both match it: delivering under either
+        /// could widen who sees it, so it goes to nobody.
+        #[error("matched by routes that disagree")]
+        RouteConflict = "route_conflict",
     }
 }
 

@@ -7,9 +7,43 @@ use std::process::ExitCode;
 
 use realtime_gateway::config::{Config, Parsed};
 
+/// `realtime-gateway config check FILE`: validates a configuration file as a start with
+/// `GATEWAY_CONFIG=FILE` would (variables still override), prints the effective routes,
+/// and exits 0, or lists every problem (routes that overlap and disagree included) and
+/// exits 2. Nothing is started.
+fn config_check(file: &str) -> ExitCode {
+    match Config::check(file, |k| std::env::var(k).ok()) {
+        Ok(config) => {
+            let mut out = std::io::stdout().lock();
+            for route in &config.routes.list {
+                let _ = writeln!(out, "{route}");
+            }
+            let _ = writeln!(out, "{file}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = write!(std::io::stderr(), "{file}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return healthcheck(std::env::args().skip(2));
+    }
+    if std::env::args().nth(1).as_deref() == Some("config") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return match args.as_slice() {
+            [check, file] if check == "check" => config_check(file),
+            _ => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "usage: realtime-gateway config check FILE"
+                );
+                ExitCode::from(2)
+            }
+        };
     }
     let parsed = Config::parse(std::env::args().skip(1), |k| std::env::var(k).ok());
     let config = match parsed {
@@ -32,6 +66,12 @@ fn main() -> ExitCode {
         }
     };
     realtime_gateway::telemetry::init_logging(&config);
+    for route in &config.routes.list {
+        tracing::info!(route = %route.name, "{route}");
+    }
+    for overlap in &config.routes.overlaps {
+        tracing::warn!("{overlap}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

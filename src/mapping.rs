@@ -86,11 +86,10 @@ impl Mapping {
             &self.event_type,
             &self.event_time,
             &self.tenant,
-            &self.user,
             &self.trace_id,
         ];
-        let mut firsts: Vec<&str> = Vec::with_capacity(pointers.len());
-        for p in pointers {
+        let mut firsts: Vec<&str> = Vec::with_capacity(pointers.len() + self.users.len());
+        for p in pointers.into_iter().chain(&self.users) {
             if !firsts.contains(&p.segments()[0].as_str()) {
                 firsts.push(&p.segments()[0]);
             }
@@ -126,12 +125,25 @@ impl Mapping {
             }
             Ok(found(raw))
         };
+        // The first user pointer that finds something decides; `null` only when nothing
+        // more specific follows, so a later pointer can still name the user.
+        let mut user = Found::Absent;
+        for p in &self.users {
+            match resolve(p)? {
+                Found::Absent => {}
+                Found::Null => user = Found::Null,
+                other => {
+                    user = other;
+                    break;
+                }
+            }
+        }
         Ok(Fields {
             event_id: resolve(&self.event_id)?,
             event_type: resolve(&self.event_type)?,
             event_time: resolve(&self.event_time)?,
             tenant: resolve(&self.tenant)?,
-            user: resolve(&self.user)?,
+            user,
             trace_id: resolve(&self.trace_id)?,
         })
     }
@@ -258,7 +270,7 @@ mod tests {
         let m = Mapping {
             event_id: Pointer::parse("/id").unwrap(),
             tenant: Pointer::parse("/metadata/tenant_id").unwrap(),
-            user: Pointer::parse("/payload/userId").unwrap(),
+            users: vec![Pointer::parse("/payload/userId").unwrap()],
             ..Mapping::default()
         };
         let f = m
@@ -282,6 +294,22 @@ mod tests {
             Some(ReadError::Duplicate)
         );
         assert_eq!(m.read("[1]").err(), Some(ReadError::NotObject));
+        let m = Mapping {
+            users: ["/data/owner", "/data/assignee", "/user_id"]
+                .map(|p| Pointer::parse(p).unwrap())
+                .to_vec(),
+            ..Mapping::default()
+        };
+        let user = |body: &str| m.read(body).unwrap().user;
+        assert_eq!(user(r#"{"data":{"assignee":"a"}}"#), Found::Str("a".into()));
+        assert_eq!(
+            user(r#"{"data":{"owner":null,"assignee":"a"},"user_id":"u"}"#),
+            Found::Str("a".into()),
+            "null does not stop the search"
+        );
+        assert_eq!(user(r#"{"data":{"owner":7},"user_id":"u"}"#), Found::Other);
+        assert_eq!(user(r#"{"data":{"owner":null}}"#), Found::Null);
+        assert_eq!(user(r#"{"data":{}}"#), Found::Absent);
         assert_eq!(m.read("{").err(), Some(ReadError::NotJson));
         assert_eq!(m.read(r#"{"a":1} x"#).err(), Some(ReadError::NotJson));
     }

@@ -317,7 +317,7 @@ pub async fn run_with(
     let consumer = Consumer {
         config: config.amqp.clone(),
         max_event_bytes: config.max_event_bytes,
-        mapping: config.mapping.clone(),
+        routes: config.routes.clone(),
         dedupe_window: config.dedupe_window,
         hub: hub.clone(),
         history: ctx.history.clone(),

@@ -23,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Binding, ConflationRule, HistoryStream, Mapping};
+use crate::config::{AmqpConfig, Binding, ConflationRule, HistoryStream, Routes, Selected};
 use crate::dedupe::RecentIds;
 use crate::envelope::{DropReason, Event};
 use crate::history::History;
@@ -127,8 +127,8 @@ pub struct Consumer {
     pub config: AmqpConfig,
     /// Largest body accepted.
     pub max_event_bytes: usize,
-    /// Where envelope fields are found.
-    pub mapping: Mapping,
+    /// Which route each message takes, and so where its envelope fields are found.
+    pub routes: Routes,
     /// Recent event ids remembered for duplicate suppression.
     pub dedupe_window: usize,
     /// Where events go.
@@ -483,7 +483,21 @@ impl Consumer {
             message_id,
             header: &header,
         };
-        match Event::parse_with(delivery.data, self.max_event_bytes, &self.mapping, &meta) {
+        let parsed = match self.routes.select(delivery.exchange.as_str(), key) {
+            Selected::Route(route) => {
+                Event::parse_with(delivery.data, self.max_event_bytes, &route.mapping, &meta)
+                    .and_then(|event| {
+                        if route.excludes(&event.event_type) {
+                            Err(DropReason::ExcludedType)
+                        } else {
+                            Ok(event)
+                        }
+                    })
+            }
+            Selected::None => Err(DropReason::NoRoute),
+            Selected::Conflict => Err(DropReason::RouteConflict),
+        };
+        match parsed {
             Ok(event) if !recent.insert(&event.tenant, &event.id) => {
                 self.metrics.duplicates.inc();
                 tracing::debug!(

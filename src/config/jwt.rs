@@ -97,7 +97,8 @@ impl Validator<'_> {
                 format_args!("`{url}` is not an http(s) URL"),
             );
         }
-        if secret.is_none() && public_key_file.is_none() && jwks_url.is_none() {
+        let none = secret.is_none() && public_key_file.is_none() && jwks_url.is_none();
+        if none && !self.checking {
             let [a, b, c] =
                 [Key::JwtSecret, Key::JwtPublicKeyFile, Key::JwtJwksUrl].map(|k| k.setting().env);
             self.problems

@@ -45,8 +45,9 @@ impl fmt::Display for Pointer {
 }
 
 /// How envelope fields are found. The default is the settings table's, which is the
-/// FlatRender catalog.
-#[derive(Clone, Debug)]
+/// FlatRender catalog. Routes compare mappings: two routes that would read the same
+/// message differently disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     /// Event id; falls back to the AMQP `message_id` property.
     pub event_id: Pointer,
@@ -56,8 +57,9 @@ pub struct Mapping {
     pub event_time: Pointer,
     /// Tenant; falls back to `tenant_header` when that is set.
     pub tenant: Pointer,
-    /// User; falls back to `user_header` when that is set.
-    pub user: Pointer,
+    /// User, tried in order: the first pointer that finds a value (not absent, not
+    /// `null`) decides; falls back to `user_header` when none finds anything. Never empty.
+    pub users: Vec<Pointer>,
     /// Trace id, for logs.
     pub trace_id: Pointer,
     /// Header carrying the event type when the body has none.
@@ -88,7 +90,25 @@ impl Default for Mapping {
 
 impl Validator<'_> {
     pub(super) fn mapping(&mut self) -> Mapping {
-        let tenant_wide_events = match self.string(Key::TenantWideEvents).as_str() {
+        let tenant_wide_events = self.tenant_wide();
+        Mapping {
+            event_id: self.pointer(Key::EventIdPointer),
+            event_type: self.pointer(Key::EventTypePointer),
+            event_time: self.pointer(Key::EventTimePointer),
+            tenant: self.pointer(Key::TenantPointer),
+            users: vec![self.pointer(Key::UserPointer)],
+            trace_id: self.pointer(Key::TraceIdPointer),
+            event_type_header: self.optional(Key::EventTypeHeader),
+            tenant_header: self.optional(Key::TenantHeader),
+            user_header: self.optional(Key::UserHeader),
+            single_tenant: self.optional(Key::SingleTenant),
+            tenant_wide_events,
+        }
+    }
+
+    /// Reads the tenant-wide switch, `true` when a problem was recorded.
+    fn tenant_wide(&mut self) -> bool {
+        match self.string(Key::TenantWideEvents).as_str() {
             "true" | "1" | "yes" => true,
             "false" | "0" | "no" => false,
             other => {
@@ -98,19 +118,6 @@ impl Validator<'_> {
                 );
                 true
             }
-        };
-        Mapping {
-            event_id: self.pointer(Key::EventIdPointer),
-            event_type: self.pointer(Key::EventTypePointer),
-            event_time: self.pointer(Key::EventTimePointer),
-            tenant: self.pointer(Key::TenantPointer),
-            user: self.pointer(Key::UserPointer),
-            trace_id: self.pointer(Key::TraceIdPointer),
-            event_type_header: self.optional(Key::EventTypeHeader),
-            tenant_header: self.optional(Key::TenantHeader),
-            user_header: self.optional(Key::UserHeader),
-            single_tenant: self.optional(Key::SingleTenant),
-            tenant_wide_events,
         }
     }
 
@@ -148,7 +155,7 @@ mod tests {
             &m.event_type,
             &m.event_time,
             &m.tenant,
-            &m.user,
+            &m.users[0],
             &m.trace_id,
         ]
         .map(ToString::to_string);
@@ -165,7 +172,7 @@ mod tests {
         );
         assert_eq!(m.event_type_header.as_deref(), Some("x-event-type"));
         assert!(m.tenant_header.is_none() && m.user_header.is_none());
-        assert!(m.single_tenant.is_none());
+        assert!(m.single_tenant.is_none() && m.users.len() == 1);
         assert!(m.tenant_wide_events);
     }
 }

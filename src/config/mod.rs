@@ -13,10 +13,12 @@
 
 mod amqp;
 mod delivery;
+mod file;
 mod jwt;
 mod limits;
 mod mapping;
 mod revocation;
+mod routes;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -34,8 +36,10 @@ pub use jwt::JwtConfig;
 pub use limits::{HistoryLimits, HistoryStream};
 pub use mapping::{Mapping, Pointer};
 pub use revocation::RevocationConfig;
+pub use routes::{Route, Routes, Selected, patterns_overlap};
 pub use settings::{Key, SETTINGS, Setting};
 
+use file::ConfigFile;
 use settings::Raw;
 use validate::Validator;
 
@@ -95,12 +99,15 @@ pub struct Config {
     /// Clients are closed at random moments within this window, so a fleet of browsers
     /// does not reconnect in one spike.
     pub shutdown_drain: Duration,
-    /// Where envelope fields are found.
+    /// Where envelope fields are found: the mapping settings, which the default route
+    /// uses and file routes start from.
     pub mapping: Mapping,
     /// Where the history is backfilled from, if anywhere.
     pub history_stream: Option<HistoryStream>,
     /// Conflation and interest limits.
     pub delivery: DeliveryConfig,
+    /// Which bindings bring which events, and how each route's events are read.
+    pub routes: Routes,
     /// Which events revoke users and tenants, and how long revocations are kept.
     pub revocation: RevocationConfig,
     /// Directory of the demo page, served under `/demo/` when set.
@@ -172,11 +179,38 @@ impl Config {
             }
         }
 
-        let raw = Raw::new(flags, &env);
+        Config::validate(flags, &env, problems, false).map(|c| Parsed::Run(Box::new(c)))
+    }
+
+    /// `config check FILE`: the configuration a start with `GATEWAY_CONFIG=FILE` would
+    /// use (variables still override), with overlapping routes that disagree counted as
+    /// problems too, and without requiring a token key (files are checked in CI).
+    pub fn check(path: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let flags = HashMap::from([(Key::Config, path.to_owned())]);
+        Config::validate(flags, &env, Vec::new(), true)
+    }
+
+    fn validate(
+        flags: HashMap<Key, String>,
+        env: &dyn Fn(&str) -> Option<String>,
+        mut problems: Vec<String>,
+        checking: bool,
+    ) -> Result<Config, ConfigError> {
+        let raw = Raw::new(flags, env);
+        let file = match raw.get(Key::Config) {
+            Some(path) => ConfigFile::load(&path, &mut problems),
+            None => ConfigFile::default(),
+        };
+        let raw = raw.with_file(file.settings);
         let mut v = Validator::new(&raw, problems);
+        v.route_tables = file.routes;
+        v.checking = checking;
         let config = v.build();
+        if checking {
+            v.problems.extend(config.routes.overlaps.iter().cloned());
+        }
         if v.problems.is_empty() {
-            Ok(Parsed::Run(Box::new(config)))
+            Ok(config)
         } else {
             Err(ConfigError(v.problems))
         }
@@ -188,6 +222,7 @@ pub fn help_text() -> String {
     let mut out = String::from(
         "realtime-gateway: RabbitMQ domain events to browsers over WebSocket and SSE\n\n\
          Usage: realtime-gateway [--flag value | --flag=value]...\n\
+         \x20      realtime-gateway config check FILE   (validate a GATEWAY_CONFIG file, print its routes)\n\
          \x20      realtime-gateway healthcheck [--listen ADDR]\n\
          \x20          GET /healthz on this host at the --listen (or GATEWAY_LISTEN) port;\n\
          \x20          exit 0 when it answers 200 (for container health checks)\n\n\

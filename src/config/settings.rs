@@ -35,6 +35,7 @@ macro_rules! settings {
 }
 
 settings! {
+    Config, "config", "GATEWAY_CONFIG", None, "TOML file with settings and routes; flags and variables override its settings";
     Listen, "listen", "GATEWAY_LISTEN", Some("0.0.0.0:8080"), "listen address (one listener for /ws, /sse, /healthz, /readyz, /metrics)";
     AmqpUrl, "amqp-url", "GATEWAY_AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672/%2f"), "RabbitMQ URL";
     AmqpExchange, "amqp-exchange", "GATEWAY_AMQP_EXCHANGE", Some("flatrender.events"), "topic exchange to bind to (declared durable topic if absent)";
@@ -128,6 +129,8 @@ impl Key {
 pub(super) struct Raw<'a> {
     flags: HashMap<Key, String>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// Settings of the `GATEWAY_CONFIG` file, below flags and variables.
+    file: HashMap<Key, String>,
 }
 
 impl<'a> Raw<'a> {
@@ -136,22 +139,44 @@ impl<'a> Raw<'a> {
         flags: HashMap<Key, String>,
         env: &'a dyn Fn(&str) -> Option<String>,
     ) -> Self {
-        Raw { flags, env }
+        Raw {
+            flags,
+            env,
+            file: HashMap::new(),
+        }
+    }
+
+    /// Adds the settings of a configuration file, which flags and variables override.
+    pub(super) fn with_file(mut self, file: HashMap<Key, String>) -> Self {
+        self.file = file;
+        self
+    }
+
+    /// The value the operator gave (flag, variable or file), ignoring the default.
+    fn given(&self, key: Key) -> Option<String> {
+        self.flags
+            .get(&key)
+            .cloned()
+            .or_else(|| (self.env)(key.setting().env))
+            .or_else(|| self.file.get(&key).cloned())
+    }
+
+    /// Whether the operator set `key` at all (to a non-empty value).
+    pub(super) fn is_given(&self, key: Key) -> bool {
+        self.given(key).is_some_and(|v| !v.trim().is_empty())
     }
 
     /// Like [`Raw::get`], but an explicitly empty value is `Some("")` rather than the
     /// default: for lists where empty means "none".
     pub(super) fn get_list(&self, key: Key) -> Option<String> {
-        let s = key.setting();
-        let given = self.flags.get(&key).cloned().or_else(|| (self.env)(s.env));
-        match given {
+        match self.given(key) {
             Some(v) if v.trim().is_empty() => Some(String::new()),
             Some(v) => Some(v),
-            None => s.default.map(str::to_owned),
+            None => key.setting().default.map(str::to_owned),
         }
     }
 
-    /// Flag, else variable, else default; empty values count as unset so that
+    /// Flag, else variable, else file, else default; empty values count as unset so that
     /// `GATEWAY_JWT_SECRET=` in a compose file does not become an empty secret.
     pub(super) fn get(&self, key: Key) -> Option<String> {
         let s = key.setting();
@@ -159,6 +184,8 @@ impl<'a> Raw<'a> {
             .get(&key)
             .cloned()
             .or_else(|| (self.env)(s.env))
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| self.file.get(&key).cloned())
             .filter(|v| !v.trim().is_empty())
             .or_else(|| s.default.map(str::to_owned))
     }

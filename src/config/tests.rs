@@ -133,7 +133,7 @@ fn bindings_across_exchanges_and_mapping() {
         ]
     );
     assert!(!c.amqp.declare_exchanges);
-    assert_eq!(c.mapping.user.to_string(), "/metadata/user_id");
+    assert_eq!(c.mapping.users[0].to_string(), "/metadata/user_id");
     assert_eq!(c.mapping.single_tenant.as_deref(), Some("app"));
     assert!(!c.mapping.tenant_wide_events);
     let err = parse(
@@ -209,4 +209,166 @@ fn help_lists_every_setting_with_its_default() {
             assert!(text.contains(d));
         }
     }
+}
+
+/// Writes `text` to a file of its own and returns its path.
+fn config_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-config-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn file_settings_sit_below_variables_and_flags() {
+    let path = config_file(
+        "settings.toml",
+        "amqp-exchange = \"x.file\"\namqp-prefetch = 7\namqp-bindings = [\"a.#\", \"b.*\"]\nlisten = \"127.0.0.1:1\"\n",
+    );
+    let c = config(
+        &["--listen", "127.0.0.1:2"],
+        &[
+            SECRET,
+            ("GATEWAY_CONFIG", &path),
+            ("GATEWAY_AMQP_PREFETCH", "9"),
+        ],
+    );
+    assert_eq!(c.amqp.exchange, "x.file");
+    assert_eq!(c.amqp.prefetch, 9);
+    assert_eq!(c.listen.to_string(), "127.0.0.1:2");
+    // Without routes, the settings are the default route: one per binding.
+    let routes: Vec<_> = c
+        .routes
+        .list
+        .iter()
+        .map(|r| r.binding.key.as_str())
+        .collect();
+    assert_eq!(routes, ["a.#", "b.*"]);
+    assert!(c.routes.list.iter().all(|r| r.mapping == c.mapping));
+    assert!(
+        c.routes.list[0].mapping.tenant_wide_events,
+        "the default stays"
+    );
+}
+
+#[test]
+fn file_routes_replace_the_default_route() {
+    let path = config_file(
+        "routes.toml",
+        r#"
+amqp-exchange = "app.events"
+event-id-pointer = "/eventId"
+
+[[route]]
+name = "tickets"
+binding = "ticket.*"
+user = ["/payload/assigneeId", "/payload/userId"]
+exclude-types = ["ticket.internal_note"]
+
+[[route]]
+name = "payments"
+exchange = "payments"
+binding = "payment.*"
+tenant = "/metadata/tenant"
+tenant-wide = true
+"#,
+    );
+    let c = config(&[], &[SECRET, ("GATEWAY_CONFIG", &path)]);
+    let bindings: Vec<_> = c
+        .amqp
+        .bindings
+        .iter()
+        .map(|b| (b.exchange.as_str(), b.key.as_str()))
+        .collect();
+    assert_eq!(
+        bindings,
+        [("app.events", "ticket.*"), ("payments", "payment.*")]
+    );
+    let [tickets, payments] = &c.routes.list[..] else {
+        panic!("{:?}", c.routes.list)
+    };
+    assert_eq!(
+        tickets.mapping.event_id.to_string(),
+        "/eventId",
+        "file settings are the route defaults"
+    );
+    assert_eq!(tickets.mapping.users.len(), 2);
+    assert!(
+        !tickets.mapping.tenant_wide_events,
+        "a route is not tenant-wide unless it says so"
+    );
+    assert!(tickets.excludes("ticket.internal_note") && !tickets.excludes("ticket.created"));
+    assert_eq!(payments.mapping.tenant.to_string(), "/metadata/tenant");
+    assert!(payments.mapping.tenant_wide_events);
+    assert!(c.routes.overlaps.is_empty());
+    assert!(
+        tickets
+            .to_string()
+            .contains("route tickets: exchange app.events key ticket.*")
+    );
+}
+
+#[test]
+fn file_problems_are_reported_together() {
+    let path = config_file(
+        "bad.toml",
+        r#"
+amqp-exchnage = "typo"
+max-connections = 5
+
+[[route]]
+name = "a"
+binding = "order.*"
+user = "payload.user"
+tenant-wdie = true
+
+[[route]]
+name = "b"
+binding = "order.#"
+user = "/data/customer_id"
+
+[[route]]
+name = "c"
+binding = "refund.*"
+user = []
+exclude-types = "refund.internal"
+tenant-wide = "yes"
+"#,
+    );
+    let env = [
+        SECRET,
+        ("GATEWAY_CONFIG", path.as_str()),
+        ("GATEWAY_AMQP_BINDINGS", "x.#"),
+    ];
+    let err = parse(&[], &env).unwrap_err().to_string();
+    for want in [
+        "unknown key `amqp-exchnage`",
+        "unknown key `tenant-wdie`",
+        "`payload.user` is not a JSON pointer",
+        "GATEWAY_AMQP_BINDINGS",
+    ] {
+        assert!(err.contains(want), "{want} missing from {err}");
+    }
+    assert!(
+        !err.contains("route_conflict"),
+        "startup only warns about overlaps: {err}"
+    );
+    // The check also fails on routes that overlap and disagree, and needs no token key.
+    let err = Config::check(&path, |_| None).unwrap_err().to_string();
+    for want in [
+        "unknown key `amqp-exchnage`",
+        "routes `a` (order.*) and `b` (order.#)",
+    ] {
+        assert!(err.contains(want), "{want} missing from {err}");
+    }
+    assert!(!err.contains("no token key"), "{err}");
+    let err = Config::check("/nonexistent/gateway.toml", |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot read"), "{err}");
 }

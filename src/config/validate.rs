@@ -16,12 +16,27 @@ pub(super) struct Validator<'a> {
     raw: &'a Raw<'a>,
     /// Every problem found so far, in the order the settings were read.
     pub(super) problems: Vec<String>,
+    /// The configuration file's `[[route]]` tables, when it has any.
+    pub(super) route_tables: Option<Vec<toml::Table>>,
+    /// `config check`: a file is checked where no token key may be configured (CI), so
+    /// the missing key source is not a problem there.
+    pub(super) checking: bool,
 }
 
 impl<'a> Validator<'a> {
     /// Reads `raw`, after the `problems` already found in the flags.
     pub(super) fn new(raw: &'a Raw<'a>, problems: Vec<String>) -> Self {
-        Validator { raw, problems }
+        Validator {
+            raw,
+            problems,
+            route_tables: None,
+            checking: false,
+        }
+    }
+
+    /// Whether the operator set `key` (flag, variable or file).
+    pub(super) fn is_given(&self, key: Key) -> bool {
+        self.raw.is_given(key)
     }
 
     /// Records that `key`'s value is wrong, named the way the operator set it.
@@ -87,7 +102,7 @@ impl<'a> Validator<'a> {
             .parsed::<SocketAddr>(Key::Listen, "a socket address like 0.0.0.0:8080")
             // Placeholder only: a problem has been recorded.
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let amqp = self.amqp();
+        let mut amqp = self.amqp();
         let jwt = self.jwt();
         let allowed_origins = self.allowed_origins();
         let connections = self.connection_limits();
@@ -96,6 +111,10 @@ impl<'a> Validator<'a> {
         let sizes = self.event_sizes();
         let history = self.history();
         let history_stream = self.history_stream(&history);
+        let mapping = self.mapping();
+        let tables = self.route_tables.take();
+        let routes = self.routes(tables.as_deref(), &amqp.bindings, &amqp.exchange, &mapping);
+        amqp.bindings = routes.bindings();
 
         Config {
             listen,
@@ -120,7 +139,8 @@ impl<'a> Validator<'a> {
             sse_retry: Duration::from_millis(self.count::<u64>(Key::SseRetryMs, 3_600_000)),
             shutdown_grace: shutdown.grace,
             shutdown_drain: shutdown.drain,
-            mapping: self.mapping(),
+            mapping,
+            routes,
             revocation: self.revocation(),
             delivery: self.delivery(),
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),

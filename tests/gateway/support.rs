@@ -119,24 +119,24 @@ impl GatewayBuilder {
         self
     }
 
-    /// Reads `KEY=VALUE` lines of a shipped configuration example as the environment
-    /// (flags given to the builder still win).
-    pub fn env_file(mut self, path: &str) -> Self {
-        let text =
+    /// Loads a shipped configuration file (`config/*.toml`) as `GATEWAY_CONFIG`, with
+    /// each route's `exchange = "NAME"` renamed to `<prefix>.NAME` when a prefix is given,
+    /// so the test runs on exchanges of its own. Routes without an exchange use the
+    /// builder's, since the builder's flags override the file's settings.
+    pub fn config_file(self, path: &str, exchange_prefix: Option<&str>) -> Self {
+        let mut text =
             std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = line.split_once('=').expect("KEY=VALUE");
-            self.env.insert(k.to_owned(), v.to_owned());
+        if let Some(prefix) = exchange_prefix {
+            text = text.replace("exchange = \"", &format!("exchange = \"{prefix}."));
         }
-        self
+        self.config_text(&text)
     }
 
-    /// The value an env file gave, if any.
-    pub fn env_value(&self, key: &str) -> Option<String> {
-        self.env.get(key).cloned()
+    /// Uses `text` as the `GATEWAY_CONFIG` file.
+    pub fn config_text(mut self, text: &str) -> Self {
+        let copy = write_temp_config(text);
+        self.env.insert("GATEWAY_CONFIG".to_owned(), copy);
+        self
     }
 
     /// The queue name this gateway will use.
@@ -204,6 +204,13 @@ fn init_logs() {
         ))
         .with_test_writer()
         .try_init();
+}
+
+/// Writes a configuration file of its own; returns its path.
+pub fn write_temp_config(text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("gateway-config")));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
 }
 
 /// A gateway running inside the test process.
@@ -445,6 +452,21 @@ impl Publisher {
     pub async fn publish(&self, routing_key: &str, body: &Value) {
         self.publish_raw(routing_key, &serde_json::to_vec(body).unwrap())
             .await;
+    }
+
+    /// Binds `queue` to the test's exchange with `key`, as an earlier configuration of a
+    /// gateway with a named queue would have left it.
+    pub async fn bind_queue(&self, queue: &str, key: &str) {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                self.exchange.as_str().into(),
+                key.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
     }
 
     /// Deletes a queue, as a broker restart or an expired `x-expires` would.
