@@ -145,7 +145,9 @@ pub fn envelope(o: &Opts, run: &str, kind: Kind, seq: u64, pad: &str) -> String 
         tenant = tenant,
         user = user,
         sent_us = sent_us,
-        job = seq / 100,
+        // One job per event: conflation of a job's progress must not thin out what the
+        // load generator counts.
+        job = seq,
         progress = seq % 101,
         pad = pad,
     )

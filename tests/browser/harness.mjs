@@ -73,6 +73,13 @@ export async function startGateway({ exchange, env = {} }) {
       GATEWAY_SHUTDOWN_DRAIN_SECS: '0',
       GATEWAY_SHUTDOWN_GRACE_SECS: '5',
       GATEWAY_LOG: 'warn',
+      // These pages count every progress tick and every resumed event, which conflation
+      // would (rightly) thin out; and streams outlive a test run, so none is declared
+      // here (the Rust tests cover conflation and both streams).
+      GATEWAY_CONFLATE: 'off',
+      GATEWAY_HISTORY_STREAM: 'off',
+      GATEWAY_REVOCATION_USER_KEYS: 'off',
+      GATEWAY_REVOCATION_TENANT_KEYS: 'off',
       ...env,
     },
     stdio: ['ignore', 'inherit', 'inherit'],
