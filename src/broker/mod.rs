@@ -5,8 +5,8 @@
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
 //! says 503.
 
-mod backfill;
 pub mod revocations;
+mod streams;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -365,8 +365,8 @@ impl Consumer {
         stream: &HistoryStream,
         recent: &mut RecentIds,
     ) -> Result<(), LinkError> {
-        let from = backfill::From::Ago(stream.max_age);
-        let n = backfill::read(&link.conn, stream, &self.config, from, |d| {
+        let from = streams::From::Ago(stream.max_age);
+        let n = streams::read(&link.conn, stream, &self.config, from, |d| {
             if let Some(event) = self.parse(d, recent) {
                 self.metrics.backfilled.inc();
                 self.remember(event);
@@ -391,8 +391,8 @@ impl Consumer {
         };
         let mut found = false;
         let mut missed = Vec::new();
-        let from = backfill::From::Before(at);
-        backfill::read(&link.conn, stream, &self.config, from, |d| {
+        let from = streams::From::Before(at);
+        streams::read(&link.conn, stream, &self.config, from, |d| {
             if found {
                 if let Some(event) = self.parse(d, recent) {
                     missed.push(event);
@@ -659,18 +659,7 @@ async fn declare_topology(channel: &Channel, cfg: &AmqpConfig) -> Result<(), lap
             queue_arguments(cfg),
         )
         .await?;
-    for b in &cfg.bindings {
-        channel
-            .queue_bind(
-                cfg.queue.as_str().into(),
-                b.exchange.as_str().into(),
-                b.key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    Ok(())
+    streams::bind(channel, &cfg.queue, &cfg.bindings).await
 }
 
 /// Whether `queue` exists, asked on a throwaway channel because a failed passive declare

@@ -14,23 +14,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::streams::{bind, declare_stream, marker_of, publish_marker};
 use super::{Backoff, CONNECT_TIMEOUT, LinkError};
 use crate::config::{Pointer, RevocationConfig};
 use crate::envelope::rfc3339_micros;
 use crate::hub::Hub;
 use crate::revocation::{RevocationKind, Revocations, Revoked};
 
-/// Header of the markers instances publish into the stream to know they have caught up.
-const MARKER_HEADER: &str = "x-realtime-gateway-marker";
 /// Credit of the stream consumer (streams require a prefetch).
 const PREFETCH: u16 = 256;
 
@@ -92,8 +88,7 @@ impl RevocationFeed {
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await?;
         self.declare(&channel).await?;
-        let marker = format!("{:016x}", rand::random::<u64>());
-        self.publish_marker(&channel, &marker).await?;
+        let marker = publish_marker(&channel, &self.config.stream).await?;
         let mut consumer = channel
             .basic_consume(
                 self.config.stream.as_str().into(),
@@ -109,7 +104,7 @@ impl RevocationFeed {
             if let Some(offset) = header_long(&delivery, "x-stream-offset") {
                 *next_offset = Some(offset + 1);
             }
-            match header_text(&delivery, MARKER_HEADER) {
+            match marker_of(&delivery) {
                 Some(m) if m == marker => {
                     if !self.caught_up.swap(true, Ordering::AcqRel) {
                         tracing::info!("revocations caught up");
@@ -123,62 +118,14 @@ impl RevocationFeed {
         Err(LinkError::StreamEnded)
     }
 
-    /// Declares the stream (idempotent: every instance asks for the same arguments) and
-    /// binds it to the revocation keys.
+    /// Declares the stream and binds it to the revocation keys.
     async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("stream".into()),
-        );
-        args.insert(
-            "x-max-age".into(),
-            AMQPValue::LongString(format!("{}s", self.config.ttl.as_secs()).into()),
-        );
-        // Revocations are small and rare; the cap only guards against a runaway producer.
-        args.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(1 << 30));
-        channel
-            .queue_declare(
-                self.config.stream.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            )
-            .await?;
-        for b in self.config.user_keys.iter().chain(&self.config.tenant_keys) {
-            channel
-                .queue_bind(
-                    self.config.stream.as_str().into(),
-                    b.exchange.as_str().into(),
-                    b.key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Publishes this session's marker straight into the stream: everything before it in
-    /// the stream was published before this instance looked.
-    async fn publish_marker(&self, channel: &Channel, marker: &str) -> Result<(), lapin::Error> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            MARKER_HEADER.into(),
-            AMQPValue::LongString(marker.to_owned().into()),
-        );
-        channel
-            .basic_publish(
-                "".into(),
-                self.config.stream.as_str().into(),
-                BasicPublishOptions::default(),
-                b"{}",
-                BasicProperties::default().with_headers(headers),
-            )
-            .await?;
-        Ok(())
+        let cfg = &self.config;
+        // Revocations are small and rare; the byte cap only guards against a runaway
+        // producer.
+        declare_stream(channel, &cfg.stream, cfg.ttl, 1 << 30).await?;
+        bind(channel, &cfg.stream, &cfg.user_keys).await?;
+        bind(channel, &cfg.stream, &cfg.tenant_keys).await
     }
 
     /// Reads one revocation event and applies it: remembered first, then every matching
@@ -281,14 +228,6 @@ fn header_long(delivery: &Delivery, name: &str) -> Option<i64> {
     match header(delivery, name)? {
         AMQPValue::LongLongInt(v) => Some(*v),
         AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        _ => None,
-    }
-}
-
-fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
-    match header(delivery, name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
 }

@@ -1,3 +1,6 @@
+//! RabbitMQ streams the fleet shares: declaring and binding them, the markers an instance
+//! publishes to know where "now" is in one, and the history backfill.
+//!
 //! The fleet's memory: a RabbitMQ stream, shared by every instance and bound like their
 //! live queues, that keeps recent events for the history's age.
 //!
@@ -22,7 +25,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::LinkError;
-use crate::config::{AmqpConfig, HistoryStream};
+use crate::config::{AmqpConfig, Binding, HistoryStream};
 
 /// Header of the markers an instance publishes into the stream to know where "now" is.
 pub(crate) const MARKER_HEADER: &str = "x-realtime-gateway-marker";
@@ -41,12 +44,12 @@ pub(crate) enum From {
     Before(SystemTime),
 }
 
-/// Declares the stream (idempotent: every instance asks for the same arguments) and binds
-/// it like the live queue, on `channel`.
-pub(crate) async fn declare(
+/// Declares a stream (idempotent as long as every instance asks for the same arguments).
+pub(crate) async fn declare_stream(
     channel: &Channel,
-    stream: &HistoryStream,
-    amqp: &AmqpConfig,
+    name: &str,
+    max_age: Duration,
+    max_bytes: u64,
 ) -> Result<(), lapin::Error> {
     let mut args = FieldTable::default();
     args.insert(
@@ -55,26 +58,30 @@ pub(crate) async fn declare(
     );
     args.insert(
         "x-max-age".into(),
-        AMQPValue::LongString(format!("{}s", stream.max_age.as_secs().max(1)).into()),
+        AMQPValue::LongString(format!("{}s", max_age.as_secs().max(1)).into()),
     );
     args.insert(
         "x-max-length-bytes".into(),
-        AMQPValue::LongLongInt(stream.max_bytes.min(i64::MAX as u64) as i64),
+        AMQPValue::LongLongInt(max_bytes.min(i64::MAX as u64) as i64),
     );
-    channel
-        .queue_declare(
-            stream.name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    for b in &amqp.bindings {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel.queue_declare(name.into(), durable, args).await?;
+    Ok(())
+}
+
+/// Binds `queue` (a live queue or a stream) with `bindings`.
+pub(crate) async fn bind(
+    channel: &Channel,
+    queue: &str,
+    bindings: &[Binding],
+) -> Result<(), lapin::Error> {
+    for b in bindings {
         channel
             .queue_bind(
-                stream.name.as_str().into(),
+                queue.into(),
                 b.exchange.as_str().into(),
                 b.key.as_str().into(),
                 QueueBindOptions::default(),
@@ -83,6 +90,30 @@ pub(crate) async fn declare(
             .await?;
     }
     Ok(())
+}
+
+/// Publishes a fresh marker straight into `stream` and returns it: a reader that reaches
+/// it has seen everything published to the stream before now.
+pub(crate) async fn publish_marker(
+    channel: &Channel,
+    stream: &str,
+) -> Result<String, lapin::Error> {
+    let marker = format!("{:016x}", rand::random::<u64>());
+    let mut headers = FieldTable::default();
+    headers.insert(
+        MARKER_HEADER.into(),
+        AMQPValue::LongString(marker.clone().into()),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            stream.into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await?;
+    Ok(marker)
 }
 
 /// Reads the stream from `from` up to a marker published now, handing each message (never
@@ -98,22 +129,9 @@ pub(crate) async fn read(
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    declare(&channel, stream, amqp).await?;
-    let marker = format!("{:016x}", rand::random::<u64>());
-    let mut headers = FieldTable::default();
-    headers.insert(
-        MARKER_HEADER.into(),
-        AMQPValue::LongString(marker.clone().into()),
-    );
-    channel
-        .basic_publish(
-            "".into(),
-            stream.name.as_str().into(),
-            BasicPublishOptions::default(),
-            b"{}",
-            BasicProperties::default().with_headers(headers),
-        )
-        .await?;
+    declare_stream(&channel, &stream.name, stream.max_age, stream.max_bytes).await?;
+    bind(&channel, &stream.name, &amqp.bindings).await?;
+    let marker = publish_marker(&channel, &stream.name).await?;
     let mut args = FieldTable::default();
     args.insert(
         "x-stream-offset".into(),
