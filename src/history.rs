@@ -52,6 +52,9 @@ struct Inner {
 pub struct History {
     inner: Mutex<Inner>,
     limits: HistoryLimits,
+    /// True once the history holds what this instance can know (the backfill from the
+    /// fleet's stream, or the first broker link when there is none): resumes wait for it.
+    filled: tokio::sync::watch::Sender<bool>,
 }
 
 impl History {
@@ -63,7 +66,21 @@ impl History {
                 ..Inner::default()
             }),
             limits,
+            filled: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Marks the history as filled (see [`History::wait_filled`]).
+    pub fn mark_filled(&self) {
+        self.filled.send_replace(true);
+    }
+
+    /// Waits, at most `limit`, until the history is filled: a client resuming on an
+    /// instance that is still backfilling would otherwise get `resync` for an event the
+    /// backfill is about to bring.
+    pub async fn wait_filled(&self, limit: std::time::Duration) {
+        let mut rx = self.filled.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|f| *f)).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -310,6 +310,7 @@ impl Consumer {
     /// history stream could not fill the gap.
     fn announce(&self, link: &Link, reconnecting: bool, covered: bool) {
         let cfg = &self.config;
+        self.history.mark_filled();
         self.set_ready(true);
         if reconnecting {
             self.metrics.reconnects.inc();

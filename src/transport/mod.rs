@@ -206,7 +206,16 @@ pub async fn admit(
 ) -> Result<Admitted, NotAdmitted> {
     let identity = authenticate(ctx, headers, query, transport).await?;
     let interest = interest_param(ctx, query)?;
+    wait_for_history(ctx, last_event_id.is_some()).await;
     register(ctx, identity, transport, kick, last_event_id, interest)
+}
+
+/// A resuming client waits (at most the handshake timeout) for an instance that has just
+/// started to fill its history, rather than getting `resync` for what the backfill brings.
+pub async fn wait_for_history(ctx: &Context, resuming: bool) {
+    if resuming {
+        ctx.history.wait_filled(ctx.config.handshake_timeout).await;
+    }
 }
 
 /// The `types=` query parameter: comma-separated event-type patterns the client wants

@@ -23,7 +23,7 @@ use crate::auth::{AuthFailure, Identity, Verifier, WS_PROTOCOL};
 use crate::hub::{Disconnect, Interest, Outgoing, Subscription, Transport};
 use crate::revocation::Revocations;
 use crate::transport::lifetime::{Ending, Lifetime, WriteError};
-use crate::transport::{Context, TransportMetrics};
+use crate::transport::{Context, TransportMetrics, wait_for_history};
 use crate::transport::{NotAdmitted, authenticate, interest_param, last_event_id_param, register};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
@@ -71,6 +71,7 @@ pub async fn handler(
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
+    wait_for_history(&ctx, last_event_id.is_some()).await;
     let admitted = match register(
         &ctx,
         identity,
