@@ -276,6 +276,28 @@ fn one_line(mut body: Vec<u8>) -> Utf8Bytes {
     Utf8Bytes::try_from(body).expect("validated as UTF-8 above; only ASCII bytes were replaced")
 }
 
+/// Events for the unit tests of other modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::Event;
+
+    /// A catalog event of `event_type` for (`tenant`, `user`), `None` meaning tenant-wide.
+    pub(crate) fn event(id: &str, event_type: &str, tenant: &str, user: Option<&str>) -> Event {
+        let body = serde_json::json!({
+            "event_id": id, "event_type": event_type,
+            "tenant_id": tenant, "user_id": user, "data": {}
+        });
+        Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap()
+    }
+
+    /// A progress event for user `u` of tenant `t`, shared.
+    pub(crate) fn progress(id: &str) -> Arc<Event> {
+        Arc::new(event(id, "render.job.progress.v1", "t", Some("u")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -281,70 +281,16 @@ pub async fn run_with(
 ) -> Result<Stopped, StartError> {
     let config = Arc::new(config);
     let verifier = Arc::new(Verifier::new(&config.jwt)?);
-    let hub = Hub::new(HubLimits {
-        max_connections: config.max_connections,
-        max_per_user: config.max_connections_per_user,
-        queue_len: config.send_queue_len,
-        queue_bytes: config.send_queue_bytes,
-    });
     let listening = CancellationToken::new();
-    let clients = listening.child_token();
     let tasks = TaskTracker::new();
-    let ctx = Context {
-        config: config.clone(),
-        hub: hub.clone(),
-        verifier: verifier.clone(),
-        history: Arc::new(History::new(config.history)),
-        revocations: Arc::new(Revocations::new(
-            config.revocation.ttl.as_secs(),
-            revocation::MAX_ENTRIES,
-        )),
-        metrics: Arc::new(TransportMetrics::default()),
-        draining: Arc::new(AtomicBool::new(false)),
-        shutdown: clients.clone(),
-        tracker: tasks.clone(),
-    };
-    let ops = Ops {
-        broker_ready: Arc::new(AtomicBool::new(false)),
-        revocations_ready: Arc::new(AtomicBool::new(!config.revocation.enabled())),
-        revocations: ctx.revocations.clone(),
-        draining: ctx.draining.clone(),
-        hub: hub.clone(),
-        transport: ctx.metrics.clone(),
-        broker: Arc::new(BrokerMetrics::default()),
-    };
-
-    let consumer = Consumer {
-        config: config.amqp.clone(),
-        max_event_bytes: config.max_event_bytes,
-        routes: config.routes.clone(),
-        dedupe_window: config.dedupe_window,
-        hub: hub.clone(),
-        history: ctx.history.clone(),
-        metrics: ops.broker.clone(),
-        ready: ops.broker_ready.clone(),
-        seam_hook: hooks.seam,
-        revocation_keys: revocation_keys(&config),
-        conflate: config.delivery.conflate.clone(),
-        history_stream: config.history_stream.clone(),
-    };
-    tasks.spawn(consumer.run(clients.clone()));
-    if config.revocation.enabled() {
-        let feed = RevocationFeed {
-            url: config.amqp.url.clone(),
-            reconnect_max: config.amqp.reconnect_max,
-            config: config.revocation.clone(),
-            revocations: ctx.revocations.clone(),
-            hub: hub.clone(),
-            caught_up: ops.revocations_ready.clone(),
-        };
-        tasks.spawn(feed.run(clients.clone()));
-    }
-    if verifier.has_jwks() {
+    let (ctx, ops) = wire(&config, verifier, listening.child_token(), &tasks);
+    spawn_broker_side(&ctx, &ops, hooks);
+    if ctx.verifier.has_jwks() {
+        let every = config.jwt.jwks_refresh;
         tasks.spawn(refresh_jwks(
-            verifier,
-            config.jwt.jwks_refresh,
-            clients.clone(),
+            ctx.verifier.clone(),
+            every,
+            ctx.shutdown.clone(),
         ));
     }
 
@@ -360,7 +306,76 @@ pub async fn run_with(
     }));
 
     shutdown.await;
-    Ok(drain(&ctx, &hub, &tasks, &listening).await)
+    Ok(drain(&ctx, &ctx.hub, &tasks, &listening).await)
+}
+
+/// The shared state of the transports and of `/readyz` and `/metrics`.
+fn wire(
+    config: &Arc<Config>,
+    verifier: Arc<Verifier>,
+    clients: CancellationToken,
+    tasks: &TaskTracker,
+) -> (Context, Ops) {
+    let hub = Hub::new(HubLimits {
+        max_connections: config.max_connections,
+        max_per_user: config.max_connections_per_user,
+        queue_len: config.send_queue_len,
+        queue_bytes: config.send_queue_bytes,
+    });
+    let revocations = Revocations::new(config.revocation.ttl.as_secs(), revocation::MAX_ENTRIES);
+    let ctx = Context {
+        config: config.clone(),
+        hub: hub.clone(),
+        verifier,
+        history: Arc::new(History::new(config.history)),
+        revocations: Arc::new(revocations),
+        metrics: Arc::new(TransportMetrics::default()),
+        draining: Arc::new(AtomicBool::new(false)),
+        shutdown: clients,
+        tracker: tasks.clone(),
+    };
+    let ops = Ops {
+        broker_ready: Arc::new(AtomicBool::new(false)),
+        revocations_ready: Arc::new(AtomicBool::new(!config.revocation.enabled())),
+        revocations: ctx.revocations.clone(),
+        draining: ctx.draining.clone(),
+        hub,
+        transport: ctx.metrics.clone(),
+        broker: Arc::new(BrokerMetrics::default()),
+    };
+    (ctx, ops)
+}
+
+/// The consumer and, when revocations are on, the revocation feed, under the clients'
+/// token.
+fn spawn_broker_side(ctx: &Context, ops: &Ops, hooks: Hooks) {
+    let config = &ctx.config;
+    let consumer = Consumer {
+        config: config.amqp.clone(),
+        max_event_bytes: config.max_event_bytes,
+        routes: config.routes.clone(),
+        dedupe_window: config.dedupe_window,
+        hub: ctx.hub.clone(),
+        history: ctx.history.clone(),
+        metrics: ops.broker.clone(),
+        ready: ops.broker_ready.clone(),
+        seam_hook: hooks.seam,
+        revocation_keys: revocation_keys(config),
+        conflate: config.delivery.conflate.clone(),
+        history_stream: config.history_stream.clone(),
+    };
+    ctx.tracker.spawn(consumer.run(ctx.shutdown.clone()));
+    if config.revocation.enabled() {
+        let feed = RevocationFeed {
+            url: config.amqp.url.clone(),
+            reconnect_max: config.amqp.reconnect_max,
+            config: config.revocation.clone(),
+            revocations: ctx.revocations.clone(),
+            hub: ctx.hub.clone(),
+            caught_up: ops.revocations_ready.clone(),
+        };
+        ctx.tracker.spawn(feed.run(ctx.shutdown.clone()));
+    }
 }
 
 /// The bindings that carry revocations.

@@ -685,11 +685,12 @@ mod tests {
     }
 
     fn event(id: &str, tenant: &str, user: Option<&str>) -> Arc<Event> {
-        let body = serde_json::json!({
-            "event_id": id, "event_type": "render.job.progress.v1",
-            "tenant_id": tenant, "user_id": user, "data": {}
-        });
-        Arc::new(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
+        Arc::new(crate::envelope::testing::event(
+            id,
+            "render.job.progress.v1",
+            tenant,
+            user,
+        ))
     }
 
     #[test]

@@ -383,7 +383,6 @@ mod tests {
     //! The stream of one SSE connection driven by a real hub, with paused time.
 
     use super::*;
-    use crate::envelope::Event;
     use crate::hub::HubLimits;
 
     struct Setup {
@@ -430,13 +429,7 @@ mod tests {
         }
     }
 
-    fn event(id: &str) -> Arc<Event> {
-        let body = serde_json::json!({
-            "event_id": id, "event_type": "render.job.progress.v1",
-            "tenant_id": "t", "user_id": "u", "data": {}
-        });
-        Arc::new(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
-    }
+    use crate::envelope::testing::progress as event;
 
     async fn next(s: &mut SseStream) -> String {
         String::from_utf8(s.next_chunk().await.unwrap().to_vec()).unwrap()

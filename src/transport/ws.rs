@@ -557,7 +557,6 @@ mod tests {
 
     use super::*;
     use crate::config::JwtConfig;
-    use crate::envelope::Event;
     use crate::hub::{Hub, HubLimits, Refusal};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -702,13 +701,7 @@ mod tests {
         }
     }
 
-    fn event(id: &str) -> Arc<Event> {
-        let body = serde_json::json!({
-            "event_id": id, "event_type": "render.job.progress.v1",
-            "tenant_id": "t", "user_id": "u", "data": {}
-        });
-        Arc::new(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
-    }
+    use crate::envelope::testing::progress as event;
 
     async fn settle() {
         for _ in 0..50 {
