@@ -371,17 +371,21 @@ async fn silent_sockets_beyond_the_pending_cap_are_closed_and_admitted_clients_u
         let publisher = Publisher::connect(&gw.exchange).await;
         let mut admitted = Client::as_user(&gw, Transport::Ws, "acme", "u").await;
 
+        // Two silent sockets, checked through /metrics while a slot is still free for
+        // the metrics request itself.
         let mut silent = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..2 {
             silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
         }
-        gw.wait_metric("gateway_pending_connections", 3.0).await;
-        // The fourth is closed at once, long before the 60 s head timeout.
+        gw.wait_metric("gateway_pending_connections", 2.0).await;
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+        // The cap is full now (nothing else can reach /metrics either): the next socket is
+        // closed at once, long before the 60 s head timeout. A kept one would still be
+        // open when this read gives up.
         let mut fourth = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         let mut buf = [0u8; 16];
         let closed = tokio::time::timeout(WAIT, fourth.read(&mut buf)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
-        assert!(gw.metric("gateway_pending_connections_refused_total").await >= 1.0);
 
         // The admitted client still gets its events.
         publisher
@@ -396,6 +400,7 @@ async fn silent_sockets_beyond_the_pending_cap_are_closed_and_admitted_clients_u
         drop(silent);
         gw.wait_metric_at_most("gateway_pending_connections", 0.0)
             .await;
+        assert!(gw.metric("gateway_pending_connections_refused_total").await >= 1.0);
         Client::as_user(&gw, Transport::Sse, "acme", "u").await;
         publisher.cleanup().await;
         gw.shutdown().await;
