@@ -15,6 +15,7 @@ mod opts;
 mod publish;
 mod report;
 mod scenario;
+mod slow;
 mod stats;
 mod summarize;
 
@@ -84,6 +85,7 @@ fn main() -> ExitCode {
             (Mode::Publish, _) => publish_only(o).await,
             (Mode::WaitReady, _) => wait_ready(&o, o.wait_timeout).await,
             (_, Some(Floor::Drive)) => floor::drive(o, &args).await,
+            (Mode::Slow, _) => slow::run(o).await,
             _ => scenario::load(o).await,
         }
     });
@@ -151,8 +153,8 @@ fn abort_on_signal() -> watch::Receiver<bool> {
 }
 
 /// Process readings and their pid, when the gateway process can be found.
-struct Proc {
-    pid: Option<u32>,
+pub struct Proc {
+    pub pid: Option<u32>,
     tck: f64,
 }
 
