@@ -397,6 +397,23 @@ mod tests {
     }
 
     #[test]
+    fn slow_mode_derives_its_window_users_and_read_rate() {
+        let parse = |args: &str| opts::parse(args.split_whitespace().map(String::from));
+        match parse("slow --ws 10 --sse 10 --rate 5000 --jobs 20 --ticks 1000") {
+            Ok(Parsed::Run(o)) => {
+                assert_eq!(o.planned_events(), 20 * 1001);
+                assert_eq!(o.users, 2, "16 connections per user at most");
+                assert_eq!(o.read_rate, Some(500.0), "a tenth of the publish rate");
+                assert!((o.duration.as_secs_f64() - 4.004).abs() < 1e-9);
+                assert_eq!(o.tail_timeout, Duration::from_secs(60));
+            }
+            _ => panic!("slow must parse"),
+        }
+        assert!(parse("slow --ws 4 --users 4 --jobs 3").is_err());
+        assert!(parse("slow --ws 4 --read-rate 0").is_err());
+    }
+
+    #[test]
     fn floor_words_select_the_role() {
         let parse = |args: &str| opts::parse(args.split_whitespace().map(String::from));
         match parse("floor broadcast --ws 2 --rate 1 --duration 1") {
@@ -412,6 +429,7 @@ mod tests {
             _ => panic!("floor-serve unrouted must parse"),
         }
         assert!(parse("floor publish --users 2").is_err());
+        assert!(parse("floor slow --ws 2").is_err());
         assert!(parse("floor floor targeted --ws 1").is_err());
     }
 }
