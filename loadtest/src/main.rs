@@ -411,6 +411,8 @@ mod tests {
         }
         assert!(parse("slow --ws 4 --users 4 --jobs 3").is_err());
         assert!(parse("slow --ws 4 --read-rate 0").is_err());
+        assert!(parse("slow --ws 4 --ticks 18446744073709551615").is_err());
+        assert!(parse("slow --ws 4 --rate 0.001").is_err());
     }
 
     #[test]

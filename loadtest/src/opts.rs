@@ -209,7 +209,7 @@ impl Opts {
     /// every job's ticks and completion).
     pub fn planned_events(&self) -> u64 {
         if self.mode == Mode::Slow {
-            return self.jobs * (self.ticks + 1);
+            return self.jobs.saturating_mul(self.ticks.saturating_add(1));
         }
         (self.rate * self.duration.as_secs_f64() + 1e-9).floor() as u64
     }
@@ -523,8 +523,10 @@ fn slow_defaults(o: &mut Opts, given: &Given, problems: &mut Vec<String>) {
     if !given.tail_timeout {
         o.tail_timeout = Duration::from_secs(60);
     }
-    if o.jobs == 0 || o.ticks == 0 || o.jobs.saturating_mul(o.ticks + 1) > 10_000_000 {
+    let events = o.jobs.saturating_mul(o.ticks.saturating_add(1));
+    if o.jobs == 0 || o.ticks == 0 || events > 10_000_000 {
         problems.push("--jobs and --ticks: at least 1, at most 10,000,000 events".into());
+        return;
     }
     if (o.jobs as usize) < o.users {
         problems.push(format!(
@@ -533,7 +535,12 @@ fn slow_defaults(o: &mut Opts, given: &Given, problems: &mut Vec<String>) {
         ));
     }
     if o.rate.is_finite() && o.rate > 0.0 {
-        o.duration = Duration::from_secs_f64(o.planned_events() as f64 / o.rate);
+        let window = o.planned_events() as f64 / o.rate;
+        if window > 86_400.0 {
+            problems.push("--jobs x (--ticks + 1) / --rate must be at most 86400 s".into());
+        } else {
+            o.duration = Duration::from_secs_f64(window);
+        }
     }
     match o.read_rate {
         None => o.read_rate = Some(o.rate / 10.0),

@@ -119,7 +119,7 @@ pub fn check(jobs: u64, ticks: u64, users: u64, user: u64, seqs: &[u32]) -> Verd
         }
         *t = [t[1], Some(seq)];
     }
-    let last_tick = |job: u64| (ticks - 1) * jobs + job;
+    let last_tick = |job: u64| ticks.saturating_sub(1) * jobs + job;
     let completion = |job: u64| jobs * ticks + job;
     v.final_state = (0..jobs)
         .filter(|j| j % users == user)
