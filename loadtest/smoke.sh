@@ -5,6 +5,9 @@
 #   broadcast  50 WS + 50 SSE of one tenant, 5 tenant-wide events/s for 2 s (1,000 deliveries)
 #   unrouted   20 WS, 200 events in 1 s: 199 for users with no connection, the last for user 0
 #   idle       50 WS + 50 SSE held for 1 s (RSS per connection)
+#   slow       2 WS + 2 SSE reading 200 events/s while 10 render jobs get 100 progress
+#              events each (16 KB) and a completion, at 1,000/s: with the gateway's default
+#              conflation every client stays connected and ends on every job's final state
 #   floor      a 1 s broadcast against the loadgen's bare writer (no gateway, no broker)
 # then stops the gateway with SIGTERM.
 # Exits 1 if any event is lost, duplicated or misrouted, any connection fails or drops, the
@@ -66,7 +69,7 @@ if ! timeout 40 "$loadgen" wait-ready --gateway "$gateway" --wait-timeout 30; th
   exit 3
 fi
 
-common=(--gateway "$gateway" --gateway-pid "$gw_pid" --connect-timeout 5 --tail-timeout 5)
+common=(--gateway "$gateway" --gateway-pid "$gw_pid" --connect-timeout 5)
 failed=0
 scenario() { # name, loadgen arguments...
   local name="$1"
@@ -76,7 +79,7 @@ scenario() { # name, loadgen arguments...
     --json-out "$work/$name.json" >/dev/null 2>"$work/$name.log" || status=$?
   if [ "$status" -eq 0 ]; then
     say "$name: OK"
-    grep -E '^(connections|published|delivered|latency|gateway) ' "$work/$name.log" | sed 's/^/  /' >&2 || true
+    grep -E '^(connections|published|delivered|latency|gateway|clients|progress) ' "$work/$name.log" | sed 's/^/  /' >&2 || true
   else
     say "$name: FAILED (status $status)"
     sed 's/^/  /' "$work/$name.log" >&2
@@ -84,10 +87,15 @@ scenario() { # name, loadgen arguments...
   fi
 }
 
-scenario targeted targeted --ws 50 --sse 50 --rate 200 --duration 2
-scenario broadcast broadcast --ws 50 --sse 50 --rate 5 --duration 2
-scenario unrouted unrouted --ws 20 --rate 200 --duration 1
+scenario targeted targeted --ws 50 --sse 50 --rate 200 --duration 2 --tail-timeout 5
+scenario broadcast broadcast --ws 50 --sse 50 --rate 5 --duration 2 --tail-timeout 5
+scenario unrouted unrouted --ws 20 --rate 200 --duration 1 --tail-timeout 5
 scenario idle idle --ws 50 --sse 50 --duration 1
+# The large events keep what the kernel buffers for each slow reader to a few hundred, so
+# it has read through them within about a second of the last publish. Its tail ends as soon
+# as every client has its completions: the long timeout costs nothing when all is well.
+scenario slow slow --ws 2 --sse 2 --rate 1000 --jobs 10 --ticks 100 --read-rate 200 \
+  --pad 16000 --tail-timeout 30
 
 # The floor needs neither the gateway nor the broker: the loadgen starts its own writer.
 floor_status=0

@@ -32,6 +32,16 @@ pub struct ConnSpec {
     pub source: Option<Ipv4Addr>,
     /// Events this connection will probably receive, to size its buffers.
     pub capacity_hint: usize,
+    /// When it has all it waits for (slow mode: its jobs' completions).
+    pub done: Option<Done>,
+}
+
+/// A connection has all it waits for once it received `count` events of this run with
+/// `data.seq` ≥ `from_seq`.
+#[derive(Clone, Copy, Debug)]
+pub struct Done {
+    pub from_seq: u64,
+    pub count: u64,
 }
 
 /// Shared by every connection task.
@@ -42,6 +52,13 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Events of this run received by all connections (duplicates included).
     pub delivered: AtomicU64,
+    /// Events each connection reads per second, at most (slow readers); `None`: as fast
+    /// as they come.
+    pub pace: Option<f64>,
+    /// SO_RCVBUF of the client sockets; `None`: the kernel's default.
+    pub recv_buffer: Option<u32>,
+    /// Connections that have all they wait for (see `Done`) or ended.
+    pub finished: AtomicU64,
 }
 
 /// What one connection saw.
@@ -62,6 +79,11 @@ pub struct ConnResult {
     pub other: u64,
     /// Why the connection ended before the loadgen closed it.
     pub ended: Option<String>,
+    /// What it waits for, how many of those events it has, and whether it is counted in
+    /// `Shared::finished`.
+    pub done: Option<Done>,
+    pub done_seen: u64,
+    pub finished: bool,
 }
 
 impl ConnResult {
@@ -72,6 +94,14 @@ impl ConnResult {
                 self.seqs.push(seq.min(u32::MAX as u64) as u32);
                 self.lat_us.push(lat.min(u32::MAX as u64) as u32);
                 shared.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(d) = self.done
+                    && seq >= d.from_seq
+                {
+                    self.done_seen += 1;
+                    if self.done_seen == d.count {
+                        self.finish(shared);
+                    }
+                }
             }
             Payload::Foreign => self.foreign += 1,
             Payload::Resync => self.resyncs += 1,
@@ -79,6 +109,42 @@ impl ConnResult {
                 self.ended = Some(format!("gateway closed the stream: {reason}"));
             }
             Payload::Other => self.other += 1,
+        }
+    }
+}
+
+impl ConnResult {
+    /// Counted once in `shared.finished`: it has all it waits for, or it ended.
+    fn finish(&mut self, shared: &Shared) {
+        if !self.finished {
+            self.finished = true;
+            shared.finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads at most `rate` events per second: event n is due 1/rate s after event n − 1,
+/// catching up at most 100 ms of schedule after a quiet spell (a slow reader stays slow).
+struct Pacer {
+    interval: Duration,
+    due: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(rate: Option<f64>) -> Option<Pacer> {
+        rate.map(|r| Pacer {
+            interval: Duration::from_secs_f64(1.0 / r),
+            due: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Waits until the next event may be read.
+    async fn wait(pacer: &mut Option<Pacer>) {
+        if let Some(p) = pacer {
+            let floor = tokio::time::Instant::now() - Duration::from_millis(100);
+            p.due = p.due.max(floor);
+            tokio::time::sleep_until(p.due).await;
+            p.due += p.interval;
         }
     }
 }
@@ -150,6 +216,12 @@ async fn tcp(spec: &ConnSpec, shared: &Shared) -> Result<TcpStream, String> {
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| format!("socket: {e}"))?;
+    if let Some(bytes) = shared.recv_buffer {
+        // Before connect, so the window the handshake announces already follows it.
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+    }
     if let (Some(src), SocketAddr::V4(_)) = (spec.source, shared.gateway) {
         socket
             .bind(SocketAddr::new(IpAddr::V4(src), 0))
@@ -362,6 +434,7 @@ pub async fn run(
         ws: spec.transport == Transport::Ws,
         seqs: Vec::with_capacity(spec.capacity_hint),
         lat_us: Vec::with_capacity(spec.capacity_hint),
+        done: spec.done,
         ..ConnResult::default()
     };
     let started = Instant::now();
@@ -398,6 +471,9 @@ pub async fn run(
             }
         }
     }
+    if r.ended.is_some() {
+        r.finish(&shared);
+    }
     r
 }
 
@@ -410,7 +486,15 @@ async fn ws_receive(
     // One stop future for the whole stream, not one registration per message.
     let stop = stopped(stop);
     tokio::pin!(stop);
+    let mut pacer = Pacer::new(shared.pace);
     loop {
+        if pacer.is_some() {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                _ = Pacer::wait(&mut pacer) => {}
+            }
+        }
         tokio::select! {
             biased;
             _ = &mut stop => break,
@@ -462,9 +546,17 @@ async fn sse_receive(
 ) {
     let stop = stopped(stop);
     tokio::pin!(stop);
-    loop {
+    let mut pacer = Pacer::new(shared.pace);
+    'stream: loop {
         while let Some(line) = sse.line() {
             if let Some(data) = line.strip_prefix(b"data:") {
+                if pacer.is_some() {
+                    tokio::select! {
+                        biased;
+                        _ = &mut stop => break 'stream,
+                        _ = Pacer::wait(&mut pacer) => {}
+                    }
+                }
                 let data = data.strip_prefix(b" ").unwrap_or(data);
                 r.on_payload(shared, data);
                 if r.ended.is_some() {

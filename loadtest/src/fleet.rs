@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::conn::{self, ConnResult, ConnSpec, Shared, Transport};
-use crate::opts::Opts;
+use crate::conn::{self, ConnResult, ConnSpec, Done, Shared, Transport};
+use crate::opts::{Mode, Opts};
 use crate::publish::{self, Kind};
 use crate::{log, mint};
 
@@ -98,6 +98,11 @@ fn spec(o: &Opts, i: usize, kind: Option<Kind>, token: Arc<str>) -> ConnSpec {
         token,
         source: Some(Ipv4Addr::new(127, 0, 0, 1 + (i % o.source_ips) as u8)),
         capacity_hint: (capacity_hint as usize).min(1 << 20),
+        // Slow mode: the completions of its user's jobs come last.
+        done: (kind == Some(Kind::Slow)).then(|| Done {
+            from_seq: o.jobs * o.ticks,
+            count: crate::slow::jobs_of_user(o.jobs, o.users as u64, user as u64),
+        }),
     }
 }
 
@@ -116,6 +121,9 @@ pub async fn connect_all(
         host: o.gateway_host.clone(),
         connect_timeout: o.connect_timeout,
         delivered: Default::default(),
+        pace: o.read_rate.filter(|_| o.mode == Mode::Slow),
+        recv_buffer: Some(o.recv_buffer).filter(|b| o.mode == Mode::Slow && *b > 0),
+        finished: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let (ctx, crx) = mpsc::unbounded_channel::<(usize, bool)>();

@@ -15,6 +15,7 @@ mod opts;
 mod publish;
 mod report;
 mod scenario;
+mod slow;
 mod stats;
 mod summarize;
 
@@ -84,6 +85,7 @@ fn main() -> ExitCode {
             (Mode::Publish, _) => publish_only(o).await,
             (Mode::WaitReady, _) => wait_ready(&o, o.wait_timeout).await,
             (_, Some(Floor::Drive)) => floor::drive(o, &args).await,
+            (Mode::Slow, _) => slow::run(o).await,
             _ => scenario::load(o).await,
         }
     });
@@ -151,8 +153,8 @@ fn abort_on_signal() -> watch::Receiver<bool> {
 }
 
 /// Process readings and their pid, when the gateway process can be found.
-struct Proc {
-    pid: Option<u32>,
+pub struct Proc {
+    pub pid: Option<u32>,
     tck: f64,
 }
 
@@ -395,6 +397,25 @@ mod tests {
     }
 
     #[test]
+    fn slow_mode_derives_its_window_users_and_read_rate() {
+        let parse = |args: &str| opts::parse(args.split_whitespace().map(String::from));
+        match parse("slow --ws 10 --sse 10 --rate 5000 --jobs 20 --ticks 1000") {
+            Ok(Parsed::Run(o)) => {
+                assert_eq!(o.planned_events(), 20 * 1001);
+                assert_eq!(o.users, 2, "16 connections per user at most");
+                assert_eq!(o.read_rate, Some(500.0), "a tenth of the publish rate");
+                assert!((o.duration.as_secs_f64() - 4.004).abs() < 1e-9);
+                assert_eq!(o.tail_timeout, Duration::from_secs(60));
+            }
+            _ => panic!("slow must parse"),
+        }
+        assert!(parse("slow --ws 4 --users 4 --jobs 3").is_err());
+        assert!(parse("slow --ws 4 --read-rate 0").is_err());
+        assert!(parse("slow --ws 4 --ticks 18446744073709551615").is_err());
+        assert!(parse("slow --ws 4 --rate 0.001").is_err());
+    }
+
+    #[test]
     fn floor_words_select_the_role() {
         let parse = |args: &str| opts::parse(args.split_whitespace().map(String::from));
         match parse("floor broadcast --ws 2 --rate 1 --duration 1") {
@@ -410,6 +431,7 @@ mod tests {
             _ => panic!("floor-serve unrouted must parse"),
         }
         assert!(parse("floor publish --users 2").is_err());
+        assert!(parse("floor slow --ws 2").is_err());
         assert!(parse("floor floor targeted --ws 1").is_err());
     }
 }

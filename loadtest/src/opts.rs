@@ -13,6 +13,7 @@ USAGE:
   loadgen targeted  --ws N --sse M --rate R --duration SECS [flags]
   loadgen broadcast --ws N --sse M --rate R --duration SECS [flags]
   loadgen unrouted  --ws N --sse M --rate R --duration SECS [flags]
+  loadgen slow      --ws N --sse M --rate R --jobs J --ticks T [--read-rate S] [flags]
   loadgen floor targeted|broadcast|unrouted|idle ...
                                the same run against the floor: a bare writer that this
                                loadgen starts itself (see FLOOR below)
@@ -31,6 +32,14 @@ MODES:
   unrouted   publish R events/s for users that have no connection (nobody receives them),
              then one for user 0 that marks the end: reports the gateway's CPU per event
              ingested
+  slow       slow readers of job progress: J jobs each get progress ticks 1..T, then
+             a render.job.completed.v1 event (job j is for user j % U); every client
+             reads at --read-rate (a tenth of R by default) and after the last event
+             keeps reading at that pace until it has its jobs' completions (or
+             --tail-timeout). Reports per client whether it stayed connected and ended on
+             each job's last tick then completion, in order, and the gateway's
+             conflated and slow-client counters; exit status 0 only when every
+             client did
   publish    only publish targeted events (for the k6 script, which does the receiving);
              --plan-out writes the users, their tokens and expected counts as JSON first
 
@@ -55,7 +64,14 @@ EVENTS:
   --pad BYTES                extra bytes of filler in each event's data             [0]
   --settle SECS              pause between 'all connected' and the first event     [0.5]
   --tail-timeout SECS        wait at most this long after the last event for the
-                             remaining deliveries                                    [5]
+                             remaining deliveries                          [5; slow: 60]
+
+SLOW MODE (--duration is J x (T + 1) / R, --users defaults to one per 16 connections):
+  --jobs J                   render jobs                                           [20]
+  --ticks T                  progress events per job before its completion        [100]
+  --read-rate S              events per second each client reads, at most     [R / 10]
+  --recv-buffer BYTES        the clients' SO_RCVBUF (0: the kernel's default), so what
+                             the kernel buffers stays small next to the send queue [8192]
 
 ENDPOINTS (loopback only: anything outside 127.0.0.0/8 is refused):
   --gateway URL              http://127.0.0.1:PORT               [http://127.0.0.1:8080]
@@ -103,6 +119,7 @@ pub enum Mode {
     Targeted,
     Broadcast,
     Unrouted,
+    Slow,
     Publish,
     FreePort,
     WaitReady,
@@ -123,6 +140,7 @@ impl Mode {
             Mode::Targeted => Some(Kind::Targeted),
             Mode::Broadcast => Some(Kind::Broadcast),
             Mode::Unrouted => Some(Kind::Unrouted),
+            Mode::Slow => Some(Kind::Slow),
             _ => None,
         }
     }
@@ -133,6 +151,7 @@ impl Mode {
             Mode::Targeted => "targeted",
             Mode::Broadcast => "broadcast",
             Mode::Unrouted => "unrouted",
+            Mode::Slow => "slow",
             Mode::Publish => "publish",
             Mode::FreePort => "free-port",
             Mode::WaitReady => "wait-ready",
@@ -160,6 +179,11 @@ pub struct Opts {
     pub pad: usize,
     pub settle: Duration,
     pub tail_timeout: Duration,
+    /// Slow mode: jobs, progress ticks per job, reads per second per client, SO_RCVBUF.
+    pub jobs: u64,
+    pub ticks: u64,
+    pub read_rate: Option<f64>,
+    pub recv_buffer: u32,
     /// Gateway address, resolved and checked to be loopback.
     pub gateway: SocketAddr,
     /// `host:port` as given, for the Host header.
@@ -181,8 +205,12 @@ impl Opts {
         self.ws + self.sse
     }
 
-    /// Events the publisher plans: one every 1/rate seconds within the window.
+    /// Events the publisher plans: one every 1/rate seconds within the window (slow mode:
+    /// every job's ticks and completion).
     pub fn planned_events(&self) -> u64 {
+        if self.mode == Mode::Slow {
+            return self.jobs.saturating_mul(self.ticks.saturating_add(1));
+        }
         (self.rate * self.duration.as_secs_f64() + 1e-9).floor() as u64
     }
 
@@ -320,6 +348,10 @@ fn defaults() -> Opts {
         pad: 0,
         settle: Duration::from_millis(500),
         tail_timeout: Duration::from_secs(5),
+        jobs: 20,
+        ticks: 100,
+        read_rate: None,
+        recv_buffer: 8192,
         gateway: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
         gateway_host: "127.0.0.1:8080".into(),
         amqp_url: env("GATEWAY_AMQP_URL")
@@ -339,6 +371,7 @@ fn defaults() -> Opts {
 struct Given {
     mode: Option<Mode>,
     users: bool,
+    tail_timeout: bool,
     gateway_url: String,
 }
 
@@ -348,6 +381,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut given = Given {
         mode: None,
         users: false,
+        tail_timeout: false,
         gateway_url: "http://127.0.0.1:8080".to_owned(),
     };
     while let Some(a) = args.next() {
@@ -370,8 +404,10 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     }
     o.mode = given
         .mode
-        .ok_or("give a mode: idle, targeted, broadcast, unrouted or publish (see --help)")?;
-    if o.floor.is_some() && !matches!(o.mode, Mode::Idle) && o.mode.kind().is_none() {
+        .ok_or("give a mode: idle, targeted, broadcast, unrouted, slow or publish (see --help)")?;
+    if o.floor.is_some()
+        && (o.mode == Mode::Slow || !matches!(o.mode, Mode::Idle) && o.mode.kind().is_none())
+    {
         return Err("floor runs idle, targeted, broadcast or unrouted".into());
     }
     if o.mode == Mode::FreePort {
@@ -393,6 +429,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             problems.push(e);
         }
         check_counts(&mut o, given.users, &mut problems);
+        if o.mode == Mode::Slow {
+            slow_defaults(&mut o, &given, &mut problems);
+        }
         check_values(&o, &mut problems);
     }
     if problems.is_empty() {
@@ -420,6 +459,7 @@ fn word(o: &mut Opts, given: &mut Given, a: &str) -> Result<(), String> {
         "targeted" => Mode::Targeted,
         "broadcast" => Mode::Broadcast,
         "unrouted" => Mode::Unrouted,
+        "slow" => Mode::Slow,
         "publish" => Mode::Publish,
         "free-port" => Mode::FreePort,
         "wait-ready" => Mode::WaitReady,
@@ -451,7 +491,14 @@ fn set_flag(o: &mut Opts, given: &mut Given, flag: &str, v: String) -> Result<()
         "--routing-key" => o.routing_key = v,
         "--pad" => o.pad = num(flag, &v)?,
         "--settle" => o.settle = secs(flag, &v)?,
-        "--tail-timeout" => o.tail_timeout = secs(flag, &v)?,
+        "--tail-timeout" => {
+            o.tail_timeout = secs(flag, &v)?;
+            given.tail_timeout = true;
+        }
+        "--jobs" => o.jobs = num(flag, &v)?,
+        "--ticks" => o.ticks = num(flag, &v)?,
+        "--read-rate" => o.read_rate = Some(num(flag, &v)?),
+        "--recv-buffer" => o.recv_buffer = num(flag, &v)?,
         "--gateway" => given.gateway_url = v,
         "--amqp-url" => o.amqp_url = v,
         "--exchange" => o.exchange = v,
@@ -465,6 +512,43 @@ fn set_flag(o: &mut Opts, given: &mut Given, flag: &str, v: String) -> Result<()
         other => return Err(format!("unknown flag `{other}` (see --help)")),
     }
     Ok(())
+}
+
+/// Slow mode: what its figures follow from (users, window, read rate) and their bounds.
+fn slow_defaults(o: &mut Opts, given: &Given, problems: &mut Vec<String>) {
+    if !given.users {
+        // The gateway allows 16 connections per user by default.
+        o.users = o.connections().div_ceil(16).max(1);
+    }
+    if !given.tail_timeout {
+        o.tail_timeout = Duration::from_secs(60);
+    }
+    let events = o.jobs.saturating_mul(o.ticks.saturating_add(1));
+    if o.jobs == 0 || o.ticks == 0 || events > 10_000_000 {
+        problems.push("--jobs and --ticks: at least 1, at most 10,000,000 events".into());
+        return;
+    }
+    if (o.jobs as usize) < o.users {
+        problems.push(format!(
+            "--jobs must be at least the number of users ({}): job j is for user j % users",
+            o.users
+        ));
+    }
+    if o.rate.is_finite() && o.rate > 0.0 {
+        let window = o.planned_events() as f64 / o.rate;
+        if window > 86_400.0 {
+            problems.push("--jobs x (--ticks + 1) / --rate must be at most 86400 s".into());
+        } else {
+            o.duration = Duration::from_secs_f64(window);
+        }
+    }
+    match o.read_rate {
+        None => o.read_rate = Some(o.rate / 10.0),
+        Some(r) if !(r.is_finite() && r > 0.0) => {
+            problems.push("--read-rate must be positive".into())
+        }
+        Some(_) => {}
+    }
 }
 
 /// Connections and users, by mode (defaults `--users` to the connection count).

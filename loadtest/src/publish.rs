@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::opts::Opts;
+use crate::slow::{COMPLETED, Step};
 
 /// Who event `seq` is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +26,9 @@ pub enum Kind {
     /// last one, for user 0: it arrives after the gateway has ingested all the others,
     /// since one queue keeps their order, so it marks the end of the ingest window.
     Unrouted,
+    /// Render jobs: every job's progress ticks, interleaved, then every job's completion
+    /// (see `slow::Step`); job j is for user j % users.
+    Slow,
 }
 
 /// The recipient of one event.
@@ -55,6 +59,10 @@ impl Kind {
                 (seq % o.tenants as u64) as usize,
                 Target::Absent(seq % ABSENT_USERS),
             ),
+            Kind::Slow => {
+                let u = (Step::of(o, seq).job() % o.users as u64) as usize;
+                (u % o.tenants, Target::User(u))
+            }
         }
     }
 
@@ -64,6 +72,15 @@ impl Kind {
             Kind::Targeted => (o.users as u64, u as u64),
             Kind::Broadcast => (o.tenants as u64, (u % o.tenants) as u64),
             Kind::Unrouted => return u64::from(u == 0 && published >= o.planned_events()),
+            Kind::Slow if published >= o.planned_events() => {
+                let jobs = crate::slow::jobs_of_user(o.jobs, o.users as u64, u as u64);
+                return jobs * (o.ticks + 1);
+            }
+            Kind::Slow => {
+                return (0..published)
+                    .filter(|s| self.is_for_user(o, u, *s))
+                    .count() as u64;
+            }
         };
         published / n + u64::from(i < published % n)
     }
@@ -74,6 +91,16 @@ impl Kind {
             Kind::Targeted => seq % o.users as u64 == u as u64,
             Kind::Broadcast => seq % o.tenants as u64 == (u % o.tenants) as u64,
             Kind::Unrouted => u == 0 && seq + 1 == o.planned_events(),
+            Kind::Slow => Step::of(o, seq).job() % o.users as u64 == u as u64,
+        }
+    }
+
+    /// Routing key and `event_type` of event `seq`.
+    pub fn event_type(self, o: &Opts, seq: u64) -> &str {
+        if self == Kind::Slow && matches!(Step::of(o, seq), Step::Completed { .. }) {
+            COMPLETED
+        } else {
+            &o.routing_key
         }
     }
 }
@@ -125,6 +152,15 @@ pub fn envelope(o: &Opts, run: &str, kind: Kind, seq: u64, pad: &str) -> String 
         Target::Tenant => String::new(),
     };
     let sent_us = now_us();
+    // One job per event, so conflation of a job's progress does not thin out what the
+    // load generator counts; slow mode's jobs take many events each, on purpose.
+    let (job, progress) = match kind {
+        Kind::Slow => match Step::of(o, seq) {
+            Step::Progress { job, tick } => (job, format!(r#","progress":{tick}"#)),
+            Step::Completed { job } => (job, String::new()),
+        },
+        _ => (seq, format!(r#","progress":{}"#, seq % 101)),
+    };
     let pad = if pad.is_empty() {
         String::new()
     } else {
@@ -136,19 +172,17 @@ pub fn envelope(o: &Opts, run: &str, kind: Kind, seq: u64, pad: &str) -> String 
             r#""tenant_id":"{tenant}",{user}"trace_id":"lt-{run}-t{seq}","#,
             r#""correlation_id":"lt-{run}-c{seq}","producer":"loadgen","#,
             r#""data":{{"run":"{run}","seq":{seq},"sent_us":{sent_us},"#,
-            r#""job_id":"job-{job}","progress":{progress}{pad}}}}}"#
+            r#""job_id":"job-{job}"{progress}{pad}}}}}"#
         ),
         run = run,
         seq = seq,
-        rk = o.routing_key,
+        rk = kind.event_type(o, seq),
         time = rfc3339_us(sent_us),
         tenant = tenant,
         user = user,
         sent_us = sent_us,
-        // One job per event: conflation of a job's progress must not thin out what the
-        // load generator counts.
-        job = seq,
-        progress = seq % 101,
+        job = job,
+        progress = progress,
         pad = pad,
     )
 }
@@ -321,7 +355,7 @@ impl Publisher {
                     .channel
                     .basic_publish(
                         o.exchange.as_str().into(),
-                        o.routing_key.as_str().into(),
+                        kind.event_type(o, seq).into(),
                         options,
                         body.as_bytes(),
                         props.clone(),

@@ -23,7 +23,7 @@ pub enum Source {
 }
 
 impl Source {
-    async fn run(
+    pub async fn run(
         &self,
         o: &Opts,
         run: &str,
@@ -36,7 +36,7 @@ impl Source {
         }
     }
 
-    async fn close(self) {
+    pub async fn close(self) {
         if let Source::Amqp(p) = self {
             p.close().await;
         }
@@ -84,11 +84,11 @@ fn failed_publish(why: String) -> PublishReport {
 }
 
 /// What a run needs before it connects anything.
-struct Setup {
-    proc_: Proc,
-    fd_limit: u64,
-    gw_files: Option<u64>,
-    source: Option<Source>,
+pub struct Setup {
+    pub proc_: Proc,
+    pub fd_limit: u64,
+    pub gw_files: Option<u64>,
+    pub source: Option<Source>,
 }
 
 /// The publish window: the events, the tail, and the CPU both processes spent.
@@ -103,12 +103,12 @@ pub struct Phase {
     pub tail_secs: f64,
 }
 
-async fn metrics(o: &Opts) -> Option<Metrics> {
+pub async fn metrics(o: &Opts) -> Option<Metrics> {
     gateway::metrics(o.gateway, &o.gateway_host).await.ok()
 }
 
 /// Limits, readiness, the gateway process and the event source; an exit code if one fails.
-async fn prepare(o: &Opts, kind: Option<Kind>) -> Result<Setup, u8> {
+pub async fn prepare(o: &Opts, kind: Option<Kind>) -> Result<Setup, u8> {
     let total = o.connections();
     let fd_limit = limits::check_open_files(total as u64)
         .and_then(|l| limits::check_ports(o).map(|_| l))
