@@ -329,8 +329,7 @@ pub async fn run_with(
     tasks.spawn(consumer.run(clients.clone()));
     if config.revocation.enabled() {
         let feed = RevocationFeed {
-            url: config.amqp.url.clone(),
-            reconnect_max: config.amqp.reconnect_max,
+            broker: config.amqp.clone(),
             config: config.revocation.clone(),
             revocations: ctx.revocations.clone(),
             hub: hub.clone(),

@@ -227,6 +227,15 @@ impl Exposition {
         let _ = writeln!(self.0, "{name}{{{}=\"{}\"}} {}", label.0, label.1, c.get());
     }
 
+    /// An info metric: one series with value 1 carrying `label`, or none when there is
+    /// nothing to say (e.g. no broker node while disconnected).
+    pub fn info(&mut self, name: &str, help: &str, label: Option<(&str, &str)>) {
+        self.header(name, "gauge", help);
+        if let Some((key, value)) = label {
+            let _ = writeln!(self.0, "{name}{{{key}=\"{value}\"}} 1");
+        }
+    }
+
     /// A histogram: cumulative buckets, `+Inf`, sum and count.
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.header(name, "histogram", help);
@@ -247,7 +256,17 @@ impl Exposition {
 /// Installs the global log subscriber. Call once, from `main`; tests leave logging alone
 /// or install their own.
 pub fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log);
+    let mut filter = tracing_subscriber::EnvFilter::new(&config.log);
+    // The AMQP library logs each failed attempt two or three times over (the gateway logs
+    // it once, with the node and a hint), and at trace its frames would carry the login.
+    // Operators who name it in the filter get it.
+    if !config.log.contains("lapin") {
+        for quiet in ["lapin=off", "amq_protocol=off", "tcp_stream=off"] {
+            if let Ok(directive) = quiet.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use amqp::{AmqpConfig, Binding, topic_matches};
+pub use amqp::{AmqpConfig, Binding, BrokerNode, TlsFiles, mask_password, topic_matches};
 pub use jwt::JwtConfig;
 pub use limits::HistoryLimits;
 pub use mapping::{Mapping, Pointer};
