@@ -234,6 +234,8 @@ impl Consumer {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.reconnect_max);
         let mut nodes = Nodes::new(&self.config);
+        // Masked: a node's Debug shows its URL with the password as `***`.
+        tracing::info!(amqp.nodes = ?self.config.nodes, "connecting to the broker");
         let mut failed_before = false;
         // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
         let mut recent = RecentIds::new(self.dedupe_window);
