@@ -8,8 +8,9 @@
 #   rabbitmq-node.sh stop DIR NAME
 #
 # `certs` writes a throwaway PKI into DIR/certs with the openssl CLI: ca.pem (+ ca.key),
-# server.pem/server.key for `localhost` and 127.0.0.1, client.pem/client.key (CN
-# gateway-client), and other-ca.pem, a CA that signed none of them.
+# server.pem/server.key for `localhost` only (127.0.0.1 is a wrong host), client.pem and
+# client.key (CN gateway-client), and other-ca.pem, a CA that signed none of them.
+#
 # DIR holds everything of the node (config, data, logs, Erlang cookie) and is removed by
 # `stop`. With TLS_PORT, DIR/certs must hold ca.pem, server.pem and server.key: the TLS
 # listener asks for (but does not require) a client certificate, EXTERNAL login is on
@@ -36,7 +37,7 @@ certs() {
     ossl() { openssl "$@" 2>/dev/null; }
     ossl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=gateway-test-ca"
     ossl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 2 -subj "/CN=gateway-test-other-ca"
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
     ossl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=localhost"
     ossl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem
     printf 'extendedKeyUsage=clientAuth\n' >client.ext

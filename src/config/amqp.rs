@@ -156,6 +156,7 @@ impl Validator<'_> {
     /// node by its position and masked URL, never by its password.
     fn amqp_nodes(&mut self) -> Vec<BrokerNode> {
         let heartbeat = self.count::<u16>(Key::AmqpHeartbeatSecs, 3_600);
+        let before = self.problems.len();
         let list = self
             .secret(Key::AmqpUrl, Key::AmqpUrlFile)
             .unwrap_or_default();
@@ -170,7 +171,8 @@ impl Validator<'_> {
                 ),
             }
         }
-        if urls.is_empty() {
+        // Unless the file could not be read, which is the problem to report.
+        if urls.is_empty() && self.problems.len() == before {
             self.problem(
                 Key::AmqpUrl,
                 "at least one amqp:// or amqps:// URL is needed",

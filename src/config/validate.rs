@@ -56,7 +56,8 @@ impl<'a> Validator<'a> {
                 file_key,
                 format_args!("set either {} or this, not both", key.setting().env),
             );
-            return None;
+            // Read on as if only the value were set, so no second, misleading problem.
+            return self.raw.get(key);
         }
         match std::fs::read_to_string(&path) {
             Ok(text) => {

@@ -23,7 +23,7 @@ async fn node_in_use(gw: &Gateway) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqps_with_a_private_ca_and_certificate_login_and_a_wrong_ca_refused() {
+async fn amqps_with_a_private_ca_and_certificate_login_a_wrong_ca_or_host_refused() {
     bounded(async {
         let node = PrivateNode::start(true).await;
         let tls_addr = format!("localhost:{}", node.tls_port.unwrap());
@@ -57,32 +57,43 @@ async fn amqps_with_a_private_ca_and_certificate_login_and_a_wrong_ca_refused() 
         drop(client);
         gw.shutdown().await;
 
-        // A CA that did not sign the broker's certificate: a clear error naming the node
-        // and the cause, retried, never ready, never plain AMQP.
-        let log = LogFile::new();
-        let (mut cmd, port) = gateway_process(&unique("tls-wrong-ca"), None);
-        let mut child = cmd
-            .env("GATEWAY_AMQP_URL", node.tls_url("guest:guest@", ""))
-            .env("GATEWAY_AMQP_TLS_CA_FILE", node.cert("other-ca.pem"))
-            .env("GATEWAY_AMQP_RECONNECT_MAX_SECS", "1")
-            .env("GATEWAY_LOG_FORMAT", "json")
-            .stdout(log.stdio())
-            .stderr(log.stdio())
-            .spawn()
-            .unwrap();
-        let gw = Gateway::external(format!("127.0.0.1:{port}").parse().unwrap(), "");
-        let needles = ["ERROR", "TLS handshake failed", "UnknownIssuer", &tls_addr];
-        log.wait_line(&needles).await;
-        // Retried with backoff, and still refused.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while log.text().matches("TLS handshake failed").count() < 3 {
-            assert!(tokio::time::Instant::now() < deadline, "no retries");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(gw.status("/readyz").await, 503);
-        child.kill().await.unwrap();
+        // A CA that did not sign the broker's certificate, and a host the certificate does
+        // not name (it names `localhost` only): a clear error naming the node and the
+        // cause, retried, never ready, never plain AMQP.
+        let tls_port = node.tls_port.unwrap();
+        let url = node.tls_url("guest:guest@", "");
+        refused_over_tls(&url, &node.cert("other-ca.pem"), &tls_addr, "UnknownIssuer").await;
+        let by_ip = format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f");
+        let ip_addr = format!("127.0.0.1:{tls_port}");
+        refused_over_tls(&by_ip, &node.cert("ca.pem"), &ip_addr, "not valid for name").await;
     })
     .await;
+}
+
+/// Runs the binary against `url` trusting `ca`, and checks that the TLS handshake is
+/// refused for `cause`, logged as an error naming `node`, retried, and never ready.
+async fn refused_over_tls(url: &str, ca: &str, node: &str, cause: &str) {
+    let log = LogFile::new();
+    let (mut cmd, port) = gateway_process(&unique("tls-refused"), None);
+    let mut child = cmd
+        .env("GATEWAY_AMQP_URL", url)
+        .env("GATEWAY_AMQP_TLS_CA_FILE", ca)
+        .env("GATEWAY_AMQP_RECONNECT_MAX_SECS", "1")
+        .env("GATEWAY_LOG_FORMAT", "json")
+        .stdout(log.stdio())
+        .stderr(log.stdio())
+        .spawn()
+        .unwrap();
+    let gw = Gateway::external(format!("127.0.0.1:{port}").parse().unwrap(), "");
+    log.wait_line(&["ERROR", "TLS handshake failed", cause, node])
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while log.text().matches("TLS handshake failed").count() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.status("/readyz").await, 503);
+    child.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
