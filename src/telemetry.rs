@@ -341,4 +341,16 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn an_info_metric_has_one_series_or_none() {
+        let mut out = Exposition::default();
+        out.info("t_node_info", "Where.", Some(("node", "mq-1:5671")));
+        out.info("t_none_info", "Nowhere.", None);
+        assert_eq!(
+            out.0,
+            "# HELP t_node_info Where.\n# TYPE t_node_info gauge\nt_node_info{node=\"mq-1:5671\"} 1\n\
+             # HELP t_none_info Nowhere.\n# TYPE t_none_info gauge\n"
+        );
+    }
 }

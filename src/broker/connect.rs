@@ -25,6 +25,8 @@ pub(crate) struct Nodes {
     nodes: Vec<BrokerNode>,
     /// Index of the node the next attempt goes to.
     next: usize,
+    /// `host:port` of the node of the last connection opened, for the logs when it is lost.
+    connected: Option<String>,
     tls: TlsFiles,
 }
 
@@ -35,6 +37,7 @@ impl Nodes {
         Nodes {
             nodes,
             next: 0,
+            connected: None,
             tls: config.tls.clone(),
         }
     }
@@ -43,6 +46,7 @@ impl Nodes {
     /// attempt goes to another node (with one node, the same one again). `name` is the
     /// connection's name in the management UI.
     pub(crate) async fn connect(&mut self, name: &str) -> Result<(Connection, String), LinkError> {
+        self.connected = None;
         let node = &self.nodes[self.next % self.nodes.len()];
         self.next = (self.next + 1) % self.nodes.len();
         let addr = node.addr.clone();
@@ -60,10 +64,18 @@ impl Nodes {
         let runtime = lapin::runtime::default_runtime().map_err(|e| failed(classify(e)))?;
         let connecting = Connection::connect_uri_with_config(node.uri.clone(), props, tls, runtime);
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Ok(Ok(conn)) => Ok((conn, node.addr.clone())),
+            Ok(Ok(conn)) => {
+                self.connected = Some(addr.clone());
+                Ok((conn, addr))
+            }
             Ok(Err(e)) => Err(failed(classify(e))),
             Err(_) => Err(failed(Failure::Timeout(CONNECT_TIMEOUT))),
         }
+    }
+
+    /// The node of the connection last opened, if the last attempt opened one.
+    pub(crate) fn connected(&self) -> Option<&str> {
+        self.connected.as_deref()
     }
 }
 
@@ -109,7 +121,7 @@ fn classify(e: lapin::Error) -> Failure {
     if let lapin::ErrorKind::IOError(io) = e.kind() {
         let text = io.to_string();
         // rustls reports certificate and handshake problems through io::Error; its
-        // messages name the cause (UnknownIssuer, NotValidForName, Expired...).
+        // messages name the cause ("UnknownIssuer", "not valid for name", "Expired"...).
         if ["certificate", "handshake", "alert", "TLS"]
             .iter()
             .any(|w| text.contains(w))

@@ -187,7 +187,7 @@ impl Backoff {
 
     /// Waits before the next attempt (jittered), or returns false on shutdown. `worked`:
     /// the link was up for a while, so the delays start over from the shortest. `node`:
-    /// the node the link was with, when it got that far. One log line per attempt, an
+    /// the node of the connection, when one was opened. One log line per attempt, an
     /// error when an operator must act (refused login, refused certificate).
     pub(crate) async fn wait(
         &mut self,
@@ -243,7 +243,7 @@ impl Consumer {
             let session = self
                 .session(&mut nodes, &shutdown, failed_before, &mut recent)
                 .await;
-            let node = self.set_ready(None);
+            self.set_ready(None);
             let (e, worked) = match session {
                 Session::Stopped => break,
                 Session::Failed(e) => (e, false),
@@ -251,7 +251,7 @@ impl Consumer {
             };
             failed_before = true;
             if !backoff
-                .wait(worked, &e, node.as_deref(), "broker", &shutdown)
+                .wait(worked, &e, nodes.connected(), "broker", &shutdown)
                 .await
             {
                 break;
@@ -260,14 +260,12 @@ impl Consumer {
         tracing::info!("broker consumer stopped");
     }
 
-    /// Ready and consuming from `node`, or not ready (`None`); returns the node that
-    /// was in use.
-    fn set_ready(&self, node: Option<&str>) -> Option<String> {
+    /// Ready and consuming from `node`, or not ready (`None`).
+    fn set_ready(&self, node: Option<&str>) {
         let up = node.is_some();
         self.ready.store(up, Ordering::Release);
         self.metrics.connected.set(i64::from(up));
-        let mut current = self.metrics.node.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::replace(&mut *current, node.map(str::to_owned))
+        *self.metrics.node.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_owned);
     }
 
     /// One life of the link: open it, then consume until it breaks or shutdown.

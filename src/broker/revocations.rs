@@ -59,10 +59,9 @@ impl RevocationFeed {
         let mut next_offset: Option<i64> = None;
         loop {
             let mut read_any = false;
-            let mut node = None;
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.session(&mut nodes, &mut node, &mut next_offset, &mut read_any) => r,
+                r = self.session(&mut nodes, &mut next_offset, &mut read_any) => r,
             };
             let e = match result {
                 Ok(()) => LinkError::StreamEnded,
@@ -72,7 +71,7 @@ impl RevocationFeed {
                 .wait(
                     read_any,
                     &e,
-                    node.as_deref(),
+                    nodes.connected(),
                     "revocation stream",
                     &shutdown,
                 )
@@ -84,16 +83,13 @@ impl RevocationFeed {
         tracing::info!("revocation feed stopped");
     }
 
-    /// One life of the link; `node` is set to the node it reached.
     async fn session(
         &self,
         nodes: &mut Nodes,
-        node: &mut Option<String>,
         next_offset: &mut Option<i64>,
         read_any: &mut bool,
     ) -> Result<(), LinkError> {
-        let (conn, addr) = nodes.connect("realtime-gateway revocations").await?;
-        *node = Some(addr);
+        let (conn, node) = nodes.connect("realtime-gateway revocations").await?;
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -110,7 +106,7 @@ impl RevocationFeed {
             )
             .await?;
         tracing::info!(
-            amqp.node = node.as_deref().unwrap_or(""),
+            amqp.node = %node,
             stream = %self.config.stream,
             "reading revocations"
         );
