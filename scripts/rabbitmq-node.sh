@@ -74,6 +74,8 @@ node_env() {
   export ERL_CRASH_DUMP="$dir/log/erl_crash.dump"
   export ERL_EPMD_ADDRESS=127.0.0.1
   export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  # One scheduler: a test node needs little, and CI has two cores shared by every test.
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="+S 1:1"
 }
 
 ctl() { timeout 30 "$bin/rabbitmqctl" -n "$node" "$@"; }

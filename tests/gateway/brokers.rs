@@ -25,7 +25,7 @@ async fn node_in_use(gw: &Gateway) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_with_a_private_ca_and_certificate_login_a_wrong_ca_or_host_refused() {
     bounded(async {
-        let node = PrivateNode::start(true).await;
+        let mut node = PrivateNode::start(true).await;
         let tls_addr = format!("localhost:{}", node.tls_port.unwrap());
 
         // Password login over TLS, the server certificate checked against the CA file.
@@ -66,6 +66,7 @@ async fn amqps_with_a_private_ca_and_certificate_login_a_wrong_ca_or_host_refuse
         let by_ip = format!("amqps://guest:guest@127.0.0.1:{tls_port}/%2f");
         let ip_addr = format!("127.0.0.1:{tls_port}");
         refused_over_tls(&by_ip, &node.cert("ca.pem"), &ip_addr, "not valid for name").await;
+        node.stop().await;
     })
     .await;
 }
@@ -147,6 +148,7 @@ async fn losing_the_node_in_use_moves_to_the_next_with_resync_and_clients_kept()
         assert!(gw.metric("gateway_broker_reconnects_total").await >= 1.0);
         drop((ws, sse));
         gw.shutdown().await;
+        second.stop().await;
     })
     .await;
 }
