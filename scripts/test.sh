@@ -14,6 +14,8 @@ scripts/ensure-deploy-tools.sh
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Includes tests/gateway/brokers.rs, which starts private RabbitMQ nodes (TLS, failover)
+# with scripts/rabbitmq-node.sh from the rabbitmq-server installed above.
 cargo test --all-targets --locked
 # The browser tests run the real binary and the demo example as publisher.
 cargo build --bins --examples --locked

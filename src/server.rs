@@ -367,8 +367,7 @@ fn spawn_broker_side(ctx: &Context, ops: &Ops, hooks: Hooks) {
     ctx.tracker.spawn(consumer.run(ctx.shutdown.clone()));
     if config.revocation.enabled() {
         let feed = RevocationFeed {
-            url: config.amqp.url.clone(),
-            reconnect_max: config.amqp.reconnect_max,
+            broker: config.amqp.clone(),
             config: config.revocation.clone(),
             revocations: ctx.revocations.clone(),
             hub: ctx.hub.clone(),

@@ -227,6 +227,15 @@ impl Exposition {
         let _ = writeln!(self.0, "{name}{{{}=\"{}\"}} {}", label.0, label.1, c.get());
     }
 
+    /// An info metric: one series with value 1 carrying `label`, or none when there is
+    /// nothing to say (e.g. no broker node while disconnected).
+    pub fn info(&mut self, name: &str, help: &str, label: Option<(&str, &str)>) {
+        self.header(name, "gauge", help);
+        if let Some((key, value)) = label {
+            let _ = writeln!(self.0, "{name}{{{key}=\"{value}\"}} 1");
+        }
+    }
+
     /// A histogram: cumulative buckets, `+Inf`, sum and count.
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
         self.header(name, "histogram", help);
@@ -248,7 +257,17 @@ impl Exposition {
 /// or install their own.
 pub fn init_logging(config: &Config) {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::new(&config.log);
+    let mut filter = tracing_subscriber::EnvFilter::new(&config.log);
+    // The AMQP library logs each failed attempt two or three times over (the gateway logs
+    // it once, with the node and a hint), and at trace its frames would carry the login.
+    // Operators who name it in the filter get it.
+    if !config.log.contains("lapin") {
+        for quiet in ["lapin=off", "amq_protocol=off", "tcp_stream=off"] {
+            if let Ok(directive) = quiet.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     // Colour codes only for a person at a terminal; in files, pipes and log collectors
     // they are noise around every field.
     let builder = tracing_subscriber::fmt()
@@ -326,5 +345,17 @@ mod tests {
                 "{line} missing from\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn an_info_metric_has_one_series_or_none() {
+        let mut out = Exposition::default();
+        out.info("t_node_info", "Where.", Some(("node", "mq-1:5671")));
+        out.info("t_none_info", "Nowhere.", None);
+        assert_eq!(
+            out.0,
+            "# HELP t_node_info Where.\n# TYPE t_node_info gauge\nt_node_info{node=\"mq-1:5671\"} 1\n\
+             # HELP t_none_info Nowhere.\n# TYPE t_none_info gauge\n"
+        );
     }
 }

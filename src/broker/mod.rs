@@ -5,11 +5,12 @@
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
 //! says 503.
 
+mod connect;
 pub mod revocations;
 mod streams;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,8 +20,8 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AmqpConfig, Binding, ConflationRule, HistoryStream, Routes, Selected};
@@ -30,12 +31,10 @@ use crate::history::History;
 use crate::hub::Hub;
 use crate::mapping::{Meta, key_at};
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
+use connect::{Failure, Nodes};
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-/// Time allowed for TCP connect plus the AMQP handshake, so a black-holed broker address
-/// does not stall the reconnect loop.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most messages acknowledged together.
 const ACK_BATCH: usize = 64;
 /// Longest a processed message waits for its acknowledgement.
@@ -56,6 +55,8 @@ pub struct BrokerMetrics {
     pub connected: Gauge,
     /// Links re-established after a failure.
     pub reconnects: Counter,
+    /// `host:port` of the node consumed from, while connected.
+    pub node: Mutex<Option<String>>,
     /// Events held for resuming clients.
     pub history_events: Gauge,
     /// Bytes held for resuming clients.
@@ -109,6 +110,12 @@ impl Collect for BrokerMetrics {
             "1 while the broker consumer is running.",
             &self.connected,
         );
+        let node = self.node.lock().map(|n| n.clone()).unwrap_or_default();
+        o.info(
+            "gateway_broker_node_info",
+            "The broker node consumed from (host:port); absent while disconnected.",
+            node.as_deref().map(|n| ("node", n)),
+        );
         o.counter(
             "gateway_broker_reconnects_total",
             "Broker links re-established after a failure.",
@@ -155,7 +162,10 @@ pub struct Consumer {
 pub(crate) enum LinkError {
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("connect timed out after {0:?}")]
+    /// No connection to `node`.
+    #[error("{why}")]
+    Connect { node: String, why: Failure },
+    #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("consumer stream ended")]
     StreamEnded,
@@ -164,6 +174,8 @@ pub(crate) enum LinkError {
 /// An open link, declared and consuming.
 struct Link {
     conn: Connection,
+    /// `host:port` of the node.
+    node: String,
     channel: Channel,
     consumer: lapin::Consumer,
     /// The queue was gone when the link came back: events may have been lost.
@@ -195,11 +207,14 @@ impl Backoff {
     }
 
     /// Waits before the next attempt (jittered), or returns false on shutdown. `worked`:
-    /// the link was up for a while, so the delays start over from the shortest.
+    /// the link was up for a while, so the delays start over from the shortest. `node`:
+    /// the node of the connection, when one was opened. One log line per attempt, an
+    /// error when an operator must act (refused login, refused certificate).
     pub(crate) async fn wait(
         &mut self,
         worked: bool,
-        error: &(dyn std::fmt::Display + Sync),
+        error: &LinkError,
+        node: Option<&str>,
         what: &str,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -207,11 +222,26 @@ impl Backoff {
             self.next = INITIAL_BACKOFF;
         }
         let delay = backoff_jitter(self.next);
-        tracing::warn!(
-            error = %error,
-            retry_in_ms = delay.as_millis() as u64,
-            "{what} link down; clients stay connected, retrying"
-        );
+        let retry_in_ms = delay.as_millis() as u64;
+        let node = match error {
+            LinkError::Connect { node, .. } => Some(node.as_str()),
+            _ => node,
+        };
+        let node = node.unwrap_or("");
+        match error {
+            LinkError::Connect { why, .. } if why.needs_operator() => tracing::error!(
+                amqp.node = node,
+                error = %error,
+                retry_in_ms,
+                "{what} link to {node} refused; clients stay connected, retrying"
+            ),
+            _ => tracing::warn!(
+                amqp.node = node,
+                error = %error,
+                retry_in_ms,
+                "{what} link to {node} down; clients stay connected, retrying"
+            ),
+        }
         self.next = (self.next * 2).min(self.max);
         tokio::select! {
             _ = shutdown.cancelled() => false,
@@ -224,40 +254,52 @@ impl Consumer {
     /// Runs until `shutdown` is cancelled, reconnecting as needed.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.reconnect_max);
+        let mut nodes = Nodes::new(&self.config);
+        // Masked: a node's Debug shows its URL with the password as `***`.
+        tracing::info!(amqp.nodes = ?self.config.nodes, "connecting to the broker");
         let mut failed_before = false;
         // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
         let mut recent = RecentIds::new(self.dedupe_window);
         loop {
-            let session = self.session(&shutdown, failed_before, &mut recent).await;
-            self.set_ready(false);
+            let session = self
+                .session(&mut nodes, &shutdown, failed_before, &mut recent)
+                .await;
+            self.set_ready(None);
             let (e, worked) = match session {
                 Session::Stopped => break,
                 Session::Failed(e) => (e, false),
                 Session::Broke(e) => (e, true),
             };
             failed_before = true;
-            if !backoff.wait(worked, &e, "broker", &shutdown).await {
+            if !backoff
+                .wait(worked, &e, nodes.connected(), "broker", &shutdown)
+                .await
+            {
                 break;
             }
         }
         tracing::info!("broker consumer stopped");
     }
 
-    fn set_ready(&self, up: bool) {
+    /// Ready and consuming from `node`, or not ready (`None`).
+    fn set_ready(&self, node: Option<&str>) {
+        let up = node.is_some();
         self.ready.store(up, Ordering::Release);
         self.metrics.connected.set(i64::from(up));
+        *self.metrics.node.lock().unwrap_or_else(|e| e.into_inner()) = node.map(str::to_owned);
     }
 
     /// One life of the link: open it, then consume until it breaks or shutdown.
     async fn session(
         &self,
+        nodes: &mut Nodes,
         shutdown: &CancellationToken,
         reconnecting: bool,
         recent: &mut RecentIds,
     ) -> Session {
         let link = tokio::select! {
             _ = shutdown.cancelled() => return Session::Stopped,
-            r = self.open(reconnecting) => match r {
+            r = self.open(nodes, reconnecting) => match r {
                 Ok(link) => link,
                 Err(e) => return Session::Failed(e),
             },
@@ -271,13 +313,11 @@ impl Consumer {
     }
 
     /// Connects, declares exchanges, queue and bindings, and starts consuming.
-    async fn open(&self, reconnecting: bool) -> Result<Link, LinkError> {
+    async fn open(&self, nodes: &mut Nodes, reconnecting: bool) -> Result<Link, LinkError> {
         let cfg = &self.config;
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from(format!("realtime-gateway {}", cfg.queue)));
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&cfg.url, props))
-            .await
-            .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
+        let (conn, node) = nodes
+            .connect(&format!("realtime-gateway {}", cfg.queue))
+            .await?;
         // After an outage, find out whether the queue kept our events: if it is gone (it
         // expired, or the broker restarted), events may have been lost and clients must
         // be told to refetch.
@@ -300,6 +340,7 @@ impl Consumer {
             .await?;
         Ok(Link {
             conn,
+            node,
             channel,
             consumer,
             queue_lost,
@@ -311,7 +352,7 @@ impl Consumer {
     fn announce(&self, link: &Link, reconnecting: bool, covered: bool) {
         let cfg = &self.config;
         self.history.mark_filled();
-        self.set_ready(true);
+        self.set_ready(Some(&link.node));
         if reconnecting {
             self.metrics.reconnects.inc();
         }
@@ -325,6 +366,7 @@ impl Consumer {
             );
         }
         tracing::info!(
+            amqp.node = %link.node,
             amqp.queue = %cfg.queue,
             amqp.bindings = ?cfg.bindings.iter().map(|b| format!("{}:{}", b.exchange, b.key)).collect::<Vec<_>>(),
             "consuming"

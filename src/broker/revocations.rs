@@ -13,16 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::connect::Nodes;
 use super::streams::{bind, declare_stream, marker_of, publish_marker};
-use super::{Backoff, CONNECT_TIMEOUT, LinkError};
-use crate::config::{Pointer, RevocationConfig};
+use super::{Backoff, LinkError};
+use crate::config::{AmqpConfig, Pointer, RevocationConfig};
 use crate::envelope::rfc3339_micros;
 use crate::hub::Hub;
 use crate::revocation::{RevocationKind, Revocations, Revoked};
@@ -32,10 +33,8 @@ const PREFETCH: u16 = 256;
 
 /// Reads the revocation stream and applies it.
 pub struct RevocationFeed {
-    /// Broker URL.
-    pub url: String,
-    /// Cap of the reconnect backoff.
-    pub reconnect_max: Duration,
+    /// The broker: its nodes, TLS settings and reconnect cap, as for the consumer.
+    pub broker: AmqpConfig,
     /// Which events, where their subject is, the stream and its retention.
     pub config: RevocationConfig,
     /// Where revocations are remembered (for admission).
@@ -51,20 +50,27 @@ impl RevocationFeed {
     /// Runs until `shutdown`, reconnecting as needed and resuming after the last offset
     /// read.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.reconnect_max);
+        let mut backoff = Backoff::new(self.broker.reconnect_max);
+        let mut nodes = Nodes::new(&self.broker);
         let mut next_offset: Option<i64> = None;
         loop {
             let mut read_any = false;
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.session(&mut next_offset, &mut read_any) => r,
+                r = self.session(&mut nodes, &mut next_offset, &mut read_any) => r,
             };
             let e = match result {
                 Ok(()) => LinkError::StreamEnded,
                 Err(e) => e,
             };
             if !backoff
-                .wait(read_any, &e, "revocation stream", &shutdown)
+                .wait(
+                    read_any,
+                    &e,
+                    nodes.connected(),
+                    "revocation stream",
+                    &shutdown,
+                )
                 .await
             {
                 break;
@@ -75,14 +81,11 @@ impl RevocationFeed {
 
     async fn session(
         &self,
+        nodes: &mut Nodes,
         next_offset: &mut Option<i64>,
         read_any: &mut bool,
     ) -> Result<(), LinkError> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(LongString::from("realtime-gateway revocations"));
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
-            .await
-            .map_err(|_| LinkError::Timeout(CONNECT_TIMEOUT))??;
+        let (conn, node) = nodes.connect("realtime-gateway revocations").await?;
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -97,7 +100,11 @@ impl RevocationFeed {
                 start_at(*next_offset, self.config.ttl),
             )
             .await?;
-        tracing::info!(stream = %self.config.stream, "reading revocations");
+        tracing::info!(
+            amqp.node = %node,
+            stream = %self.config.stream,
+            "reading revocations"
+        );
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery?;
             *read_any = true;

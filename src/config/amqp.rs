@@ -1,6 +1,11 @@
-//! Broker settings: URL, exchanges and bindings, and the gateway's own queue.
+//! Broker settings: the cluster's nodes and how to reach them (TLS, heartbeat), exchanges
+//! and bindings, and the gateway's own queue.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 
 use super::settings::Key;
 use super::validate::{Validator, split_list};
@@ -8,8 +13,11 @@ use super::validate::{Validator, split_list};
 /// Broker side settings.
 #[derive(Clone, Debug)]
 pub struct AmqpConfig {
-    /// Broker URL, credentials included; never logged whole.
-    pub url: String,
+    /// The nodes of one cluster, in the order given (the broker shuffles them per
+    /// instance); at least one.
+    pub nodes: Vec<BrokerNode>,
+    /// Certificates for `amqps://` nodes.
+    pub tls: TlsFiles,
     /// Topic exchange the queue is bound to.
     pub exchange: String,
     /// Exchange and binding key pairs.
@@ -28,6 +36,41 @@ pub struct AmqpConfig {
     pub queue_max_bytes: u64,
     /// Cap of the exponential reconnect backoff.
     pub reconnect_max: Duration,
+}
+
+/// One broker node: where it is, credentials and connection options included.
+#[derive(Clone)]
+pub struct BrokerNode {
+    /// The parsed URL with the default heartbeat applied. Holds the password: never
+    /// logged (the `Debug` implementation shows [`BrokerNode::masked`]).
+    pub uri: AMQPUri,
+    /// `host:port`, how logs and metrics name the node.
+    pub addr: String,
+    /// The URL with its password replaced by `***`, for logs.
+    pub masked: String,
+}
+
+impl BrokerNode {
+    /// Whether the node is reached over TLS.
+    pub fn tls(&self) -> bool {
+        matches!(self.uri.scheme, AMQPScheme::AMQPS)
+    }
+}
+
+impl fmt::Debug for BrokerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked)
+    }
+}
+
+/// Files of the TLS settings, read on every connect so that rotated certificates are
+/// picked up by the next reconnect without a restart.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    /// PEM CA certificates trusted besides the system roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and its key, presented to the broker.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// One binding of the gateway's queue.
@@ -67,7 +110,8 @@ fn matches_words(pattern: &[&str], key: &[&str]) -> bool {
 
 impl Validator<'_> {
     pub(super) fn amqp(&mut self) -> AmqpConfig {
-        let url = self.amqp_url();
+        let nodes = self.amqp_nodes();
+        let tls = self.amqp_tls(&nodes);
         let exchange = self.string(Key::AmqpExchange);
         if exchange.is_empty() || exchange.len() > 255 {
             self.problem(Key::AmqpExchange, "must be 1 to 255 bytes");
@@ -94,7 +138,8 @@ impl Validator<'_> {
             );
         }
         AmqpConfig {
-            url,
+            nodes,
+            tls,
             exchange,
             bindings,
             declare_exchanges,
@@ -107,19 +152,97 @@ impl Validator<'_> {
         }
     }
 
-    fn amqp_url(&mut self) -> String {
-        let url = self.string(Key::AmqpUrl);
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-            self.problem(Key::AmqpUrl, "must start with amqp:// or amqps://");
+    /// The node URLs, each parsed, with the default heartbeat applied. Problems name a
+    /// node by its position and masked URL, never by its password.
+    fn amqp_nodes(&mut self) -> Vec<BrokerNode> {
+        let heartbeat = self.count::<u16>(Key::AmqpHeartbeatSecs, 3_600);
+        let before = self.problems.len();
+        let list = self
+            .secret(Key::AmqpUrl, Key::AmqpUrlFile)
+            .unwrap_or_default();
+        let urls = split_list(&list);
+        let mut nodes = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            match parse_node(url, heartbeat) {
+                Ok(node) => nodes.push(node),
+                Err(why) => self.problem(
+                    Key::AmqpUrl,
+                    format_args!("node {} (`{}`): {why}", i + 1, mask_password(url)),
+                ),
+            }
         }
-        if url.starts_with("amqps://") {
-            // The build carries no TLS stack for AMQP (see README, "Configuration").
+        // Unless the file could not be read, which is the problem to report.
+        if urls.is_empty() && self.problems.len() == before {
             self.problem(
                 Key::AmqpUrl,
-                "amqps:// is not supported by this build; terminate TLS in front of RabbitMQ or use amqp:// on a private network",
+                "at least one amqp:// or amqps:// URL is needed",
             );
         }
-        url
+        let tls = nodes.iter().filter(|n| n.tls()).count();
+        if tls != 0 && tls != nodes.len() {
+            // A list that mixes them would fall back to plain text when the TLS nodes fail.
+            self.problem(
+                Key::AmqpUrl,
+                "mixes amqp:// and amqps:// nodes; list the nodes of one cluster, all over TLS or none",
+            );
+        }
+        nodes
+    }
+
+    /// The TLS files, checked readable, and consistent with the nodes: TLS settings
+    /// without an `amqps://` node, or EXTERNAL without a client certificate, would not do
+    /// what the operator meant.
+    fn amqp_tls(&mut self, nodes: &[BrokerNode]) -> TlsFiles {
+        let file = |v: &mut Self, key: Key| {
+            let path = v.optional(key).map(PathBuf::from)?;
+            match std::fs::read(&path) {
+                Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN ") => Some(path),
+                Ok(_) => {
+                    v.problem(key, format_args!("{} holds no PEM block", path.display()));
+                    None
+                }
+                Err(e) => {
+                    v.problem(key, format_args!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        };
+        let ca_file = file(self, Key::AmqpTlsCaFile);
+        let cert = file(self, Key::AmqpTlsCertFile);
+        let key = file(self, Key::AmqpTlsKeyFile);
+        let given = |v: &Self, k: Key| v.optional(k).is_some();
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => {
+                if given(self, Key::AmqpTlsCertFile) != given(self, Key::AmqpTlsKeyFile) {
+                    self.problem(
+                        Key::AmqpTlsCertFile,
+                        "needs GATEWAY_AMQP_TLS_KEY_FILE, and the other way round",
+                    );
+                }
+                None
+            }
+        };
+        let any_tls = nodes.iter().any(BrokerNode::tls);
+        for k in [
+            Key::AmqpTlsCaFile,
+            Key::AmqpTlsCertFile,
+            Key::AmqpTlsKeyFile,
+        ] {
+            if given(self, k) && !nodes.is_empty() && !any_tls {
+                self.problem(k, "is set, but no node is amqps://");
+            }
+        }
+        let external = nodes
+            .iter()
+            .any(|n| matches!(n.uri.query.auth_mechanism, Some(SASLMechanism::External)));
+        if external && client.is_none() && !given(self, Key::AmqpTlsCertFile) {
+            self.problem(
+                Key::AmqpUrl,
+                "auth_mechanism=external needs a client certificate (GATEWAY_AMQP_TLS_CERT_FILE and GATEWAY_AMQP_TLS_KEY_FILE)",
+            );
+        }
+        TlsFiles { ca_file, client }
     }
 
     /// `exchange:key` entries, plain keys binding to `default_exchange`.
@@ -151,6 +274,50 @@ impl Validator<'_> {
     }
 }
 
+/// `url` parsed as one node. The error never quotes the URL (it may hold a password).
+fn parse_node(url: &str, default_heartbeat: u16) -> Result<BrokerNode, String> {
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err("must start with amqp:// or amqps://".to_owned());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("has no host")?
+        .to_owned();
+    let mut uri: AMQPUri = url.parse().map_err(|_| {
+        "not a valid AMQP URL (check the port, the percent-encoding of user and password, and the query)".to_owned()
+    })?;
+    // The AMQP URL parser only keeps host names; an IP address would become `localhost`.
+    uri.authority.host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    uri.query.heartbeat.get_or_insert(default_heartbeat);
+    let addr = format!("{host}:{}", uri.authority.port);
+    Ok(BrokerNode {
+        uri,
+        addr,
+        masked: mask_password(url),
+    })
+}
+
+/// `url` with the password of its user info replaced by `***`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last `@` before the path.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A name the gateway chooses (never a server-generated `amq.gen-*` one, which cannot be
 /// re-declared after a reconnect), unique per process.
 fn default_queue_name() -> String {
@@ -160,6 +327,43 @@ fn default_queue_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
     format!("realtime-gateway.{host}.{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        for (url, want) in [
+            (
+                "amqps://gw:s3cr%40t@mq.example:5671/%2f?heartbeat=5",
+                "amqps://gw:***@mq.example:5671/%2f?heartbeat=5",
+            ),
+            ("amqp://gw@mq/%2f", "amqp://gw@mq/%2f"),
+            ("amqp://mq:5672", "amqp://mq:5672"),
+            ("amqp://u:p@ss@mq/v@x", "amqp://u:***@mq/v@x"),
+        ] {
+            assert_eq!(mask_password(url), want);
+        }
+    }
+
+    #[test]
+    fn nodes_get_the_default_heartbeat_and_a_host_port_name() {
+        let n = parse_node("amqps://u:p@10.1.2.3/%2f", 15).unwrap();
+        assert_eq!(n.addr, "10.1.2.3:5671");
+        assert_eq!(n.uri.authority.host, "10.1.2.3");
+        assert_eq!(n.uri.query.heartbeat, Some(15));
+        assert!(n.tls());
+        assert_eq!(format!("{n:?}"), "amqps://u:***@10.1.2.3/%2f");
+        let n = parse_node("amqp://mq.example:5673/%2f?heartbeat=60", 15).unwrap();
+        assert_eq!(
+            (n.addr.as_str(), n.uri.query.heartbeat),
+            ("mq.example:5673", Some(60))
+        );
+        let err = parse_node("amqp://u:hunter2@mq:notaport/", 15).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 }
 
 #[cfg(test)]

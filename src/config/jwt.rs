@@ -70,7 +70,7 @@ impl Validator<'_> {
 
     /// The secret, key file and JWKS URL, each checked, and at least one of them set.
     fn jwt_keys(&mut self) -> (Option<String>, Option<PathBuf>, Option<String>) {
-        let secret = self.optional(Key::JwtSecret);
+        let secret = self.secret(Key::JwtSecret, Key::JwtSecretFile);
         if let Some(s) = &secret
             && s.len() < 32
         {

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use amqp::{AmqpConfig, Binding, topic_matches};
+pub use amqp::{AmqpConfig, Binding, BrokerNode, TlsFiles, mask_password, topic_matches};
 pub use delivery::{ConflationRule, DeliveryConfig};
 pub use jwt::JwtConfig;
 pub use limits::{HistoryLimits, HistoryStream};

@@ -37,7 +37,12 @@ macro_rules! settings {
 settings! {
     Config, "config", "GATEWAY_CONFIG", None, "TOML file with settings and routes; flags and variables override its settings";
     Listen, "listen", "GATEWAY_LISTEN", Some("0.0.0.0:8080"), "listen address (one listener for /ws, /sse, /healthz, /readyz, /metrics)";
-    AmqpUrl, "amqp-url", "GATEWAY_AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672/%2f"), "RabbitMQ URL";
+    AmqpUrl, "amqp-url", "GATEWAY_AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672/%2f"), "RabbitMQ URL, or a comma-separated list of the URLs of one cluster's nodes";
+    AmqpUrlFile, "amqp-url-file", "GATEWAY_AMQP_URL_FILE", None, "file holding GATEWAY_AMQP_URL (a mounted secret; trailing newline trimmed)";
+    AmqpTlsCaFile, "amqp-tls-ca-file", "GATEWAY_AMQP_TLS_CA_FILE", None, "PEM CA certificate(s) trusted for amqps:// besides the system roots";
+    AmqpTlsCertFile, "amqp-tls-cert-file", "GATEWAY_AMQP_TLS_CERT_FILE", None, "PEM client certificate (chain) presented over amqps://";
+    AmqpTlsKeyFile, "amqp-tls-key-file", "GATEWAY_AMQP_TLS_KEY_FILE", None, "PEM private key of the client certificate";
+    AmqpHeartbeatSecs, "amqp-heartbeat-secs", "GATEWAY_AMQP_HEARTBEAT_SECS", Some("15"), "AMQP heartbeat proposed to the broker (a URL's ?heartbeat= wins)";
     AmqpExchange, "amqp-exchange", "GATEWAY_AMQP_EXCHANGE", Some("flatrender.events"), "topic exchange to bind to (declared durable topic if absent)";
     AmqpBindings, "amqp-bindings", "GATEWAY_AMQP_BINDINGS", Some("render.job.#,notification.#"), "comma-separated binding keys; `exchange:key` binds to another exchange";
     AmqpExchangeDeclare, "amqp-exchange-declare", "GATEWAY_AMQP_EXCHANGE_DECLARE", Some("declare"), "`declare` (durable topic if absent) or `passive` (must exist)";
@@ -48,6 +53,7 @@ settings! {
     AmqpQueueMaxBytes, "amqp-queue-max-bytes", "GATEWAY_AMQP_QUEUE_MAX_BYTES", Some("67108864"), "most bytes the queue holds while nobody consumes (oldest dropped)";
     AmqpReconnectMaxSecs, "amqp-reconnect-max-secs", "GATEWAY_AMQP_RECONNECT_MAX_SECS", Some("30"), "cap of the broker reconnect backoff";
     JwtSecret, "jwt-secret", "GATEWAY_JWT_SECRET", None, "HS256 secret, at least 32 bytes";
+    JwtSecretFile, "jwt-secret-file", "GATEWAY_JWT_SECRET_FILE", None, "file holding GATEWAY_JWT_SECRET (a mounted secret; trailing newline trimmed)";
     JwtPublicKeyFile, "jwt-public-key-file", "GATEWAY_JWT_PUBLIC_KEY_FILE", None, "PEM public key (RSA for RS256, P-256 for ES256)";
     JwtJwksUrl, "jwt-jwks-url", "GATEWAY_JWT_JWKS_URL", None, "JWKS endpoint (keys by kid, cached, refreshed)";
     JwtJwksRefreshSecs, "jwt-jwks-refresh-secs", "GATEWAY_JWT_JWKS_REFRESH_SECS", Some("300"), "how often the JWKS is refetched";

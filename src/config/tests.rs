@@ -23,7 +23,12 @@ const SECRET: (&str, &str) = ("GATEWAY_JWT_SECRET", "0123456789abcdef0123456789a
 fn defaults_match_the_contract() {
     let c = config(&[], &[SECRET]);
     assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(c.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let [node] = &c.amqp.nodes[..] else {
+        panic!("one node by default");
+    };
+    assert_eq!(node.addr, "127.0.0.1:5672");
+    assert_eq!(node.uri.query.heartbeat, Some(15));
+    assert!(!node.tls() && c.amqp.tls.ca_file.is_none() && c.amqp.tls.client.is_none());
     assert_eq!(c.amqp.exchange, "flatrender.events");
     let keys: Vec<_> = c
         .amqp
@@ -371,4 +376,156 @@ tenant-wide = "yes"
         .unwrap_err()
         .to_string();
     assert!(err.contains("cannot read"), "{err}");
+}
+
+/// A file in a fresh temporary directory, removed with it.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-config-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn secrets_come_from_files_with_the_newline_trimmed() {
+    let secret = TempFile::new("jwt", "0123456789abcdef0123456789abcdef-from-file\n");
+    let url = TempFile::new(
+        "url",
+        "amqps://gw:pa55@mq-1:5671/%2f,amqps://gw:pa55@mq-2/%2f\r\n",
+    );
+    let c = config(
+        &[],
+        &[
+            ("GATEWAY_JWT_SECRET_FILE", secret.path()),
+            ("GATEWAY_AMQP_URL_FILE", url.path()),
+        ],
+    );
+    assert_eq!(
+        c.jwt.secret.as_deref(),
+        Some("0123456789abcdef0123456789abcdef-from-file")
+    );
+    let addrs: Vec<_> = c.amqp.nodes.iter().map(|n| n.addr.as_str()).collect();
+    assert_eq!(addrs, ["mq-1:5671", "mq-2:5671"]);
+    assert_eq!(c.amqp.nodes[1].uri.authority.userinfo.password, "pa55");
+}
+
+#[test]
+fn a_secret_and_its_file_together_or_an_unreadable_file_are_refused() {
+    let secret = TempFile::new("jwt", "0123456789abcdef0123456789abcdef");
+    let err = parse(
+        &[],
+        &[
+            SECRET,
+            ("GATEWAY_JWT_SECRET_FILE", secret.path()),
+            ("GATEWAY_AMQP_URL", "amqp://u:topsecret@mq/%2f"),
+            ("GATEWAY_AMQP_URL_FILE", "/nonexistent/amqp-url"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("GATEWAY_JWT_SECRET_FILE") && err.contains("not both"),
+        "{err}"
+    );
+    assert!(err.contains("GATEWAY_AMQP_URL_FILE"), "{err}");
+    assert!(
+        !err.contains("topsecret") && !err.contains(SECRET.1),
+        "{err}"
+    );
+    let err = parse(
+        &[],
+        &[SECRET, ("GATEWAY_AMQP_URL_FILE", "/nonexistent/amqp-url")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot read /nonexistent/amqp-url"), "{err}");
+}
+
+#[test]
+fn node_lists_and_tls_settings_are_checked_without_quoting_passwords() {
+    let err = parse(
+        &[],
+        &[
+            SECRET,
+            (
+                "GATEWAY_AMQP_URL",
+                "amqps://u:topsecret@mq-1/%2f, amqp://u:topsecret@mq-2/%2f, amqp://u:topsecret@mq-3:port/",
+            ),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("mixes amqp:// and amqps://"), "{err}");
+    assert!(err.contains("node 3 (`amqp://u:***@mq-3:port/`)"), "{err}");
+    assert!(!err.contains("topsecret"), "{err}");
+
+    let pem = TempFile::new("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    let err = parse(
+        &[],
+        &[
+            SECRET,
+            ("GATEWAY_AMQP_URL", "amqp://mq/%2f?auth_mechanism=external"),
+            ("GATEWAY_AMQP_TLS_CA_FILE", pem.path()),
+            ("GATEWAY_AMQP_TLS_KEY_FILE", pem.path()),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "GATEWAY_AMQP_TLS_CA_FILE (--amqp-tls-ca-file): is set, but no node is amqps://",
+        "GATEWAY_AMQP_TLS_CERT_FILE (--amqp-tls-cert-file): needs GATEWAY_AMQP_TLS_KEY_FILE",
+    ] {
+        assert!(err.contains(needle), "{needle} in {err}");
+    }
+
+    let c = config(
+        &[],
+        &[
+            SECRET,
+            (
+                "GATEWAY_AMQP_URL",
+                "amqps://mq/%2f?auth_mechanism=external&heartbeat=5",
+            ),
+            ("GATEWAY_AMQP_TLS_CA_FILE", pem.path()),
+            ("GATEWAY_AMQP_TLS_CERT_FILE", pem.path()),
+            ("GATEWAY_AMQP_TLS_KEY_FILE", pem.path()),
+        ],
+    );
+    assert!(c.amqp.nodes[0].tls());
+    assert_eq!(c.amqp.nodes[0].uri.query.heartbeat, Some(5));
+    assert!(c.amqp.tls.client.is_some() && c.amqp.tls.ca_file.is_some());
+    let err = parse(
+        &[],
+        &[
+            SECRET,
+            ("GATEWAY_AMQP_URL", "amqps://mq/%2f?auth_mechanism=external"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("auth_mechanism=external needs a client certificate"),
+        "{err}"
+    );
 }

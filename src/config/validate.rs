@@ -58,6 +58,39 @@ impl<'a> Validator<'a> {
         split_list(&raw)
     }
 
+    /// A secret, given either directly (`key`) or as the path of a file holding it
+    /// (`file_key`, e.g. a mounted Kubernetes or Docker secret), never both. One trailing
+    /// newline is trimmed, as editors and `echo` add one. Problems name the setting and
+    /// the path, never the value.
+    pub(super) fn secret(&mut self, key: Key, file_key: Key) -> Option<String> {
+        let Some(path) = self.raw.get(file_key) else {
+            return self.raw.get(key);
+        };
+        if self.raw.is_given(key) {
+            self.problem(
+                file_key,
+                format_args!("set either {} or this, not both", key.setting().env),
+            );
+            // Read on as if only the value were set, so no second, misleading problem.
+            return self.raw.get(key);
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                if text.trim().is_empty() {
+                    self.problem(file_key, format_args!("{path} is empty"));
+                    return None;
+                }
+                Some(text.to_owned())
+            }
+            Err(e) => {
+                self.problem(file_key, format_args!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+
     /// The value, empty when unset and without a default.
     pub(super) fn string(&self, key: Key) -> String {
         self.raw.get(key).unwrap_or_default()

@@ -214,7 +214,10 @@ async fn bad_configuration_exits_non_zero_naming_the_setting_and_help_lists_all(
         let out = tokio::process::Command::new(bin)
             .env_clear()
             .env("GATEWAY_LISTEN", "127.0.0.1:not-a-port")
-            .env("GATEWAY_AMQP_URL", "amqps://broker.example/%2f")
+            .env(
+                "GATEWAY_AMQP_URL",
+                "amqps://gw:hunter2@broker.example/%2f,amqp://gw:hunter2@b2/%2f",
+            )
             .output()
             .await
             .unwrap();
@@ -222,11 +225,12 @@ async fn bad_configuration_exits_non_zero_naming_the_setting_and_help_lists_all(
         let err = String::from_utf8_lossy(&out.stderr);
         for needle in [
             "GATEWAY_LISTEN",
-            "amqps:// is not supported",
+            "mixes amqp:// and amqps://",
             "no token key configured",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }
+        assert!(!err.contains("hunter2"), "a password in {err}");
         let help = tokio::process::Command::new(bin)
             .arg("--help")
             .output()

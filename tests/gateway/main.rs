@@ -7,6 +7,7 @@
 //! misrouted would show up before the marker.
 
 mod auth;
+mod brokers;
 mod connection;
 mod continuity;
 mod delivery;

@@ -361,9 +361,14 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(exchange: &str) -> Publisher {
+        Publisher::connect_to(&amqp_url(), exchange).await
+    }
+
+    /// A publisher on another broker (a private node).
+    pub async fn connect_to(url: &str, exchange: &str) -> Publisher {
         let conn = tokio::time::timeout(
             WAIT,
-            Connection::connect(&amqp_url(), ConnectionProperties::default()),
+            Connection::connect(url, ConnectionProperties::default()),
         )
         .await
         .expect("broker connect timed out")
@@ -1021,4 +1026,173 @@ pub fn gateway_process(
         .env("GATEWAY_HISTORY_STREAM", "off")
         .kill_on_drop(true);
     (cmd, port)
+}
+
+/// A port nothing uses right now, below the kernel's ephemeral range (32768 and up) so
+/// that an outgoing connection cannot take it before the node binds it.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
+/// A RabbitMQ node of the test's own, beside the shared one, on loopback, started and
+/// stopped by `scripts/rabbitmq-node.sh`; stopped (and its files removed) on drop. A node
+/// that cannot start fails the test with the script's reason: nothing is skipped.
+pub struct PrivateNode {
+    pub dir: std::path::PathBuf,
+    name: String,
+    /// Plain AMQP listener (publishers, and nodes without TLS).
+    pub amqp_port: u16,
+    /// TLS listener, with certificates from `certs/` (see [`PrivateNode::cert`]).
+    pub tls_port: Option<u16>,
+    running: bool,
+}
+
+fn node_script() -> String {
+    format!("{}/scripts/rabbitmq-node.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+async fn run_script(args: &[&str], envs: &[(&str, &str)]) {
+    let mut cmd = tokio::process::Command::new(node_script());
+    cmd.args(args).envs(envs.iter().copied()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(100), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("rabbitmq-node.sh {args:?} took over 100 s"))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmq-node.sh {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PrivateNode {
+    /// Starts a node; with `tls`, a TLS listener with a fresh test PKI, EXTERNAL login on
+    /// and a user `gateway-client` (the client certificate's CN).
+    pub async fn start(tls: bool) -> PrivateNode {
+        let tag = format!("{:08x}", rand::random::<u32>());
+        let name = format!("gwtest-{tag}");
+        let dir = std::env::temp_dir().join(format!("gateway-node-{tag}"));
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let (amqp_port, dist_port) = (free_port(), free_port());
+        let tls_port = tls.then(free_port);
+        let (amqp, dist) = (amqp_port.to_string(), dist_port.to_string());
+        let tls_s = tls_port.map(|p| p.to_string());
+        let mut node = PrivateNode {
+            dir,
+            name,
+            amqp_port,
+            tls_port,
+            running: true,
+        };
+        if tls {
+            run_script(&["certs", &dir_s], &[]).await;
+        }
+        let mut args = vec!["start", &dir_s, &node.name, &amqp, &dist];
+        args.extend(tls_s.as_deref());
+        run_script(&args, &[("EXTERNAL_USER", "gateway-client")]).await;
+        node.running = true;
+        node
+    }
+
+    /// A file of the test PKI: ca.pem, other-ca.pem, client.pem, client.key...
+    pub fn cert(&self, file: &str) -> String {
+        self.dir
+            .join("certs")
+            .join(file)
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The plain AMQP URL, as guest.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@localhost:{}/%2f", self.amqp_port)
+    }
+
+    /// `host:port` of the plain listener, as the gateway names the node.
+    pub fn addr(&self) -> String {
+        format!("localhost:{}", self.amqp_port)
+    }
+
+    /// The TLS URL (host `localhost`, the name in the server certificate), with `query`.
+    pub fn tls_url(&self, userinfo: &str, query: &str) -> String {
+        format!(
+            "amqps://{userinfo}localhost:{}/%2f{query}",
+            self.tls_port.expect("a TLS node")
+        )
+    }
+
+    /// Stops the node (its clients see the connection closed) and removes its files.
+    pub async fn stop(&mut self) {
+        if self.running {
+            self.running = false;
+            run_script(&["stop", self.dir.to_str().unwrap(), &self.name], &[]).await;
+        }
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        if self.running {
+            // Bounded by the script (its waits are).
+            let _ = std::process::Command::new(node_script())
+                .args(["stop", self.dir.to_str().unwrap(), &self.name])
+                .output();
+        }
+    }
+}
+
+/// A log file in a fresh temporary directory, for a gateway process to write to.
+pub struct LogFile {
+    pub path: std::path::PathBuf,
+}
+
+impl LogFile {
+    pub fn new() -> LogFile {
+        let path =
+            std::env::temp_dir().join(format!("gateway-log-{:016x}.log", rand::random::<u64>()));
+        std::fs::File::create(&path).unwrap();
+        LogFile { path }
+    }
+
+    /// Stdout or stderr of a child, appended to this file.
+    pub fn stdio(&self) -> std::process::Stdio {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .unwrap()
+            .into()
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+
+    /// Waits until the log holds every one of `needles` on one line; returns that line.
+    pub async fn wait_line(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.text();
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line with {needles:?} in the log:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
