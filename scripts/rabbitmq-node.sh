@@ -122,6 +122,9 @@ EOF
   local port=${tls_port:-$amqp_port}
   for _ in $(seq 1 120); do
     if answers "$amqp_port" && answers "$port"; then
+      # The listeners can answer a moment before the rabbit application has finished
+      # booting, and user management needs it running: wait for it (bounded by ctl).
+      ctl await_startup >/dev/null
       if [ -n "${EXTERNAL_USER:-}" ]; then
         ctl add_user "$EXTERNAL_USER" "$(head -c 18 /dev/urandom | base64)" >/dev/null
         ctl set_permissions -p / "$EXTERNAL_USER" ".*" ".*" ".*" >/dev/null
