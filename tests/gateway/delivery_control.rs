@@ -149,8 +149,9 @@ async fn events_that_cannot_be_conflated_still_make_a_slow_client() {
         let _lazy = lazy_ws(&gw, "u").await;
         gw.wait_metric("gateway_connections{transport=\"ws\"}", 1.0)
             .await;
-        let pad = "x".repeat(4096);
-        for i in 0..400 {
+        // 9.6 MB: more than the kernel's socket buffers (up to 4 MiB on loopback) hold.
+        let pad = "x".repeat(16 * 1024);
+        for i in 0..600 {
             let mut e = envelope(&format!("n-{i}"), NOTIFICATION, Some("t"), Some("u"));
             e["data"]["pad"] = json!(pad);
             publisher.publish("notification.created.v1", &e).await;

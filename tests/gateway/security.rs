@@ -364,21 +364,23 @@ async fn the_request_head_gets_one_timeout_from_accept() {
 async fn silent_sockets_beyond_the_pending_cap_are_closed_and_admitted_clients_unaffected() {
     bounded(async {
         let gw = GatewayBuilder::new("pending-cap")
-            .arg("max-pending-connections", "3")
+            .arg("max-pending-connections", "4")
             .arg("handshake-timeout-secs", "60")
             .start()
             .await;
         let publisher = Publisher::connect(&gw.exchange).await;
         let mut admitted = Client::as_user(&gw, Transport::Ws, "acme", "u").await;
 
-        // Two silent sockets, checked through /metrics while a slot is still free for
-        // the metrics request itself.
+        // Two silent sockets, checked through /metrics while slots are still free for the
+        // metrics requests themselves.
         let mut silent = Vec::new();
         for _ in 0..2 {
             silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
         }
         gw.wait_metric("gateway_pending_connections", 2.0).await;
-        silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+        for _ in 0..2 {
+            silent.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+        }
         // The cap is full now (nothing else can reach /metrics either): the next socket is
         // closed at once, long before the 60 s head timeout. A kept one would still be
         // open when this read gives up.
