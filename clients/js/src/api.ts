@@ -29,6 +29,8 @@ export type RealtimeErrorCode =
   | 'refresh_failed'
   /** Any other `{"type":"error"}` from the gateway. */
   | 'server_error'
+  /** The gateway refused an in-band selection of event types (`invalid_types`): that connection receives everything instead. */
+  | 'invalid_types'
   /** No token: getToken() threw, timed out or returned junk, or the token URL answered non-2xx (`status`). Retried with backoff. */
   | 'token_error'
   /** The gateway refused the token (401, `reason` says why). Retried with backoff and a fresh token. */
@@ -154,14 +156,31 @@ export interface RealtimeClient {
   readonly transport: TransportKind | null;
   /** Last `event_id` delivered, across transports; sent as `last_event_id` on reconnect. */
   readonly lastEventId: string | null;
-  /** Every event, known catalog types or not. Check with `isCatalogEvent`/`isEventType` before reading `data`. */
-  onEvent(cb: (event: RealtimeEvent) => void): Unsubscribe;
-  /** Events of one catalog type whose `data` has that type's fields, typed. */
+  /**
+   * The event types the client asks the gateway for: the union of what its listeners and
+   * `select()` calls need, or null for everything (nothing registered, or something needs
+   * all). See "Selecting event types" in the README.
+   */
+  readonly selection: readonly string[] | null;
+  /**
+   * Every event, known catalog types or not (and so selects everything while registered).
+   * With `types` (topic patterns: `*` one word, `#` zero or more), only events of those
+   * types, and only those are selected. Check with `isCatalogEvent`/`isEventType` before
+   * reading `data`. A bad pattern throws a `TypeError`.
+   */
+  onEvent(cb: (event: RealtimeEvent) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
+  /** Events of one catalog type whose `data` has that type's fields, typed. Selects that type. */
   on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe;
-  /** Valid `render.job.*` events whose `data.job_id` is `jobId`. */
+  /** Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`. */
   onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
-  /** Valid `notification.*` events. */
+  /** Valid `notification.*` events. Selects `notification.#`. */
   onNotification(cb: (event: NotificationEvent) => void): Unsubscribe;
+  /**
+   * Keeps these event types selected until the returned function is called, without a
+   * listener (reference-counted: a type stays selected while anything still needs it).
+   * A bad pattern throws a `TypeError`.
+   */
+  select(types: string | readonly string[]): Unsubscribe;
   /** The gateway says events may have been lost: refetch state over REST. */
   onResync(cb: () => void): Unsubscribe;
   onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;

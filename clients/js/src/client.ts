@@ -30,6 +30,7 @@ import {
   type RealtimeEvent,
   type RenderJobEvent,
 } from './events.js';
+import { checkPatterns, Interests, sameSelection, selectionCovers, topicMatches } from './interest.js';
 import { decodeTokenTimes, MAX_TIMER_MS, MIN_REFRESH_DELAY_MS, refreshDelay, type TokenTimes } from './jwt.js';
 import { isLoopback, isSecure, resolveBaseUrl, resolveSettings, type Settings } from './options.js';
 import { probeAuth, type ProbeResult } from './probe.js';
@@ -54,6 +55,16 @@ interface Conn {
   /** Anything received since the last ping we sent. */
   heard: boolean;
   lastHeardAt: number;
+  /**
+   * The event types the gateway holds for this connection as far as we know (null: its
+   * default, everything): the `types=` it was opened with, then what we asked in band,
+   * then what it answered.
+   */
+  selection: string[] | null;
+  /** In-band selection messages not answered yet. */
+  pendingSelections: number;
+  /** The gateway refused or does not know in-band selection: this connection stays as it is. */
+  selectionFrozen: boolean;
   send(data: string): void;
   /** Detach handlers and close; safe to call more than once. */
   close(): void;
@@ -86,6 +97,8 @@ class Client implements RealtimeClient {
   private readonly resyncs = new Set<() => void>();
   private readonly states = new Set<(s: ConnectionState) => void>();
   private readonly errors = new Set<(e: RealtimeError) => void>();
+  /** What listeners, hooks and `select()` need; its union is what the gateway is asked for. */
+  private readonly interests: Interests;
 
   private _state: ConnectionState = 'connecting';
   private _transport: TransportKind | null = null;
@@ -113,6 +126,7 @@ class Client implements RealtimeClient {
   private livenessTimer: ReturnType<typeof setInterval> | undefined;
   private wsRetryTimer: Timer | undefined;
   private trialTimer: Timer | undefined;
+  private selectionTimer: Timer | undefined;
 
   constructor(opts: RealtimeClientOptions) {
     this.#opts = opts;
@@ -126,6 +140,7 @@ class Client implements RealtimeClient {
     this.random = opts.random ?? Math.random;
     this.now = opts.now ?? Date.now;
     this.seen = new RecentIds(this.cfg.dedupeWindow);
+    this.interests = new Interests(this.cfg.maxSelectedTypes);
     this.lastId = opts.lastEventId ?? null;
     if (opts.onResync) this.resyncs.add(opts.onResync);
     if (opts.onStateChange) this.states.add(opts.onStateChange);
@@ -151,29 +166,55 @@ class Client implements RealtimeClient {
   get lastEventId(): string | null {
     return this.lastId;
   }
+  get selection(): readonly string[] | null {
+    return this.interests.selection;
+  }
 
   // ---- subscriptions ----------------------------------------------------------------
 
-  onEvent(cb: (event: RealtimeEvent) => void): Unsubscribe {
-    return subscribe(this.events, cb);
+  onEvent(cb: (event: RealtimeEvent) => void, options: { types?: string | readonly string[] } = {}): Unsubscribe {
+    if (options.types === undefined) return this.listen(['#'], cb);
+    const patterns = checkPatterns(options.types);
+    return this.listen(patterns, (e) => {
+      if (patterns.some((p) => topicMatches(p, e.event_type))) cb(e);
+    });
   }
 
   on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe {
-    return this.onEvent((e) => {
+    return this.listen(checkPatterns(type), (e) => {
       if (e.event_type === type && isCatalogEvent(e)) cb(e as EventOfType<T>);
     });
   }
 
   onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe {
-    return this.onEvent((e) => {
+    return this.listen(['render.job.#'], (e) => {
       if (isRenderJobEvent(e) && e.data.job_id === jobId) cb(e);
     });
   }
 
   onNotification(cb: (event: NotificationEvent) => void): Unsubscribe {
-    return this.onEvent((e) => {
+    return this.listen(['notification.#'], (e) => {
       if (isNotificationEvent(e)) cb(e);
     });
+  }
+
+  select(types: string | readonly string[]): Unsubscribe {
+    const release = this.interests.add(checkPatterns(types));
+    this.selectionChanged();
+    return () => {
+      release();
+      this.selectionChanged();
+    };
+  }
+
+  /** A listener that keeps `patterns` selected while it is registered. */
+  private listen(patterns: readonly string[], cb: (event: RealtimeEvent) => void): Unsubscribe {
+    const release = this.select(patterns);
+    const off = subscribe(this.events, cb);
+    return () => {
+      off();
+      release();
+    };
   }
 
   onResync(cb: () => void): Unsubscribe {
@@ -205,6 +246,7 @@ class Client implements RealtimeClient {
   close(): void {
     if (this.disposed) return;
     this.disposed = true;
+    clearTimeout(this.selectionTimer);
     this.stopAll();
     this.detachLifecycle();
     this.setState('closed');
@@ -322,7 +364,7 @@ class Client implements RealtimeClient {
     }
   }
 
-  private endpoint(kind: TransportKind, queryToken: string | null): string {
+  private endpoint(kind: TransportKind, queryToken: string | null, selection: readonly string[] | null): string {
     const u = new URL(this.base.href);
     const secure = isSecure(u);
     u.protocol = kind === 'websocket' ? (secure ? 'wss:' : 'ws:') : secure ? 'https:' : 'http:';
@@ -330,20 +372,34 @@ class Client implements RealtimeClient {
     // URLSearchParams percent-encodes, so any token/id survives the query string.
     if (queryToken !== null) u.searchParams.set('access_token', queryToken);
     if (this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
+    if (selection !== null) u.searchParams.set('types', selection.join(','));
     return u.href;
   }
 
-  private newConn(kind: TransportKind, send: Conn['send'], close: Conn['close']): Conn {
-    return { kind, opened: false, healthy: false, heard: true, lastHeardAt: this.now(), send, close };
+  private newConn(kind: TransportKind, selection: string[] | null, send: Conn['send'], close: Conn['close']): Conn {
+    return {
+      kind,
+      opened: false,
+      healthy: false,
+      heard: true,
+      lastHeardAt: this.now(),
+      selection,
+      pendingSelections: 0,
+      selectionFrozen: false,
+      send,
+      close,
+    };
   }
 
   private openWebSocket(token: string | null): Conn {
     const inProtocol = token !== null && (this.#opts.tokenTransport ?? 'protocol') === 'protocol';
-    const url = this.endpoint('websocket', inProtocol ? null : token);
+    const selection = this.interests.selection;
+    const url = this.endpoint('websocket', inProtocol ? null : token, selection);
     // Cookie auth offers no subprotocol, so it works with gateways of any version.
     const ws = inProtocol ? new this.WS!(url, [WS_PROTOCOL, `bearer.${token}`]) : new this.WS!(url);
     const conn = this.newConn(
       'websocket',
+      selection,
       (data) => ws.send(data),
       () => {
         ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
@@ -377,12 +433,14 @@ class Client implements RealtimeClient {
   }
 
   private openEventSource(token: string | null): Conn {
-    const url = this.endpoint('sse', token);
+    const selection = this.interests.selection;
+    const url = this.endpoint('sse', token, selection);
     // Cookie mode: a cross-origin EventSource only sends cookies with withCredentials.
     // Token mode sends none, so the gateway may answer any origin with `*`.
     const es = token === null ? new this.ES!(url, { withCredentials: true }) : new this.ES!(url);
     const conn = this.newConn(
       'sse',
+      selection,
       () => {},
       () => {
         es.onopen = es.onmessage = es.onerror = null;
@@ -435,6 +493,8 @@ class Client implements RealtimeClient {
     this.healthyTimer = setTimeout(() => this.markHealthy(conn), this.cfg.healthyAfterMs);
     if (this.#token !== null) this.scheduleRefresh(decodeTokenTimes(this.#token));
     this.startLiveness(conn);
+    // Components may have mounted or unmounted while this connection was being made.
+    if (conn.kind === 'websocket') this.syncSelection();
   }
 
   /**
@@ -508,8 +568,14 @@ class Client implements RealtimeClient {
       case 'refreshed':
         if (typeof msg.exp === 'number') this.handleRefreshed(msg.exp);
         break;
+      case 'subscribed':
+        if (Array.isArray(msg.types) && msg.types.every((t) => typeof t === 'string')) {
+          this.handleSubscribed(conn, msg.types as string[]);
+        }
+        break;
       case 'error': {
         const reason = typeof msg.reason === 'string' ? msg.reason : 'unknown';
+        if (this.selectionRefused(conn, reason)) break;
         const refresh = reason.startsWith('refresh_');
         // A failed refresh leaves the connection alive until the old exp; the gateway then
         // closes with 4001 and the reconnect fetches a new token. Nothing to retry here.
@@ -737,6 +803,92 @@ class Client implements RealtimeClient {
     const conn = this.conn;
     this.conn = null;
     conn?.close();
+  }
+
+  // ---- selecting event types -------------------------------------------------------
+
+  /**
+   * A registration came or went. The gateway hears of it a little later, once for a whole
+   * burst: one render pass mounts and unmounts many hooks, StrictMode does it twice.
+   */
+  private selectionChanged(): void {
+    if (this.disposed || this.selectionTimer !== undefined) return;
+    this.selectionTimer = setTimeout(() => this.syncSelection(), this.cfg.selectionDebounceMs);
+  }
+
+  /** Brings the current connection's selection in line with what is needed now. */
+  private syncSelection(): void {
+    clearTimeout(this.selectionTimer);
+    this.selectionTimer = undefined;
+    const conn = this.conn;
+    if (!conn || this.disposed) return; // the next attempt puts the current selection in its URL
+    const wanted = this.interests.selection;
+    if (conn.kind === 'sse') {
+      // No channel back: reconnect with the new `types=` and lastEventId, through the
+      // backoff; the replay brings what the old selection filtered out. Only when the
+      // stream lacks something: one that carries more than needed serves until it next
+      // reconnects anyway (listeners filter, and nobody waits for a reconnect).
+      if (!selectionCovers(conn.selection, wanted)) {
+        this.dropConn();
+        this.scheduleReconnect();
+      }
+      return;
+    }
+    if (!conn.opened || conn.selectionFrozen || sameSelection(conn.selection, wanted)) return;
+    const current = conn.selection;
+    const target = wanted ?? ['#'];
+    if (current === null) {
+      // The gateway's default (everything) is replaced by the first subscribe's list.
+      this.sendSelection(conn, 'subscribe', target);
+    } else {
+      // Unsubscribing first keeps the gateway within its pattern limit; what stays
+      // selected is selected throughout, and what is new was not delivered before anyway.
+      const drop = current.filter((p) => !target.includes(p));
+      const add = target.filter((p) => !current.includes(p));
+      if (drop.length > 0) this.sendSelection(conn, 'unsubscribe', drop);
+      if (add.length > 0) this.sendSelection(conn, 'subscribe', add);
+    }
+    conn.selection = [...target];
+  }
+
+  private sendSelection(conn: Conn, type: 'subscribe' | 'unsubscribe', types: readonly string[]): void {
+    conn.pendingSelections++;
+    this.trySend(conn, { type, types });
+  }
+
+  /** `{"type":"subscribed"}`: once every request is answered, the gateway's word is what it holds. */
+  private handleSubscribed(conn: Conn, types: string[]): void {
+    if (conn.pendingSelections === 0) return;
+    conn.pendingSelections--;
+    if (conn.pendingSelections === 0) conn.selection = types;
+  }
+
+  /** An error answering a selection request; false when the error is about something else. */
+  private selectionRefused(conn: Conn, reason: string): boolean {
+    if (conn.pendingSelections === 0) return false;
+    if (reason === 'unknown_message') {
+      // A gateway older than selections: it ignores `types=` as well and sends everything.
+      conn.pendingSelections = 0;
+      conn.selectionFrozen = true;
+      conn.selection = null;
+      return true;
+    }
+    if (reason !== 'invalid_types') return false;
+    conn.pendingSelections--;
+    this.emitError({
+      code: 'invalid_types',
+      message: 'the gateway refused a selection of event types (is maxSelectedTypes above its GATEWAY_MAX_INTEREST_PATTERNS?); receiving everything on this connection',
+      reason,
+    });
+    // Receiving more than needed is harmless, missing events is not: everything, for the
+    // rest of this connection. An unsubscribe is never refused, and `#` alone fits any limit.
+    if (!conn.selectionFrozen) {
+      conn.selectionFrozen = true;
+      if (conn.selection !== null) this.sendSelection(conn, 'unsubscribe', conn.selection);
+      this.sendSelection(conn, 'subscribe', ['#']);
+      conn.selection = ['#'];
+    }
+    return true;
   }
 
   // ---- token refresh --------------------------------------------------------------

@@ -18,4 +18,5 @@ export {
 export * from './events.js';
 export { decodeTokenTimes, refreshDelay, type TokenTimes } from './jwt.js';
 export { fetchToken, TokenError } from './token.js';
+export { topicMatches } from './interest.js';
 export { safeHttpUrl } from './url.js';

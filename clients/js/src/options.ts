@@ -2,6 +2,8 @@
  * Checks the client's options once, at construction, so a mistake fails loudly where it
  * was made instead of turning into zero-delay retries or a request to `/undefined/ws`.
  */
+import { DEFAULT_MAX_SELECTED_TYPES, DEFAULT_SELECTION_DEBOUNCE_MS } from './interest.js';
+
 
 /** The numbers the client runs on, every one finite and in range. */
 export interface Settings {
@@ -18,6 +20,9 @@ export interface Settings {
   resumeAfterHiddenMs: number;
   fallbackAfter: number;
   dedupeWindow: number;
+  /** 0 = on the next tick. */
+  selectionDebounceMs: number;
+  maxSelectedTypes: number;
 }
 
 /** What the numeric options may be left out as. */
@@ -32,6 +37,10 @@ export interface NumericOptions {
   resumeAfterHiddenMs?: number;
   fallbackAfter?: number;
   dedupeWindow?: number;
+  /** How long the client gathers selection changes before telling the gateway (default 50). */
+  selectionDebounceMs?: number;
+  /** Most patterns sent (default 32, the gateway's default limit); a larger union asks for everything. */
+  maxSelectedTypes?: number;
 }
 
 /** Below the gateway's default idle timeout (60 s) with room for one lost ping. */
@@ -55,6 +64,8 @@ export function resolveSettings(o: NumericOptions): Settings {
     resumeAfterHiddenMs: nonNegative('resumeAfterHiddenMs', o.resumeAfterHiddenMs, 60_000),
     fallbackAfter: count('fallbackAfter', o.fallbackAfter, 2),
     dedupeWindow: count('dedupeWindow', o.dedupeWindow, 1_000),
+    selectionDebounceMs: nonNegative('selectionDebounceMs', o.selectionDebounceMs, DEFAULT_SELECTION_DEBOUNCE_MS),
+    maxSelectedTypes: count('maxSelectedTypes', o.maxSelectedTypes, DEFAULT_MAX_SELECTED_TYPES),
   };
   if (settings.backoffMaxMs < settings.backoffInitialMs) {
     throw new TypeError(

@@ -165,6 +165,20 @@ export function useResyncCount(): number {
   return count;
 }
 
+/**
+ * Keeps these event types selected (topic patterns: `*` one word, `#` zero or more) while
+ * the component is mounted, for a component that reads events some other way. The hooks
+ * of this module select what they need themselves. A bad pattern throws.
+ */
+export function useEventTypes(types: string | readonly string[]): void {
+  const client = useRealtimeClient();
+  const key = typeof types === 'string' ? types : types.join(',');
+  useEffect(() => {
+    if (!client || key === '') return;
+    return client.select(key.split(','));
+  }, [client, key]);
+}
+
 // ---- render progress ---------------------------------------------------------------
 
 export type RenderStatus = 'unknown' | 'queued' | 'started' | 'progress' | 'completed' | 'failed' | 'cancelled';
@@ -232,7 +246,10 @@ export function reduceRenderProgress(
   }
 }
 
-/** Live progress of one render job; starts from 'unknown' and resets when `jobId` changes. */
+/**
+ * Live progress of one render job; starts from 'unknown' and resets when `jobId` changes.
+ * Selects `render.job.#` while mounted.
+ */
 export function useRenderProgress(jobId: string | null | undefined, options: RenderProgressOptions = {}): RenderProgress {
   const client = useRealtimeClient();
   const resyncCount = useResyncCount();
@@ -271,6 +288,7 @@ export interface Notifications {
   resyncCount: number;
 }
 
+/** The bell: `notification.created.v1` since mount. Selects `notification.#` while mounted. */
 export function useNotifications(options: { max?: number } = {}): Notifications {
   const max = options.max ?? 50;
   const client = useRealtimeClient();
@@ -278,9 +296,11 @@ export function useNotifications(options: { max?: number } = {}): Notifications 
   const [state, setState] = useState<{ items: NotificationCreated[]; unread: number }>({ items: [], unread: 0 });
   useEffect(() => {
     if (!client) return;
-    return client.on('notification.created.v1', (event) =>
-      setState((prev) => ({ items: [event, ...prev.items].slice(0, max), unread: prev.unread + 1 })),
-    );
+    // All of notification.# is selected while the bell is mounted; it lists the new ones.
+    return client.onNotification((event) => {
+      if (event.event_type !== 'notification.created.v1') return;
+      setState((prev) => ({ items: [event, ...prev.items].slice(0, max), unread: prev.unread + 1 }));
+    });
   }, [client, max]);
   const markAllRead = useCallback(() => setState((prev) => (prev.unread === 0 ? prev : { ...prev, unread: 0 })), []);
   return { items: state.items, unread: state.unread, markAllRead, resyncCount };

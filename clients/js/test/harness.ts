@@ -30,8 +30,11 @@ afterEach(() => {
   vi.unstubAllGlobals();
 });
 
-/** `fetch` answers the refusal probe (404 by default: an older gateway) and any token URL. */
-export function make(opts: Partial<RealtimeClientOptions> = {}, fetch = new FakeFetch()) {
+/**
+ * `fetch` answers the refusal probe (404 by default: an older gateway) and any token URL.
+ * `listen: false` leaves out the test's own `onEvent` listener, which selects everything.
+ */
+export function make(opts: Partial<RealtimeClientOptions> = {}, fetch = new FakeFetch(), { listen = true } = {}) {
   const getToken = vi.fn<() => Promise<string | null>>(async () => 'tok');
   const states: ConnectionState[] = [];
   const errors: RealtimeError[] = [];
@@ -52,7 +55,7 @@ export function make(opts: Partial<RealtimeClientOptions> = {}, fetch = new Fake
   });
   clients.push(client);
   const events: RealtimeEvent[] = [];
-  client.onEvent((e) => events.push(e));
+  if (listen) client.onEvent((e) => events.push(e));
   return { client, getToken: (opts.getToken as typeof getToken | undefined) ?? getToken, events, states, errors, fetch };
 }
 

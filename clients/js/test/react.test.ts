@@ -10,6 +10,7 @@ import {
   useConnectionState,
   useNotifications,
   useRealtimeClient,
+  useEventTypes,
   useRealtimeError,
   useRenderProgress,
 } from '../src/react.js';
@@ -89,6 +90,53 @@ describe('useNotifications', () => {
     act(() => result.current.markAllRead());
     expect(result.current.unread).toBe(0);
     expect(result.current.items).toHaveLength(2);
+  });
+});
+
+describe('selected event types follow mounted hooks', () => {
+  const selections = () => ws.sent.filter((m) => ['subscribe', 'unsubscribe'].includes((m as { type: string }).type));
+  const settle = () => act(() => new Promise<void>((r) => setTimeout(r, 80))); // past the 50 ms window
+
+  it('the bell selects notification.#, progress adds render.job.#, unmounting takes it back', async () => {
+    act(() => ws.open());
+    const bell = renderHook(() => useNotifications(), { wrapper });
+    await settle();
+    expect(client.selection).toEqual(['notification.#']);
+    expect(selections()).toEqual([{ type: 'subscribe', types: ['notification.#'] }]);
+    act(() => ws.receive({ type: 'subscribed', types: ['notification.#'] }));
+
+    // Two progress views in one render pass: one message.
+    const progress = render(
+      createElement(
+        RealtimeProvider,
+        { client },
+        createElement(() => (useRenderProgress('j1'), useRenderProgress('j2'), null)),
+      ),
+    );
+    await settle();
+    expect(client.selection).toEqual(['notification.#', 'render.job.#']);
+    expect(selections().slice(1)).toEqual([{ type: 'subscribe', types: ['render.job.#'] }]);
+    act(() => ws.receive({ type: 'subscribed', types: ['notification.#', 'render.job.#'] }));
+
+    progress.unmount();
+    await settle();
+    expect(selections().slice(2)).toEqual([{ type: 'unsubscribe', types: ['render.job.#'] }]);
+    bell.unmount();
+    expect(FakeWebSocket.instances).toHaveLength(1);
+  });
+
+  it('StrictMode mounting twice sends one subscribe; useEventTypes selects without a listener', async () => {
+    act(() => ws.open());
+    const strict = ({ children }: { children: ReactNode }) =>
+      createElement(StrictMode, null, createElement(RealtimeProvider, { client }, children));
+    const view = renderHook(({ types }) => useEventTypes(types), { wrapper: strict, initialProps: { types: ['billing.#'] } });
+    await settle();
+    expect(selections()).toEqual([{ type: 'subscribe', types: ['billing.#'] }]);
+    view.rerender({ types: ['billing.#'] }); // a new array, same types: nothing to do
+    await settle();
+    expect(selections()).toHaveLength(1);
+    view.unmount();
+    expect(client.selection).toBeNull();
   });
 });
 

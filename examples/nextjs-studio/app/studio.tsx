@@ -37,7 +37,8 @@ export function ErrorBanner() {
 /**
  * The most recent render job. A page that knows its job id would call
  * `useRenderProgress(jobId, { allowedOrigins })`; this one follows whichever job shows up,
- * so it folds the events itself with the same reducer.
+ * so it folds the events itself with the same reducer. Its listener names the types it
+ * reads, so while it is mounted the gateway sends `render.job.#` (and stops when it goes).
  */
 export function LatestJob({ allowedOrigins }: { allowedOrigins: string[] }) {
   const client = useRealtimeClient();
@@ -46,13 +47,16 @@ export function LatestJob({ allowedOrigins }: { allowedOrigins: string[] }) {
   useEffect(() => {
     if (!client) return;
     const allowed = origins.split(' ');
-    return client.onEvent((event) => {
-      if (!isRenderJobEvent(event)) return;
-      setJob((prev) => {
-        const base = prev?.id === event.data.job_id ? prev.state : INITIAL_RENDER_PROGRESS;
-        return { id: event.data.job_id, state: reduceRenderProgress(base, event, { allowedOrigins: allowed }) };
-      });
-    });
+    return client.onEvent(
+      (event) => {
+        if (!isRenderJobEvent(event)) return;
+        setJob((prev) => {
+          const base = prev?.id === event.data.job_id ? prev.state : INITIAL_RENDER_PROGRESS;
+          return { id: event.data.job_id, state: reduceRenderProgress(base, event, { allowedOrigins: allowed }) };
+        });
+      },
+      { types: 'render.job.#' },
+    );
   }, [client, origins]);
 
   const state = job?.state ?? INITIAL_RENDER_PROGRESS;
@@ -82,7 +86,25 @@ export function Bell() {
   );
 }
 
+/**
+ * A panel the user opens and closes: while closed, the page (header and bell) needs only
+ * notifications, and the gateway sends nothing else; opening it selects render jobs on
+ * the same connection.
+ */
+export function ProgressPanel({ allowedOrigins }: { allowedOrigins: string[] }) {
+  const [open, setOpen] = useState(false);
+  return (
+    <>
+      <button data-testid="toggle-progress" onClick={() => setOpen((o) => !o)}>
+        {open ? 'Hide render progress' : 'Show render progress'}
+      </button>
+      {open && <LatestJob allowedOrigins={allowedOrigins} />}
+    </>
+  );
+}
+
 /** The last event ids, newest last: what the end-to-end tests compare with what was published. */
+/** Every event (so, while mounted, every event type is selected). */
 export function RecentEvents() {
   const client = useRealtimeClient();
   const [ids, setIds] = useState<string[]>([]);
