@@ -156,11 +156,13 @@ stop() {
     kill -KILL -- "-$pgid" 2>/dev/null || true
     if [ -f "$dir/pid" ]; then kill -KILL "$(cat "$dir/pid")" 2>/dev/null || true; fi
   fi
-  rm -rf "$dir"
+  # `halt` keeps the node's data, for a restart of the same node (a broker restart).
+  [ "${KEEP_FILES:-}" = 1 ] || rm -rf "$dir"
 }
 
 case $cmd in
   start) [ $# -ge 5 ] || usage; start "$4" "$5" "${6:-}" ;;
   stop) stop ;;
+  halt) KEEP_FILES=1 stop ;;
   *) usage ;;
 esac

@@ -154,3 +154,41 @@ async fn what_the_stream_cannot_cover_still_gets_resync() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_is_bridged_by_the_stream_without_resync() {
+    bounded(async {
+        let mut node = PrivateNode::start(false).await;
+        let stream = unique("history");
+        let gw = GatewayBuilder::new("broker-restart")
+            .arg("amqp-url", &node.url())
+            .arg("amqp-reconnect-max-secs", "1")
+            .arg("history-stream", &stream)
+            .start()
+            .await;
+        let publisher = Publisher::connect_to(&node.url(), &gw.exchange).await;
+        publisher.declare(&gw.exchange).await;
+        let mut ws = Client::as_user(&gw, Transport::Ws, "t", "u").await;
+        let mut sse = Client::as_user(&gw, Transport::Sse, "t", "u").await;
+        publisher.publish(PROGRESS, &event("before")).await;
+        for c in [&mut ws, &mut sse] {
+            assert_eq!(c.next_event().await["event_id"], "before");
+        }
+        drop(publisher);
+
+        // The instance's queue is not durable: a restart takes it and whatever it held;
+        // the durable stream keeps the last event this instance has, so nothing is missing.
+        node.restart().await;
+        wait_ready_status(&gw, 200).await;
+        let publisher = Publisher::connect_to(&node.url(), &gw.exchange).await;
+        publisher.publish(PROGRESS, &event("after")).await;
+        for c in [&mut ws, &mut sse] {
+            assert_eq!(c.next_event().await["event_id"], "after", "no resync first");
+        }
+        assert_eq!(gw.metric("gateway_resyncs_sent_total").await, 0.0);
+        assert!(gw.metric("gateway_broker_reconnects_total").await >= 1.0);
+        gw.shutdown().await;
+        node.stop().await;
+    })
+    .await;
+}

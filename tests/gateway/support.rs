@@ -1048,6 +1048,7 @@ pub struct PrivateNode {
     name: String,
     /// Plain AMQP listener (publishers, and nodes without TLS).
     pub amqp_port: u16,
+    dist_port: u16,
     /// TLS listener, with certificates from `certs/` (see [`PrivateNode::cert`]).
     pub tls_port: Option<u16>,
     running: bool,
@@ -1087,6 +1088,7 @@ impl PrivateNode {
             dir,
             name,
             amqp_port,
+            dist_port,
             tls_port,
             running: true,
         };
@@ -1126,6 +1128,16 @@ impl PrivateNode {
             "amqps://{userinfo}localhost:{}/%2f{query}",
             self.tls_port.expect("a TLS node")
         )
+    }
+
+    /// Stops the node and starts it again with its data, as a broker restart does:
+    /// durable queues and streams survive, the rest is gone.
+    pub async fn restart(&mut self) {
+        assert!(self.tls_port.is_none(), "restart is for plain nodes");
+        let dir = self.dir.to_str().unwrap().to_owned();
+        run_script(&["halt", &dir, &self.name], &[]).await;
+        let (amqp, dist) = (self.amqp_port.to_string(), self.dist_port.to_string());
+        run_script(&["start", &dir, &self.name, &amqp, &dist], &[]).await;
     }
 
     /// Stops the node (its clients see the connection closed) and removes its files.
