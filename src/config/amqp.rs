@@ -90,21 +90,38 @@ impl Binding {
     }
 }
 
-/// Topic-exchange matching of `routing_key` against `pattern`.
+/// Topic-exchange matching of `routing_key` against `pattern`. Runs per delivery (interest
+/// selections) and per message (revocation keys), so it allocates nothing, and a pattern
+/// without wildcards is a plain comparison.
 pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let key: Vec<&str> = routing_key.split('.').collect();
-    matches_words(&pattern, &key)
+    if !pattern.contains(['*', '#']) {
+        return pattern == routing_key;
+    }
+    matches_words(pattern.split('.'), routing_key.split('.'))
 }
 
-fn matches_words(pattern: &[&str], key: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => key.is_empty(),
-        Some((&"#", rest)) => (0..=key.len()).any(|skip| matches_words(rest, &key[skip..])),
-        Some((word, rest)) => match key.split_first() {
-            Some((k, key_rest)) => (*word == "*" || word == k) && matches_words(rest, key_rest),
-            None => false,
-        },
+fn matches_words(
+    mut pattern: std::str::Split<'_, char>,
+    mut key: std::str::Split<'_, char>,
+) -> bool {
+    loop {
+        match pattern.next() {
+            None => return key.next().is_none(),
+            // `#`: the rest of the pattern against every suffix of the key, the empty one
+            // included.
+            Some("#") => loop {
+                if matches_words(pattern.clone(), key.clone()) {
+                    return true;
+                }
+                if key.next().is_none() {
+                    return false;
+                }
+            },
+            Some(word) => match key.next() {
+                Some(k) if word == "*" || word == k => {}
+                _ => return false,
+            },
+        }
     }
 }
 
