@@ -35,6 +35,9 @@ use connect::{Failure, Nodes};
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Further attempts to read the history stream after a break, and the pause between them.
+const GAP_FILL_RETRIES: usize = 4;
+const GAP_FILL_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Most messages acknowledged together.
 const ACK_BATCH: usize = 64;
 /// Longest a processed message waits for its acknowledgement.
@@ -386,7 +389,7 @@ impl Consumer {
         let result = if !reconnecting {
             self.fill(link, stream, recent).await.map(|_| false)
         } else if link.queue_lost {
-            self.fill_gap(link, stream, recent).await
+            self.fill_gap_retrying(link, stream, recent).await
         } else {
             // The queue kept everything; nothing to fill.
             return false;
@@ -435,24 +438,48 @@ impl Consumer {
         let mut found = false;
         let mut missed = Vec::new();
         let from = streams::From::Before(at);
+        // Read without touching the duplicate memory: a read that fails half-way is tried
+        // again, and must not leave events marked as seen that were never delivered.
         streams::read(&link.conn, stream, &self.config, from, |d| {
-            if found {
-                if let Some(event) = self.parse(d, recent) {
+            if let Some(event) = self.parse(d, &mut RecentIds::new(1)) {
+                if found {
                     missed.push(event);
+                } else {
+                    found = *event.tenant == *last.tenant && event.id == last.id;
                 }
-            } else if let Some(event) = self.parse(d, &mut RecentIds::new(1)) {
-                found = *event.tenant == *last.tenant && event.id == last.id;
             }
         })
         .await?;
         if found {
-            tracing::info!(stream = %stream.name, delivered = missed.len(), "gap filled from the history stream");
+            tracing::info!(stream = %stream.name, read = missed.len(), "gap filled from the history stream");
             for event in missed {
-                self.metrics.backfilled.inc();
-                self.dispatch(event).await;
+                if recent.insert(&event.tenant, &event.id) {
+                    self.metrics.backfilled.inc();
+                    self.dispatch(event).await;
+                } else {
+                    self.metrics.duplicates.inc();
+                }
             }
         }
         Ok(found)
+    }
+
+    /// [`Consumer::fill_gap`], tried a few times: right after a broker restart the stream
+    /// can take a moment to accept readers, and giving up means a resync for everyone.
+    async fn fill_gap_retrying(
+        &self,
+        link: &Link,
+        stream: &HistoryStream,
+        recent: &mut RecentIds,
+    ) -> Result<bool, LinkError> {
+        let mut result = self.fill_gap(link, stream, recent).await;
+        for _ in 0..GAP_FILL_RETRIES {
+            let Err(e) = &result else { break };
+            tracing::info!(error = %e, stream = %stream.name, "history stream not readable yet; retrying");
+            tokio::time::sleep(GAP_FILL_RETRY_DELAY).await;
+            result = self.fill_gap(link, stream, recent).await;
+        }
+        result
     }
 
     /// Hands every delivery on and acknowledges it, until the link breaks (`Err`) or
