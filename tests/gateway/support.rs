@@ -267,15 +267,22 @@ impl Gateway {
         }
     }
 
+    /// `/metrics`. A request whose connection the gateway closed before answering (a test
+    /// that fills the pending-connection cap) is tried again, for a few seconds at most.
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let mut tries = 0;
+        loop {
+            let sent = self.http.get(self.url("/metrics")).send().await;
+            match sent {
+                Ok(resp) => return resp.text().await.unwrap(),
+                Err(e) if tries < 40 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "metrics request failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("/metrics kept failing: {e}"),
+            }
+        }
     }
 
     /// Value of one metric line, e.g. `gateway_events_dropped_total{reason="not_json"}`.
