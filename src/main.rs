@@ -74,6 +74,7 @@ fn main() -> ExitCode {
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
         .enable_all()
         .build()
     {

@@ -112,6 +112,8 @@ pub struct Config {
     pub revocation: RevocationConfig,
     /// Directory of the demo page, served under `/demo/` when set.
     pub demo_dir: Option<PathBuf>,
+    /// Runtime worker threads.
+    pub worker_threads: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.

@@ -109,6 +109,7 @@ settings! {
     RevocationTtlSecs, "revocation-ttl-secs", "GATEWAY_REVOCATION_TTL_SECS", Some("86400"), "how long a revocation is remembered: the longest token lifetime accepted";
     RevocationStream, "revocation-stream", "GATEWAY_REVOCATION_STREAM", Some("realtime-gateway.revocations"), "RabbitMQ stream every instance reads revocations from (declared if absent)";
     DemoDir, "demo-dir", "GATEWAY_DEMO_DIR", None, "serve the demo page from this directory under /demo/ (off when unset)";
+    WorkerThreads, "worker-threads", "GATEWAY_WORKER_THREADS", Some("auto"), "threads running connections and the consumer; `auto`: one less than the CPUs available, at least 1 (the broker client reads on a thread of its own)";
     LogFormat, "log-format", "GATEWAY_LOG_FORMAT", Some("text"), "text or json";
     Log, "log", "GATEWAY_LOG", Some("info"), "log filter (tracing EnvFilter syntax)";
 }

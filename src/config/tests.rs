@@ -529,3 +529,25 @@ fn node_lists_and_tls_settings_are_checked_without_quoting_passwords() {
         "{err}"
     );
 }
+
+#[test]
+fn worker_threads_leave_a_cpu_to_the_broker_client() {
+    use super::validate::auto_worker_threads;
+    assert_eq!(auto_worker_threads(1), 1);
+    assert_eq!(auto_worker_threads(2), 1);
+    assert_eq!(auto_worker_threads(8), 7);
+    let secret = SECRET;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        config(&[], &[secret]).worker_threads,
+        auto_worker_threads(cpus)
+    );
+    assert_eq!(
+        config(&["--worker-threads", "3"], &[secret]).worker_threads,
+        3
+    );
+    let Err(e) = parse(&[], &[secret, ("GATEWAY_WORKER_THREADS", "0")]) else {
+        panic!("0 worker threads accepted");
+    };
+    assert!(e.to_string().contains("GATEWAY_WORKER_THREADS"), "{e}");
+}

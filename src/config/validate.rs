@@ -177,6 +177,7 @@ impl<'a> Validator<'a> {
             revocation: self.revocation(),
             delivery: self.delivery(),
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
+            worker_threads: self.worker_threads(),
             log_format,
             log,
         }
@@ -197,6 +198,18 @@ impl<'a> Validator<'a> {
         allowed_origins
     }
 
+    /// `auto` leaves one CPU to the broker client's own I/O thread, which every event
+    /// passes through: on two cores, a second worker measurably costs more CPU per event
+    /// (wake-ups between workers) than it adds (README, Performance).
+    fn worker_threads(&mut self) -> usize {
+        let value = self.string(Key::WorkerThreads);
+        if value.trim() == "auto" {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return auto_worker_threads(cpus);
+        }
+        self.count::<usize>(Key::WorkerThreads, 1024)
+    }
+
     fn logging(&mut self) -> (LogFormat, String) {
         let log_format = match self.string(Key::LogFormat).as_str() {
             "text" => LogFormat::Text,
@@ -215,6 +228,11 @@ impl<'a> Validator<'a> {
         }
         (log_format, log)
     }
+}
+
+/// Worker threads for `cpus` CPUs: all but one, at least one.
+pub(super) fn auto_worker_threads(cpus: usize) -> usize {
+    cpus.saturating_sub(1).max(1)
 }
 
 /// Items of a comma-separated list, trimmed, empty ones skipped.
