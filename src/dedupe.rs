@@ -9,12 +9,14 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
+
 /// A tenant and one of its event ids.
 type Key = (Arc<str>, Arc<str>);
 
 /// The last `capacity` distinct (tenant, id) pairs, oldest forgotten first.
 pub struct RecentIds {
-    seen: HashSet<Key>,
+    seen: HashSet<Key, RandomState>,
     order: VecDeque<Key>,
     capacity: usize,
 }
@@ -24,15 +26,15 @@ impl RecentIds {
     pub fn new(capacity: usize) -> RecentIds {
         let capacity = capacity.max(1);
         RecentIds {
-            seen: HashSet::with_capacity(capacity.min(1 << 16)),
+            seen: HashSet::with_capacity_and_hasher(capacity.min(1 << 16), RandomState::default()),
             order: VecDeque::with_capacity(capacity.min(1 << 16)),
             capacity,
         }
     }
 
     /// Remembers `id` of `tenant`; false when it was already remembered (a duplicate).
-    pub fn insert(&mut self, tenant: &str, id: &Arc<str>) -> bool {
-        let key: Key = (Arc::from(tenant), id.clone());
+    pub fn insert(&mut self, tenant: &Arc<str>, id: &Arc<str>) -> bool {
+        let key: Key = (tenant.clone(), id.clone());
         if self.seen.contains(&key) {
             return false;
         }
@@ -55,14 +57,15 @@ mod tests {
     fn duplicates_within_the_window_are_caught_and_old_ids_forgotten() {
         let mut r = RecentIds::new(3);
         let id = |s: &str| Arc::<str>::from(s);
-        assert!(r.insert("t", &id("a")));
-        assert!(!r.insert("t", &id("a")));
-        assert!(r.insert("t", &id("b")));
-        assert!(r.insert("t", &id("c")));
-        assert!(r.insert("t", &id("d")));
+        let t = id("t");
+        assert!(r.insert(&t, &id("a")));
+        assert!(!r.insert(&t, &id("a")));
+        assert!(r.insert(&t, &id("b")));
+        assert!(r.insert(&t, &id("c")));
+        assert!(r.insert(&t, &id("d")));
         // "a" fell out of the window; "b".."d" are still remembered.
-        assert!(r.insert("t", &id("a")));
-        assert!(!r.insert("t", &id("d")));
+        assert!(r.insert(&t, &id("a")));
+        assert!(!r.insert(&t, &id("d")));
         assert_eq!(r.seen.len(), 3);
     }
 
@@ -70,8 +73,9 @@ mod tests {
     fn the_same_id_in_two_tenants_is_not_a_duplicate() {
         let mut r = RecentIds::new(8);
         let id = Arc::<str>::from("order-1001");
-        assert!(r.insert("tenant-a", &id));
-        assert!(r.insert("tenant-b", &id));
-        assert!(!r.insert("tenant-b", &id));
+        let (a, b) = (Arc::<str>::from("tenant-a"), Arc::<str>::from("tenant-b"));
+        assert!(r.insert(&a, &id));
+        assert!(r.insert(&b, &id));
+        assert!(!r.insert(&b, &id));
     }
 }

@@ -59,9 +59,9 @@ pub struct Event {
     /// `event_type`, for logs.
     pub event_type: Box<str>,
     /// `tenant_id`: never empty.
-    pub tenant: Box<str>,
+    pub tenant: std::sync::Arc<str>,
     /// `user_id`; `None` means every connection of the tenant.
-    pub user: Option<Box<str>>,
+    pub user: Option<std::sync::Arc<str>>,
     /// `trace_id`, when the producer set one, for logs.
     pub trace_id: Option<Box<str>>,
     /// Events with the same key supersede each other in a connection's queue when it
@@ -136,7 +136,7 @@ impl Event {
         let user = match or_fallback(fields.user, || header(&mapping.user_header)) {
             Found::Absent | Found::Null => None,
             // An empty user must not turn into "everyone in the tenant".
-            Found::Str(s) if !s.is_empty() => Some(s.into_boxed_str()),
+            Found::Str(s) if !s.is_empty() => Some(s.into()),
             _ => return Err(DropReason::InvalidField),
         };
         let trace_id = match fields.trace_id {
@@ -150,7 +150,7 @@ impl Event {
         let tenant = match &mapping.single_tenant {
             Some(t) => t.as_str().into(),
             None => match or_fallback(fields.tenant, || header(&mapping.tenant_header)) {
-                Found::Str(s) if !s.is_empty() => s.into_boxed_str(),
+                Found::Str(s) if !s.is_empty() => s.into(),
                 _ => return Err(DropReason::NoTenant),
             },
         };

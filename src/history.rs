@@ -7,6 +7,8 @@
 //! what that user missed, not what the whole history holds.
 
 use std::collections::{HashMap, VecDeque};
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -41,9 +43,9 @@ struct Inner {
     bytes: usize,
     /// By (tenant, `event_id`): ids are only unique within a tenant, and a resume must
     /// only ever find its own tenant's events.
-    by_id: HashMap<(Arc<str>, Arc<str>), u64>,
-    by_user: HashMap<(Arc<str>, Arc<str>), VecDeque<u64>>,
-    by_tenant: HashMap<Arc<str>, VecDeque<u64>>,
+    by_id: HashMap<(Arc<str>, Arc<str>), u64, RandomState>,
+    by_user: HashMap<(Arc<str>, Arc<str>), VecDeque<u64>, RandomState>,
+    by_tenant: HashMap<Arc<str>, VecDeque<u64>, RandomState>,
     /// Events up to this sequence number may have gaps after them (broker queue lost).
     gap_after: Option<u64>,
 }
@@ -95,13 +97,14 @@ impl History {
         let seq = h.first_seq + h.entries.len() as u64;
         event.seq = seq;
         let event = Arc::new(event);
+        // The keys share the event's strings: no allocation per event beyond the maps'.
         let id = event.id.clone();
-        let tenant: Arc<str> = Arc::from(&*event.tenant);
+        let tenant = event.tenant.clone();
         h.by_id.insert((tenant.clone(), id), seq);
         match &event.user {
             Some(user) => h
                 .by_user
-                .entry((tenant, Arc::from(&**user)))
+                .entry((tenant, user.clone()))
                 .or_default()
                 .push_back(seq),
             None => h.by_tenant.entry(tenant).or_default().push_back(seq),
@@ -147,14 +150,14 @@ impl History {
             let seq = h.first_seq;
             h.first_seq += 1;
             h.bytes -= old.event.len();
-            let key = (Arc::from(&*old.event.tenant), old.event.id.clone());
+            let key = (old.event.tenant.clone(), old.event.id.clone());
             if h.by_id.get(&key) == Some(&seq) {
                 h.by_id.remove(&key);
             }
             let e = &old.event;
             match &e.user {
                 Some(user) => {
-                    let key = (Arc::from(&*e.tenant), Arc::from(&**user));
+                    let key = (e.tenant.clone(), user.clone());
                     if let Some(q) = h.by_user.get_mut(&key) {
                         q.pop_front();
                         if q.is_empty() {

@@ -219,22 +219,24 @@ impl<'de> Visitor<'de> for Capture<'_> {
 /// `None` when absent, null, another shape, or not a JSON object. Reads only what the
 /// pointer walks through, like [`Mapping::read`].
 pub fn key_at(text: &str, pointer: &Pointer) -> Option<String> {
-    let mut raw: &RawValue = serde_json::from_str(text).ok()?;
+    // `text` was validated when the event was read: each level is only captured, which
+    // skips the values beside the path instead of checking the whole body again.
+    let mut raw: &str = text.trim_start();
     for seg in pointer.segments() {
-        if !raw.get().starts_with('{') {
+        if !raw.starts_with('{') {
             return None;
         }
-        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let mut de = serde_json::Deserializer::from_str(raw);
         let found = Capture {
             wanted: &[seg.as_str()],
         }
         .deserialize(&mut de)
         .ok()?;
-        raw = found.into_iter().next().flatten()?;
+        raw = found.into_iter().next().flatten()?.get();
     }
-    match raw.get().as_bytes().first() {
-        Some(b'"') => serde_json::from_str::<String>(raw.get()).ok(),
-        Some(b'-' | b'0'..=b'9') => Some(raw.get().to_owned()),
+    match raw.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw).ok(),
+        Some(b'-' | b'0'..=b'9') => Some(raw.to_owned()),
         _ => None,
     }
 }

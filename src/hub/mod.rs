@@ -7,6 +7,7 @@
 //! counted, so one stalled browser cannot hold back the broker or anybody else.
 //! DashMap guards are only held inside synchronous code, never across an `.await`.
 
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -255,7 +256,7 @@ impl Member {
 /// Connections of one tenant, by user.
 #[derive(Default)]
 struct Tenant {
-    users: HashMap<Arc<str>, Vec<Member>>,
+    users: HashMap<Arc<str>, Vec<Member>, RandomState>,
 }
 
 /// Limits the hub enforces at registration.
@@ -273,7 +274,9 @@ pub struct HubLimits {
 
 /// Registry and fan-out.
 pub struct Hub {
-    tenants: DashMap<Arc<str>, Tenant>,
+    /// Looked up for every event; foldhash rather than SipHash (keys come from signed
+    /// tokens and the platform's events, and the seed is still random per process).
+    tenants: DashMap<Arc<str>, Tenant, RandomState>,
     next_id: AtomicU64,
     total: AtomicUsize,
     limits: HubLimits,
@@ -308,7 +311,7 @@ impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits) -> Arc<Hub> {
         Arc::new(Hub {
-            tenants: DashMap::new(),
+            tenants: DashMap::with_hasher(RandomState::default()),
             next_id: AtomicU64::new(1),
             total: AtomicUsize::new(0),
             limits,
