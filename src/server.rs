@@ -201,7 +201,11 @@ async fn serve_connection(
         Ok(Ok(n)) if first[..n] == *SSE_PREFIX => {
             sse::serve_raw(stream, ctx, head_deadline, pending).await;
         }
-        Ok(Ok(_)) => serve_hyper(stream, peer, router, head_deadline, stop, pending).await,
+        // Boxed: hyper's connection state would otherwise size every SSE connection's
+        // task too, for its whole life; a WebSocket's hyper phase ends at the upgrade.
+        Ok(Ok(_)) => {
+            Box::pin(serve_hyper(stream, peer, router, head_deadline, stop, pending)).await
+        }
         // Nothing sent within the handshake timeout, or the socket failed.
         _ => {}
     }

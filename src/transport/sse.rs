@@ -149,45 +149,12 @@ pub async fn serve_raw(
     head_deadline: Instant,
     pending: Pending,
 ) {
-    let head = tokio::time::timeout_at(head_deadline, raw::read_head(&mut socket)).await;
-    drop(pending);
-    let head = match head {
-        Ok(Ok(head)) => head,
-        Ok(Err(status)) => {
-            let _ = raw::write_plain(&mut socket, status).await;
-            return;
-        }
-        Err(_) => {
-            let _ = raw::write_plain(&mut socket, StatusCode::REQUEST_TIMEOUT).await;
-            return;
-        }
+    // Boxed and gone once streaming starts: reading the head and authenticating take more
+    // state than streaming, and this future's size is held per client for its whole life.
+    let started = Box::pin(start_raw(&mut socket, ctx, head_deadline, pending)).await;
+    let Some((mut stream, response_head)) = started else {
+        return;
     };
-    // Everything from the request is dropped before streaming starts: this future lives as
-    // long as the connection, and whatever it still holds is held per client.
-    let (mut stream, response_head) = {
-        let (path, query, headers) = head;
-        if path != "/sse" {
-            let _ = raw::write_plain(&mut socket, StatusCode::NOT_FOUND).await;
-            return;
-        }
-        let stream = match open(&ctx, &headers, query.as_deref(), CancellationToken::new()).await {
-            Ok(s) => s,
-            Err(resp) => {
-                let _ = raw::write_response(&mut socket, resp).await;
-                return;
-            }
-        };
-        let mut out = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
-        for (name, value) in STREAM_HEADERS {
-            out.push_str(&format!("{name}: {value}\r\n"));
-        }
-        let mut cors = HeaderMap::new();
-        cors_headers(&ctx, &headers, &mut cors);
-        raw::push_headers(&mut out, &cors);
-        out.push_str("\r\n");
-        (stream, Bytes::from(out))
-    };
-    drop(ctx);
     let (mut rd, mut wr) = socket.split();
     if let Err(e) = stream.lifetime.write(wr.write_all(&response_head)).await {
         stream.count_write_error(e);
@@ -218,6 +185,49 @@ pub async fn serve_raw(
             return;
         }
     }
+}
+
+/// Reads and answers the head of a raw SSE request: the stream and its response head, or
+/// `None` when an error response was written instead. Nothing of the request outlives it.
+async fn start_raw(
+    socket: &mut TcpStream,
+    ctx: Context,
+    head_deadline: Instant,
+    pending: Pending,
+) -> Option<(SseStream, Bytes)> {
+    let head = tokio::time::timeout_at(head_deadline, raw::read_head(socket)).await;
+    drop(pending);
+    let (path, query, headers) = match head {
+        Ok(Ok(head)) => head,
+        Ok(Err(status)) => {
+            let _ = raw::write_plain(socket, status).await;
+            return None;
+        }
+        Err(_) => {
+            let _ = raw::write_plain(socket, StatusCode::REQUEST_TIMEOUT).await;
+            return None;
+        }
+    };
+    if path != "/sse" {
+        let _ = raw::write_plain(socket, StatusCode::NOT_FOUND).await;
+        return None;
+    }
+    let stream = match open(&ctx, &headers, query.as_deref(), CancellationToken::new()).await {
+        Ok(s) => s,
+        Err(resp) => {
+            let _ = raw::write_response(socket, resp).await;
+            return None;
+        }
+    };
+    let mut out = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+    for (name, value) in STREAM_HEADERS {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let mut cors = HeaderMap::new();
+    cors_headers(&ctx, &headers, &mut cors);
+    raw::push_headers(&mut out, &cors);
+    out.push_str("\r\n");
+    Some((stream, Bytes::from(out)))
 }
 
 /// `OPTIONS /sse`: a CORS preflight, for clients that send `Authorization` or

@@ -231,11 +231,18 @@ where
 {
     let conn_id = session.subscription.id();
     tracing::debug!(connection.id = conn_id, tenant = %session.identity.tenant, user = %session.identity.user, "websocket open");
-    let end = match replay(&mut sink, &mut session).await {
+    // The replay, control replies and the goodbye are boxed: kept inline, their states
+    // would size every connection's task for its whole life (see Performance, memory).
+    let replayed = if session.replay.is_empty() {
+        Ok(())
+    } else {
+        Box::pin(replay(&mut sink, &mut session)).await
+    };
+    let end = match replayed {
         Ok(()) => run(&mut sink, &mut stream, &mut session).await,
         Err(end) => end,
     };
-    finish(sink, stream, &session, end).await;
+    Box::pin(finish(sink, stream, &session, end)).await;
     tracing::debug!(connection.id = conn_id, "websocket closed");
 }
 
@@ -346,15 +353,7 @@ where
             Err(End::Gone)
         }
         Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-        Some(Ok(Message::Text(text))) => {
-            let Some(reply) = control(session, &text).await? else {
-                return Ok(());
-            };
-            // Bounded like every write: a client that sends and never reads blocks here
-            // (and so stops being read) until one of the connection's ends.
-            let send = sink.send(Message::Text(reply));
-            session.lifetime.write(send).await.map_err(End::from_write)
-        }
+        Some(Ok(Message::Text(text))) => Box::pin(on_text(sink, session, text)).await,
         // Pings are answered by tungstenite; pongs only prove liveness.
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
         Some(Ok(Message::Binary(_))) => {
@@ -362,6 +361,21 @@ where
             Ok(())
         }
     }
+}
+
+/// Answers a control message, if it needs an answer.
+async fn on_text<S>(sink: &mut S, session: &mut Session, text: Utf8Bytes) -> Result<(), End>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
+{
+    let Some(reply) = control(session, &text).await? else {
+        return Ok(());
+    };
+    // Bounded like every write: a client that sends and never reads blocks here
+    // (and so stops being read) until one of the connection's ends.
+    let send = sink.send(Message::Text(reply));
+    session.lifetime.write(send).await.map_err(End::from_write)
 }
 
 /// Says goodbye as the end requires, each step bounded.
