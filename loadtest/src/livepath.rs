@@ -35,6 +35,7 @@ loadgen livepath: the live path on the broker alone, as a live queue or as a str
 
 USAGE:
   loadgen livepath --source queue|stream|queue+stream [--rate R] [--duration SECS] [flags]
+  loadgen livepath summarize FILE...   medians [ranges] of --json-out reports, as markdown
 
   Declares a fresh topic exchange (loadtest.livepath.<run>) and, bound to it like the
   gateway's queues (render.job.#, notification.#):
@@ -291,6 +292,9 @@ fn publisher_opts(a: &Args, exchange: &str) -> Result<Opts, String> {
 }
 
 pub fn main(args: &[String]) -> u8 {
+    if args.first().is_some_and(|a| a == "summarize") {
+        return summarize_files(&args[1..]);
+    }
     let a = match parse(args) {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -958,6 +962,138 @@ fn report(
     Report { ok, json, text }
 }
 
+/// `livepath summarize FILE...`: the table of medians and ranges, on stdout.
+fn summarize_files(files: &[String]) -> u8 {
+    if files.is_empty() {
+        eprintln!("loadgen livepath summarize: give the JSON reports");
+        return crate::EXIT_USAGE;
+    }
+    let mut reports = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(v) => reports.push(v),
+            Err(e) => {
+                eprintln!("loadgen livepath summarize: {f}: {e}");
+                return crate::EXIT_USAGE;
+            }
+        }
+    }
+    print!("{}", table(&reports));
+    0
+}
+
+/// Median and range of some runs' figures, e.g. `12.3 [11.9–14.0]`; the range is left
+/// out for a single run.
+pub fn median_range(mut v: Vec<f64>, decimals: usize) -> String {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return "n/a".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    if n == 1 {
+        format!("{median:.decimals$}")
+    } else {
+        format!(
+            "{median:.decimals$} [{:.decimals$}–{:.decimals$}]",
+            v[0],
+            v[n - 1]
+        )
+    }
+}
+
+/// (events, rate, source, client): what one row of the table compares.
+type RowKey = (String, f64, String, String);
+
+/// The markdown table: one row per (events, rate, source, client), each figure the median [range] of that row's runs.
+pub fn table(reports: &[Value]) -> String {
+    let key = |r: &Value| {
+        let s = |k: &str| r[k].as_str().unwrap_or("?").to_owned();
+        (
+            s("events"),
+            r["rate"].as_f64().unwrap_or(0.0),
+            s("source"),
+            s("client"),
+        )
+    };
+    let mut rows: Vec<(RowKey, Vec<&Value>)> = Vec::new();
+    for r in reports.iter().filter(|r| r["mode"] == "livepath") {
+        let k = key(r);
+        match rows.iter_mut().find(|(rk, _)| *rk == k) {
+            Some((_, runs)) => runs.push(r),
+            None => rows.push((k, vec![r])),
+        }
+    }
+    // The benchmark's order, whatever the files' order: by rate, then the live queue,
+    // the stream, both.
+    let rank = |s: &str| {
+        ["queue", "stream", "queue+stream"]
+            .iter()
+            .position(|x| *x == s)
+    };
+    rows.sort_by(|(a, _), (b, _)| {
+        a.1.total_cmp(&b.1)
+            .then(rank(&a.2).cmp(&rank(&b.2)))
+            .then(a.3.cmp(&b.3))
+    });
+    let mut out = String::from(
+        "| events/s | live path (client) | runs | p50 ms | p99 ms | max ms | consumer CPU µs/event | broker CPU µs/event | broker RSS after − before MiB | stream on disk B/event | at the history age, MB | published/s | lost, duplicated |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for ((events, rate, source, client), runs) in rows {
+        let pick = |f: &dyn Fn(&Value) -> Option<f64>| {
+            runs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>()
+        };
+        let at = |path: &[&str]| {
+            pick(&|r: &Value| {
+                path.iter()
+                    .try_fold(r, |v, k| v.get(*k))
+                    .and_then(Value::as_f64)
+            })
+        };
+        let rss = pick(&|r: &Value| {
+            let b = &r["broker"];
+            Some((b["rss_kib_after"].as_f64()? - b["rss_kib_before"].as_f64()?) / 1024.0)
+        });
+        let disk = |k: &str, d: usize, scale: f64| {
+            let v: Vec<f64> = at(&["stream_disk", k])
+                .into_iter()
+                .map(|x| x / scale)
+                .collect();
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                median_range(v, d)
+            }
+        };
+        let sum = |k: &str| runs.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
+        out += &format!(
+            "| {rate} {events} | {source} ({client}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}, {} |\n",
+            runs.len(),
+            median_range(at(&["latency_ms", "p50"]), 2),
+            median_range(at(&["latency_ms", "p99"]), 1),
+            median_range(at(&["latency_ms", "max"]), 1),
+            median_range(at(&["consumer", "cpu_us_per_event"]), 1),
+            median_range(at(&["broker", "cpu_us_per_event"]), 1),
+            median_range(rss, 1),
+            disk("bytes_per_event", 0, 1.0),
+            disk("capped_bytes", 0, 1e6),
+            median_range(at(&["publish_rate"]), 0),
+            sum("lost"),
+            sum("duplicates"),
+        );
+    }
+    out
+}
+
 /// What the consumer received: first receipts by sequence number, their latencies.
 pub struct Tally {
     seen: Vec<bool>,
@@ -1319,6 +1455,57 @@ mod tests {
             "__xloadtest_livepath_f794e76c16601c_stream_1",
             "loadtest.livepath.f794e76c16601c.stream.x"
         ));
+    }
+
+    #[test]
+    fn medians_and_ranges() {
+        assert_eq!(median_range(vec![3.0, 1.0, 2.0], 1), "2.0 [1.0–3.0]");
+        assert_eq!(
+            median_range(vec![4.0, 1.0, 2.0, 3.0], 1),
+            "2.5 [1.0–4.0]",
+            "even: the mean of the middle two"
+        );
+        assert_eq!(median_range(vec![0.5], 2), "0.50");
+        assert_eq!(median_range(vec![], 2), "n/a");
+    }
+
+    #[test]
+    fn the_table_groups_runs_by_rate_source_and_client() {
+        let run = |source: &str, p50: f64, disk: Option<f64>| {
+            json!({
+                "mode": "livepath", "events": "targeted", "rate": 5000.0, "source": source,
+                "client": "lapin", "lost": 0, "duplicates": 0, "publish_rate": 4999.0,
+                "latency_ms": {"p50": p50, "p99": 2.0, "max": 5.0},
+                "consumer": {"cpu_us_per_event": 16.0},
+                "broker": {"cpu_us_per_event": 60.0, "rss_kib_before": 1024, "rss_kib_after": 3072},
+                "stream_disk": disk.map(|b| json!({"bytes_per_event": b, "capped_bytes": b * 1.5e6})),
+            })
+        };
+        let t = table(&[
+            run("stream", 0.8, Some(580.0)),
+            run("queue", 0.3, None),
+            run("queue", 0.2, None),
+            run("stream", 0.9, Some(600.0)),
+            run("queue", 0.4, None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[2].starts_with("| 5000 targeted | queue (lapin) | 3 | 0.30 [0.20–0.40] |"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("| 2.0 [2.0–2.0] |") && lines[2].contains("| – | – |"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("| stream (lapin) | 2 | 0.85 [0.80–0.90] |"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("| 590 [580–600] | 885 [870–900] |"),
+            "{t}"
+        );
     }
 
     #[test]
