@@ -58,7 +58,8 @@ FLAGS:
   --duration SECS      publish window                                            [10]
   --events KIND        targeted (event k for user k % 1000) or unrouted (for absent
                        users): the envelopes of those benchmarks             [targeted]
-  --client C           the consumer's AMQP client: lapin (the gateway's)        [lapin]
+  --client C           the consumer's AMQP client: lapin (the gateway's) or amqprs
+                       (tokio-native), same prefetch and acks                 [lapin]
   --prefetch N         basic.qos of the consumer (the gateway's default)        [512]
   --history-age SECS   the stream's x-max-age, and the age the disk use is
                        extrapolated to (GATEWAY_HISTORY_MAX_AGE_SECS)            [300]
@@ -130,20 +131,25 @@ impl Source {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Client {
+    /// The gateway's client.
     Lapin,
+    /// A tokio-native client, for comparison.
+    Amqprs,
 }
 
 impl Client {
     fn parse(s: &str) -> Result<Client, String> {
         match s {
             "lapin" => Ok(Client::Lapin),
-            _ => Err(format!("--client: `{s}` is not lapin")),
+            "amqprs" => Ok(Client::Amqprs),
+            _ => Err(format!("--client: `{s}` is not lapin or amqprs")),
         }
     }
 
     fn as_str(self) -> &'static str {
         match self {
             Client::Lapin => "lapin",
+            Client::Amqprs => "amqprs",
         }
     }
 }
@@ -1045,7 +1051,7 @@ pub fn table(reports: &[Value]) -> String {
             .then(a.3.cmp(&b.3))
     });
     let mut out = String::from(
-        "| events/s | live path (client) | runs | p50 ms | p99 ms | max ms | consumer CPU µs/event | broker CPU µs/event | broker RSS after − before MiB | stream on disk B/event | at the history age, MB | published/s | lost, duplicated |\n\
+        "| events/s | live path (client) | runs | p50 ms | p99 ms | max ms | consumer CPU µs/event | broker CPU µs/event | broker RSS MiB, before → after | stream on disk B/event | at the history age, MB | published/s | lost, duplicated |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for ((events, rate, source, client), runs) in rows {
@@ -1059,10 +1065,19 @@ pub fn table(reports: &[Value]) -> String {
                     .and_then(Value::as_f64)
             })
         };
-        let rss = pick(&|r: &Value| {
-            let b = &r["broker"];
-            Some((b["rss_kib_after"].as_f64()? - b["rss_kib_before"].as_f64()?) / 1024.0)
-        });
+        // Medians only: the broker's RSS moves with its garbage collection by tens of
+        // MiB either way, more than any one run adds.
+        let mib = |k: &str| {
+            median_range(
+                at(&["broker", k]).into_iter().map(|x| x / 1024.0).collect(),
+                0,
+            )
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+        };
+        let rss = format!("{} → {}", mib("rss_kib_before"), mib("rss_kib_after"));
         let disk = |k: &str, d: usize, scale: f64| {
             let v: Vec<f64> = at(&["stream_disk", k])
                 .into_iter()
@@ -1083,7 +1098,7 @@ pub fn table(reports: &[Value]) -> String {
             median_range(at(&["latency_ms", "max"]), 1),
             median_range(at(&["consumer", "cpu_us_per_event"]), 1),
             median_range(at(&["broker", "cpu_us_per_event"]), 1),
-            median_range(rss, 1),
+            rss,
             disk("bytes_per_event", 0, 1.0),
             disk("capped_bytes", 0, 1e6),
             median_range(at(&["publish_rate"]), 0),
@@ -1156,7 +1171,7 @@ pub fn number_after(body: &[u8], key: &[u8]) -> Option<u64> {
 /// Acknowledgements batched as the gateway does (src/broker/mod.rs `Acks`): `multiple`,
 /// when half the prefetch (at most 64) is pending or 20 ms after the first one.
 struct Acks<'c> {
-    channel: &'c Channel,
+    channel: &'c Acker,
     batch: usize,
     due: Option<u64>,
     unacked: usize,
@@ -1164,7 +1179,7 @@ struct Acks<'c> {
 }
 
 impl<'c> Acks<'c> {
-    fn new(channel: &'c Channel, prefetch: u16) -> Acks<'c> {
+    fn new(channel: &'c Acker, prefetch: u16) -> Acks<'c> {
         Acks {
             channel,
             batch: (usize::from(prefetch) / 2).clamp(1, ACK_BATCH),
@@ -1174,7 +1189,7 @@ impl<'c> Acks<'c> {
         }
     }
 
-    async fn processed(&mut self, tag: u64) -> Result<(), lapin::Error> {
+    async fn processed(&mut self, tag: u64) -> Result<(), String> {
         if self.due.is_none() {
             let at = tokio::time::Instant::now() + ACK_DELAY;
             self.timer.as_mut().reset(at);
@@ -1187,7 +1202,7 @@ impl<'c> Acks<'c> {
         Ok(())
     }
 
-    async fn due(&mut self) -> Result<(), lapin::Error> {
+    async fn due(&mut self) -> Result<(), String> {
         if self.due.is_none() {
             return std::future::pending().await;
         }
@@ -1195,14 +1210,10 @@ impl<'c> Acks<'c> {
         self.flush().await
     }
 
-    async fn flush(&mut self) -> Result<(), lapin::Error> {
+    async fn flush(&mut self) -> Result<(), String> {
         self.unacked = 0;
         match self.due.take() {
-            Some(tag) => {
-                self.channel
-                    .basic_ack(tag, BasicAckOptions { multiple: true })
-                    .await
-            }
+            Some(tag) => self.channel.ack_up_to(tag).await,
             None => Ok(()),
         }
     }
@@ -1228,7 +1239,7 @@ fn stdin_closed() -> oneshot::Receiver<()> {
 /// The child: consumes `--queue` until it has `--expect` events, or `--tail` after stdin
 /// closes; prints `ready` once consuming, then one JSON line.
 async fn consume(a: Args) -> u8 {
-    match consume_lapin(&a).await {
+    match consume_with(&a).await {
         Ok(()) => 0,
         Err(e) => {
             log(format!("consumer: {e}"));
@@ -1237,9 +1248,76 @@ async fn consume(a: Args) -> u8 {
     }
 }
 
-async fn consume_lapin(a: &Args) -> Result<(), String> {
-    let source = a.source.unwrap_or(Source::Queue);
-    let queue = a.queue.as_deref().unwrap_or_default();
+/// The consumer's side of one client library: its connection, what acknowledges, and
+/// where deliveries arrive.
+enum Conn {
+    Lapin(Connection),
+    Amqprs(amqprs::connection::Connection),
+}
+
+enum Acker {
+    Lapin(Channel),
+    Amqprs(amqprs::channel::Channel),
+}
+
+enum Deliveries {
+    Lapin(lapin::Consumer),
+    Amqprs(mpsc::UnboundedReceiver<amqprs::channel::ConsumerMessage>),
+}
+
+impl Conn {
+    async fn close(self) {
+        let wait = Duration::from_secs(3);
+        match self {
+            Conn::Lapin(c) => {
+                let _ =
+                    tokio::time::timeout(wait, c.close(200, "livepath consumer done".into())).await;
+            }
+            Conn::Amqprs(c) => {
+                let _ = tokio::time::timeout(wait, c.close()).await;
+            }
+        }
+    }
+}
+
+impl Acker {
+    /// Acknowledges every delivery up to `tag` (`multiple`).
+    async fn ack_up_to(&self, tag: u64) -> Result<(), String> {
+        match self {
+            Acker::Lapin(c) => c
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+                .map_err(|e| e.to_string()),
+            Acker::Amqprs(c) => c
+                .basic_ack(amqprs::channel::BasicAckArguments::new(tag, true))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl Deliveries {
+    /// The next delivery's tag and body; `None` when the consumer ended.
+    async fn next(&mut self) -> Option<Result<(u64, Vec<u8>), String>> {
+        match self {
+            Deliveries::Lapin(c) => c.next().await.map(|d| {
+                d.map(|d| (d.delivery_tag, d.data))
+                    .map_err(|e| e.to_string())
+            }),
+            Deliveries::Amqprs(rx) => rx.recv().await.map(|m| match (m.deliver, m.content) {
+                (Some(d), Some(body)) => Ok((d.delivery_tag(), body)),
+                _ => Err("a delivery without its method or body".to_owned()),
+            }),
+        }
+    }
+}
+
+/// Connects with lapin, as the gateway does: basic.qos, then basic.consume.
+async fn open_lapin(
+    a: &Args,
+    source: Source,
+    queue: &str,
+) -> Result<(Conn, Acker, Deliveries), String> {
     let url = a.amqp_url.as_deref().unwrap_or_default();
     let conn = connect(url).await?;
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -1255,7 +1333,7 @@ async fn consume_lapin(a: &Args) -> Result<(), String> {
             AMQPValue::LongString("next".into()),
         );
     }
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             queue.into(),
             "livepath".into(),
@@ -1269,11 +1347,141 @@ async fn consume_lapin(a: &Args) -> Result<(), String> {
         )
         .await
         .map_err(|e| format!("basic.consume {queue}: {e}"))?;
+    Ok((
+        Conn::Lapin(conn),
+        Acker::Lapin(channel),
+        Deliveries::Lapin(consumer),
+    ))
+}
+
+/// Connects with amqprs (tokio-native, no TLS compiled in), with the same qos, consume
+/// arguments and acknowledgements.
+async fn open_amqprs(
+    a: &Args,
+    source: Source,
+    queue: &str,
+) -> Result<(Conn, Acker, Deliveries), String> {
+    use amqprs::channel::{BasicConsumeArguments, BasicQosArguments};
+    use amqprs::connection::OpenConnectionArguments;
+    let url = a.amqp_url.as_deref().unwrap_or_default();
+    let u = AmqpUrl::parse(url)?;
+    let args = OpenConnectionArguments::new(&u.host, u.port, &u.user, &u.password)
+        .virtual_host(&u.vhost)
+        .finish();
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        amqprs::connection::Connection::open(&args),
+    )
+    .await
+    .map_err(|_| "RabbitMQ: connect timed out after 10 s".to_owned())?
+    .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
+    let channel = conn
+        .open_channel(None)
+        .await
+        .map_err(|e| format!("cannot open a channel: {e}"))?;
+    channel
+        .basic_qos(BasicQosArguments::new(0, a.prefetch, false))
+        .await
+        .map_err(|e| format!("basic.qos: {e}"))?;
+    let mut table = amqprs::FieldTable::new();
+    if source == Source::Stream {
+        let key = "x-stream-offset"
+            .try_into()
+            .map_err(|_| "x-stream-offset: not a short string".to_owned())?;
+        let next = "next"
+            .try_into()
+            .map_err(|_| "next: not a long string".to_owned())?;
+        table.insert(key, amqprs::FieldValue::S(next));
+    }
+    let consume = BasicConsumeArguments::new(queue, "livepath")
+        .manual_ack(true)
+        .exclusive(source != Source::Stream)
+        .arguments(table)
+        .finish();
+    let (_tag, rx) = channel
+        .basic_consume_rx(consume)
+        .await
+        .map_err(|e| format!("basic.consume {queue}: {e}"))?;
+    Ok((
+        Conn::Amqprs(conn),
+        Acker::Amqprs(channel),
+        Deliveries::Amqprs(rx),
+    ))
+}
+
+/// The parts of an `amqp://user:password@host:port/vhost` URL, percent-decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AmqpUrl {
+    pub user: String,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+    pub vhost: String,
+}
+
+impl AmqpUrl {
+    pub fn parse(url: &str) -> Result<AmqpUrl, String> {
+        let bad = || format!("`{url}` is not amqp://user:password@host[:port][/vhost]");
+        let rest = url.strip_prefix("amqp://").ok_or_else(bad)?;
+        let rest = rest.split('?').next().unwrap_or_default();
+        let (authority, vhost) = match rest.split_once('/') {
+            Some((a, v)) => (a, percent_decode(v).ok_or_else(bad)?),
+            None => (rest, "/".to_owned()),
+        };
+        let (userinfo, hostport) = authority
+            .rsplit_once('@')
+            .unwrap_or(("guest:guest", authority));
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+            None => (hostport, 5672),
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(AmqpUrl {
+            user: percent_decode(user).ok_or_else(bad)?,
+            password: percent_decode(password).ok_or_else(bad)?,
+            host: host.to_owned(),
+            port,
+            // An empty path is the default vhost, as in the AMQP URI spec's practice.
+            vhost: if vhost.is_empty() {
+                "/".to_owned()
+            } else {
+                vhost
+            },
+        })
+    }
+}
+
+/// `%2f` → `/`; `None` for a broken escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = (bytes.next()? as char).to_digit(16)?;
+            let lo = (bytes.next()? as char).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn consume_with(a: &Args) -> Result<(), String> {
+    let source = a.source.unwrap_or(Source::Queue);
+    let queue = a.queue.as_deref().unwrap_or_default();
+    let (conn, acker, mut deliveries) = match a.client {
+        Client::Lapin => open_lapin(a, source, queue).await?,
+        Client::Amqprs => open_amqprs(a, source, queue).await?,
+    };
     let mut eof = stdin_closed();
     let mut eof_seen = false;
     let tck = crate::gateway::clk_tck();
     let mut tally = Tally::new(a.expect);
-    let mut acks = Acks::new(&channel, a.prefetch);
+    let mut acks = Acks::new(&acker, a.prefetch);
     let far = Duration::from_secs(86_400);
     let deadline = tokio::time::sleep(far);
     tokio::pin!(deadline);
@@ -1293,10 +1501,10 @@ async fn consume_lapin(a: &Args) -> Result<(), String> {
                 deadline.as_mut().reset(tokio::time::Instant::now() + a.tail);
             }
             _ = &mut deadline => break,
-            d = consumer.next() => match d {
-                Some(Ok(d)) => {
-                    tally.record(&d.data, crate::publish::now_us());
-                    if let Err(e) = acks.processed(d.delivery_tag).await {
+            d = deliveries.next() => match d {
+                Some(Ok((tag, body))) => {
+                    tally.record(&body, crate::publish::now_us());
+                    if let Err(e) = acks.processed(tag).await {
                         failure = Some(format!("basic.ack: {e}"));
                         break;
                     }
@@ -1318,11 +1526,7 @@ async fn consume_lapin(a: &Args) -> Result<(), String> {
     let _ = acks.flush().await;
     let cpu = own_cpu(tck) - cpu0;
     print_result(&mut tally, cpu, failure.as_deref());
-    let _ = tokio::time::timeout(
-        Duration::from_secs(3),
-        conn.close(200, "livepath consumer done".into()),
-    )
-    .await;
+    conn.close().await;
     failure.map_or(Ok(()), Err)
 }
 
@@ -1378,6 +1582,10 @@ mod tests {
         assert!(parse(&args("--source disk")).is_err());
         assert!(parse(&args("--source queue --prefetch 0")).is_err());
         assert!(parse(&args("--source queue --client rabbit")).is_err());
+        let a = parse(&args("--source queue --client amqprs"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.client, Client::Amqprs);
         assert!(
             parse(&args("consume --source queue")).is_err(),
             "the consumer needs its queue"
@@ -1399,6 +1607,35 @@ mod tests {
         let o = publisher_opts(&a, "loadtest.livepath.t").unwrap();
         assert_eq!(o.planned_events(), 40_000);
         assert_eq!(o.exchange, "loadtest.livepath.t");
+    }
+
+    #[test]
+    fn amqp_urls_are_taken_apart() {
+        let u = AmqpUrl::parse("amqp://guest:s%40cret@127.0.0.1:5673/%2f").unwrap();
+        assert_eq!(
+            u,
+            AmqpUrl {
+                user: "guest".into(),
+                password: "s@cret".into(),
+                host: "127.0.0.1".into(),
+                port: 5673,
+                vhost: "/".into(),
+            }
+        );
+        let u = AmqpUrl::parse("amqp://localhost").unwrap();
+        assert_eq!(
+            (u.user.as_str(), u.port, u.vhost.as_str()),
+            ("guest", 5672, "/")
+        );
+        assert_eq!(
+            AmqpUrl::parse("amqp://u:p@h/prod?heartbeat=5")
+                .unwrap()
+                .vhost,
+            "prod"
+        );
+        assert!(AmqpUrl::parse("amqps://h").is_err());
+        assert!(AmqpUrl::parse("amqp://u:p@h:x/").is_err());
+        assert!(AmqpUrl::parse("amqp://u:p@h/%zz").is_err());
     }
 
     #[test]
@@ -1477,7 +1714,7 @@ mod tests {
                 "client": "lapin", "lost": 0, "duplicates": 0, "publish_rate": 4999.0,
                 "latency_ms": {"p50": p50, "p99": 2.0, "max": 5.0},
                 "consumer": {"cpu_us_per_event": 16.0},
-                "broker": {"cpu_us_per_event": 60.0, "rss_kib_before": 1024, "rss_kib_after": 3072},
+                "broker": {"cpu_us_per_event": 60.0, "rss_kib_before": 102_400, "rss_kib_after": 104_448},
                 "stream_disk": disk.map(|b| json!({"bytes_per_event": b, "capped_bytes": b * 1.5e6})),
             })
         };
