@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::opts::{Opts, Parsed};
 use crate::publish::{Kind, PublishReport, Publisher};
-use crate::stats;
+use crate::{round3, stats};
 
 pub const HELP: &str = "\
 loadgen livepath: the live path on the broker alone, as a live queue or as a stream
@@ -776,11 +776,6 @@ struct Report {
     text: String,
 }
 
-fn round3(x: f64) -> f64 {
-    crate::round3(x)
-}
-
-#[allow(clippy::too_many_arguments)]
 async fn measure(
     a: &Args,
     source: Source,
