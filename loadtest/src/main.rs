@@ -11,6 +11,7 @@ mod fleet;
 mod floor;
 mod gateway;
 mod limits;
+mod livepath;
 mod opts;
 mod publish;
 mod report;
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "summarize") {
         return ExitCode::from(summarize::main(&args[1..]));
+    }
+    if args.first().is_some_and(|a| a == "livepath") {
+        return ExitCode::from(livepath::main(&args[1..]));
     }
     let o = match opts::parse(args.iter().cloned()) {
         Ok(Parsed::Run(o)) => *o,

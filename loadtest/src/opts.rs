@@ -19,6 +19,9 @@ USAGE:
                                loadgen starts itself (see FLOOR below)
   loadgen publish   --users U --rate R --duration SECS [--plan-out FILE] [--wait-connections N]
   loadgen summarize FILE...    the comparison table of labelled reports (compare.sh)
+  loadgen livepath --source queue|stream ...
+                               the live path on the broker alone: a live queue or the
+                               stream, latency and CPU (see loadgen livepath --help)
   loadgen free-port            print a free TCP port on 127.0.0.1 (for scripts)
   loadgen wait-ready --gateway URL [--wait-timeout SECS]
                                wait until the gateway's /readyz answers 200 (for scripts)
