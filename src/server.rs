@@ -204,7 +204,15 @@ async fn serve_connection(
         // Boxed: hyper's connection state would otherwise size every SSE connection's
         // task too, for its whole life; a WebSocket's hyper phase ends at the upgrade.
         Ok(Ok(_)) => {
-            Box::pin(serve_hyper(stream, peer, router, head_deadline, stop, pending)).await
+            Box::pin(serve_hyper(
+                stream,
+                peer,
+                router,
+                head_deadline,
+                stop,
+                pending,
+            ))
+            .await
         }
         // Nothing sent within the handshake timeout, or the socket failed.
         _ => {}

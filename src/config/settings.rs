@@ -81,7 +81,7 @@ settings! {
     WsMaxMessageBytes, "ws-max-message-bytes", "GATEWAY_WS_MAX_MESSAGE_BYTES", Some("16384"), "largest message a WebSocket client may send";
     // tungstenite's 128 KiB default would dominate memory at scale; the few larger
     // frames grow the buffer as needed.
-    WsReadBufferBytes, "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("1024"), "read buffer per WebSocket";
+    WsReadBufferBytes, "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("512"), "read buffer per WebSocket (longer messages are read in several steps)";
     WsPingIntervalSecs, "ws-ping-interval-secs", "GATEWAY_WS_PING_INTERVAL_SECS", Some("25"), "WebSocket ping interval";
     IdleTimeoutSecs, "idle-timeout-secs", "GATEWAY_IDLE_TIMEOUT_SECS", Some("60"), "a WebSocket silent this long (no pong, no message) is closed";
     HandshakeTimeoutSecs, "handshake-timeout-secs", "GATEWAY_HANDSHAKE_TIMEOUT_SECS", Some("10"), "time allowed to send request headers";

@@ -55,7 +55,7 @@ fn defaults_match_the_contract() {
     assert_eq!(c.max_event_bytes, 64 * 1024);
     assert_eq!(c.send_queue_len, 256);
     assert_eq!(c.ws_max_message_bytes, 16 * 1024);
-    assert_eq!(c.ws_read_buffer_bytes, 1024);
+    assert_eq!(c.ws_read_buffer_bytes, 512);
 }
 
 #[test]

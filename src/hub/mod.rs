@@ -10,7 +10,7 @@
 use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -235,8 +235,6 @@ struct Member {
     queue: Arc<SendQueue>,
     /// Cancelled when the connection must go, so its task closes the client.
     kick: CancellationToken,
-    /// Set before `kick` when the reason is a revocation rather than a full queue.
-    revoked: Arc<AtomicBool>,
 }
 
 impl Member {
@@ -246,7 +244,7 @@ impl Member {
             return false;
         }
         if why == Disconnect::Revoked {
-            self.revoked.store(true, Ordering::Release);
+            self.queue.revoked.store(true, Ordering::Release);
         }
         self.kick.cancel();
         true
@@ -304,7 +302,6 @@ pub struct Subscription {
     /// Cancelled when this connection must go: it fell too far behind, or its access was
     /// revoked ([`Subscription::kick_reason`] tells which).
     pub kicked: CancellationToken,
-    revoked: Arc<AtomicBool>,
 }
 
 impl Hub {
@@ -346,7 +343,6 @@ impl Hub {
             self.limits.queue_bytes,
             interest,
         ));
-        let revoked = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
 
         let registered = {
@@ -360,6 +356,11 @@ impl Hub {
             // Limits are validated to be at least 1, so a user at the limit has members
             // and no empty entry is left behind by a refusal.
             let members = users.entry(user_key.clone()).or_default();
+            if members.is_empty() {
+                // Most users have one connection: room for one, not the four `push`
+                // would make (held for the connection's life).
+                members.reserve_exact(1);
+            }
             if members.len() >= self.limits.max_per_user {
                 None
             } else {
@@ -368,7 +369,6 @@ impl Hub {
                     transport,
                     queue: queue.clone(),
                     kick: kick.clone(),
-                    revoked: revoked.clone(),
                 });
                 Some((tenant_key, user_key))
             }
@@ -392,7 +392,6 @@ impl Hub {
             transport,
             delivered: 0,
             kicked: kick,
-            revoked,
         })
     }
 
@@ -581,7 +580,7 @@ impl Subscription {
     /// Why the hub kicked this connection (meaningful once `kicked` is cancelled):
     /// `Revoked`, or `SlowClient` for a full queue.
     pub fn kick_reason(&self) -> Disconnect {
-        if self.revoked.load(Ordering::Acquire) {
+        if self.queue.revoked.load(Ordering::Acquire) {
             Disconnect::Revoked
         } else {
             Disconnect::SlowClient

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use tokio::sync::Notify;
 
@@ -123,6 +124,9 @@ struct Inner {
 /// takes).
 pub struct SendQueue {
     inner: Mutex<Inner>,
+    /// Set before the connection is kicked when the reason is a revocation rather than a
+    /// full queue (kept here rather than in an allocation of its own per connection).
+    pub(crate) revoked: AtomicBool,
     wake: Notify,
     max_len: usize,
     max_bytes: usize,
@@ -138,6 +142,7 @@ impl SendQueue {
                 interest,
                 closed: false,
             }),
+            revoked: AtomicBool::new(false),
             wake: Notify::new(),
             max_len,
             max_bytes,

@@ -328,6 +328,10 @@ impl SseStream {
     /// The next bytes to send, or `None` when the stream is over.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(first) = self.pending.pop_front() {
+            if self.pending.is_empty() {
+                // Its room would otherwise be held for the stream's whole life.
+                self.pending = std::collections::VecDeque::new();
+            }
             return Some(first);
         }
         if self.done {
