@@ -11,10 +11,11 @@
 //! notification) are never dropped: when they do not fit, the connection is a slow client.
 
 use std::collections::VecDeque;
+use std::task::Poll;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use super::Outgoing;
 use crate::config::topic_matches;
@@ -127,7 +128,9 @@ pub struct SendQueue {
     /// Set before the connection is kicked when the reason is a revocation rather than a
     /// full queue (kept here rather than in an allocation of its own per connection).
     pub(crate) revoked: AtomicBool,
-    wake: Notify,
+    /// The connection's task, woken by an offer: one waiter only, so an atomic slot rather
+    /// than a `Notify` and its lock, taken for every delivery.
+    wake: AtomicWaker,
     max_len: usize,
     max_bytes: usize,
 }
@@ -143,7 +146,7 @@ impl SendQueue {
                 closed: false,
             }),
             revoked: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: AtomicWaker::new(),
             max_len,
             max_bytes,
         }
@@ -204,16 +207,20 @@ impl SendQueue {
         Some(item)
     }
 
-    /// Waits for the next item.
+    /// Waits for the next item. One task only may wait (the connection's).
     pub async fn pop(&self) -> Outgoing {
-        loop {
+        std::future::poll_fn(|cx| {
             if let Some(item) = self.try_pop() {
-                return item;
+                return Poll::Ready(item);
             }
-            // `notify_one` keeps a permit when nobody waits, so an offer between the
-            // check above and this wait is not missed.
-            self.wake.notified().await;
-        }
+            self.wake.register(cx.waker());
+            // An offer between the look above and the registration woke nobody: look again.
+            match self.try_pop() {
+                Some(item) => Poll::Ready(item),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Replaces the selection; `None` is everything the token allows.
@@ -235,9 +242,9 @@ impl SendQueue {
     }
 }
 
-fn drop_and_wake(guard: std::sync::MutexGuard<'_, Inner>, wake: &Notify) {
+fn drop_and_wake(guard: std::sync::MutexGuard<'_, Inner>, wake: &AtomicWaker) {
     drop(guard);
-    wake.notify_one();
+    wake.wake();
 }
 
 /// Conflates a replay: of the events sharing a conflation key, only the last is kept, in
