@@ -72,6 +72,11 @@ impl History {
         }
     }
 
+    /// Most events held.
+    pub fn max_events(&self) -> usize {
+        self.limits.max_events
+    }
+
     /// Marks the history as filled (see [`History::wait_filled`]).
     pub fn mark_filled(&self) {
         self.filled.send_replace(true);

@@ -411,7 +411,10 @@ impl Consumer {
         stream: &HistoryStream,
         recent: &mut RecentIds,
     ) -> Result<(), LinkError> {
-        let from = streams::From::Ago(stream.max_age);
+        let from = streams::From::Newest {
+            count: self.history.max_events() as u64,
+            age: stream.max_age,
+        };
         let n = streams::read(&link.conn, stream, &self.config, from, |d| {
             if let Some(event) = self.parse(d, recent) {
                 self.metrics.backfilled.inc();

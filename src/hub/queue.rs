@@ -11,9 +11,9 @@
 //! notification) are never dropped: when they do not fit, the connection is a slow client.
 
 use std::collections::VecDeque;
-use std::task::Poll;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 

@@ -74,6 +74,47 @@ async fn an_instance_started_later_serves_a_resume_from_before_its_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_backfill_reads_only_what_the_history_can_hold() {
+    bounded(async {
+        let stream = unique("history");
+        let first = GatewayBuilder::new("backfill-newest1")
+            .arg("history-stream", &stream)
+            .start()
+            .await;
+        let publisher = Publisher::connect(&first.exchange).await;
+        for i in 1..=300 {
+            publisher.publish(PROGRESS, &event(&format!("n{i}"))).await;
+        }
+        // The stream holds 300 events within the age; the new instance keeps 20, so it
+        // reads (about) the newest 20, not all 300.
+        let late = GatewayBuilder::new("backfill-newest2")
+            .exchange(&first.exchange)
+            .arg("history-stream", &stream)
+            .arg("history-max-events", "20")
+            .start()
+            .await;
+        let read = late.metric("gateway_history_backfilled_total").await;
+        assert!((20.0..=40.0).contains(&read), "backfilled {read} events");
+        let mut back = resume(&late, Transport::Ws, "n290").await;
+        publisher.publish(PROGRESS, &event("n-live")).await;
+        let got = back.ids_until("n-live").await;
+        let mut want: Vec<String> = (291..=300).map(|i| format!("n{i}")).collect();
+        want.push("n-live".into());
+        assert_eq!(got, want);
+        assert_eq!(
+            late.metric("gateway_resumes_total{outcome=\"resync\"}")
+                .await,
+            0.0
+        );
+        publisher.delete_queue(&stream).await;
+        publisher.cleanup().await;
+        first.shutdown().await;
+        late.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_queue_is_filled_from_the_stream_without_resync() {
     bounded(async {
         let stream = unique("history");
