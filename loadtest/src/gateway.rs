@@ -137,17 +137,18 @@ fn owns_socket(pid: u32, inodes: &[u64]) -> bool {
 
 /// The gateway's pid: the process whose executable is named `realtime-gateway`; when there
 /// are several, the one listening on `port`.
+/// Every process id under /proc.
+pub fn pids() -> Result<Vec<u32>, String> {
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))?;
+    Ok(dir
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .collect())
+}
+
 pub fn find_pid(port: u16) -> Result<u32, String> {
     let mut found = Vec::new();
-    let dir = std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))?;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids()? {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
         let named = exe.is_ok_and(|p| {
             p.file_name()

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -492,18 +492,7 @@ fn stream_arguments(max_age_secs: u64) -> FieldTable {
 
 async fn declare(channel: &Channel, source: Source, names: &Names, age: u64) -> Result<(), String> {
     let err = |what: &str, e: lapin::Error| format!("cannot declare {what}: {e}");
-    channel
-        .exchange_declare(
-            names.exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| err(&names.exchange, e))?;
+    crate::publish::declare_exchange(channel, &names.exchange).await?;
     let mut queues = Vec::new();
     if source.has_queue() {
         // Not durable, not exclusive: as the gateway declares it.
@@ -636,21 +625,13 @@ impl Drop for ConsumerProc {
 
 /// The broker's process: the only `beam.smp` running, unless given.
 fn find_broker() -> Result<u32, String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "beam.smp")
-        {
-            found.push(pid);
-        }
-    }
+    let found: Vec<u32> = crate::gateway::pids()?
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "beam.smp")
+        })
+        .collect();
     match found.as_slice() {
         [pid] => Ok(*pid),
         [] => Err("no beam.smp process: is RabbitMQ running here? (--broker-pid)".into()),

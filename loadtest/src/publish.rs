@@ -255,6 +255,22 @@ async fn count_confirms(rep: &mut PublishReport, confirmer: JoinHandle<(u64, u64
     }
 }
 
+/// Declares `name` as the gateway does: a durable topic exchange.
+pub async fn declare_exchange(channel: &Channel, name: &str) -> Result<(), String> {
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot declare exchange {name}: {e}"))
+}
+
 pub struct Publisher {
     conn: Connection,
     channel: Channel,
@@ -269,18 +285,7 @@ impl Publisher {
                 .await
                 .map_err(|e| format!("cannot connect to RabbitMQ: {e}"))?;
             let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-            channel
-                .exchange_declare(
-                    o.exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| format!("cannot declare exchange {}: {e}", o.exchange))?;
+            declare_exchange(&channel, &o.exchange).await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
