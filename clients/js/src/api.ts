@@ -135,6 +135,12 @@ export interface RealtimeClientOptions extends NumericOptions {
   probe?: boolean;
   /** Reconnect at once on `online`, and on becoming visible after `resumeAfterHiddenMs` hidden. Default true. */
   reconnectOnWake?: boolean;
+  /**
+   * Open the first connection at creation. Default true; false waits for `reconnect()`.
+   * `RealtimeProvider` uses it so that its first connection carries the event types the
+   * hooks mounted with it select (an SSE stream cannot change them without reconnecting).
+   */
+  autoConnect?: boolean;
   onResync?: () => void;
   onStateChange?: (state: ConnectionState) => void;
   onError?: (error: RealtimeError) => void;

@@ -154,7 +154,7 @@ class Client implements RealtimeClient {
             waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
             wake: () => this.wake(),
           });
-    void this.connect();
+    if (opts.autoConnect !== false) void this.connect();
   }
 
   get state(): ConnectionState {

@@ -71,6 +71,7 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
     try {
       c = createRealtimeClient({
         ...opts(),
+        autoConnect: false,
         getToken: hasGetToken ? () => opts().getToken!() : undefined,
         onResync: () => opts().onResync?.(),
         // Wired at creation, not in a later effect: the first error can come before React
@@ -100,6 +101,14 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
       setOwned(null);
     };
   }, [owns, url, tokenUrl, cookieAuth, transport, tokenTransport, hasGetToken]);
+
+  // Started only once the hooks mounted with the provider have selected their types (their
+  // effects run before this one, in the render that hands them the client): the first
+  // connection then carries them, instead of racing the first render and, over SSE,
+  // opening a stream of everything that no later selection replaces.
+  useEffect(() => {
+    owned?.reconnect();
+  }, [owned]);
 
   // A client the app owns: follow its errors from the moment it is handed over.
   useEffect(() => {

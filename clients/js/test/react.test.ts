@@ -205,6 +205,41 @@ describe('RealtimeProvider', () => {
   });
 });
 
+describe('RealtimeProvider over SSE', () => {
+  it('opens its first stream with the types of the hooks mounted with it, once', async () => {
+    FakeEventSource.reset();
+    function Bell() {
+      useNotifications();
+      return null;
+    }
+    const view = render(
+      createElement(
+        StrictMode,
+        null,
+        createElement(RealtimeProvider, {
+          options: {
+            url: 'https://rt.flatrender.example',
+            getToken: async () => 'token',
+            transport: 'sse',
+            EventSourceImpl: FakeEventSource,
+            fetchImpl: new FakeFetch().fetch,
+          },
+          children: createElement(Bell),
+        }),
+      ),
+    );
+    await act(async () => flush());
+    const open = FakeEventSource.instances.filter((es) => !es.closed);
+    expect(open).toHaveLength(1);
+    expect(new URL(open[0]!.url).searchParams.get('types')).toBe('notification.#');
+    // No stream of everything was opened first, not even by StrictMode's first client.
+    for (const es of FakeEventSource.instances) {
+      expect(new URL(es.url).searchParams.get('types')).toBe('notification.#');
+    }
+    view.unmount();
+  });
+});
+
 describe('reduceRenderProgress', () => {
   it('clamps progress and treats a re-queue as a fresh start', () => {
     const progress = envelope('render.job.progress.v1', { job_id: 'j', progress: 140 }) as never;

@@ -48,6 +48,21 @@ describe('types= on connect', () => {
     expect(got).toEqual(['render.job.completed.v1']);
   });
 
+  it('autoConnect: false opens nothing until reconnect(), which carries what was selected meanwhile', async () => {
+    const { client } = bare({ transport: 'sse', autoConnect: false });
+    await flush();
+    await advance(1000);
+    expect(FakeEventSource.instances).toHaveLength(0);
+    expect(client.state).toBe('connecting');
+    client.onNotification(() => {});
+    await advance(100); // the debounced selection has no connection to change
+    expect(FakeEventSource.instances).toHaveLength(0);
+    client.reconnect();
+    await flush();
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(new URL(FakeEventSource.last().url).searchParams.get('types')).toBe('notification.#');
+  });
+
   it('bad patterns throw at once and are never sent', async () => {
     const { client } = bare();
     expect(() => client.select('render job')).toThrow(TypeError);
