@@ -7,10 +7,10 @@
 //! what that user missed, not what the whole history holds.
 
 use std::collections::{HashMap, VecDeque};
-
-use foldhash::fast::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use foldhash::fast::RandomState;
 
 use crate::config::HistoryLimits;
 use crate::envelope::Event;

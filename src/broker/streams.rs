@@ -128,9 +128,6 @@ pub(crate) async fn read(
     mut each: impl FnMut(Delivery) + Send,
 ) -> Result<usize, LinkError> {
     let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
     declare_stream(&channel, &stream.name, stream.max_age, stream.max_bytes).await?;
     bind(&channel, &stream.name, &amqp.bindings).await?;
     let marker = publish_marker(&channel, &stream.name).await?;
@@ -145,6 +142,10 @@ pub(crate) async fn read(
             AMQPValue::LongLongInt(newest.saturating_sub(count).max(oldest) as i64)
         }
     };
+    // Set here, after the probes: each of those needs one message only.
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
     let mut args = FieldTable::default();
     args.insert("x-stream-offset".into(), start);
     let tag = format!("backfill-{marker}");
@@ -198,6 +199,8 @@ async fn first_offset(
     marker: &str,
     what: &str,
 ) -> Result<u64, LinkError> {
+    // A stream consumer needs a prefetch; one message is all a probe reads.
+    channel.basic_qos(1, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();
     args.insert("x-stream-offset".into(), spec);
     let tag = format!("backfill-{marker}-{what}");
@@ -225,14 +228,10 @@ async fn first_offset(
 /// The stream offset RabbitMQ puts on each message it delivers from a stream.
 fn offset_of(delivery: &Delivery) -> Option<u64> {
     let headers = delivery.properties.headers().as_ref()?;
-    let offset = match headers.inner().get(&ShortString::from("x-stream-offset"))? {
-        AMQPValue::LongLongInt(n) => *n,
-        AMQPValue::LongInt(n) => i64::from(*n),
-        AMQPValue::LongUInt(n) => i64::from(*n),
-        AMQPValue::Timestamp(n) => return Some(*n),
-        _ => return None,
-    };
-    u64::try_from(offset).ok()
+    match headers.inner().get(&ShortString::from("x-stream-offset"))? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
 }
 
 /// The marker a delivery carries, if it is one (of any instance).

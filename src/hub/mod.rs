@@ -7,13 +7,13 @@
 //! counted, so one stalled browser cannot hold back the broker or anybody else.
 //! DashMap guards are only held inside synchronous code, never across an `.await`.
 
-use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use tokio_util::sync::CancellationToken;
 
 mod queue;
@@ -244,7 +244,7 @@ impl Member {
             return false;
         }
         if why == Disconnect::Revoked {
-            self.queue.revoked.store(true, Ordering::Release);
+            self.queue.mark_revoked();
         }
         self.kick.cancel();
         true
@@ -580,7 +580,7 @@ impl Subscription {
     /// Why the hub kicked this connection (meaningful once `kicked` is cancelled):
     /// `Revoked`, or `SlowClient` for a full queue.
     pub fn kick_reason(&self) -> Disconnect {
-        if self.queue.revoked.load(Ordering::Acquire) {
+        if self.queue.revoked() {
             Disconnect::Revoked
         } else {
             Disconnect::SlowClient

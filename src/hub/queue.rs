@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -127,7 +127,7 @@ pub struct SendQueue {
     inner: Mutex<Inner>,
     /// Set before the connection is kicked when the reason is a revocation rather than a
     /// full queue (kept here rather than in an allocation of its own per connection).
-    pub(crate) revoked: AtomicBool,
+    revoked: AtomicBool,
     /// The connection's task, woken by an offer: one waiter only, so an atomic slot rather
     /// than a `Notify` and its lock, taken for every delivery.
     wake: AtomicWaker,
@@ -221,6 +221,16 @@ impl SendQueue {
             }
         })
         .await
+    }
+
+    /// Records that the connection is being ended for a revocation (before its kick).
+    pub fn mark_revoked(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    /// Whether [`SendQueue::mark_revoked`] was called.
+    pub fn revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 
     /// Replaces the selection; `None` is everything the token allows.

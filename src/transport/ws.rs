@@ -247,16 +247,14 @@ where
 }
 
 /// Sends the replay before live events; live events wait in the queue meanwhile (and
-/// their copies of replayed events are skipped by the subscription).
+/// their copies of replayed events are skipped by the subscription). Only called with a
+/// replay to send.
 async fn replay<S>(sink: &mut S, session: &mut Session) -> Result<(), End>
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
 {
     let replay = std::mem::take(&mut session.replay);
-    if replay.is_empty() {
-        return Ok(());
-    }
     let write = async {
         for item in replay {
             sink.feed(frame(item)).await?;
