@@ -79,6 +79,10 @@ pub struct Event {
 /// A non-empty string without CR/LF/NUL: such ids end up in SSE `id:` lines, where a
 /// newline would let a producer inject fields into every client's stream, and EventSource
 /// ignores an id with NUL (so its Last-Event-ID would silently stay behind).
+/// Longest event type accepted, as long as an AMQP routing key may be. Every client's
+/// `types=` selection is matched against it, so its length bounds that work.
+pub const MAX_EVENT_TYPE_BYTES: usize = 255;
+
 fn safe_text(s: String) -> Result<Box<str>, DropReason> {
     if !s.is_empty() && !s.contains(['\r', '\n', '\0']) {
         Ok(s.into())
@@ -130,7 +134,8 @@ impl Event {
             };
         let event_type = match or_fallback(fields.event_type, || header(&mapping.event_type_header))
         {
-            Found::Str(s) => safe_text(s)?,
+            // Bounded like a routing key: selections are matched against it per delivery.
+            Found::Str(s) if s.len() <= MAX_EVENT_TYPE_BYTES => safe_text(s)?,
             _ => return Err(DropReason::InvalidField),
         };
         let user = match or_fallback(fields.user, || header(&mapping.user_header)) {
@@ -416,6 +421,18 @@ mod tests {
             let got = Event::parse(body.to_vec(), 1024).unwrap_err();
             assert_eq!(got, *want, "{}", String::from_utf8_lossy(body));
         }
+        // An event type longer than a routing key may be.
+        let long = |n: usize| {
+            format!(
+                r#"{{"event_id":"e","event_type":"{}","tenant_id":"t"}}"#,
+                "a".repeat(n)
+            )
+        };
+        assert!(parse(&long(MAX_EVENT_TYPE_BYTES)).is_ok());
+        assert_eq!(
+            parse(&long(MAX_EVENT_TYPE_BYTES + 1)).unwrap_err(),
+            DropReason::InvalidField
+        );
     }
 
     #[test]

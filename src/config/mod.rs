@@ -8,7 +8,8 @@
 //!
 //! Files by concern: `settings` (the table, [`Key`], flag > variable > default), `validate`
 //! (typed readers that collect every problem, and the assembly of [`Config`]), `amqp`,
-//! `jwt`, `mapping` and `limits` (each concern's types and checks). Configuration stands
+//! `jwt`, `mapping` and `limits` (each concern's types and checks), `topic` (topic patterns
+//! and their matcher). Configuration stands
 //! beside the data flow: it imports none of it, and the flow imports its types from here.
 
 mod amqp;
@@ -22,6 +23,7 @@ mod routes;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod topic;
 mod validate;
 
 use std::collections::HashMap;
@@ -30,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use amqp::{AmqpConfig, Binding, BrokerNode, TlsFiles, mask_password, topic_matches};
+pub use amqp::{AmqpConfig, Binding, BrokerNode, TlsFiles, mask_password};
 pub use delivery::{ConflationRule, DeliveryConfig};
 pub use jwt::JwtConfig;
 pub use limits::{HistoryLimits, HistoryStream};
@@ -38,6 +40,7 @@ pub use mapping::{Mapping, Pointer};
 pub use revocation::RevocationConfig;
 pub use routes::{Route, Routes, Selected, patterns_overlap};
 pub use settings::{Key, SETTINGS, Setting};
+pub use topic::{Pattern, topic_matches, with_words};
 
 use file::ConfigFile;
 use settings::Raw;

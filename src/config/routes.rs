@@ -8,9 +8,10 @@
 
 use std::fmt;
 
-use super::amqp::{Binding, topic_matches};
+use super::amqp::Binding;
 use super::mapping::{Mapping, Pointer};
 use super::settings::Key;
+use super::topic::topic_matches;
 use super::validate::Validator;
 
 /// One route: a binding and how the events it brings are read.

@@ -18,66 +18,74 @@ use std::task::Poll;
 use futures_util::task::AtomicWaker;
 
 use super::Outgoing;
-use crate::config::topic_matches;
+use crate::config::{Pattern, with_words};
 
 /// Longest interest pattern accepted.
 pub const MAX_PATTERN_BYTES: usize = 255;
+/// Most wildcard words (`*`, `#`) in one pattern, once runs of `#` count as one. No
+/// selection needs more, and with fewer the matcher's worst case stays near one pass.
+pub const MAX_PATTERN_WILDCARDS: usize = 8;
 
 /// The event types a client asked for: topic patterns (`*` one word, `#` any number).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interest {
-    patterns: Vec<String>,
+    patterns: Vec<Pattern>,
 }
 
 impl Interest {
     /// Validates `patterns`: at most `max` of them, each at most [`MAX_PATTERN_BYTES`],
     /// made of letters, digits, `_`, `-`, `.`, `*`, `#`, without empty words; `*` and `#`
-    /// stand alone as words.
+    /// stand alone as words, at most [`MAX_PATTERN_WILDCARDS`] of them. A run of `#` is
+    /// kept as one (`#.#` selects what `#` does).
     pub fn new<S: AsRef<str>>(patterns: &[S], max: usize) -> Result<Interest, String> {
         if patterns.len() > max {
             return Err(format!("at most {max} patterns"));
         }
-        let mut out: Vec<String> = Vec::with_capacity(patterns.len());
+        let mut out: Vec<Pattern> = Vec::with_capacity(patterns.len());
         for p in patterns {
-            let p = p.as_ref();
-            check_pattern(p)?;
-            if !out.iter().any(|q| q == p) {
-                out.push(p.to_owned());
+            let p = check_pattern(p.as_ref())?;
+            if !out.iter().any(|q| q.as_str() == p) {
+                out.extend(Pattern::new(&p));
             }
         }
         Ok(Interest { patterns: out })
     }
 
-    /// Whether an event of `event_type` is wanted.
+    /// Whether an event of `event_type` is wanted. The type is split into words once for
+    /// all patterns; see [`Pattern`] for what a pattern can cost.
     pub fn wants(&self, event_type: &str) -> bool {
-        self.patterns.iter().any(|p| topic_matches(p, event_type))
+        with_words(event_type, |words| {
+            self.patterns.iter().any(|p| p.matches_words(words))
+        })
     }
 
     /// The patterns, in the order they were first given.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
+    pub fn patterns(&self) -> Vec<&str> {
+        self.patterns.iter().map(Pattern::as_str).collect()
     }
 
     /// This selection with `more` added (duplicates ignored), within `max`.
     pub fn with<S: AsRef<str>>(&self, more: &[S], max: usize) -> Result<Interest, String> {
-        let mut all: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
+        let mut all = self.patterns();
         all.extend(more.iter().map(AsRef::as_ref));
         Interest::new(&all, max)
     }
 
-    /// This selection without `less`.
+    /// This selection without `less` (compared as [`Interest::new`] keeps them).
     pub fn without<S: AsRef<str>>(&self, less: &[S]) -> Interest {
+        let less: Vec<String> = less.iter().map(|l| collapse_hashes(l.as_ref())).collect();
         let patterns = self
             .patterns
             .iter()
-            .filter(|p| !less.iter().any(|l| l.as_ref() == p.as_str()))
+            .filter(|p| !less.iter().any(|l| l == p.as_str()))
             .cloned()
             .collect();
         Interest { patterns }
     }
 }
 
-fn check_pattern(p: &str) -> Result<(), String> {
+/// `p` checked, with its runs of `#` collapsed.
+fn check_pattern(p: &str) -> Result<String, String> {
     if p.is_empty() || p.len() > MAX_PATTERN_BYTES {
         return Err(format!("patterns are 1 to {MAX_PATTERN_BYTES} bytes"));
     }
@@ -95,7 +103,30 @@ fn check_pattern(p: &str) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    let p = collapse_hashes(p);
+    if p.split('.').filter(|w| matches!(*w, "*" | "#")).count() > MAX_PATTERN_WILDCARDS {
+        return Err(format!(
+            "`{p}` has more than {MAX_PATTERN_WILDCARDS} wildcard words"
+        ));
+    }
+    Ok(p)
+}
+
+/// `p` with every run of `#` words as one `#`.
+fn collapse_hashes(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    let mut previous = "";
+    for word in p.split('.') {
+        if word == "#" && previous == "#" {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(word);
+        previous = word;
+    }
+    out
 }
 
 /// What became of an offered item.
@@ -386,6 +417,23 @@ mod tests {
         assert_eq!(i.patterns(), ["a", "b"]);
         assert_eq!(i.without(&["a"]).patterns(), ["b"]);
         assert!(i.wants("a") && !i.wants("c"));
+    }
+
+    #[test]
+    fn hash_runs_count_once_and_wildcards_are_capped() {
+        // What a probe sent: 100 `#` words, accepted as the one `#` they mean.
+        let run = format!("{}.z0", ["#"; 100].join("."));
+        let i = Interest::new(&[run.as_str()], 8).unwrap();
+        assert_eq!(i.patterns(), ["#.z0"]);
+        assert!(i.wants("a.b.c.z0") && !i.wants("a.b.c.d"));
+        // Removing it as the client sent it works too.
+        assert!(i.without(&[run.as_str()]).patterns().is_empty());
+        let eight = ["*"; MAX_PATTERN_WILDCARDS].join(".");
+        assert!(Interest::new(&[eight.as_str()], 8).is_ok());
+        let nine = format!("{eight}.#");
+        assert!(Interest::new(&[nine.as_str()], 8).is_err());
+        let spread = ["#.a"; MAX_PATTERN_WILDCARDS + 1].join(".");
+        assert!(Interest::new(&[spread.as_str()], 8).is_err());
     }
 
     #[test]

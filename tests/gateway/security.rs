@@ -409,3 +409,56 @@ async fn silent_sockets_beyond_the_pending_cap_are_closed_and_admitted_clients_u
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selection_of_many_hashes_stalls_no_one() {
+    bounded(async {
+        let gw = GatewayBuilder::new("hash-runs").start().await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        // What the probe sent: a run of 100 `#` words before a word no event has. A
+        // backtracking matcher spent seconds per 4-word event on it, on the consumer task.
+        let hashes = ["%23"; 100].join(".");
+        let path = format!("/sse?types={hashes}.z0");
+        let mut hostile = SseClient::connect(&gw, &path, Auth::Bearer(token("evil", "e")))
+            .await
+            .unwrap();
+        // The same through the WebSocket's in-band subscribe.
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("evil", "e")))
+            .await
+            .unwrap();
+        let run = ["#"; 100].join(".");
+        ws.send_text(&json!({"type": "subscribe", "types": [format!("{run}.z0")]}).to_string())
+            .await;
+        let reply = ws.next_json().await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        let mut other = Client::as_user(&gw, Transport::Sse, "acme", "u").await;
+
+        for i in 0..20 {
+            let id = format!("evil-{i}");
+            let body = envelope(&id, PROGRESS, Some("evil"), Some("e"));
+            publisher.publish(PROGRESS, &body).await;
+        }
+        let matching = "render.job.z0";
+        publisher
+            .publish(
+                matching,
+                &envelope("evil-z", matching, Some("evil"), Some("e")),
+            )
+            .await;
+        publisher
+            .publish(
+                PROGRESS,
+                &envelope("ok-1", PROGRESS, Some("acme"), Some("u")),
+            )
+            .await;
+        // Another tenant's event arrives within the usual deadline, and the selection
+        // still means what it says: only the event whose last word is `z0`.
+        assert_eq!(other.next_event().await["event_id"], "ok-1");
+        let got = hostile.next_event().await;
+        assert_eq!(got.id.as_deref(), Some("evil-z"), "{got:?}");
+        assert_eq!(ws.next_json().await["event_id"], "evil-z");
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
