@@ -29,4 +29,4 @@ pub mod telemetry;
 pub mod transport;
 
 pub use config::Config;
-pub use server::{Hooks, StartError, Stopped, run, run_with};
+pub use server::{Hooks, StartError, Stopped, bind, run, run_with};

@@ -85,7 +85,7 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match realtime_gateway::bind(config.listen) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(listen = %config.listen, error = %e, "cannot bind");

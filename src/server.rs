@@ -19,7 +19,6 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +32,7 @@ use crate::history::History;
 use crate::hub::{Hub, HubLimits};
 use crate::revocation::{self, Revocations};
 use crate::telemetry::Exposition;
-use crate::transport::raw::Pending;
+use crate::transport::pending::{Pending, PendingSockets};
 use crate::transport::{self, ConnectionToken, Context, TransportMetrics, sse, ws};
 
 /// Errors that stop the gateway from starting.
@@ -136,13 +135,23 @@ struct Listener {
 /// Accepts connections until `stop`, serving each with hyper's HTTP/1 (upgrades
 /// included), or, for SSE, the raw path. Written out instead of `axum::serve` for one head
 /// deadline per connection (a socket that never sends a request must not hold a
-/// descriptor), the cap on sockets still sending their head, and to count accept
-/// failures such as running out of descriptors instead of only logging them.
+/// descriptor), the admission of pending sockets (`transport::pending`: at the cap the loop
+/// stops accepting, and the oldest silent socket yields), and to count accept failures such
+/// as running out of descriptors instead of only logging them.
 async fn accept_loop(l: Listener) {
     let metrics = l.ctx.metrics.clone();
-    let pending = Arc::new(Semaphore::new(l.ctx.config.max_pending_connections));
-    let mut last_pending_warning: Option<Instant> = None;
+    let config = &l.ctx.config;
+    let pending = PendingSockets::new(
+        config.max_pending_connections,
+        config.max_pending_per_address,
+        metrics.clone(),
+    );
     loop {
+        // Connections beyond the cap wait in the listen backlog, not closed.
+        tokio::select! {
+            _ = l.stop.cancelled() => break,
+            _ = pending.room() => {}
+        }
         let (stream, peer) = tokio::select! {
             _ = l.stop.cancelled() => break,
             r = l.listener.accept() => match r {
@@ -157,21 +166,7 @@ async fn accept_loop(l: Listener) {
                 }
             },
         };
-        // Silent sockets must not crowd out clients: beyond the cap a new socket is closed
-        // at once (the ones already pending still get their full handshake time).
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            metrics.pending_refused.inc();
-            if last_pending_warning.is_none_or(|t| t.elapsed() >= PENDING_WARNING_EVERY) {
-                last_pending_warning = Some(Instant::now());
-                tracing::warn!(
-                    client.addr = %peer,
-                    limit = l.ctx.config.max_pending_connections,
-                    "too many connections still sending their request head; closing new ones"
-                );
-            }
-            continue;
-        };
-        let pending = Pending::new(permit, metrics.clone());
+        let pending = pending.admit(peer.ip());
         let (ctx, router, stop) = (l.ctx.clone(), l.router.clone(), l.stop.clone());
         l.tasks
             .spawn(serve_connection(stream, peer, ctx, router, stop, pending));
@@ -196,6 +191,8 @@ async fn serve_connection(
     let peeked = tokio::select! {
         r = tokio::time::timeout_at(head_deadline, stream.peek(&mut first)) => r,
         _ = stop.cancelled() => return,
+        // Silent while every slot was taken: closed to make room.
+        _ = pending.yielded() => return,
     };
     match peeked {
         Ok(Ok(n)) if first[..n] == *SSE_PREFIX => {
@@ -228,7 +225,10 @@ async fn serve_hyper(
     stop: CancellationToken,
     pending: Pending,
 ) {
-    // Released when hyper hands over the first complete request head.
+    // Released when hyper hands over the first complete request head; until then the
+    // connection is closed if it has to make room (the token never fires after that, since
+    // only pending sockets are asked to yield).
+    let yielded = pending.yield_token();
     let pending = Arc::new(std::sync::Mutex::new(Some(pending)));
     // Cancelling this token drops the HTTP connection and its socket. SSE streams use
     // it as their slow-client kick: a stream whose socket is stuck is never polled
@@ -256,6 +256,7 @@ async fn serve_hyper(
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = conn_token.cancelled() => Ok(()),
+        _ = yielded.cancelled() => Ok(()),
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -269,11 +270,27 @@ async fn serve_hyper(
 /// What an SSE request starts with.
 const SSE_PREFIX: &[u8; 8] = b"GET /sse";
 
-/// Least time between two warnings about the pending-connection cap.
-const PENDING_WARNING_EVERY: Duration = Duration::from_secs(10);
-
 /// Pause after a failed `accept`.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Connections the kernel holds for the accept loop (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default). While every pending slot is taken the loop
+/// accepts nothing, so a reconnect storm waits here instead of being refused: 1 500
+/// browsers resuming at once need room for all of them, and tokio's default is 1 024.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the gateway's listener, with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted instance can bind while the old one's
+    // connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves on `listener` until `shutdown` completes, then drains within the grace period.
 pub async fn run(

@@ -36,6 +36,7 @@ const FALLBACK_MAX_CONNECTIONS: usize = 10_000;
 pub(super) struct ConnectionLimits {
     pub(super) total: usize,
     pub(super) pending: usize,
+    pub(super) pending_per_address: Option<usize>,
 }
 
 pub(super) struct EventSizes {
@@ -55,7 +56,14 @@ impl Validator<'_> {
             Some(_) => self.count::<usize>(Key::MaxConnections, 10_000_000),
             None => default_max_connections(pending),
         };
-        ConnectionLimits { total, pending }
+        let pending_per_address = self
+            .optional(Key::MaxPendingPerAddress)
+            .map(|_| self.count::<usize>(Key::MaxPendingPerAddress, pending));
+        ConnectionLimits {
+            total,
+            pending,
+            pending_per_address,
+        }
     }
 
     pub(super) fn event_sizes(&mut self) -> EventSizes {

@@ -93,6 +93,9 @@ pub struct Config {
     /// Sockets whose first request head is not complete yet; a flood of silent sockets
     /// takes at most these descriptors, never those of admitted clients.
     pub max_pending_connections: usize,
+    /// Pending sockets one client address may hold (`None`: no limit, as behind a proxy,
+    /// where every socket comes from the proxy's address).
+    pub max_pending_per_address: Option<usize>,
     /// SSE heartbeat interval.
     pub sse_keepalive: Duration,
     /// SSE `retry:` hint.

@@ -65,7 +65,8 @@ settings! {
     JwtLeewaySecs, "jwt-leeway-secs", "GATEWAY_JWT_LEEWAY_SECS", Some("30"), "clock skew allowed on exp/nbf";
     AllowedOrigins, "allowed-origins", "GATEWAY_ALLOWED_ORIGINS", None, "comma-separated browser origins allowed for cookie auth and CORS";
     MaxConnections, "max-connections", "GATEWAY_MAX_CONNECTIONS", None, "open client connections in total (default: open-file limit - 128 - GATEWAY_MAX_PENDING_CONNECTIONS)";
-    MaxPendingConnections, "max-pending-connections", "GATEWAY_MAX_PENDING_CONNECTIONS", Some("256"), "accepted sockets still sending their request head; beyond it new sockets are closed at once";
+    MaxPendingConnections, "max-pending-connections", "GATEWAY_MAX_PENDING_CONNECTIONS", Some("256"), "accepted sockets still sending their request head; when all are taken the gateway accepts no more until one completes or the oldest yields";
+    MaxPendingPerAddress, "max-pending-per-address", "GATEWAY_MAX_PENDING_PER_ADDRESS", None, "pending sockets one client address may hold; its oldest yields to its newest (unset: no limit; set it where clients connect directly, not behind a proxy)";
     MaxConnectionsPerUser, "max-connections-per-user", "GATEWAY_MAX_CONNECTIONS_PER_USER", Some("16"), "open connections per tenant and user";
     // Larger bodies are dropped as `oversized`.
     MaxEventBytes, "max-event-bytes", "GATEWAY_MAX_EVENT_BYTES", Some("65536"), "largest event body accepted from the broker";

@@ -156,6 +156,7 @@ impl<'a> Validator<'a> {
             allowed_origins,
             max_connections: connections.total,
             max_pending_connections: connections.pending,
+            max_pending_per_address: connections.pending_per_address,
             max_connections_per_user: self.count::<usize>(Key::MaxConnectionsPerUser, 100_000),
             max_event_bytes: sizes.max_event_bytes,
             send_queue_len: self.count::<usize>(Key::SendQueueLen, 1_000_000),

@@ -2,6 +2,7 @@
 //! limits) before any upgrade or stream starts, and the refusals it can answer with.
 
 pub mod lifetime;
+pub mod pending;
 pub mod raw;
 pub mod sse;
 pub mod ws;
@@ -78,8 +79,10 @@ pub struct TransportMetrics {
     pub accept_errors: Counter,
     /// Sockets whose first request head is not complete yet.
     pub pending: Gauge,
-    /// Sockets closed at once because too many were pending.
-    pub pending_refused: Counter,
+    /// Pending sockets closed to make room, by reason.
+    pub pending_yielded: Family<pending::Yielded>,
+    /// Times the accept loop waited because every pending slot was taken.
+    pub accept_paused: Counter,
 }
 
 impl Collect for TransportMetrics {
@@ -111,10 +114,16 @@ impl Collect for TransportMetrics {
             "Accepted sockets that have not sent a complete request head yet.",
             &self.pending,
         );
+        o.family(
+            "gateway_pending_connections_yielded_total",
+            "counter",
+            "Pending sockets closed to make room for new ones, by reason.",
+            &self.pending_yielded,
+        );
         o.counter(
-            "gateway_pending_connections_refused_total",
-            "Sockets closed at once because GATEWAY_MAX_PENDING_CONNECTIONS were pending.",
-            &self.pending_refused,
+            "gateway_accept_paused_total",
+            "Times new sockets waited in the listen backlog because every pending slot was taken.",
+            &self.accept_paused,
         );
     }
 }

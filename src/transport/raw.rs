@@ -8,15 +8,10 @@
 //! requests that take this path; add the equivalent here or in [`super::sse`].
 //! Everything read here is bounded in size and by the connection's head deadline.
 
-use std::sync::Arc;
-
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::TransportMetrics;
 
 /// Largest request head the raw path reads.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -25,30 +20,6 @@ const MAX_HEADERS: usize = 64;
 
 /// A request head: path, query, headers.
 pub type Head = (String, Option<String>, HeaderMap);
-
-/// A socket counted against `GATEWAY_MAX_PENDING_CONNECTIONS` until its first request
-/// head is complete or it goes away.
-pub struct Pending {
-    _permit: OwnedSemaphorePermit,
-    metrics: Arc<TransportMetrics>,
-}
-
-impl Pending {
-    /// Counts `permit`'s socket as pending until dropped.
-    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<TransportMetrics>) -> Pending {
-        metrics.pending.add(1);
-        Pending {
-            _permit: permit,
-            metrics,
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.metrics.pending.add(-1);
-    }
-}
 
 /// Reads and parses a request head: `(path, query, headers)`, or the status to answer.
 pub async fn read_head(socket: &mut TcpStream) -> Result<Head, StatusCode> {

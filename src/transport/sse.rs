@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Disconnect, Hub, Outgoing, Subscription, Transport};
 use crate::transport::lifetime::{Ending, Lifetime, WriteError, jitter};
-use crate::transport::raw::{self, Pending};
+use crate::transport::pending::Pending;
+use crate::transport::raw;
 use crate::transport::{ConnectionToken, Context};
 use crate::transport::{admit, cors_headers, last_event_id_param};
 
@@ -195,7 +196,11 @@ async fn start_raw(
     head_deadline: Instant,
     pending: Pending,
 ) -> Option<(SseStream, Bytes)> {
-    let head = tokio::time::timeout_at(head_deadline, raw::read_head(socket)).await;
+    let head = tokio::select! {
+        head = tokio::time::timeout_at(head_deadline, raw::read_head(socket)) => head,
+        // Made room for a newer socket: this one has had its share of a full cap.
+        _ = pending.yielded() => Ok(Err(StatusCode::SERVICE_UNAVAILABLE)),
+    };
     drop(pending);
     let (path, query, headers) = match head {
         Ok(Ok(head)) => head,

@@ -171,7 +171,7 @@ impl GatewayBuilder {
     pub async fn start(self) -> Gateway {
         init_logs();
         let config = self.config();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = realtime_gateway::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let stop = async move {
