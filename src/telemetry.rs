@@ -1,11 +1,12 @@
-//! Telemetry: metric primitives rendered as Prometheus text, and log setup.
+//! Telemetry: metric primitives rendered as Prometheus text, log setup, and the escaping
+//! of outside text in log fields ([`untrusted`]).
 //!
 //! This module owns no metric of the gateway: each module defines the metrics it counts,
 //! with label sets made from its own types ([`label_set!`](crate::label_set)), and implements [`Collect`];
 //! `/metrics` renders them all. Metrics are plain atomics with fixed label sets: the
 //! fan-out bumps them per delivery, so they cost no more than an uncontended add.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -279,6 +280,54 @@ pub fn init_logging(config: &Config) {
     }
 }
 
+/// Most characters of outside text one log field shows: every valid interest pattern (255
+/// bytes) and any sensible id or origin fits; beyond it, one request could make every line it
+/// causes as long as its headers.
+pub const LOG_TEXT_MAX_CHARS: usize = 256;
+
+/// Text the gateway did not write (a client's query values, headers, in-band frames and
+/// token claims, a publisher's ids and keys) on its way into a log field: see [`untrusted`].
+#[derive(Clone, Copy)]
+pub struct Untrusted<'a>(&'a [u8]);
+
+/// `text` made safe for a log line, whichever the format: control characters (newlines
+/// above all, which would start a forged line in text logs), line separators and bidi
+/// controls are shown as escapes, backslashes doubled so an escape cannot be faked, bytes
+/// that are not UTF-8 shown as `\xNN`, and only the first [`LOG_TEXT_MAX_CHARS`] characters
+/// kept. Use it as `field = %untrusted(value)` at every log site that carries such text.
+pub fn untrusted<T: AsRef<[u8]> + ?Sized>(text: &T) -> Untrusted<'_> {
+    Untrusted(text.as_ref())
+}
+
+impl fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = 0;
+        for chunk in self.0.utf8_chunks() {
+            let bad = chunk.invalid().iter().map(|b| Err(*b));
+            for piece in chunk.valid().chars().map(Ok).chain(bad) {
+                if shown == LOG_TEXT_MAX_CHARS {
+                    return write!(f, "...[{} bytes in all]", self.0.len());
+                }
+                shown += 1;
+                match piece {
+                    Ok('\\') => f.write_str("\\\\")?,
+                    Ok(c) if c.is_control() => write!(f, "{}", c.escape_debug())?,
+                    Ok(c) if is_layout_control(c) => write!(f, "{}", c.escape_unicode())?,
+                    Ok(c) => f.write_char(c)?,
+                    Err(byte) => write!(f, "\\x{byte:02x}")?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Characters that are not control characters but can still move or hide text in a log
+/// viewer: line and paragraph separators, and bidirectional overrides and isolates.
+fn is_layout_control(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +406,37 @@ mod tests {
             "# HELP t_node_info Where.\n# TYPE t_node_info gauge\nt_node_info{node=\"mq-1:5671\"} 1\n\
              # HELP t_none_info Nowhere.\n# TYPE t_none_info gauge\n"
         );
+    }
+
+    #[test]
+    fn untrusted_text_cannot_start_a_log_line_or_grow_it_without_bound() {
+        let shown = |t: &[u8]| untrusted(t).to_string();
+        let forged = "ok\n2099-01-01T00:00:00Z ERROR realtime_gateway::broker: forged";
+        assert_eq!(
+            shown(forged.as_bytes()),
+            "ok\\n2099-01-01T00:00:00Z ERROR realtime_gateway::broker: forged"
+        );
+        assert_eq!(shown(b"a\rb\tc\x1b[31m\0"), "a\\rb\\tc\\u{1b}[31m\\0");
+        assert_eq!(shown(b"a\\nb"), "a\\\\nb");
+        assert_eq!(
+            shown("x\u{2028}y\u{202e}z\u{85}".as_bytes()),
+            "x\\u{2028}y\\u{202e}z\\u{85}"
+        );
+        assert_eq!(shown(b"caf\xc3\xa9 \xff!"), "caf\u{e9} \\xff!");
+        assert_eq!(shown(b"tenant-1"), "tenant-1");
+        let long = "y".repeat(LOG_TEXT_MAX_CHARS + 10);
+        assert_eq!(
+            shown(long.as_bytes()),
+            format!(
+                "{}...[{} bytes in all]",
+                &long[..LOG_TEXT_MAX_CHARS],
+                long.len()
+            )
+        );
+        assert_eq!(
+            shown("y".repeat(LOG_TEXT_MAX_CHARS).as_bytes()).len(),
+            LOG_TEXT_MAX_CHARS
+        );
+        assert!(!shown("\n".repeat(10_000).as_bytes()).contains('\n'));
     }
 }

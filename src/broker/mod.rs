@@ -30,7 +30,7 @@ use crate::envelope::{DropReason, Event};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::mapping::{Meta, key_at};
-use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, untrusted};
 use connect::{Failure, Nodes};
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
@@ -574,8 +574,8 @@ impl Consumer {
             Ok(event) if !recent.insert(&event.tenant, &event.id) => {
                 self.metrics.duplicates.inc();
                 tracing::debug!(
-                    event_id = %event.id,
-                    trace_id = event.trace_id.as_deref().unwrap_or(""),
+                    event_id = %untrusted(&*event.id),
+                    trace_id = %untrusted(event.trace_id.as_deref().unwrap_or("")),
                     redelivered = delivery.redelivered,
                     "duplicate event dropped"
                 );
@@ -585,7 +585,7 @@ impl Consumer {
             Err(reason) => {
                 self.metrics.dropped.inc(reason);
                 tracing::warn!(
-                    routing_key = %delivery.routing_key,
+                    routing_key = %untrusted(delivery.routing_key.as_str()),
                     reason = reason.as_str(),
                     "dropping message: {reason}"
                 );
@@ -614,9 +614,9 @@ impl Consumer {
         }
         let recipients = self.hub.publish(&event);
         tracing::debug!(
-            event_id = %event.id,
-            event_type = %event.event_type,
-            trace_id = event.trace_id.as_deref().unwrap_or(""),
+            event_id = %untrusted(&*event.id),
+            event_type = %untrusted(&*event.event_type),
+            trace_id = %untrusted(event.trace_id.as_deref().unwrap_or("")),
             recipients,
             "event dispatched"
         );

@@ -27,6 +27,7 @@ use crate::config::{AmqpConfig, Pointer, RevocationConfig};
 use crate::envelope::rfc3339_micros;
 use crate::hub::Hub;
 use crate::revocation::{RevocationKind, Revocations, Revoked};
+use crate::telemetry::untrusted;
 
 /// Credit of the stream consumer (streams require a prefetch).
 const PREFETCH: u16 = 256;
@@ -151,7 +152,7 @@ impl RevocationFeed {
         let Some(who) = parsed.as_ref().and_then(|v| subject(v, pointer, kind)) else {
             metrics.events.inc(RevocationKind::Invalid);
             tracing::warn!(
-                routing_key = key,
+                routing_key = %untrusted(key),
                 "dropping revocation event without a usable subject"
             );
             return;
@@ -171,10 +172,10 @@ impl RevocationFeed {
         if self.revocations.revoke(who.clone(), at) {
             let closed = self.hub.revoke(&who);
             tracing::info!(
-                routing_key = key,
+                routing_key = %untrusted(key),
                 kind = kind.as_str(),
                 closed,
-                trace_id,
+                trace_id = %untrusted(trace_id),
                 "access revoked"
             );
         }

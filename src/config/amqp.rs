@@ -135,7 +135,8 @@ impl Validator<'_> {
     }
 
     /// The node URLs, each parsed, with the default heartbeat applied. Problems name a
-    /// node by its position and masked URL, never by its password.
+    /// node by its position and masked URL (by its position only when no URL can be made
+    /// out), never by its password.
     fn amqp_nodes(&mut self) -> Vec<BrokerNode> {
         let heartbeat = self.count::<u16>(Key::AmqpHeartbeatSecs, 3_600);
         let before = self.problems.len();
@@ -145,12 +146,14 @@ impl Validator<'_> {
         let urls = split_list(&list);
         let mut nodes = Vec::new();
         for (i, url) in urls.iter().enumerate() {
-            match parse_node(url, heartbeat) {
-                Ok(node) => nodes.push(node),
-                Err(why) => self.problem(
-                    Key::AmqpUrl,
-                    format_args!("node {} (`{}`): {why}", i + 1, mask_password(url)),
-                ),
+            let n = i + 1;
+            match (parse_node(url, heartbeat), mask_password(url)) {
+                (Ok(node), _) => nodes.push(node),
+                (Err(why), Some(masked)) => {
+                    self.problem(Key::AmqpUrl, format_args!("node {n} (`{masked}`): {why}"));
+                }
+                // No user info to be found: any of it may be a password.
+                (Err(why), None) => self.problem(Key::AmqpUrl, format_args!("node {n}: {why}")),
             }
         }
         // Unless the file could not be read, which is the problem to report.
@@ -261,12 +264,23 @@ fn parse_node(url: &str, default_heartbeat: u16) -> Result<BrokerNode, String> {
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
         return Err("must start with amqp:// or amqps://".to_owned());
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let masked = mask_password(url).ok_or("not a URL")?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!("not a URL: {e} (percent-encode `/ ? # @ :` in the user and password)")
+    })?;
     let host = parsed
         .host_str()
         .filter(|h| !h.is_empty())
         .ok_or("has no host")?
         .to_owned();
+    // `amqp://u:4821/x@mq` is host `u`, port 4821 to a parser, but the mask hides
+    // everything up to the last `@`: had it been accepted, the node's name (`u:4821`, in
+    // every log line) would show part of the password.
+    if !host.eq_ignore_ascii_case(host_after_userinfo(url)) {
+        return Err(
+            "user info and host cannot be told apart (percent-encode `/ ? # @ :` in the user and password, and `@` in the vhost)".to_owned(),
+        );
+    }
     let mut uri: AMQPUri = url.parse().map_err(|_| {
         "not a valid AMQP URL (check the port, the percent-encoding of user and password, and the query)".to_owned()
     })?;
@@ -277,27 +291,46 @@ fn parse_node(url: &str, default_heartbeat: u16) -> Result<BrokerNode, String> {
         .to_owned();
     uri.query.heartbeat.get_or_insert(default_heartbeat);
     let addr = format!("{host}:{}", uri.authority.port);
-    Ok(BrokerNode {
-        uri,
-        addr,
-        masked: mask_password(url),
-    })
+    Ok(BrokerNode { uri, addr, masked })
 }
 
-/// `url` with the password of its user info replaced by `***`.
-pub fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// The host as [`mask_password`] finds it: after the last `@` (or the `://`), up to the
+/// port, path, query or fragment; an IPv6 address keeps its brackets.
+fn host_after_userinfo(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_on = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let end = if host_on.starts_with('[') {
+        host_on.find(']').map_or(host_on.len(), |i| i + 1)
+    } else {
+        host_on.find([':', '/', '?', '#']).unwrap_or(host_on.len())
     };
-    // The user info ends at the last `@` before the path.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
+    &host_on[..end]
+}
+
+/// `url` with the password of its user info replaced by `***`, or `None` when `url` does
+/// not even start with a scheme and `://` (then any of it may be a password).
+///
+/// The user info is found by text, not by a URL parser: it ends at the *last* `@`, so a
+/// password holding `/ ? # @` unencoded (which a parser reads as path, query or fragment)
+/// is still masked whole. The price: an `@` in the vhost or query hides the host too,
+/// which is more than needed but never a password.
+pub fn mask_password(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme {
+        return None;
     }
+    let masked = match rest.rsplit_once('@') {
+        Some((userinfo, host_on)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host_on}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    Some(masked)
 }
 
 /// A name the gateway chooses (never a server-generated `amq.gen-*` one, which cannot be
@@ -313,6 +346,9 @@ fn default_queue_name() -> String {
 
 #[cfg(test)]
 mod node_tests {
+    use std::collections::HashMap;
+
+    use super::super::settings::Raw;
     use super::*;
 
     #[test]
@@ -324,9 +360,49 @@ mod node_tests {
             ),
             ("amqp://gw@mq/%2f", "amqp://gw@mq/%2f"),
             ("amqp://mq:5672", "amqp://mq:5672"),
-            ("amqp://u:p@ss@mq/v@x", "amqp://u:***@mq/v@x"),
+            ("amqp://u:p@ss@mq/%2f", "amqp://u:***@mq/%2f"),
+            // Unencoded `/ ? #` would end the user info for a URL parser.
+            ("amqp://u:pa/ss@mq/%2f", "amqp://u:***@mq/%2f"),
+            ("amqp://u:pa?ss@mq:5672/%2f", "amqp://u:***@mq:5672/%2f"),
+            ("amqps://u:pa#ss@mq", "amqps://u:***@mq"),
+            ("amqp://u:12/34@mq/%2f", "amqp://u:***@mq/%2f"),
+            (
+                "amqp://u:a/b?c#d@e@mq/%2f?heartbeat=5",
+                "amqp://u:***@mq/%2f?heartbeat=5",
+            ),
+            // An `@` after the host hides the host rather than risk showing a password.
+            ("amqp://u:p@mq/v@x", "amqp://u:***@x"),
         ] {
-            assert_eq!(mask_password(url), want);
+            assert_eq!(mask_password(url).as_deref(), Some(want), "{url}");
+        }
+        for unparsable in [
+            "u:secret@mq/%2f",
+            "secret",
+            "://u:secret@mq",
+            "a b://u:secret@mq",
+        ] {
+            assert_eq!(mask_password(unparsable), None, "{unparsable}");
+        }
+    }
+
+    #[test]
+    fn node_problems_never_quote_a_password() {
+        for (url, secret) in [
+            ("amqp://u:pa/ss@mq/%2f", "pa/ss"),
+            ("amqp://u:pa?ss@mq/%2f", "pa?ss"),
+            ("amqp://u:pa#ss@mq/%2f", "pa#ss"),
+            ("amqp://u:12/34@mq/%2f", "12/34"),
+            ("amqp://u:hunter2@mq:notaport/", "hunter2"),
+            ("u:hunter2@mq/%2f", "hunter2"),
+            ("http://u:hunter2@mq/", "hunter2"),
+        ] {
+            let env = |k: &str| (k == "GATEWAY_AMQP_URL").then(|| url.to_owned());
+            let raw = Raw::new(HashMap::new(), &env);
+            let mut v = Validator::new(&raw, Vec::new());
+            v.amqp_nodes();
+            let text = v.problems.join("\n");
+            assert!(text.contains("node 1"), "{url}: {text}");
+            assert!(!text.contains(secret), "{url}: {text}");
         }
     }
 
@@ -338,11 +414,18 @@ mod node_tests {
         assert_eq!(n.uri.query.heartbeat, Some(15));
         assert!(n.tls());
         assert_eq!(format!("{n:?}"), "amqps://u:***@10.1.2.3/%2f");
+        let n = parse_node("amqp://gw:p%2F@[::1]:5673/%2f", 15).unwrap();
+        assert_eq!(
+            (n.addr.as_str(), n.masked.as_str()),
+            ("[::1]:5673", "amqp://gw:***@[::1]:5673/%2f")
+        );
         let n = parse_node("amqp://mq.example:5673/%2f?heartbeat=60", 15).unwrap();
         assert_eq!(
             (n.addr.as_str(), n.uri.query.heartbeat),
             ("mq.example:5673", Some(60))
         );
+        // An `@` after the host would make the mask hide the wrong part.
+        assert!(parse_node("amqp://u:p@mq/v@x", 15).is_err());
         let err = parse_node("amqp://u:hunter2@mq:notaport/", 15).unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
     }

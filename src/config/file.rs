@@ -32,8 +32,7 @@ impl ConfigFile {
         let table: toml::Table = match toml::from_str(&text) {
             Ok(t) => t,
             Err(e) => {
-                let e = e.to_string().replace('\n', " ");
-                problems.push(format!("{path}: not valid TOML: {e}"));
+                problems.push(format!("{path}: not valid TOML{}", toml_problem(&text, &e)));
                 return file;
             }
         };
@@ -59,6 +58,20 @@ impl ConfigFile {
         }
         file
     }
+}
+
+/// Where and what a TOML error is, without the line it is on: the `Display` of the
+/// error quotes that line, which may hold a secret (`jwt-secret`, `amqp-url`). The
+/// parser's message names only what it expected.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().lines().next().unwrap_or("").trim();
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return format!(": {what}");
+    };
+    let before = text.get(..at).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!(" at line {line}, column {column}: {what}")
 }
 
 fn route_tables(path: &str, value: toml::Value, problems: &mut Vec<String>) -> Vec<toml::Table> {

@@ -1,13 +1,16 @@
 //! Token verification settings: where keys come from and which claims are required.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::amqp::mask_password;
 use super::settings::Key;
 use super::validate::Validator;
 
-/// Where the gateway finds token verification keys. At least one must be set.
-#[derive(Clone, Debug, Default)]
+/// Where the gateway finds token verification keys. At least one must be set. `Debug`
+/// shows the secret as `***` and the JWKS URL without its password.
+#[derive(Clone, Default)]
 pub struct JwtConfig {
     /// HS256 shared secret.
     pub secret: Option<String>,
@@ -32,6 +35,41 @@ pub struct JwtConfig {
     pub leeway: Duration,
     /// Single-tenant mode: tokens need no tenant claim; everyone is in this tenant.
     pub single_tenant: Option<String>,
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Taken apart so that a new field cannot be left out (or shown unmasked) unnoticed.
+        let JwtConfig {
+            secret,
+            public_key_file,
+            jwks_url,
+            jwks_refresh,
+            jwks_min_refetch,
+            issuer,
+            audience,
+            tenant_claim,
+            cookie,
+            leeway,
+            single_tenant,
+        } = self;
+        let jwks_url = jwks_url
+            .as_ref()
+            .map(|u| mask_password(u).unwrap_or_else(|| "***".to_owned()));
+        f.debug_struct("JwtConfig")
+            .field("secret", &secret.as_ref().map(|_| "***"))
+            .field("public_key_file", public_key_file)
+            .field("jwks_url", &jwks_url)
+            .field("jwks_refresh", jwks_refresh)
+            .field("jwks_min_refetch", jwks_min_refetch)
+            .field("issuer", issuer)
+            .field("audience", audience)
+            .field("tenant_claim", tenant_claim)
+            .field("cookie", cookie)
+            .field("leeway", leeway)
+            .field("single_tenant", single_tenant)
+            .finish()
+    }
 }
 
 impl Validator<'_> {
@@ -92,10 +130,14 @@ impl Validator<'_> {
                 .map(|u| !matches!(u.scheme(), "http" | "https"))
                 .unwrap_or(true)
         {
-            self.problem(
-                Key::JwtJwksUrl,
-                format_args!("`{url}` is not an http(s) URL"),
-            );
+            // The URL may carry a login; one that is no URL at all is not quoted.
+            match mask_password(url) {
+                Some(masked) => self.problem(
+                    Key::JwtJwksUrl,
+                    format_args!("`{masked}` is not an http(s) URL"),
+                ),
+                None => self.problem(Key::JwtJwksUrl, "is not an http(s) URL"),
+            }
         }
         let none = secret.is_none() && public_key_file.is_none() && jwks_url.is_none();
         if none && !self.checking {

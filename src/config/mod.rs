@@ -160,15 +160,19 @@ impl Config {
     {
         let mut problems = Vec::new();
         let mut flags: HashMap<Key, String> = HashMap::new();
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
+        let mut args = args.into_iter().map(Into::into).enumerate();
+        while let Some((i, arg)) = args.next() {
             match arg.as_str() {
                 "-h" | "--help" => return Ok(Parsed::Help(help_text())),
                 "-V" | "--version" => return Ok(Parsed::Version),
                 _ => {}
             }
             let Some(body) = arg.strip_prefix("--") else {
-                problems.push(format!("unexpected argument `{arg}` (see --help)"));
+                // Not quoted: after a misspelt `--jwt-secret`, this is the secret.
+                problems.push(format!(
+                    "unexpected argument {} (flags start with --; see --help)",
+                    i + 1
+                ));
                 continue;
             };
             let (name, inline) = match body.split_once('=') {
@@ -179,7 +183,7 @@ impl Config {
                 problems.push(format!("unknown flag `--{name}` (see --help)"));
                 continue;
             };
-            match inline.or_else(|| args.next()) {
+            match inline.or_else(|| args.next().map(|(_, value)| value)) {
                 Some(value) => {
                     flags.insert(key, value);
                 }

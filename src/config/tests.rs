@@ -463,6 +463,80 @@ fn a_secret_and_its_file_together_or_an_unreadable_file_are_refused() {
 }
 
 #[test]
+fn toml_errors_name_the_place_not_the_line() {
+    let secret = "0123456789abcdef0123456789abcdef-in-the-file";
+    for (text, place) in [
+        (
+            format!("listen = \"x\"\njwt-secret = \"{secret}\" oops\n"),
+            "at line 2, column 61: ",
+        ),
+        (
+            format!("amqp-url = \"amqp://u:{secret}@mq\n"),
+            "at line 1, column ",
+        ),
+        (
+            format!("jwt-secret = '{secret}'\njwt-secret = '{secret}'\n"),
+            "at line 2, column 1: ",
+        ),
+    ] {
+        let path = config_file("broken.toml", &text);
+        let err = Config::check(&path, |_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("not valid TOML ") && err.contains(place),
+            "{err}"
+        );
+        assert!(!err.contains("in-the-file"), "{err}");
+    }
+}
+
+#[test]
+fn misspelt_flags_and_debug_output_show_no_secret() {
+    let secret = "0123456789abcdef0123456789abcdef-flag";
+    let err = parse(&["--jwt-secrte", secret], &[SECRET])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown flag `--jwt-secrte`"), "{err}");
+    assert!(err.contains("unexpected argument 2"), "{err}");
+    assert!(!err.contains(secret), "{err}");
+
+    let err = parse(
+        &[],
+        &[
+            SECRET,
+            ("GATEWAY_JWT_JWKS_URL", "ftp://idp:jwks-pa55@idp/jwks"),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`ftp://idp:***@idp/jwks` is not an http(s) URL"),
+        "{err}"
+    );
+    let err = parse(&[], &[SECRET, ("GATEWAY_JWT_JWKS_URL", "idp:jwks-pa55")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("GATEWAY_JWT_JWKS_URL (--jwt-jwks-url): is not"),
+        "{err}"
+    );
+    assert!(!err.contains("jwks-pa55"), "{err}");
+
+    let c = config(
+        &[],
+        &[
+            SECRET,
+            ("GATEWAY_AMQP_URL", "amqp://gw:amqp-pa55@mq/%2f"),
+            ("GATEWAY_JWT_JWKS_URL", "https://idp:jwks-pa55@idp/jwks"),
+        ],
+    );
+    let shown = format!("{c:?}");
+    for hidden in [SECRET.1, "amqp-pa55", "jwks-pa55"] {
+        assert!(!shown.contains(hidden), "{hidden} in {shown}");
+    }
+    assert!(shown.contains("https://idp:***@idp/jwks"), "{shown}");
+}
+
+#[test]
 fn node_lists_and_tls_settings_are_checked_without_quoting_passwords() {
     let err = parse(
         &[],

@@ -23,7 +23,7 @@ use queue::{Offered, SendQueue};
 
 use crate::envelope::Event;
 use crate::revocation::Revoked;
-use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, Histogram};
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, Histogram, untrusted};
 
 crate::label_set! {
     /// The kind of a registered connection, for per-transport counts.
@@ -497,8 +497,8 @@ impl Hub {
                     };
                     tracing::warn!(
                         connection.id = m.id,
-                        event_id,
-                        trace_id,
+                        event_id = %untrusted(event_id),
+                        trace_id = %untrusted(trace_id),
                         "send queue full; disconnecting slow client"
                     );
                     hm.disconnects.inc(Disconnect::SlowClient);
@@ -641,8 +641,8 @@ impl Subscription {
         tracing::info!(
             connection.id = self.id,
             transport = self.transport.as_str(),
-            tenant = %self.tenant,
-            user = %self.user,
+            tenant = %untrusted(&*self.tenant),
+            user = %untrusted(&*self.user),
             duration_ms = self.opened.elapsed().as_millis() as u64,
             events = self.delivered,
             reason,

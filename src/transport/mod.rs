@@ -26,7 +26,7 @@ use crate::envelope::Event;
 use crate::history::{History, Replay};
 use crate::hub::{Hub, Interest, Outgoing, Refusal, Subscription, Transport, conflate};
 use crate::revocation::Revocations;
-use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, untrusted};
 
 /// What every transport handler shares; built once by the server.
 #[derive(Clone)]
@@ -242,7 +242,7 @@ pub fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Inter
         .map(Some)
         .map_err(|why| {
             ctx.metrics.client_messages_ignored.inc();
-            tracing::info!(reason = %why, "refused: bad types= selection");
+            tracing::info!(reason = %untrusted(&why), "refused: bad types= selection");
             NotAdmitted::BadTypes
         })
 }
@@ -272,7 +272,7 @@ pub async fn authenticate(
         && !origin_allowed(ctx, origin)
     {
         ctx.hub.metrics().refused.inc(Refusal::Origin);
-        tracing::info!(transport = transport.as_str(), origin = ?origin, "refused: cookie auth from a disallowed origin");
+        tracing::info!(transport = transport.as_str(), origin = %untrusted(origin), "refused: cookie auth from a disallowed origin");
         return Err(NotAdmitted::Refused(Refusal::Origin));
     }
     if ctx.draining.load(Ordering::Acquire) {
@@ -297,8 +297,8 @@ pub fn register(
         .map_err(|r| {
             tracing::info!(
                 transport = transport.as_str(),
-                tenant = %identity.tenant,
-                user = %identity.user,
+                tenant = %untrusted(&identity.tenant),
+                user = %untrusted(&identity.user),
                 reason = r.as_str(),
                 "connection refused"
             );

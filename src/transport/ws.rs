@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthFailure, Identity, Verifier, WS_PROTOCOL};
 use crate::hub::{Disconnect, Interest, Outgoing, Subscription, Transport};
 use crate::revocation::Revocations;
+use crate::telemetry::untrusted;
 use crate::transport::lifetime::{Ending, Lifetime, WriteError};
 use crate::transport::{Context, TransportMetrics, wait_for_history};
 use crate::transport::{NotAdmitted, authenticate, interest_param, last_event_id_param, register};
@@ -230,7 +231,7 @@ where
     E: StdError + 'static,
 {
     let conn_id = session.subscription.id();
-    tracing::debug!(connection.id = conn_id, tenant = %session.identity.tenant, user = %session.identity.user, "websocket open");
+    tracing::debug!(connection.id = conn_id, tenant = %untrusted(&session.identity.tenant), user = %untrusted(&session.identity.user), "websocket open");
     // The replay, control replies and the goodbye are boxed: kept inline, their states
     // would size every connection's task for its whole life (see Performance, memory).
     let replayed = if session.replay.is_empty() {
@@ -518,7 +519,7 @@ fn select(session: &mut Session, types: &[String], add: bool) -> Utf8Bytes {
         }
         Err(why) => {
             session.metrics.client_messages_ignored.inc();
-            tracing::debug!(connection.id = session.subscription.id(), reason = %why, "bad selection");
+            tracing::debug!(connection.id = session.subscription.id(), reason = %untrusted(&why), "bad selection");
             Utf8Bytes::from_static(r#"{"type":"error","reason":"invalid_types"}"#)
         }
     }

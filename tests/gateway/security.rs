@@ -614,3 +614,56 @@ async fn a_selection_of_many_hashes_stalls_no_one() {
     })
     .await;
 }
+
+/// A forged log line: what a client would make appear after a newline in its input.
+const FORGED: &str = "2099-01-01T00:00:00Z ERROR realtime_gateway::broker: forged";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_input_with_newlines_cannot_forge_text_log_lines() {
+    bounded(async {
+        let log = LogFile::new();
+        let exchange = unique("log-forging");
+        let (mut cmd, port) = gateway_process(&exchange, None);
+        let mut child = cmd
+            .env("GATEWAY_LOG", "info,realtime_gateway=debug")
+            .env("GATEWAY_LOG_FORMAT", "text")
+            .stdout(log.stdio())
+            .stderr(log.stdio())
+            .spawn()
+            .unwrap();
+        let gw = Gateway::external(format!("127.0.0.1:{port}").parse().unwrap(), &exchange);
+        gw.wait_ready().await;
+
+        // A `types=` pattern (refused), an in-band subscribe frame and a token's `sub`,
+        // each carrying a newline and a line of its own.
+        let query = format!("/sse?types=ok%0A{}-types", FORGED.replace(' ', "%20"));
+        let refused = SseClient::connect(&gw, &query, Auth::Bearer(token("acme", "u"))).await;
+        assert_eq!(refused.err(), Some(400));
+        let user = format!("u\n{FORGED}-sub");
+        let mut ws = WsClient::connect(&gw, "/ws", Auth::Bearer(token("acme", &user)))
+            .await
+            .unwrap();
+        let frame = json!({"type": "subscribe", "types": [format!("ok\n{FORGED}-frame")]});
+        ws.send_text(&frame.to_string()).await;
+        assert_eq!(ws.next_json().await["reason"], "invalid_types");
+        drop(ws);
+
+        // Each reached the log, escaped, on the line of the event that carried it.
+        for (what, suffix) in [
+            ("refused: bad types= selection", "forged-types"),
+            ("bad selection", "forged-frame"),
+            ("connection ended", "forged-sub"),
+        ] {
+            let line = log.wait_line(&[what, suffix]).await;
+            assert!(line.contains(&format!("\\n{FORGED}")), "{line}");
+        }
+        child.kill().await.unwrap();
+        let text = log.text();
+        assert!(
+            !text.lines().any(|l| l.starts_with("2099-")),
+            "a client forged a log line:\n{text}"
+        );
+        Publisher::connect(&exchange).await.cleanup().await;
+    })
+    .await;
+}

@@ -442,6 +442,50 @@ async fn config_check_passes_every_example_and_lists_all_problems() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_prints_no_secret() {
+    bounded(async {
+        // A TOML error on the line of a secret: named by line and column, the line not
+        // quoted.
+        let jwt = "0123456789abcdef0123456789abcdef-jwt-in-file";
+        let broken = write_temp_config(&format!(
+            "listen = \"127.0.0.1:1\"\njwt-secret = \"{jwt}\" oops\n"
+        ));
+        let (code, out) = config_check(&broken).await;
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains("not valid TOML at line 2, column"), "{out}");
+        assert!(!out.contains(jwt), "{out}");
+
+        // Passwords with `/ ? # @` are not percent-encoded, so the URLs do not parse; a
+        // value that is no URL at all is named by its position only.
+        let passwords = ["Pa55/w?rd#x@y", "s3cr3t-n0-sch3me", "Jwk5-Pa55"];
+        let [amqp, bare, jwks] = passwords;
+        let file = write_temp_config(&format!(
+            "amqp-url = \"amqp://gw:{amqp}@mq.example/%2f, gw:{bare}@mq-2\"\n\
+             jwt-jwks-url = \"ftp://idp:{jwks}@idp.example/jwks\"\n"
+        ));
+        let (code, out) = config_check(&file).await;
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("node 1 (`amqp://gw:***@mq.example/%2f`)"),
+            "{out}"
+        );
+        assert!(out.contains("node 2: must start with amqp://"), "{out}");
+        assert!(
+            out.contains("`ftp://idp:***@idp.example/jwks` is not an http(s) URL"),
+            "{out}"
+        );
+        for secret in passwords {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        // Parts of them neither.
+        for piece in ["Pa55", "w?rd", "rd#x", "n0-sch3me", "Jwk5"] {
+            assert!(!out.contains(piece), "{piece} in {out}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_fallbacks_for_id_type_and_tenant() {
     bounded(async {
         let gw = GatewayBuilder::new("headers")
