@@ -186,6 +186,22 @@ struct Link {
 }
 
 /// How a session went.
+/// How a link starts. It decides the queue probe, the backfill, who must resync and
+/// whether the link counts as a reconnect, so it is one value rather than a flag renamed
+/// on its way: a link is a first one until one was established, however many attempts
+/// failed before it (an instance that starts while the broker is down still backfills as
+/// a fresh one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkStart {
+    /// No link of this instance has consumed yet: the queue is new, the history empty.
+    First,
+    /// The same, after failed attempts: clients that connected meanwhile may have missed
+    /// what was published before the queue existed.
+    FirstAfterFailures,
+    /// After a link that worked: the queue may have kept what came meanwhile, or be gone.
+    AfterBreak,
+}
+
 enum Session {
     /// Shutdown was asked for.
     Stopped,
@@ -260,12 +276,12 @@ impl Consumer {
         let mut nodes = Nodes::new(&self.config);
         // Masked: a node's Debug shows its URL with the password as `***`.
         tracing::info!(amqp.nodes = ?self.config.nodes, "connecting to the broker");
-        let mut failed_before = false;
+        let mut start = LinkStart::First;
         // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
         let mut recent = RecentIds::new(self.dedupe_window);
         loop {
             let session = self
-                .session(&mut nodes, &shutdown, failed_before, &mut recent)
+                .session(&mut nodes, &shutdown, start, &mut recent)
                 .await;
             self.set_ready(None);
             let (e, worked) = match session {
@@ -273,7 +289,10 @@ impl Consumer {
                 Session::Failed(e) => (e, false),
                 Session::Broke(e) => (e, true),
             };
-            failed_before = true;
+            start = match (start, worked) {
+                (_, true) | (LinkStart::AfterBreak, _) => LinkStart::AfterBreak,
+                _ => LinkStart::FirstAfterFailures,
+            };
             if !backoff
                 .wait(worked, &e, nodes.connected(), "broker", &shutdown)
                 .await
@@ -297,18 +316,18 @@ impl Consumer {
         &self,
         nodes: &mut Nodes,
         shutdown: &CancellationToken,
-        reconnecting: bool,
+        start: LinkStart,
         recent: &mut RecentIds,
     ) -> Session {
         let link = tokio::select! {
             _ = shutdown.cancelled() => return Session::Stopped,
-            r = self.open(nodes, reconnecting) => match r {
+            r = self.open(nodes, start) => match r {
                 Ok(link) => link,
                 Err(e) => return Session::Failed(e),
             },
         };
-        let covered = self.backfill(&link, reconnecting, recent).await;
-        self.announce(&link, reconnecting, covered);
+        let covered = self.backfill(&link, start, recent).await;
+        self.announce(&link, start, covered);
         match self.consume(link, shutdown, recent).await {
             Ok(()) => Session::Stopped,
             Err(e) => Session::Broke(e),
@@ -316,7 +335,7 @@ impl Consumer {
     }
 
     /// Connects, declares exchanges, queue and bindings, and starts consuming.
-    async fn open(&self, nodes: &mut Nodes, reconnecting: bool) -> Result<Link, LinkError> {
+    async fn open(&self, nodes: &mut Nodes, start: LinkStart) -> Result<Link, LinkError> {
         let cfg = &self.config;
         let (conn, node) = nodes
             .connect(&format!("realtime-gateway {}", cfg.queue))
@@ -324,7 +343,7 @@ impl Consumer {
         // After an outage, find out whether the queue kept our events: if it is gone (it
         // expired, or the broker restarted), events may have been lost and clients must
         // be told to refetch.
-        let queue_lost = reconnecting && !queue_exists(&conn, &cfg.queue).await?;
+        let queue_lost = start == LinkStart::AfterBreak && !queue_exists(&conn, &cfg.queue).await?;
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(cfg.prefetch, BasicQosOptions::default())
@@ -352,21 +371,29 @@ impl Consumer {
 
     /// Ready, counted and logged; clients told to resync when the queue was lost and the
     /// history stream could not fill the gap.
-    fn announce(&self, link: &Link, reconnecting: bool, covered: bool) {
+    fn announce(&self, link: &Link, start: LinkStart, covered: bool) {
         let cfg = &self.config;
         self.history.mark_filled();
         self.set_ready(Some(&link.node));
-        if reconnecting {
+        if start == LinkStart::AfterBreak {
             self.metrics.reconnects.inc();
         }
-        if link.queue_lost && !covered {
-            self.history.mark_gap();
+        let lost = match start {
+            LinkStart::First => None,
+            LinkStart::FirstAfterFailures => {
+                Some("clients connected before the broker answered; events published before the queue existed never reached them, clients told to resync")
+            }
+            LinkStart::AfterBreak if link.queue_lost && !covered => {
+                self.history.mark_gap();
+                Some("queue was gone after the outage; events may be lost, clients told to resync")
+            }
+            LinkStart::AfterBreak => None,
+        };
+        if let Some(why) = lost {
             let told = self.hub.resync_all();
-            tracing::warn!(
-                amqp.queue = %cfg.queue,
-                clients = told,
-                "queue was gone after the outage; events may be lost, clients told to resync"
-            );
+            if told > 0 || start == LinkStart::AfterBreak {
+                tracing::warn!(amqp.queue = %cfg.queue, clients = told, "{why}");
+            }
         }
         tracing::info!(
             amqp.node = %link.node,
@@ -381,18 +408,20 @@ impl Consumer {
     /// after the last event held, delivered to clients too. Returns whether a break (a
     /// lost queue) was covered; the live queue is already bound, so nothing published
     /// from here on can fall between stream and queue.
-    async fn backfill(&self, link: &Link, reconnecting: bool, recent: &mut RecentIds) -> bool {
+    async fn backfill(&self, link: &Link, start: LinkStart, recent: &mut RecentIds) -> bool {
         let Some(stream) = &self.history_stream else {
             return false;
         };
         let started = std::time::Instant::now();
-        let result = if !reconnecting {
-            self.fill(link, stream, recent).await.map(|_| false)
-        } else if link.queue_lost {
-            self.fill_gap_retrying(link, stream, recent).await
-        } else {
+        let result = match start {
+            LinkStart::First | LinkStart::FirstAfterFailures => {
+                self.fill(link, stream, recent).await.map(|_| false)
+            }
+            LinkStart::AfterBreak if link.queue_lost => {
+                self.fill_gap_retrying(link, stream, recent).await
+            }
             // The queue kept everything; nothing to fill.
-            return false;
+            LinkStart::AfterBreak => return false,
         };
         self.metrics
             .backfill_ms

@@ -74,6 +74,54 @@ async fn an_instance_started_later_serves_a_resume_from_before_its_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_while_the_broker_is_down_backfills_once_it_answers() {
+    bounded(async {
+        let stream = unique("history");
+        let first = GatewayBuilder::new("late-backfill1")
+            .arg("history-stream", &stream)
+            .start()
+            .await;
+        let publisher = Publisher::connect(&first.exchange).await;
+        let mut seen = Client::as_user(&first, Transport::Ws, "t", "u").await;
+        for i in 1..=5 {
+            publisher.publish(PROGRESS, &event(&format!("l{i}"))).await;
+        }
+        assert_eq!(seen.ids_until("l5").await.len(), 5);
+
+        // A pod that starts before the broker answers (a cluster restart, a network blip).
+        let proxy = ChaosProxy::start().await;
+        proxy.cut();
+        let late = GatewayBuilder::new("late-backfill2")
+            .exchange(&first.exchange)
+            .arg("amqp-url", &proxy.url())
+            .arg("amqp-reconnect-max-secs", "1")
+            .arg("history-stream", &stream)
+            .no_wait_ready()
+            .start()
+            .await;
+        // Let a few attempts fail before the broker comes back.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(late.status("/readyz").await, 503);
+        proxy.restore();
+        wait_ready_status(&late, 200).await;
+        assert!(late.metric("gateway_history_backfilled_total").await >= 5.0);
+        let mut back = resume(&late, Transport::Sse, "l2").await;
+        publisher.publish(PROGRESS, &event("l-live")).await;
+        assert_eq!(back.ids_until("l-live").await, ["l3", "l4", "l5", "l-live"]);
+        assert_eq!(
+            late.metric("gateway_resumes_total{outcome=\"resync\"}")
+                .await,
+            0.0
+        );
+        publisher.delete_queue(&stream).await;
+        publisher.cleanup().await;
+        first.shutdown().await;
+        late.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_backfill_reads_only_what_the_history_can_hold() {
     bounded(async {
         let stream = unique("history");
