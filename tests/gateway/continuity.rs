@@ -26,20 +26,29 @@ async fn resume(gw: &Gateway, t: Transport, last: &str) -> Client {
     }
 }
 
+/// A gateway with a new history stream, and five events `{prefix}1..5` it has delivered
+/// (so they are in the stream).
+async fn history_of_five(name: &str, prefix: &str) -> (String, Gateway, Publisher) {
+    let stream = unique("history");
+    let first = GatewayBuilder::new(name)
+        .arg("history-stream", &stream)
+        .start()
+        .await;
+    let publisher = Publisher::connect(&first.exchange).await;
+    let mut seen = Client::as_user(&first, Transport::Ws, "t", "u").await;
+    for i in 1..=5 {
+        publisher
+            .publish(PROGRESS, &event(&format!("{prefix}{i}")))
+            .await;
+    }
+    assert_eq!(seen.ids_until(&format!("{prefix}5")).await.len(), 5);
+    (stream, first, publisher)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_later_serves_a_resume_from_before_its_start() {
     bounded(async {
-        let stream = unique("history");
-        let first = GatewayBuilder::new("backfill1")
-            .arg("history-stream", &stream)
-            .start()
-            .await;
-        let publisher = Publisher::connect(&first.exchange).await;
-        let mut seen = Client::as_user(&first, Transport::Ws, "t", "u").await;
-        for i in 1..=5 {
-            publisher.publish(PROGRESS, &event(&format!("b{i}"))).await;
-        }
-        assert_eq!(seen.ids_until("b5").await.len(), 5);
+        let (stream, first, publisher) = history_of_five("backfill1", "b").await;
 
         let late = GatewayBuilder::new("backfill2")
             .exchange(&first.exchange)
@@ -76,17 +85,7 @@ async fn an_instance_started_later_serves_a_resume_from_before_its_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_while_the_broker_is_down_backfills_once_it_answers() {
     bounded(async {
-        let stream = unique("history");
-        let first = GatewayBuilder::new("late-backfill1")
-            .arg("history-stream", &stream)
-            .start()
-            .await;
-        let publisher = Publisher::connect(&first.exchange).await;
-        let mut seen = Client::as_user(&first, Transport::Ws, "t", "u").await;
-        for i in 1..=5 {
-            publisher.publish(PROGRESS, &event(&format!("l{i}"))).await;
-        }
-        assert_eq!(seen.ids_until("l5").await.len(), 5);
+        let (stream, first, publisher) = history_of_five("late-backfill1", "l").await;
 
         // A pod that starts before the broker answers (a cluster restart, a network blip).
         let proxy = ChaosProxy::start().await;
