@@ -38,9 +38,9 @@ pub use jwt::JwtConfig;
 pub use limits::{HistoryLimits, HistoryStream};
 pub use mapping::{Mapping, Pointer};
 pub use revocation::RevocationConfig;
-pub use routes::{Route, Routes, Selected, patterns_overlap};
+pub use routes::{Route, Routes, Selected};
 pub use settings::{Key, SETTINGS, Setting};
-pub use topic::{Pattern, topic_matches, with_words};
+pub use topic::{Pattern, patterns_overlap, topic_matches, with_words};
 
 use file::ConfigFile;
 use settings::Raw;

@@ -11,7 +11,7 @@ use std::fmt;
 use super::amqp::Binding;
 use super::mapping::{Mapping, Pointer};
 use super::settings::Key;
-use super::topic::topic_matches;
+use super::topic::{patterns_overlap, topic_matches};
 use super::validate::Validator;
 
 /// One route: a binding and how the events it brings are read.
@@ -148,30 +148,6 @@ impl Routes {
             }
         }
         overlaps
-    }
-}
-
-/// Whether some routing key matches both topic patterns.
-pub fn patterns_overlap(a: &str, b: &str) -> bool {
-    let a: Vec<&str> = a.split('.').collect();
-    let b: Vec<&str> = b.split('.').collect();
-    overlap_words(&a, &b)
-}
-
-fn overlap_words(a: &[&str], b: &[&str]) -> bool {
-    match (a.split_first(), b.split_first()) {
-        (None, None) => true,
-        // `#` matches nothing more, or absorbs one word the other side must also match.
-        (Some((&"#", a_rest)), _) => {
-            overlap_words(a_rest, b) || (!b.is_empty() && overlap_words(a, &b[1..]))
-        }
-        (_, Some((&"#", b_rest))) => {
-            overlap_words(a, b_rest) || (!a.is_empty() && overlap_words(&a[1..], b))
-        }
-        (Some((x, a_rest)), Some((y, b_rest))) => {
-            (*x == "*" || *y == "*" || x == y) && overlap_words(a_rest, b_rest)
-        }
-        _ => false,
     }
 }
 
