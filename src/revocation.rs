@@ -47,6 +47,9 @@ pub struct RevocationMetrics {
     pub active: Gauge,
     /// Entries forgotten before their TTL because of the cap.
     pub evicted: Counter,
+    /// Times the stream was found re-created (or truncated) on reconnecting and read
+    /// again from "now minus the TTL".
+    pub rereads: Counter,
 }
 
 impl Collect for RevocationMetrics {
@@ -66,6 +69,11 @@ impl Collect for RevocationMetrics {
             "gateway_revocations_evicted_total",
             "Revocations forgotten before their TTL because too many were held.",
             &self.evicted,
+        );
+        o.counter(
+            "gateway_revocation_stream_rereads_total",
+            "Times the revocation stream was found re-created and read again from now minus the TTL.",
+            &self.rereads,
         );
     }
 }
