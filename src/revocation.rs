@@ -47,6 +47,9 @@ pub struct RevocationMetrics {
     pub active: Gauge,
     /// Entries forgotten before their TTL because of the cap.
     pub evicted: Counter,
+    /// Times the stream was found re-created (or truncated) on reconnecting and read
+    /// again from "now minus the TTL".
+    pub rereads: Counter,
 }
 
 impl Collect for RevocationMetrics {
@@ -66,6 +69,11 @@ impl Collect for RevocationMetrics {
             "gateway_revocations_evicted_total",
             "Revocations forgotten before their TTL because too many were held.",
             &self.evicted,
+        );
+        o.counter(
+            "gateway_revocation_stream_rereads_total",
+            "Times the revocation stream was found re-created and read again from now minus the TTL.",
+            &self.rereads,
         );
     }
 }
@@ -123,7 +131,10 @@ impl Revocations {
     }
 
     /// Records that tokens of `who` issued before `at` (seconds) are no good. Returns
-    /// false when the revocation is already past its TTL (nothing to do).
+    /// false when there is nothing to do: the revocation is past its TTL, or one as late
+    /// is already held (the same ban read again, as when the stream is re-read). Then the
+    /// caller must not close connections either: those left are ones admitted since, with
+    /// tokens issued after the ban.
     pub fn revoke(&self, who: Revoked, at: u64) -> bool {
         let now = now_secs();
         let expires = at.saturating_add(self.ttl_secs);
@@ -136,6 +147,10 @@ impl Revocations {
             Revoked::User(k) => (&mut inner.users, k.clone()),
             Revoked::Tenant(k) => (&mut inner.tenants, k.clone()),
         };
+        // One as late is held, and for at least as long as this one would be: nothing new.
+        if map.get(&key).is_some_and(|held| held.at >= at) {
+            return false;
+        }
         // A later revocation of the same subject moves its cut-off forward.
         let entry = map.entry(key).or_insert(Cutoff { at, refs: 0 });
         entry.at = entry.at.max(at);
@@ -233,6 +248,28 @@ mod tests {
         assert!(r.is_revoked(&id("a", "alice", Some(now - 100))));
         assert!(!r.is_revoked(&id("b", "alice", Some(now - 100))));
         assert_eq!(r.metrics().active.get(), 2);
+    }
+
+    #[test]
+    fn a_revocation_read_again_changes_nothing() {
+        let r = Revocations::new(3600, 100);
+        let now = now_secs();
+        assert!(r.revoke(Revoked::User("mallory".into()), now - 10));
+        assert!(
+            !r.revoke(Revoked::User("mallory".into()), now - 10),
+            "same ban"
+        );
+        assert!(
+            !r.revoke(Revoked::User("mallory".into()), now - 20),
+            "older ban"
+        );
+        assert!(!r.is_revoked(&id("a", "mallory", Some(now - 5))));
+        assert!(
+            r.revoke(Revoked::User("mallory".into()), now),
+            "a later ban"
+        );
+        assert!(r.is_revoked(&id("a", "mallory", Some(now - 5))));
+        assert_eq!(r.metrics().active.get(), 1);
     }
 
     #[test]

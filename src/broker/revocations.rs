@@ -7,21 +7,30 @@
 //! read up to a marker it published itself on connecting, so that "ready" means "knows
 //! every revocation published before it started". It then follows the stream live and
 //! closes the named connections within moments of the event.
+//!
+//! After a broken link it resumes after the last message read, once it has checked that
+//! the stream still holds that message there: a stream re-created meanwhile (broker data
+//! lost, or deleted and declared again) starts its offsets over, and resuming at the old
+//! offset would skip every ban until the new stream reached it. Such a stream is read
+//! again from "now minus the TTL"; bans read twice change nothing (see `Revocations`).
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Nodes;
-use super::streams::{bind, declare_stream, marker_of, publish_marker};
+use super::streams::{
+    bind, declare_stream, holds_after, marker_of, offset_of, probe, publish_marker,
+};
 use super::{Backoff, LinkError};
 use crate::config::{AmqpConfig, Pointer, RevocationConfig};
 use crate::envelope::rfc3339_micros;
@@ -31,6 +40,25 @@ use crate::telemetry::untrusted;
 
 /// Credit of the stream consumer (streams require a prefetch).
 const PREFETCH: u16 = 256;
+
+/// The last message the feed read: where to resume, and what must still be there for the
+/// stream to be the one it was reading.
+#[derive(Clone, Copy, Debug)]
+struct LastRead {
+    offset: u64,
+    /// Of the message, not its position, so a re-created stream that has grown past
+    /// `offset` does not pass for the old one.
+    fingerprint: u64,
+}
+
+impl LastRead {
+    fn of(delivery: &Delivery) -> Option<LastRead> {
+        Some(LastRead {
+            offset: offset_of(delivery)?,
+            fingerprint: fingerprint(delivery),
+        })
+    }
+}
 
 /// Reads the revocation stream and applies it.
 pub struct RevocationFeed {
@@ -48,17 +76,17 @@ pub struct RevocationFeed {
 }
 
 impl RevocationFeed {
-    /// Runs until `shutdown`, reconnecting as needed and resuming after the last offset
+    /// Runs until `shutdown`, reconnecting as needed and resuming after the last message
     /// read.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.broker.reconnect_max);
         let mut nodes = Nodes::new(&self.broker);
-        let mut next_offset: Option<i64> = None;
+        let mut last: Option<LastRead> = None;
         loop {
             let mut read_any = false;
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.session(&mut nodes, &mut next_offset, &mut read_any) => r,
+                r = self.session(&mut nodes, &mut last, &mut read_any) => r,
             };
             let e = match result {
                 Ok(()) => LinkError::StreamEnded,
@@ -83,22 +111,26 @@ impl RevocationFeed {
     async fn session(
         &self,
         nodes: &mut Nodes,
-        next_offset: &mut Option<i64>,
+        last: &mut Option<LastRead>,
         read_any: &mut bool,
     ) -> Result<(), LinkError> {
         let (conn, node) = nodes.connect("realtime-gateway revocations").await?;
         let channel = conn.create_channel().await?;
+        self.declare(&channel).await?;
+        let marker = publish_marker(&channel, &self.config.stream).await?;
+        let start = self.start(&channel, &marker, *last).await?;
+        // Set here, after the probes: each of those needs one message only.
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
             .await?;
-        self.declare(&channel).await?;
-        let marker = publish_marker(&channel, &self.config.stream).await?;
+        let mut args = FieldTable::default();
+        args.insert("x-stream-offset".into(), start);
         let mut consumer = channel
             .basic_consume(
                 self.config.stream.as_str().into(),
                 "realtime-gateway-revocations".into(),
                 BasicConsumeOptions::default(),
-                start_at(*next_offset, self.config.ttl),
+                args,
             )
             .await?;
         tracing::info!(
@@ -109,8 +141,8 @@ impl RevocationFeed {
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery?;
             *read_any = true;
-            if let Some(offset) = header_long(&delivery, "x-stream-offset") {
-                *next_offset = Some(offset + 1);
+            if let Some(read) = LastRead::of(&delivery) {
+                *last = Some(read);
             }
             match marker_of(&delivery) {
                 Some(m) if m == marker => {
@@ -124,6 +156,55 @@ impl RevocationFeed {
             delivery.ack(BasicAckOptions::default()).await?;
         }
         Err(LinkError::StreamEnded)
+    }
+
+    /// Where this session reads from: just after the last message read, when the stream
+    /// still holds it there; else from "now minus the TTL" (the first session, or a
+    /// stream re-created or truncated since, which is logged and counted).
+    async fn start(
+        &self,
+        channel: &Channel,
+        marker: &str,
+        last: Option<LastRead>,
+    ) -> Result<AMQPValue, LinkError> {
+        let since = now_secs().saturating_sub(self.config.ttl.as_secs());
+        let Some(last) = last else {
+            return Ok(AMQPValue::Timestamp(since));
+        };
+        if self.still_holds(channel, marker, last).await? {
+            return Ok(AMQPValue::LongLongInt(last.offset.saturating_add(1) as i64));
+        }
+        self.revocations.metrics().rereads.inc();
+        tracing::warn!(
+            stream = %self.config.stream,
+            last_offset = last.offset,
+            from_unix_secs = since,
+            "revocation stream was re-created; re-reading from {since} (now minus the TTL)"
+        );
+        Ok(AMQPValue::Timestamp(since))
+    }
+
+    /// Whether the stream still holds the message last read, at its offset. Asked in two
+    /// probes: first whether the stream reaches past that offset at all (a probe at an
+    /// offset past the end would wait for a message that may never come), then what is
+    /// there.
+    async fn still_holds(
+        &self,
+        channel: &Channel,
+        marker: &str,
+        last: LastRead,
+    ) -> Result<bool, LinkError> {
+        let stream = self.config.stream.as_str();
+        let tag = format!("revocations-{marker}");
+        if !holds_after(channel, stream, last.offset, marker, &format!("{tag}-end")).await? {
+            return Ok(false);
+        }
+        let at = AMQPValue::LongLongInt(last.offset as i64);
+        let there = probe(channel, stream, at, &format!("{tag}-last")).await?;
+        // Past its TTL and gone, the message reads as a different one: reading again
+        // from "now minus the TTL" is then what resuming would have read anyway.
+        Ok(LastRead::of(&there)
+            .is_some_and(|t| t.offset == last.offset && t.fingerprint == last.fingerprint))
     }
 
     /// Declares the stream and binds it to the revocation keys.
@@ -182,17 +263,6 @@ impl RevocationFeed {
     }
 }
 
-/// Where to start reading: after the last offset read, or at "now minus the TTL".
-fn start_at(next_offset: Option<i64>, ttl: Duration) -> FieldTable {
-    let mut args = FieldTable::default();
-    let value = match next_offset {
-        Some(offset) => AMQPValue::LongLongInt(offset),
-        None => AMQPValue::Timestamp(now_secs().saturating_sub(ttl.as_secs())),
-    };
-    args.insert("x-stream-offset".into(), value);
-    args
-}
-
 /// The revoked user or tenant: a non-empty string at `pointer`, nothing else.
 fn subject(v: &Value, pointer: &Pointer, kind: RevocationKind) -> Option<Revoked> {
     let s = v.pointer(&pointer.to_string())?.as_str()?;
@@ -223,21 +293,15 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn header<'d>(delivery: &'d Delivery, name: &str) -> Option<&'d AMQPValue> {
-    delivery
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(&ShortString::from(name))
-}
-
-fn header_long(delivery: &Delivery, name: &str) -> Option<i64> {
-    match header(delivery, name)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        _ => None,
-    }
+/// What a message is, whatever its position: two messages alike in routing key, body and
+/// marker are one event published twice, read the same way.
+fn fingerprint(delivery: &Delivery) -> u64 {
+    let mut h = DefaultHasher::new();
+    delivery.exchange.as_str().hash(&mut h);
+    delivery.routing_key.as_str().hash(&mut h);
+    delivery.data.hash(&mut h);
+    marker_of(delivery).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

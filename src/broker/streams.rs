@@ -1,5 +1,6 @@
 //! RabbitMQ streams the fleet shares: declaring and binding them, the markers an instance
-//! publishes to know where "now" is in one, and the history backfill.
+//! publishes to know where "now" is in one, probes that look at one position of one, and
+//! the history backfill.
 //!
 //! The fleet's memory: a RabbitMQ stream, shared by every instance and bound like their
 //! live queues, that keeps recent events for the history's age.
@@ -33,6 +34,8 @@ pub(crate) const MARKER_HEADER: &str = "x-realtime-gateway-marker";
 const PREFETCH: u16 = 512;
 /// Longest a backfill may take before the instance goes on without it.
 const BACKFILL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a probe waits for the message it expects.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Read this much before the last event held, for clocks that disagree a little.
 const SLACK: Duration = Duration::from_secs(10);
 
@@ -199,34 +202,94 @@ async fn first_offset(
     marker: &str,
     what: &str,
 ) -> Result<u64, LinkError> {
-    // A stream consumer needs a prefetch; one message is all a probe reads.
-    channel.basic_qos(1, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert("x-stream-offset".into(), spec);
-    let tag = format!("backfill-{marker}-{what}");
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
-    let first = tokio::time::timeout(BACKFILL_TIMEOUT, consumer.next())
+    let first = probe(channel, stream, spec, &format!("backfill-{marker}-{what}")).await?;
+    Ok(offset_of(&first).unwrap_or(0))
+}
+
+/// The first message a consumer attached at `spec` receives: a look at one position of
+/// the stream without reading the rest. Only for a position some message will reach (a
+/// marker published just before is at the end); bounded by [`PROBE_TIMEOUT`].
+pub(crate) async fn probe(
+    channel: &Channel,
+    stream: &str,
+    spec: AMQPValue,
+    tag: &str,
+) -> Result<Delivery, LinkError> {
+    let mut consumer = probe_consumer(channel, stream, spec, tag).await?;
+    let first = tokio::time::timeout(PROBE_TIMEOUT, consumer.next())
         .await
-        .map_err(|_| LinkError::Timeout(BACKFILL_TIMEOUT))?;
+        .map_err(|_| LinkError::Timeout(PROBE_TIMEOUT));
     let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
         .await;
-    match first {
-        Some(Ok(delivery)) => Ok(offset_of(&delivery).unwrap_or(0)),
-        Some(Err(e)) => Err(e.into()),
+    match first? {
+        Some(delivery) => Ok(delivery?),
         None => Err(LinkError::StreamEnded),
     }
 }
 
+/// Whether `stream` holds a message after `offset`. Offsets only grow in a stream, so
+/// "no" means the stream was re-created (or truncated) since that offset was read. Read
+/// from the stream's last chunk up to the first message after `offset` or to `marker`,
+/// published on `channel` just before, which is at the stream's end. Bounded by
+/// [`PROBE_TIMEOUT`]: when another message starts a new chunk between the marker and the
+/// probe, a stream that does not reach past `offset` shows neither, and the caller's
+/// retry (with a new marker) answers instead.
+pub(crate) async fn holds_after(
+    channel: &Channel,
+    stream: &str,
+    offset: u64,
+    marker: &str,
+    tag: &str,
+) -> Result<bool, LinkError> {
+    let last = AMQPValue::LongString("last".into());
+    let mut consumer = probe_consumer(channel, stream, last, tag).await?;
+    let scan = async {
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            // The credit is one message: each is acknowledged to get the next.
+            delivery.ack(Default::default()).await?;
+            if offset_of(&delivery).is_some_and(|o| o > offset) {
+                return Ok(true);
+            }
+            if marker_of(&delivery).is_some_and(|m| m == marker) {
+                return Ok(false);
+            }
+        }
+        Err(LinkError::StreamEnded)
+    };
+    let result = tokio::time::timeout(PROBE_TIMEOUT, scan)
+        .await
+        .map_err(|_| LinkError::Timeout(PROBE_TIMEOUT));
+    let _ = channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await;
+    result?
+}
+
+/// A consumer with a credit of one message, attached at `spec`.
+async fn probe_consumer(
+    channel: &Channel,
+    stream: &str,
+    spec: AMQPValue,
+    tag: &str,
+) -> Result<lapin::Consumer, LinkError> {
+    // A stream consumer needs a prefetch; one message at a time is all a probe reads.
+    channel.basic_qos(1, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), spec);
+    Ok(channel
+        .basic_consume(
+            stream.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?)
+}
+
 /// The stream offset RabbitMQ puts on each message it delivers from a stream.
-fn offset_of(delivery: &Delivery) -> Option<u64> {
+pub(crate) fn offset_of(delivery: &Delivery) -> Option<u64> {
     let headers = delivery.properties.headers().as_ref()?;
     match headers.inner().get(&ShortString::from("x-stream-offset"))? {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),

@@ -276,3 +276,113 @@ async fn malformed_revocations_are_dropped_and_counted_never_read_as_everyone() 
     })
     .await;
 }
+
+/// Deletes the revocation stream and declares it again as an operator would (same
+/// arguments as the gateway's, with the default TTL; bound to the ban key), so it starts
+/// over at offset 0.
+async fn recreate_stream(publisher: &Publisher, stream: &str) {
+    publisher.delete_queue(stream).await;
+    publisher.declare_stream(stream, 86_400, 1 << 30).await;
+    publisher.bind_queue(stream, BANNED).await;
+}
+
+/// Bans `n` users `<prefix>-<i>`, moving the stream's offsets on.
+async fn ban_many(publisher: &Publisher, prefix: &str, n: usize) {
+    for i in 0..n {
+        let user = format!("{prefix}-{i}");
+        publisher
+            .publish(BANNED, &revocation(BANNED, Some("t"), Some(&user)))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_after_the_stream_is_re_created_still_cuts_the_user_off() {
+    bounded(async {
+        let stream = unique("revocations");
+        let gw = builder("recreated", None, &stream).start().await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        ban_many(&publisher, "earlier", 50).await;
+        gw.wait_metric("gateway_revocations_total{kind=\"user\"}", 50.0)
+            .await;
+        let mut mallory = ws(&gw, "t", "mallory").await;
+
+        // Deleting the stream cancels the feed's consumer; it comes back to a new stream
+        // whose offsets start over, far behind the 50 it had read.
+        recreate_stream(&publisher, &stream).await;
+        publisher
+            .publish(BANNED, &revocation(BANNED, Some("t"), Some("mallory")))
+            .await;
+        assert_eq!(mallory.expect_close().await, (4003, "revoked".to_owned()));
+        assert_eq!(
+            refused_reason(&gw, token_issued("t", "mallory", 60)).await,
+            (401, "revoked".to_owned())
+        );
+        assert!(
+            gw.metric("gateway_revocation_stream_rereads_total").await >= 1.0,
+            "the re-created stream is counted"
+        );
+        publisher.delete_queue(&stream).await;
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_re_created_during_an_outage_is_read_again_from_the_ttl() {
+    bounded(async {
+        let stream = unique("revocations");
+        let proxy = ChaosProxy::start().await;
+        let gw = builder("recreated-away", None, &stream)
+            .arg("amqp-url", &proxy.url())
+            .arg("amqp-reconnect-max-secs", "1")
+            .start()
+            .await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        let carol_ban = revocation(BANNED, Some("t"), Some("carol"));
+        publisher.publish(BANNED, &carol_ban).await;
+        ban_many(&publisher, "earlier", 50).await;
+        gw.wait_metric("gateway_revocations_total{kind=\"user\"}", 51.0)
+            .await;
+        let mut mallory = ws(&gw, "t", "mallory").await;
+        // Carol came back with a token issued after her ban.
+        let reinstated = Auth::Bearer(token_issued("t", "carol", 0));
+        let mut carol = Client::connect(&gw, Transport::Ws, reinstated)
+            .await
+            .expect("a token issued after the ban connects");
+
+        // While the gateway is away, the stream is re-created and refilled: Carol's ban
+        // restored from a backup, Mallory banned, then more bans than the feed had read,
+        // so the new stream reaches past the old offset.
+        proxy.cut();
+        recreate_stream(&publisher, &stream).await;
+        publisher.publish(BANNED, &carol_ban).await;
+        publisher
+            .publish(BANNED, &revocation(BANNED, Some("t"), Some("mallory")))
+            .await;
+        ban_many(&publisher, "later", 60).await;
+        proxy.restore();
+
+        assert_eq!(mallory.expect_close().await, (4003, "revoked".to_owned()));
+        assert_eq!(
+            refused_reason(&gw, token_issued("t", "mallory", 60)).await,
+            (401, "revoked".to_owned())
+        );
+        // Carol's ban, read again before Mallory's, did not close her newer connection.
+        publisher
+            .publish(
+                PROGRESS,
+                &envelope("still-here", PROGRESS, Some("t"), Some("carol")),
+            )
+            .await;
+        assert_eq!(carol.next_event().await["event_id"], "still-here");
+        gw.wait_metric("gateway_revocations_total{kind=\"user\"}", 51.0 + 62.0)
+            .await;
+        assert!(gw.metric("gateway_revocation_stream_rereads_total").await >= 1.0);
+        publisher.delete_queue(&stream).await;
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use realtime_gateway::config::{Config, Parsed};
 use serde_json::{Value, json};
@@ -477,6 +477,32 @@ impl Publisher {
                 lapin::options::QueueBindOptions::default(),
                 FieldTable::default(),
             )
+            .await
+            .unwrap();
+    }
+
+    /// Declares a stream as the gateway does (the same arguments, or the gateway's own
+    /// declaration would be refused), as an operator re-creating it would.
+    pub async fn declare_stream(&self, stream: &str, max_age_secs: u64, max_bytes: i64) {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        args.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(format!("{max_age_secs}s").into()),
+        );
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(max_bytes),
+        );
+        let durable = lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(stream.into(), durable, args)
             .await
             .unwrap();
     }
