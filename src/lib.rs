@@ -25,6 +25,7 @@ pub mod mapping;
 pub mod revocation;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod transport;
 

@@ -1,0 +1,318 @@
+//! Latest state per key: for every state key the gateway knows (by default a render job,
+//! keyed by its `job_id`), the latest event of that key, so a page that opens, wakes or
+//! resyncs gets the current state of what it shows at once (a snapshot) instead of waiting
+//! for the next change or refetching over REST.
+//!
+//! Fed by the pipeline from the live path and from the history stream's backfill, in the
+//! pipeline's order, so an old and a fresh instance hold the same state for every key whose
+//! latest event the stream still holds. Bounded in keys per user, keys per tenant, bytes
+//! and age; the least recently updated key goes first.
+//!
+//! A snapshot and the live events after it meet without a gap or a duplicate through the
+//! pipeline's sequence numbers: the snapshot answers the highest sequence it reflects
+//! (`through`), and a connection drops the keyed live events it already holds up to it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use foldhash::fast::RandomState;
+use tokio::time::Instant;
+
+use crate::envelope::Event;
+
+/// Bounds of the state store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Keys one user's events may hold (tenant-wide events count as one more "user").
+    pub max_keys_per_user: usize,
+    /// Keys one tenant may hold, its users' and its tenant-wide ones together.
+    pub max_keys_per_tenant: usize,
+    /// Bytes of events held in all.
+    pub max_bytes: usize,
+    /// A key not updated for this long is forgotten.
+    pub max_age: Duration,
+}
+
+/// Which state a key belongs to: the rule that found it (so two rules' keys never
+/// collide) and its value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateKey {
+    /// Index of the rule in the configuration.
+    pub rule: u16,
+    /// The value at the rule's pointer (a job id).
+    pub value: Arc<str>,
+}
+
+/// A tenant and one of its users (`None`: the tenant-wide events).
+type Owner = (Arc<str>, Option<Arc<str>>);
+
+struct Slot {
+    owner: Owner,
+    key: StateKey,
+    event: Arc<Event>,
+    /// The pipeline's sequence number of `event`.
+    seq: u64,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Every slot, by update order: the first is the least recently updated.
+    slots: BTreeMap<u64, Slot>,
+    next: u64,
+    by_key: HashMap<(Arc<str>, StateKey), u64, RandomState>,
+    by_owner: HashMap<Owner, BTreeSet<u64>, RandomState>,
+    by_tenant: HashMap<Arc<str>, BTreeSet<u64>, RandomState>,
+    bytes: usize,
+    /// Highest pipeline sequence number applied.
+    through: u64,
+}
+
+/// The latest event of every state key.
+pub struct StateStore {
+    inner: Mutex<Inner>,
+    limits: StateLimits,
+}
+
+/// The state a connection selects, oldest update first.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// The latest event of each selected key, in the order the keys were last updated.
+    pub events: Vec<Arc<Event>>,
+    /// The highest pipeline sequence number the snapshot reflects: keyed live events up
+    /// to it are already in it, or superseded by it.
+    pub through: u64,
+}
+
+impl StateStore {
+    /// An empty store.
+    pub fn new(limits: StateLimits) -> StateStore {
+        StateStore {
+            inner: Mutex::default(),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding it; a poisoned lock's data is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `event` (sequence `seq` in the pipeline) the state of `key`, and forgets what
+    /// the limits no longer allow. Returns (keys, bytes) held afterwards.
+    pub fn update(&self, seq: u64, event: &Arc<Event>, key: StateKey) -> (usize, usize) {
+        let mut s = self.lock();
+        s.through = s.through.max(seq);
+        let tenant = event.tenant.clone();
+        if let Some(old) = s.by_key.get(&(tenant.clone(), key.clone())).copied() {
+            if s.slots.get(&old).is_some_and(|slot| slot.seq > seq) {
+                // An older event than the state held (a backfill behind the live path):
+                // the state does not go back.
+                return (s.slots.len(), s.bytes);
+            }
+            s.remove(old);
+        }
+        let owner: Owner = (tenant.clone(), event.user.clone());
+        let at = s.next;
+        s.next += 1;
+        s.by_key.insert((tenant.clone(), key.clone()), at);
+        s.by_owner.entry(owner.clone()).or_default().insert(at);
+        s.by_tenant.entry(tenant.clone()).or_default().insert(at);
+        s.bytes += event.len();
+        s.slots.insert(
+            at,
+            Slot {
+                owner: owner.clone(),
+                key,
+                event: event.clone(),
+                seq,
+                at: Instant::now(),
+            },
+        );
+        self.enforce(&mut s, &owner);
+        (s.slots.len(), s.bytes)
+    }
+
+    /// Forgets what is over a limit, least recently updated first.
+    fn enforce(&self, s: &mut Inner, owner: &Owner) {
+        let l = &self.limits;
+        while s.by_owner.get(owner).is_some_and(|o| o.len() > l.max_keys_per_user) {
+            let oldest = *s.by_owner[owner].first().expect("not empty");
+            s.remove(oldest);
+        }
+        let tenant = &owner.0;
+        while s.by_tenant.get(tenant).is_some_and(|t| t.len() > l.max_keys_per_tenant) {
+            let oldest = *s.by_tenant[tenant].first().expect("not empty");
+            s.remove(oldest);
+        }
+        while s.bytes > l.max_bytes {
+            let Some(oldest) = s.slots.keys().next().copied() else {
+                break;
+            };
+            s.remove(oldest);
+        }
+        s.expire(l.max_age);
+    }
+
+    /// The latest state of every key of `tenant` that `user` may see (its own and the
+    /// tenant-wide keys) and `wants` selects, oldest update first.
+    pub fn snapshot(
+        &self,
+        tenant: &str,
+        user: &str,
+        wants: impl Fn(&Event, &StateKey) -> bool,
+    ) -> Snapshot {
+        let mut s = self.lock();
+        s.expire(self.limits.max_age);
+        let tenant: Arc<str> = tenant.into();
+        let owners = [(tenant.clone(), Some(Arc::from(user))), (tenant, None)];
+        let mut updates: Vec<u64> = owners
+            .iter()
+            .filter_map(|o| s.by_owner.get(o))
+            .flat_map(|set| set.iter().copied())
+            .collect();
+        updates.sort_unstable();
+        let events = updates
+            .into_iter()
+            .filter_map(|at| s.slots.get(&at))
+            .filter(|slot| wants(&slot.event, &slot.key))
+            .map(|slot| slot.event.clone())
+            .collect();
+        Snapshot {
+            events,
+            through: s.through,
+        }
+    }
+
+    /// Keys and bytes held.
+    pub fn size(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.slots.len(), s.bytes)
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, at: u64) {
+        let Some(slot) = self.slots.remove(&at) else {
+            return;
+        };
+        self.bytes -= slot.event.len();
+        self.by_key.remove(&(slot.owner.0.clone(), slot.key));
+        if let Some(set) = self.by_owner.get_mut(&slot.owner) {
+            set.remove(&at);
+            if set.is_empty() {
+                self.by_owner.remove(&slot.owner);
+            }
+        }
+        if let Some(set) = self.by_tenant.get_mut(&slot.owner.0) {
+            set.remove(&at);
+            if set.is_empty() {
+                self.by_tenant.remove(&slot.owner.0);
+            }
+        }
+    }
+
+    fn expire(&mut self, max_age: Duration) {
+        while let Some((&at, slot)) = self.slots.first_key_value() {
+            if slot.at.elapsed() < max_age {
+                break;
+            }
+            self.remove(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::testing::event;
+
+    const LIMITS: StateLimits = StateLimits {
+        max_keys_per_user: 100,
+        max_keys_per_tenant: 1000,
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(3600),
+    };
+
+    fn key(v: &str) -> StateKey {
+        StateKey {
+            rule: 0,
+            value: v.into(),
+        }
+    }
+
+    fn ids(s: &Snapshot) -> Vec<String> {
+        s.events.iter().map(|e| e.id.to_string()).collect()
+    }
+
+    fn put(store: &StateStore, seq: u64, id: &str, job: &str, user: Option<&str>) {
+        let e = Arc::new(event(id, "render.job.progress.v1", "t", user));
+        store.update(seq, &e, key(job));
+    }
+
+    #[test]
+    fn keeps_the_latest_event_per_key_in_update_order() {
+        let store = StateStore::new(LIMITS);
+        put(&store, 1, "a1", "a", Some("u"));
+        put(&store, 2, "b1", "b", Some("u"));
+        put(&store, 3, "a2", "a", Some("u"));
+        put(&store, 4, "t1", "t", None);
+        put(&store, 5, "x1", "x", Some("someone-else"));
+        let s = store.snapshot("t", "u", |_, _| true);
+        assert_eq!(ids(&s), ["b1", "a2", "t1"]);
+        assert_eq!(s.through, 5);
+        // Another tenant's user of the same name sees nothing of it.
+        assert!(store.snapshot("other", "u", |_, _| true).events.is_empty());
+        // Selected by key.
+        let one = store.snapshot("t", "u", |_, k| &*k.value == "a");
+        assert_eq!(ids(&one), ["a2"]);
+    }
+
+    #[test]
+    fn an_older_event_never_replaces_a_newer_state() {
+        let store = StateStore::new(LIMITS);
+        put(&store, 7, "new", "a", Some("u"));
+        put(&store, 3, "old", "a", Some("u"));
+        assert_eq!(ids(&store.snapshot("t", "u", |_, _| true)), ["new"]);
+    }
+
+    #[test]
+    fn limits_forget_the_least_recently_updated_key() {
+        let store = StateStore::new(StateLimits {
+            max_keys_per_user: 2,
+            max_keys_per_tenant: 3,
+            ..LIMITS
+        });
+        put(&store, 1, "a", "a", Some("u"));
+        put(&store, 2, "b", "b", Some("u"));
+        put(&store, 3, "a2", "a", Some("u"));
+        put(&store, 4, "c", "c", Some("u"));
+        // Per user: b was the least recently updated.
+        assert_eq!(ids(&store.snapshot("t", "u", |_, _| true)), ["a2", "c"]);
+        put(&store, 5, "v1", "v1", Some("v"));
+        put(&store, 6, "v2", "v2", Some("v"));
+        // Per tenant: 3 keys; a2 goes.
+        assert_eq!(store.size().0, 3);
+        assert_eq!(ids(&store.snapshot("t", "u", |_, _| true)), ["c"]);
+        let bytes = StateStore::new(StateLimits {
+            max_bytes: 1,
+            ..LIMITS
+        });
+        put(&bytes, 1, "a", "a", Some("u"));
+        assert_eq!(bytes.size(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_not_updated_within_the_age_are_forgotten() {
+        let store = StateStore::new(StateLimits {
+            max_age: Duration::from_secs(60),
+            ..LIMITS
+        });
+        put(&store, 1, "a", "a", Some("u"));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        put(&store, 2, "b", "b", Some("u"));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(ids(&store.snapshot("t", "u", |_, _| true)), ["b"]);
+    }
+}
