@@ -19,20 +19,8 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use tokio::time::Instant;
 
+use crate::config::StateLimits;
 use crate::envelope::Event;
-
-/// Bounds of the state store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateLimits {
-    /// Keys one user's events may hold (tenant-wide events count as one more "user").
-    pub max_keys_per_user: usize,
-    /// Keys one tenant may hold, its users' and its tenant-wide ones together.
-    pub max_keys_per_tenant: usize,
-    /// Bytes of events held in all.
-    pub max_bytes: usize,
-    /// A key not updated for this long is forgotten.
-    pub max_age: Duration,
-}
 
 /// Which state a key belongs to: the rule that found it (so two rules' keys never
 /// collide) and its value.
@@ -137,12 +125,20 @@ impl StateStore {
     /// Forgets what is over a limit, least recently updated first.
     fn enforce(&self, s: &mut Inner, owner: &Owner) {
         let l = &self.limits;
-        while s.by_owner.get(owner).is_some_and(|o| o.len() > l.max_keys_per_user) {
+        while s
+            .by_owner
+            .get(owner)
+            .is_some_and(|o| o.len() > l.max_keys_per_user)
+        {
             let oldest = *s.by_owner[owner].first().expect("not empty");
             s.remove(oldest);
         }
         let tenant = &owner.0;
-        while s.by_tenant.get(tenant).is_some_and(|t| t.len() > l.max_keys_per_tenant) {
+        while s
+            .by_tenant
+            .get(tenant)
+            .is_some_and(|t| t.len() > l.max_keys_per_tenant)
+        {
             let oldest = *s.by_tenant[tenant].first().expect("not empty");
             s.remove(oldest);
         }

@@ -21,6 +21,7 @@ mod mapping;
 mod revocation;
 mod routes;
 mod settings;
+mod state;
 #[cfg(test)]
 mod tests;
 mod topic;
@@ -40,6 +41,7 @@ pub use mapping::{Mapping, Pointer};
 pub use revocation::RevocationConfig;
 pub use routes::{Route, Routes, Selected};
 pub use settings::{Key, SETTINGS, Setting};
+pub use state::{StateConfig, StateLimits, StateRule};
 pub use topic::{Pattern, patterns_overlap, topic_matches, with_words};
 
 use file::ConfigFile;
@@ -112,6 +114,8 @@ pub struct Config {
     pub history_stream: Option<HistoryStream>,
     /// Conflation and interest limits.
     pub delivery: DeliveryConfig,
+    /// Latest state per key, for snapshots.
+    pub state: StateConfig,
     /// Which bindings bring which events, and how each route's events are read.
     pub routes: Routes,
     /// Which events revoke users and tenants, and how long revocations are kept.

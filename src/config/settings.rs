@@ -102,6 +102,11 @@ settings! {
     SingleTenant, "single-tenant", "GATEWAY_SINGLE_TENANT", None, "single-tenant mode: every token and event belong to this tenant";
     TenantWideEvents, "tenant-wide-events", "GATEWAY_TENANT_WIDE_EVENTS", Some("true"), "deliver events without a user to their whole tenant (false: to nobody)";
     Conflate, "conflate", "GATEWAY_CONFLATE", Some("render.job.progress.v1=/data/job_id"), "event types whose unsent events a newer one with the same key replaces, as `type=/json/pointer`, comma-separated (`off` or empty: none)";
+    State, "state", "GATEWAY_STATE", Some("render.job.#=/data/job_id"), "events that are the latest state of a key, for snapshots, as `type.pattern=/json/pointer`, comma-separated; an event takes the first rule its type matches (`off` or empty: none)";
+    StateMaxKeysPerUser, "state-max-keys-per-user", "GATEWAY_STATE_MAX_KEYS_PER_USER", Some("1000"), "state keys kept per user (and for a tenant's tenant-wide events); the least recently updated goes first";
+    StateMaxKeysPerTenant, "state-max-keys-per-tenant", "GATEWAY_STATE_MAX_KEYS_PER_TENANT", Some("20000"), "state keys kept per tenant";
+    StateMaxBytes, "state-max-bytes", "GATEWAY_STATE_MAX_BYTES", Some("67108864"), "bytes of state events kept in all";
+    StateMaxAgeSecs, "state-max-age-secs", "GATEWAY_STATE_MAX_AGE_SECS", Some("3600"), "a state key not updated for this long is forgotten";
     MaxInterestPatterns, "max-interest-patterns", "GATEWAY_MAX_INTEREST_PATTERNS", Some("32"), "most event-type patterns one connection may select (types=, subscribe)";
     RevocationUserKeys, "revocation-user-keys", "GATEWAY_REVOCATION_USER_KEYS", Some("identity.user.banned.v1"), "routing keys whose events revoke the user they name (`exchange:key` allowed; `off` or empty: none)";
     RevocationUserPointer, "revocation-user-pointer", "GATEWAY_REVOCATION_USER_POINTER", Some("/user_id"), "JSON pointer to the revoked user (a token's sub) in those events";

@@ -625,3 +625,40 @@ fn worker_threads_leave_a_cpu_to_the_broker_client() {
     };
     assert!(e.to_string().contains("GATEWAY_WORKER_THREADS"), "{e}");
 }
+
+#[test]
+fn state_rules_by_type_pattern_and_their_limits() {
+    let c = config(&[], &[SECRET]);
+    let [rule] = &c.state.rules[..] else {
+        panic!("one state rule by default");
+    };
+    assert_eq!(rule.types.as_str(), "render.job.#");
+    for t in [
+        "queued",
+        "started",
+        "progress",
+        "completed",
+        "failed",
+        "cancelled",
+    ] {
+        assert!(rule.types.matches(&format!("render.job.{t}.v1")), "{t}");
+    }
+    assert!(!rule.types.matches("notification.created.v1"));
+    assert_eq!(rule.key.to_string(), "/data/job_id");
+    assert_eq!(c.state.limits.max_age, Duration::from_secs(3600));
+    assert_eq!(c.state.limits.max_keys_per_user, 1000);
+    let off = config(&[], &[SECRET, ("GATEWAY_STATE", "off")]);
+    assert!(off.state.rules.is_empty());
+    let two = config(
+        &[
+            "--state",
+            "render.job.#=/data/job_id, export.*.v1=/data/export_id",
+        ],
+        &[SECRET],
+    );
+    assert_eq!(two.state.rules.len(), 2);
+    for bad in ["render.job.#", "a b=/x", "render.job.#=data"] {
+        let err = parse(&["--state", bad], &[SECRET]).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_STATE"), "{bad}: {err}");
+    }
+}

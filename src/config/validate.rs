@@ -177,6 +177,7 @@ impl<'a> Validator<'a> {
             routes,
             revocation: self.revocation(),
             delivery: self.delivery(),
+            state: self.state(),
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
             worker_threads: self.worker_threads(),
             log_format,
