@@ -27,9 +27,18 @@ pub struct Record {
     pub connects: u32,
     /// Attempts refused or failed before a stream started.
     pub refusals: u32,
+    /// The HTTP status of each refusal that had one (the proxy's or the gateway's answer),
+    /// in order: a 502 or 503 that reached a client means the proxy found no instance to
+    /// take it.
+    pub refusal_statuses: Vec<u16>,
 }
 
 impl Record {
+    fn refused(&mut self, status: Option<u16>) {
+        self.refusals += 1;
+        self.refusal_statuses.extend(status);
+    }
+
     fn last_event(&self) -> Option<String> {
         self.items.iter().rev().find_map(|i| match i {
             Item::Event(id) => Some(id.clone()),
@@ -88,6 +97,10 @@ impl Client {
         self.record.lock().unwrap().last_event()
     }
 
+    pub fn refusal_statuses(&self) -> Vec<u16> {
+        self.record.lock().unwrap().refusal_statuses.clone()
+    }
+
     /// Waits for the task to notice `stop`.
     pub async fn join(self) {
         tokio::time::timeout(Duration::from_secs(10), self.task)
@@ -140,8 +153,12 @@ async fn ws_session(
     }
     let mut ws = match tokio_tungstenite::connect_async(url).await {
         Ok((ws, _)) => ws,
-        Err(_) => {
-            record.lock().unwrap().refusals += 1;
+        Err(e) => {
+            let status = match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status().as_u16()),
+                _ => None,
+            };
+            record.lock().unwrap().refused(status);
             return Duration::from_millis(200);
         }
     };
@@ -184,8 +201,9 @@ async fn sse_session(
     }
     let resp = match req.send().await {
         Ok(r) if r.status() == 200 => r,
-        _ => {
-            record.lock().unwrap().refusals += 1;
+        refused => {
+            let status = refused.ok().map(|r| r.status().as_u16());
+            record.lock().unwrap().refused(status);
             return Duration::from_millis(200);
         }
     };

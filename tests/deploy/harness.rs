@@ -343,6 +343,7 @@ impl Proxy {
     pub fn logs(&self) -> String {
         let mut out = tail(&self.dir.path("proxy.log"));
         out.push_str(&tail(&self.dir.path("error.log")));
+        out.push_str(&tail(&self.dir.path("access.log")));
         out
     }
 
@@ -353,7 +354,10 @@ impl Proxy {
 }
 
 /// nginx's main file for a test: one process in the foreground as the invoking user, pid,
-/// logs and temp files in the private directory, and the shipped site included.
+/// logs and temp files in the private directory, and the shipped site included. The access
+/// log names the instances each request was tried on and what each answered, and how long
+/// the request took (a stream is logged when it ends), so a failure shows how nginx
+/// balanced and retried; it logs the path, never the query with its token.
 fn nginx_main_conf(dir: &Path) -> String {
     let d = dir.display();
     format!(
@@ -363,7 +367,9 @@ fn nginx_main_conf(dir: &Path) -> String {
          error_log {d}/error.log info;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n\
-         \x20   access_log {d}/access.log;\n\
+         \x20   log_format upstreams '$msec $request_time $request_method $uri $status \
+         upstream=$upstream_addr upstream_status=$upstream_status';\n\
+         \x20   access_log {d}/access.log upstreams;\n\
          \x20   client_body_temp_path {d}/client_body;\n\
          \x20   proxy_temp_path {d}/proxy;\n\
          \x20   fastcgi_temp_path {d}/fastcgi;\n\

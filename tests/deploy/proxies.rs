@@ -2,7 +2,12 @@
 //! rolling restart: WebSocket and SSE clients connected through the proxy receive a steady
 //! stream of events while each instance in turn is sent SIGTERM, waited for, and started
 //! again on the same port. Every client must end with every event, in order, once (or an
-//! explicit `resync` before a gap), and none may stay disconnected.
+//! explicit `resync` before a gap), none may stay disconnected, and the proxy may never
+//! answer a client that no instance can take it while one is ready.
+//!
+//! Each proxy runs the restart at two paces: moving on once a probe connection reached the
+//! restarted instance, and moving on a fixed time after `/readyz`, as an orchestrator does
+//! (no probe traffic, which matters to nginx: see [`Pace::AfterReady`]).
 //!
 //! The pieces are meant for other rolling-restart scenarios: [`Fleet`] (instances with
 //! extra environment, a proxy, [`Fleet::rolling_restart`]), [`start_clients`],
@@ -19,12 +24,29 @@ use crate::harness::{GatewayProcess, Proxy, ProxyKind, until};
 use crate::support::{Publisher, bounded, token, unique};
 
 const TENANT: &str = "tenant-lb";
-const CLIENTS_PER_TRANSPORT: usize = 3;
+/// Four of each transport: the eight clients of the drill an operator reported nginx
+/// failing.
+const CLIENTS_PER_TRANSPORT: usize = 4;
 /// Gap between published events: a steady trickle, so every phase of the restart has
 /// events in flight.
 const PUBLISH_EVERY: Duration = Duration::from_millis(40);
+/// The orchestrator's pace: 5 s after an instance is ready, the next one is stopped.
+const ORCHESTRATOR: Pace = Pace::AfterReady(Duration::from_secs(5));
 /// Deadline for one step that depends on reconnects through the proxy.
 const STEP: Duration = Duration::from_secs(30);
+
+/// When a rolling restart moves on from an instance that is ready again.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// Once a probe WebSocket through the proxy landed on the restarted instance.
+    Routed,
+    /// A fixed time after `/readyz` said 200, as an orchestrator waits (Kubernetes'
+    /// `minReadySeconds`, a deploy script's sleep), with no traffic of the test's own. The
+    /// probes of [`Pace::Routed`] open and close at once, and a request to an nginx
+    /// upstream that completes clears its failure count, which the clients' long-lived
+    /// streams never do: this pace leaves the proxy with only what real clients send.
+    AfterReady(Duration),
+}
 
 /// Two instances behind a proxy, with clients and a publisher attached: the fixture a
 /// rolling-restart scenario runs in.
@@ -57,14 +79,17 @@ impl Fleet {
     }
 
     /// Restarts each instance in turn, as a rolling deploy does: SIGTERM, wait for a clean
-    /// exit, start it again on the same port, wait for `/readyz`, and wait until the proxy
-    /// routes new connections to it again before moving on to the next one.
-    pub async fn rolling_restart(&mut self) {
+    /// exit, start it again on the same port, wait for `/readyz`, then move on to the next
+    /// one at `pace`.
+    pub async fn rolling_restart(&mut self, pace: Pace) {
         for i in 0..self.instances.len() {
             let gw = &mut self.instances[i];
             gw.stop().await;
             gw.start().await;
-            self.wait_routed(i).await;
+            match pace {
+                Pace::Routed => self.wait_routed(i).await,
+                Pace::AfterReady(settle) => tokio::time::sleep(settle).await,
+            }
         }
     }
 
@@ -167,8 +192,8 @@ pub async fn start_clients(fleet: &Fleet, stop: &watch::Receiver<bool>) -> Vec<C
     clients
 }
 
-/// The whole scenario for one proxy.
-async fn rolling_restart_through(kind: ProxyKind) {
+/// The whole scenario for one proxy at one pace.
+async fn rolling_restart_through(kind: ProxyKind, pace: Pace) {
     // The fleet's history stream: a client that reconnects to an instance that has just
     // started resumes from the stream-backfilled history instead of resyncing.
     let stream = unique("lb-history");
@@ -182,7 +207,7 @@ async fn rolling_restart_through(kind: ProxyKind) {
         clients.iter().all(|c| c.events() >= 5)
     })
     .await;
-    fleet.rolling_restart().await;
+    fleet.rolling_restart(pace).await;
     // Events keep flowing after the last restart, through the restarted instances.
     let seen: Vec<usize> = clients.iter().map(Client::events).collect();
     until("events flowing after the restart", STEP, || async {
@@ -216,22 +241,43 @@ async fn rolling_restart_through(kind: ProxyKind) {
         if c.connects() < 2 {
             problems.push(format!("{}: never reconnected", c.name));
         }
+        // One instance was ready at every moment, so the proxy had somewhere to send every
+        // attempt: a 502 or 503 means it turned a client away instead (nginx's `no live
+        // upstreams`), which leaves the client without events for as long as it lasts.
+        let shut_out: Vec<u16> = c
+            .refusal_statuses()
+            .into_iter()
+            .filter(|s| matches!(s, 502 | 503))
+            .collect();
+        if !shut_out.is_empty() {
+            problems.push(format!(
+                "{}: turned away by the proxy {} times ({shut_out:?}) with an instance ready",
+                c.name,
+                shut_out.len()
+            ));
+        }
     }
     let connects: Vec<u32> = clients.iter().map(Client::connects).collect();
     eprintln!(
-        "{kind:?}: {} events published, connects per client {connects:?}, {resyncs} resyncs",
+        "{kind:?} {pace:?}: {} events published, connects per client {connects:?}, \
+         {resyncs} resyncs",
         published.len()
     );
     assert!(
         caught_up && problems.is_empty(),
-        "{kind:?}: {} events published; caught up: {caught_up}; resyncs: {resyncs}\n{}\n{}",
+        "{kind:?} {pace:?}: {} events published; caught up: {caught_up}; resyncs: {resyncs}\n{}\n{}",
         published.len(),
         problems.join("\n"),
         fleet.logs()
     );
     // Every instance backfilled its history from the fleet's stream before it was ready,
     // so every resume is a replay: nobody resyncs.
-    assert_eq!(resyncs, 0, "{kind:?}: {resyncs} resyncs\n{}", fleet.logs());
+    assert_eq!(
+        resyncs,
+        0,
+        "{kind:?} {pace:?}: {resyncs} resyncs\n{}",
+        fleet.logs()
+    );
     for c in clients {
         c.join().await;
     }
@@ -244,10 +290,23 @@ async fn rolling_restart_through(kind: ProxyKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_rolling_restart_loses_no_event() {
-    bounded(rolling_restart_through(ProxyKind::Nginx)).await;
+    bounded(rolling_restart_through(ProxyKind::Nginx, Pace::Routed)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_rolling_restart_loses_no_event() {
-    bounded(rolling_restart_through(ProxyKind::Haproxy)).await;
+    bounded(rolling_restart_through(ProxyKind::Haproxy, Pace::Routed)).await;
+}
+
+/// The drill an operator ran: stop A, start A, wait until it is ready and 5 s more, stop
+/// B, start B (and 5 s more). The first instance's failures must not outlive its restart
+/// in the proxy, or draining the second leaves the proxy with no instance it will use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_rolling_restart_at_orchestrator_pace_shuts_no_client_out() {
+    bounded(rolling_restart_through(ProxyKind::Nginx, ORCHESTRATOR)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_rolling_restart_at_orchestrator_pace_shuts_no_client_out() {
+    bounded(rolling_restart_through(ProxyKind::Haproxy, ORCHESTRATOR)).await;
 }
