@@ -1,15 +1,17 @@
 //! realtime-gateway: RabbitMQ domain events to browsers over WebSocket and SSE.
 //!
-//! Data flows one way:
+//! One event's path:
 //!
 //! ```text
-//! broker ──▶ envelope ──▶ hub ──▶ transport::{ws, sse} ──▶ browser
-//! (lapin)    (parse once) (who)   (frames built once, shared)
+//! broker ──▶ envelope ──▶ dedupe, history, state ──▶ hub ──▶ transport::{ws, sse} ──▶ browser
+//! (lapin)    (parse once) (resume, snapshots)         (who)   (frames built once, shared)
 //! ```
 //!
-//! Beside that line: [`config`] (flags and `GATEWAY_*` variables), [`auth`] (token
-//! verification), [`telemetry`] (metrics and logs), [`shutdown`] (signals) and [`server`],
-//! whose [`run`] is what `main` and the integration tests call.
+//! Beside it: [`revocation`] (banned users, fed by the broker's revocation feed),
+//! [`config`] (flags and `GATEWAY_*` variables), [`auth`] (token verification),
+//! [`telemetry`] (metrics and logs), [`shutdown`] (signals) and [`server`], whose [`run`] is
+//! what `main` and the integration tests call. The layers (a module imports only lower
+//! ones) and every file's job: `docs/architecture.md`, checked by `tests/architecture.rs`.
 
 #![forbid(unsafe_code)]
 

@@ -482,14 +482,14 @@ mod tests {
         let (transport, broker) = (TransportMetrics::default(), BrokerMetrics::default());
         let revocations = Revocations::new(1, 1);
         let text = Exposition::render(&[hub.metrics(), &transport, &broker, revocations.metrics()]);
-        let readme = include_str!("../README.md");
+        let page = include_str!("../docs/operations.md");
         let mut names = 0;
         for name in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
             let name = name.split(' ').next().unwrap();
             names += 1;
             assert!(
-                readme.contains(&format!("`{name}`")),
-                "{name} missing from README"
+                page.contains(&format!("`{name}`")),
+                "{name} missing from docs/operations.md"
             );
         }
         assert!(names >= 24, "only {names} metrics rendered");

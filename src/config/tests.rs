@@ -1,4 +1,5 @@
-//! Parsing and validation as a whole: defaults, precedence, problems, help and README.
+//! Parsing and validation as a whole: defaults, precedence, problems, help and the
+//! configuration page.
 
 use super::*;
 
@@ -188,12 +189,12 @@ fn empty_variable_counts_as_unset() {
 }
 
 #[test]
-fn readme_documents_every_setting() {
-    let readme = include_str!("../../README.md");
+fn the_configuration_page_documents_every_setting() {
+    let page = include_str!("../../docs/configuration.md");
     for s in SETTINGS {
         assert!(
-            readme.contains(&format!("`{}`", s.env)),
-            "{} missing from README",
+            page.contains(&format!("| `{}` |", s.env)),
+            "{} missing from docs/configuration.md",
             s.env
         );
     }

@@ -202,7 +202,7 @@ impl<'a> Validator<'a> {
 
     /// `auto` leaves one CPU to the broker client's own I/O thread, which every event
     /// passes through: on two cores, a second worker measurably costs more CPU per event
-    /// (wake-ups between workers) than it adds (README, Performance).
+    /// (wake-ups between workers) than it adds (docs/performance.md).
     fn worker_threads(&mut self) -> usize {
         let value = self.string(Key::WorkerThreads);
         if value.trim() == "auto" {
