@@ -26,6 +26,8 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::amqp::AmqpUrl;
+use crate::bare::{ACK_BATCH, ACK_DELAY};
 use crate::opts::{Opts, Parsed};
 use crate::publish::{Kind, PublishReport, Publisher};
 use crate::{round3, stats};
@@ -58,8 +60,10 @@ FLAGS:
   --duration SECS      publish window                                            [10]
   --events KIND        targeted (event k for user k % 1000) or unrouted (for absent
                        users): the envelopes of those benchmarks             [targeted]
-  --client C           the consumer's AMQP client: lapin (the gateway's) or amqprs
-                       (tokio-native), same prefetch and acks                 [lapin]
+  --client C           the consumer's AMQP client: lapin (the gateway's), amqprs
+                       (tokio-native), or bare: the ingest floor, no library and
+                       no thread but the one reading its socket; same prefetch
+                       and acks                                               [lapin]
   --prefetch N         basic.qos of the consumer (the gateway's default)        [512]
   --history-age SECS   the stream's x-max-age, and the age the disk use is
                        extrapolated to (GATEWAY_HISTORY_MAX_AGE_SECS)            [300]
@@ -87,9 +91,6 @@ const QUEUE_MAX_LENGTH: i64 = 100_000;
 const QUEUE_MAX_BYTES: i64 = 64 * 1024 * 1024;
 /// The gateway's `GATEWAY_HISTORY_STREAM_MAX_BYTES` default (src/broker/streams.rs).
 const STREAM_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-/// The gateway's ack batching (src/broker/mod.rs `Acks`).
-const ACK_BATCH: usize = 64;
-const ACK_DELAY: Duration = Duration::from_millis(20);
 /// Users the targeted envelopes cycle through.
 const USERS: &str = "1000";
 
@@ -135,6 +136,9 @@ pub enum Client {
     Lapin,
     /// A tokio-native client, for comparison.
     Amqprs,
+    /// No client library: the ingest floor (`bare.rs`), frames read from the socket on
+    /// the consuming thread itself.
+    Bare,
 }
 
 impl Client {
@@ -142,7 +146,8 @@ impl Client {
         match s {
             "lapin" => Ok(Client::Lapin),
             "amqprs" => Ok(Client::Amqprs),
-            _ => Err(format!("--client: `{s}` is not lapin or amqprs")),
+            "bare" => Ok(Client::Bare),
+            _ => Err(format!("--client: `{s}` is not lapin, amqprs or bare")),
         }
     }
 
@@ -150,6 +155,7 @@ impl Client {
         match self {
             Client::Lapin => "lapin",
             Client::Amqprs => "amqprs",
+            Client::Bare => "bare",
         }
     }
 }
@@ -312,6 +318,10 @@ pub fn main(args: &[String]) -> u8 {
             return crate::EXIT_USAGE;
         }
     };
+    if a.consume && a.client == Client::Bare {
+        // The ingest floor: no runtime, so no thread but this one touches the socket.
+        return consume_bare(&a);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1385,73 +1395,13 @@ async fn open_amqprs(
     ))
 }
 
-/// The parts of an `amqp://user:password@host:port/vhost` URL, percent-decoded.
-#[derive(Debug, PartialEq, Eq)]
-pub struct AmqpUrl {
-    pub user: String,
-    pub password: String,
-    pub host: String,
-    pub port: u16,
-    pub vhost: String,
-}
-
-impl AmqpUrl {
-    pub fn parse(url: &str) -> Result<AmqpUrl, String> {
-        let bad = || format!("`{url}` is not amqp://user:password@host[:port][/vhost]");
-        let rest = url.strip_prefix("amqp://").ok_or_else(bad)?;
-        let rest = rest.split('?').next().unwrap_or_default();
-        let (authority, vhost) = match rest.split_once('/') {
-            Some((a, v)) => (a, percent_decode(v).ok_or_else(bad)?),
-            None => (rest, "/".to_owned()),
-        };
-        let (userinfo, hostport) = authority
-            .rsplit_once('@')
-            .unwrap_or(("guest:guest", authority));
-        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-            None => (hostport, 5672),
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(AmqpUrl {
-            user: percent_decode(user).ok_or_else(bad)?,
-            password: percent_decode(password).ok_or_else(bad)?,
-            host: host.to_owned(),
-            port,
-            // An empty path is the default vhost, as in the AMQP URI spec's practice.
-            vhost: if vhost.is_empty() {
-                "/".to_owned()
-            } else {
-                vhost
-            },
-        })
-    }
-}
-
-/// `%2f` → `/`; `None` for a broken escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = (bytes.next()? as char).to_digit(16)?;
-            let lo = (bytes.next()? as char).to_digit(16)?;
-            out.push((hi * 16 + lo) as u8);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 async fn consume_with(a: &Args) -> Result<(), String> {
     let source = a.source.unwrap_or(Source::Queue);
     let queue = a.queue.as_deref().unwrap_or_default();
     let (conn, acker, mut deliveries) = match a.client {
         Client::Lapin => open_lapin(a, source, queue).await?,
         Client::Amqprs => open_amqprs(a, source, queue).await?,
+        Client::Bare => return Err("the bare client runs without a runtime".into()),
     };
     let mut eof = stdin_closed();
     let mut eof_seen = false;
@@ -1504,6 +1454,61 @@ async fn consume_with(a: &Args) -> Result<(), String> {
     print_result(&mut tally, cpu, failure.as_deref());
     conn.close().await;
     failure.map_or(Ok(()), Err)
+}
+
+/// The ingest floor's child: the bare consumer (`bare.rs`) on this thread, with the same
+/// settings, tally and report as the library clients.
+fn consume_bare(a: &Args) -> u8 {
+    match consume_bare_with(a) {
+        Ok(()) => 0,
+        Err(e) => {
+            log(format!("consumer: {e}"));
+            crate::EXIT_ENV
+        }
+    }
+}
+
+fn consume_bare_with(a: &Args) -> Result<(), String> {
+    let source = a.source.unwrap_or(Source::Queue);
+    let queue = a.queue.as_deref().unwrap_or_default();
+    let url = AmqpUrl::parse(a.amqp_url.as_deref().unwrap_or_default())?;
+    let mut consumer = crate::bare::Consumer::connect(&crate::bare::Login {
+        addr: url.socket_addr()?,
+        user: &url.user,
+        password: &url.password,
+        vhost: &url.vhost,
+    })?;
+    consumer.subscribe(&crate::bare::Subscription {
+        queue,
+        prefetch: a.prefetch,
+        exclusive: source != Source::Stream,
+        stream_next: source == Source::Stream,
+    })?;
+    let mut eof = stdin_closed();
+    let mut end = None;
+    let tck = crate::gateway::clk_tck();
+    let mut tally = Tally::new(a.expect);
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let cpu0 = own_cpu(tck);
+    let result = crate::bare::consume(
+        &mut consumer,
+        a.prefetch,
+        |body| {
+            tally.record(body, crate::publish::now_us());
+            tally.complete()
+        },
+        || {
+            if end.is_none() && eof.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
+                end = Some(Instant::now() + a.tail);
+            }
+            end
+        },
+    );
+    let cpu = own_cpu(tck) - cpu0;
+    print_result(&mut tally, cpu, result.as_ref().err().map(String::as_str));
+    let _ = consumer.close();
+    result
 }
 
 fn threads() -> Option<u64> {
@@ -1583,35 +1588,6 @@ mod tests {
         let o = publisher_opts(&a, "loadtest.livepath.t").unwrap();
         assert_eq!(o.planned_events(), 40_000);
         assert_eq!(o.exchange, "loadtest.livepath.t");
-    }
-
-    #[test]
-    fn amqp_urls_are_taken_apart() {
-        let u = AmqpUrl::parse("amqp://guest:s%40cret@127.0.0.1:5673/%2f").unwrap();
-        assert_eq!(
-            u,
-            AmqpUrl {
-                user: "guest".into(),
-                password: "s@cret".into(),
-                host: "127.0.0.1".into(),
-                port: 5673,
-                vhost: "/".into(),
-            }
-        );
-        let u = AmqpUrl::parse("amqp://localhost").unwrap();
-        assert_eq!(
-            (u.user.as_str(), u.port, u.vhost.as_str()),
-            ("guest", 5672, "/")
-        );
-        assert_eq!(
-            AmqpUrl::parse("amqp://u:p@h/prod?heartbeat=5")
-                .unwrap()
-                .vhost,
-            "prod"
-        );
-        assert!(AmqpUrl::parse("amqps://h").is_err());
-        assert!(AmqpUrl::parse("amqp://u:p@h:x/").is_err());
-        assert!(AmqpUrl::parse("amqp://u:p@h/%zz").is_err());
     }
 
     #[test]

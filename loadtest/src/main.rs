@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 mod account;
+mod amqp;
+mod bare;
 mod conn;
 mod fleet;
 mod floor;
