@@ -172,6 +172,12 @@ pub fn method(out: &mut Vec<u8>, channel: u16, m: id::Method, args: impl FnOnce(
 pub struct Writer<'a>(&'a mut Vec<u8>);
 
 impl Writer<'_> {
+    /// A writer of bare arguments, outside a method frame (a content header, in tests).
+    #[cfg(test)]
+    pub fn new(out: &mut Vec<u8>) -> Writer<'_> {
+        Writer(out)
+    }
+
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
         self

@@ -483,3 +483,301 @@ pub fn consume(
         (_, r) => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use lapin::options::{
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::*;
+    use crate::amqp::{AmqpUrl, Writer};
+
+    const WITHIN: Duration = Duration::from_secs(10);
+
+    /// The next whole frame from a blocking socket: (method or None, args or body).
+    fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Option<id::Method>, Vec<u8>)> {
+        loop {
+            if let Some((frame, used)) = amqp::decode(buf, FRAME_MAX).expect("a good frame") {
+                let out = match frame {
+                    Frame::Method { method, args, .. } => (Some(method), args.to_vec()),
+                    Frame::Body { data, .. } => (None, data.to_vec()),
+                    _ => (None, Vec::new()),
+                };
+                buf.drain(..used);
+                return Some(out);
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk) {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    fn content(out: &mut Vec<u8>, tag: u64, parts: &[&[u8]]) {
+        amqp::method(out, CHANNEL, id::BASIC_DELIVER, |w| {
+            w.short_str(CONSUMER_TAG)
+                .u64(tag)
+                .u8(0)
+                .short_str("x")
+                .short_str("render.job.x");
+        });
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let mut header = vec![2, 0, 1];
+        let mut p = Vec::new();
+        Writer::new(&mut p).u16(60).u16(0).u64(size as u64).u16(0);
+        header.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        header.extend(p);
+        header.push(0xCE);
+        out.extend(header);
+        for part in parts {
+            out.extend_from_slice(&[3, 0, 1]);
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+            out.push(0xCE);
+        }
+    }
+
+    /// A broker that answers the handshake, delivers three messages (the second over two
+    /// body frames, and cut in two writes), then closes the connection; it returns the
+    /// acknowledgements it got: (tag, multiple).
+    fn fake_broker(l: TcpListener) -> Vec<(u64, u8)> {
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(WITHIN)).expect("timeout");
+        let mut header = [0u8; 8];
+        s.read_exact(&mut header).expect("protocol header");
+        assert_eq!(&header, amqp::PROTOCOL_HEADER);
+        let mut out = Vec::new();
+        amqp::method(&mut out, 0, id::CONNECTION_START, |w| {
+            w.u8(0)
+                .u8(9)
+                .table(&[])
+                .long_str(b"AMQPLAIN PLAIN")
+                .long_str(b"en_US");
+        });
+        s.write_all(&out).expect("start");
+        let (mut buf, mut acks) = (Vec::new(), Vec::new());
+        while let Some((method, args)) = read_frame(&mut s, &mut buf) {
+            out.clear();
+            match method {
+                Some(id::CONNECTION_START_OK) => {
+                    let mut r = Reader::new(&args, "start-ok");
+                    r.skip_table().expect("client properties");
+                    assert_eq!(r.short_str(), Ok(&b"PLAIN"[..]));
+                    assert_eq!(r.long_str(), Ok(&b"\0guest\0guest"[..]));
+                    amqp::method(&mut out, 0, id::CONNECTION_TUNE, |w| {
+                        w.u16(2047).u32(131_072).u16(60);
+                    });
+                }
+                Some(id::CONNECTION_OPEN) => {
+                    amqp::method(&mut out, 0, id::CONNECTION_OPEN_OK, |w| {
+                        w.short_str("");
+                    })
+                }
+                Some(id::CHANNEL_OPEN) => {
+                    amqp::method(&mut out, CHANNEL, id::CHANNEL_OPEN_OK, |w| {
+                        w.long_str(b"");
+                    })
+                }
+                Some(id::BASIC_QOS) => amqp::method(&mut out, CHANNEL, id::BASIC_QOS_OK, |_| {}),
+                Some(id::BASIC_CONSUME) => {
+                    amqp::method(&mut out, CHANNEL, id::BASIC_CONSUME_OK, |w| {
+                        w.short_str(CONSUMER_TAG);
+                    });
+                    content(&mut out, 1, &[b"a"]);
+                    // Cut inside the second message's method frame.
+                    let cut = out.len() + 10;
+                    content(&mut out, 2, &[b"hello ", b"world"]);
+                    content(&mut out, 3, &[b"c"]);
+                    amqp::method(&mut out, 0, id::CONNECTION_CLOSE, |w| {
+                        w.u16(320).short_str("CONNECTION_FORCED").u16(0).u16(0);
+                    });
+                    // Two writes apart in time: the consumer sees a partial frame first,
+                    // and waits longer than ACK_DELAY for the rest.
+                    s.write_all(&out[..cut]).expect("first part");
+                    std::thread::sleep(ACK_DELAY * 3);
+                    s.write_all(&out[cut..]).expect("the rest");
+                    out.clear();
+                }
+                Some(id::BASIC_ACK) => {
+                    let mut r = Reader::new(&args, "ack");
+                    acks.push((r.u64().expect("tag"), r.u8().expect("multiple")));
+                }
+                Some(id::CONNECTION_CLOSE_OK) => break,
+                _ => {}
+            }
+            s.write_all(&out).expect("answer");
+        }
+        acks
+    }
+
+    #[test]
+    fn consumes_acknowledges_in_batches_and_reports_a_broker_close() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let broker = std::thread::spawn(move || fake_broker(l));
+        let mut c = Consumer::connect(&Login {
+            addr,
+            user: "guest",
+            password: "guest",
+            vhost: "/",
+        })
+        .expect("connected");
+        assert_eq!(c.frame_max, 131_072);
+        c.subscribe(&Subscription {
+            queue: "q",
+            prefetch: 4,
+            exclusive: true,
+            stream_next: false,
+        })
+        .expect("consuming");
+        let mut bodies = Vec::new();
+        let until = Instant::now() + WITHIN;
+        let result = consume(
+            &mut c,
+            4,
+            |b| {
+                bodies.push(String::from_utf8_lossy(b).into_owned());
+                false
+            },
+            || Some(until),
+        );
+        let err = result.expect_err("the broker closed the connection");
+        assert!(err.contains("320 CONNECTION_FORCED"), "{err}");
+        assert_eq!(bodies, ["a", "hello world", "c"]);
+        // The first alone, ACK_DELAY after it while the rest was in flight; then a full
+        // batch (a prefetch of 4 acknowledges by 2), before the broker's close.
+        assert_eq!(broker.join().expect("broker"), [(1, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn refuses_addresses_off_loopback() {
+        let err = Consumer::connect(&Login {
+            addr: "192.0.2.1:5672".parse().expect("addr"),
+            user: "guest",
+            password: "guest",
+            vhost: "/",
+        })
+        .err()
+        .expect("refused");
+        assert!(err.contains("not a loopback address"), "{err}");
+    }
+
+    /// Against the real broker (127.0.0.1:5672, or $GATEWAY_AMQP_URL): a queue of its own,
+    /// a few hundred events from the benchmark's publisher, all consumed once by the bare
+    /// consumer and acknowledged (the queue is empty once it has gone), then everything
+    /// declared is deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consumes_a_real_queue_once_and_acknowledges_it_all() {
+        let exchange = format!("loadtest.bare-test.{}", crate::run_id());
+        let queue = format!("{exchange}.queue");
+        let words = ["publish", "--users", "10", "--exchange", &exchange];
+        let words = words
+            .into_iter()
+            .chain(["--rate", "1000", "--duration", "0.3"]);
+        let o = match crate::opts::parse(words.map(String::from)) {
+            Ok(crate::opts::Parsed::Run(o)) => *o,
+            _ => panic!("bad publisher options"),
+        };
+        let admin = lapin::Connection::connect(&o.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (scripts/ensure-rabbitmq.sh)");
+        let channel = admin.create_channel().await.expect("channel");
+        let outcome = publish_and_consume(&o, &channel, &exchange, &queue).await;
+        let left = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| (q.message_count(), q.consumer_count()));
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+        let _ = admin.close(200, "test done".into()).await;
+        let mut seqs = outcome.expect("published and consumed");
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..300).collect::<Vec<u64>>(), "every event once");
+        assert_eq!(left.expect("the queue"), (0, 0), "all acknowledged");
+    }
+
+    async fn publish_and_consume(
+        o: &crate::opts::Opts,
+        channel: &lapin::Channel,
+        exchange: &str,
+        queue: &str,
+    ) -> Result<Vec<u64>, String> {
+        crate::publish::declare_exchange(channel, exchange).await?;
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(60_000));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), args)
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                "render.job.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let publisher = crate::publish::Publisher::connect(o).await?;
+        let (_keep, abort) = tokio::sync::watch::channel(false);
+        let rep = publisher
+            .run(o, "baretest", crate::publish::Kind::Targeted, abort)
+            .await;
+        publisher.close().await;
+        if !rep.ok() {
+            return Err(format!("publish: {rep:?}"));
+        }
+        let url = AmqpUrl::parse(&o.amqp_url)?;
+        let queue = queue.to_owned();
+        tokio::task::spawn_blocking(move || consume_all(&url, &queue, rep.published))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// The bare consumer on this thread: the `seq` of each event, in order of receipt.
+    fn consume_all(url: &AmqpUrl, queue: &str, expect: u64) -> Result<Vec<u64>, String> {
+        let mut c = Consumer::connect(&Login {
+            addr: url.socket_addr()?,
+            user: &url.user,
+            password: &url.password,
+            vhost: &url.vhost,
+        })?;
+        c.subscribe(&Subscription {
+            queue,
+            prefetch: 512,
+            exclusive: true,
+            stream_next: false,
+        })?;
+        let mut seqs = Vec::new();
+        let until = Instant::now() + WITHIN;
+        consume(
+            &mut c,
+            512,
+            |body| {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                seqs.push(v["data"]["seq"].as_u64().unwrap_or(u64::MAX));
+                seqs.len() as u64 >= expect
+            },
+            || Some(until),
+        )?;
+        c.close()?;
+        Ok(seqs)
+    }
+}
