@@ -69,7 +69,8 @@ FLAGS:
                        extrapolated to (GATEWAY_HISTORY_MAX_AGE_SECS)            [300]
   --tail SECS          after the last publish, wait this long for the rest       [10]
   --amqp-url URL       loopback only  [$GATEWAY_AMQP_URL or amqp://guest:guest@127.0.0.1:5672/%2f]
-  --broker-pid PID     the broker's process (default: the only beam.smp running)
+  --broker-pid PID     the broker's process (default: the only beam.smp running;
+                       with none or several, its figures are left out)
   --stream-root DIR    where the node keeps streams  [/var/lib/rabbitmq/mnesia/*/stream]
   --json-out FILE      also write the JSON report there
   --label TEXT         copied into the JSON report
@@ -777,9 +778,13 @@ async fn measure(
     abort: watch::Receiver<bool>,
 ) -> Result<Report, String> {
     let tck = crate::gateway::clk_tck();
+    // The broker's figures are optional: the ingest floor's runs (compare.sh) only need
+    // the consumer's, and a machine may run more than one node.
     let broker = match a.broker_pid {
-        Some(p) => p,
-        None => find_broker()?,
+        Some(p) => Some(p),
+        None => find_broker()
+            .inspect_err(|e| log(format!("{e}; the broker's CPU and RSS are not reported")))
+            .ok(),
     };
     declare(channel, source, names, a.history_age).await?;
     let publisher = Publisher::connect(po).await?;
@@ -805,8 +810,8 @@ async fn measure(
         a.client.as_str(),
         a.rate
     ));
-    let cpu0 = crate::gateway::cpu_secs(broker, tck);
-    let rss0 = crate::gateway::rss_kib(broker);
+    let cpu0 = broker.and_then(|p| crate::gateway::cpu_secs(p, tck));
+    let rss0 = broker.and_then(crate::gateway::rss_kib);
     let rep: PublishReport = publisher.run(po, run, a.kind, abort.clone()).await;
     publisher.close().await;
     // End of input: the consumer waits --tail for what is still missing, then reports.
@@ -814,8 +819,8 @@ async fn measure(
     let result = consumer
         .line(a.tail + Duration::from_secs(20), "result")
         .await;
-    let cpu1 = crate::gateway::cpu_secs(broker, tck);
-    let rss1 = crate::gateway::rss_kib(broker);
+    let cpu1 = broker.and_then(|p| crate::gateway::cpu_secs(p, tck));
+    let rss1 = broker.and_then(crate::gateway::rss_kib);
     let stream_dir = if source.has_stream() {
         find_stream_dir(&stream_roots(&a.stream_root), &names.stream)
     } else {
