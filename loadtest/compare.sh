@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: for each scenario, the floor (the loadgen's bare writer: one
-# write() per delivery, no broker), this gateway and the Node peer, in turn, RUNS times;
-# then the table of medians with ranges, and the CPU cost and p99 of each run as ratios to
-# the floor of the same run (`loadgen summarize`). Every figure of one row comes from
-# runs taken minutes apart on the same machine, so what other processes do to the cores
-# moves the floor as well.
+# Side-by-side benchmark: for each scenario, the floors, this gateway and the Node peer, in
+# turn, RUNS times; then the table of medians with ranges, and the CPU cost and p99 of each
+# run as ratios to the floors of the same run (`loadgen summarize`). Two floors: the write
+# floor (`floor`: the loadgen's bare writer, one write() per delivery, no broker) and the
+# ingest floor (`ingest-floor`: `loadgen livepath --client bare`, a bare AMQP consumer
+# with the gateway's prefetch and batched acks, of the same events at the same rate; for
+# targeted and unrouted only). Unrouted CPU is read against the ingest floor, targeted
+# against ingest + write, broadcast against the write floor. Every figure of one row comes
+# from runs taken minutes apart on the same machine, so what other processes do to the
+# cores moves the floors as well.
 #
 #   loadtest/compare.sh                                  # every scenario, 3 runs
 #   RUNS=1 CONNS=1000 loadtest/compare.sh targeted       # a quick look
@@ -15,12 +19,14 @@
 #   broadcast100  CONNS WebSockets of one tenant, 10 tenant-wide events/s
 #   broadcast50   the same at 5 events/s
 #   unrouted      UNROUTED_CONNS WebSockets; UNROUTED_RATE events/s for users with no
-#                 connection (CPU per event ingested; the floor has nothing to do here)
+#                 connection (CPU per event ingested; the write floor has nothing to do
+#                 here, the ingest floor everything)
 #   idle          IDLE_CONNS connections, half WebSocket and half SSE (memory per connection)
 #
 # Environment (defaults in brackets):
 #   RUNS [3]  CONNS [10000]  DURATION [10]  TARGETED_RATE [5000]  UNROUTED_RATE [20000]
-#   UNROUTED_CONNS [1000]  IDLE_CONNS [16000]  SYSTEMS ["floor gateway node"]
+#   UNROUTED_CONNS [1000]  IDLE_CONNS [16000]
+#   SYSTEMS ["ingest-floor floor gateway node"]
 #   TAIL        seconds each run waits after its last event for late deliveries; what has
 #               not arrived by then counts as lost [30]
 #   NODE_PEER   the Node peer's folder, copied to OUT and installed with `npm ci`
@@ -43,7 +49,7 @@ UNROUTED_RATE="${UNROUTED_RATE:-20000}"
 UNROUTED_CONNS="${UNROUTED_CONNS:-1000}"
 IDLE_CONNS="${IDLE_CONNS:-16000}"
 TAIL="${TAIL:-30}"
-SYSTEMS="${SYSTEMS:-floor gateway node}"
+SYSTEMS="${SYSTEMS:-ingest-floor floor gateway node}"
 NODE_PEER="${NODE_PEER:-$root/../shared/peers/node-gateway}"
 OUT="${OUT:-$lt/target/compare/$(date -u +%Y%m%dT%H%M%SZ)}"
 read -r -a extra <<<"${LOADGEN_ARGS:-}"
@@ -66,6 +72,13 @@ args_of() { # scenario -> loadgen mode and flags
   esac
 }
 for s in "${scenarios[@]}"; do args_of "$s" >/dev/null; done
+
+rate_of() { # scenario -> events/s of the ingest floor's run
+  case "$1" in
+    targeted) echo "$TARGETED_RATE" ;;
+    unrouted) echo "$UNROUTED_RATE" ;;
+  esac
+}
 
 mkdir -p "$OUT"
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
@@ -129,7 +142,15 @@ run_one() { # scenario system run
   read -r -a args <<<"$(args_of "$scenario")"
   args+=(--tail-timeout "$TAIL" --label "$scenario/$system/$run" --json-out "$OUT/$name.json" "${extra[@]}")
   local status=0
-  if [ "$system" = floor ]; then
+  if [ "$system" = ingest-floor ]; then
+    # The same events at the same rate, consumed from a live queue by the bare consumer.
+    timeout --kill-after=10 900 "$loadgen" livepath --source queue --client bare \
+      --events "$scenario" --rate "$(rate_of "$scenario")" --duration "$DURATION" \
+      --tail "$TAIL" --amqp-url "$GATEWAY_AMQP_URL" --label "$scenario/$system/$run" \
+      --json-out "$OUT/$name.json" >/dev/null 2>"$OUT/$name.log" || status=$?
+    say "$name: $(grep -E '^ +(received|latency|CPU)' "$OUT/$name.log" | tr -s ' ' | paste -sd ';' -) (status $status)"
+    return 0
+  elif [ "$system" = floor ]; then
     timeout --kill-after=10 900 "$loadgen" floor "${args[@]}" >/dev/null 2>"$OUT/$name.log" || status=$?
   else
     local port exchange="loadtest.compare.$system"
@@ -147,6 +168,10 @@ for run in $(seq 1 "$RUNS"); do
     for system in $SYSTEMS; do
       # The floor writes to clients; it has no ingest or memory figure of its own to offer.
       if [ "$system" = floor ] && [[ "$scenario" == unrouted || "$scenario" == idle ]]; then
+        continue
+      fi
+      # The ingest floor only where ingest is part of the cost read.
+      if [ "$system" = ingest-floor ] && [[ "$scenario" != targeted && "$scenario" != unrouted ]]; then
         continue
       fi
       run_one "$scenario" "$system" "$run"

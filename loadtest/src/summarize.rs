@@ -1,7 +1,10 @@
 //! `loadgen summarize FILE...`: the comparison table of the runs `compare.sh` wrote. For
 //! each scenario and system: the median over the runs with its range, and the CPU cost
-//! and the p99 as ratios to the floor's figures *of the same run*, so a busy machine
-//! shifts both sides of each ratio alike.
+//! and the p99 as ratios to the floors' figures *of the same run*, so a busy machine
+//! shifts both sides of each ratio alike. Two floors: the write floor (`floor`, one
+//! `write()` per delivery) and the ingest floor (`ingest-floor`, a bare AMQP consumer:
+//! `livepath --client bare`); each scenario's CPU is read against the work it has to do
+//! (see [`floors_of`]).
 
 use std::collections::BTreeMap;
 
@@ -25,12 +28,39 @@ struct Run {
     rss_per_conn: Option<f64>,
     /// The floor's own fan-out: first to last write of one event, p99 over events, ms.
     floor_loop_p99_ms: Option<f64>,
+    /// Deliveries per event published, to read the ingest floor's cost per event as a
+    /// cost per delivery.
+    deliveries_per_event: Option<f64>,
+}
+
+/// The write floor's system name in compare.sh.
+const WRITE_FLOOR: &str = "floor";
+/// The ingest floor's.
+const INGEST_FLOOR: &str = "ingest-floor";
+
+/// The floors whose CPU a scenario's CPU is divided by: an unrouted event is only
+/// ingested; a targeted event is ingested and written once; a broadcast is a few events
+/// written to every socket, its ingest negligible beside that.
+fn floors_of(scenario: &str) -> &'static [&'static str] {
+    match scenario {
+        "unrouted" => &[INGEST_FLOOR],
+        "targeted" => &[INGEST_FLOOR, WRITE_FLOOR],
+        _ => &[WRITE_FLOOR],
+    }
+}
+
+/// A floor's own row: a whole floor of its scenario, or a part of one.
+fn is_floor(system: &str) -> bool {
+    system == WRITE_FLOOR || system == INGEST_FLOOR
 }
 
 fn parse(v: &Value) -> Option<Run> {
     let label = v["label"].as_str()?;
     let mut parts = label.splitn(3, '/');
     let (scenario, system, run) = (parts.next()?, parts.next()?, parts.next()?);
+    if v["mode"] == "livepath" {
+        return Some(parse_livepath(v, scenario, system, run));
+    }
     let gw = &v["gateway_process"];
     let cpu_us = if v["mode"] == "unrouted" {
         gw["cpu_us_per_event"].as_f64()
@@ -59,7 +89,27 @@ fn parse(v: &Value) -> Option<Run> {
         loadgen_us,
         rss_per_conn: gw["rss_per_connection_bytes"].as_f64(),
         floor_loop_p99_ms: v["publish"]["floor"]["write_loop_ms"]["p99"].as_f64(),
+        deliveries_per_event: v["delivery"]["delivered"]
+            .as_f64()
+            .zip(v["publish"]["published"].as_f64())
+            .filter(|(_, p)| *p > 0.0)
+            .map(|(d, p)| d / p),
     })
+}
+
+/// A `livepath` report (the ingest floor): its consumer's CPU per event and latency.
+fn parse_livepath(v: &Value, scenario: &str, system: &str, run: &str) -> Run {
+    Run {
+        scenario: scenario.to_owned(),
+        system: system.to_owned(),
+        run: run.to_owned(),
+        ok: v["ok"].as_bool().unwrap_or(false),
+        cpu_us: v["consumer"]["cpu_us_per_event"].as_f64(),
+        p50_ms: v["latency_ms"]["p50"].as_f64(),
+        p99_ms: v["latency_ms"]["p99"].as_f64(),
+        lost: v["lost"].as_u64().unwrap_or(0),
+        ..Run::default()
+    }
 }
 
 /// Median (mean of the middle two for an even count) and range.
@@ -95,23 +145,50 @@ fn show(s: Option<(f64, f64, f64)>, unit: &str) -> String {
     }
 }
 
-/// Per-run ratios of `field` to the same run's floor (of this scenario, else of
-/// `targeted`, the per-delivery cost unrouted events are read against).
-fn ratios(runs: &[Run], of: &[&Run], field: fn(&Run) -> Option<f64>) -> Vec<f64> {
-    let floor_of = |scenario: &str, run: &str| {
-        runs.iter()
-            .find(|r| r.system == "floor" && r.scenario == scenario && r.run == run)
-            .and_then(field)
-    };
+/// The run of `system` in the same scenario and run as `r`.
+fn same_run<'a>(runs: &'a [Run], r: &Run, system: &str) -> Option<&'a Run> {
+    runs.iter()
+        .find(|x| x.system == system && x.scenario == r.scenario && x.run == r.run)
+}
+
+/// The CPU floor of `r`, in its own unit (per event for unrouted, else per delivery):
+/// the sum of its scenario's floors in the same run; `None` when one is missing.
+fn cpu_floor(runs: &[Run], r: &Run) -> Option<f64> {
+    floors_of(&r.scenario)
+        .iter()
+        .map(|floor| {
+            let cost = same_run(runs, r, floor)?.cpu_us?;
+            // The ingest floor's cost is per event; spread it over the deliveries.
+            Some(if *floor == INGEST_FLOOR && r.scenario != "unrouted" {
+                cost / r.deliveries_per_event.filter(|d| *d > 0.0).unwrap_or(1.0)
+            } else {
+                cost
+            })
+        })
+        .sum()
+}
+
+/// Per-run ratios of the CPU to the same run's floors ([`floors_of`]).
+fn cpu_ratios(runs: &[Run], of: &[&Run]) -> Vec<f64> {
     of.iter()
         .filter_map(|r| {
-            let base = floor_of(&r.scenario, &r.run).or_else(|| floor_of("targeted", &r.run))?;
-            Some(field(r)? / base).filter(|_| base > 0.0)
+            let base = cpu_floor(runs, r)?;
+            Some(r.cpu_us? / base).filter(|_| base > 0.0)
         })
         .collect()
 }
 
-const SYSTEMS: [&str; 3] = ["floor", "gateway", "node"];
+/// Per-run ratios of the p99 to the same run's write floor: the latency clients see.
+fn p99_ratios(runs: &[Run], of: &[&Run]) -> Vec<f64> {
+    of.iter()
+        .filter_map(|r| {
+            let base = same_run(runs, r, WRITE_FLOOR)?.p99_ms?;
+            Some(r.p99_ms? / base).filter(|_| base > 0.0)
+        })
+        .collect()
+}
+
+const SYSTEMS: [&str; 4] = [INGEST_FLOOR, WRITE_FLOOR, "gateway", "node"];
 
 fn table(runs: &[Run]) -> String {
     // compare.sh's order first, then any other scenario in the order met.
@@ -131,7 +208,7 @@ fn table(runs: &[Run]) -> String {
         }
     }
     let mut out = String::from(
-        "| scenario | system | runs ok | CPU µs per delivery (unrouted: per event) | × floor | p50 ms | p99 ms | p99 × floor | lost | loadgen µs per message | KiB per connection |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | system | runs ok | CPU µs per delivery (unrouted, ingest-floor: per event) | × floor (unrouted: ingest; targeted: ingest + write; broadcast: write) | p50 ms | p99 ms | p99 × write floor | lost | loadgen µs per message | KiB per connection |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut groups: BTreeMap<(usize, usize, &str), Vec<&Run>> = BTreeMap::new();
     for r in runs {
@@ -144,24 +221,26 @@ fn table(runs: &[Run]) -> String {
     }
     for ((s, _, system), of) in &groups {
         let col = |f: fn(&Run) -> Option<f64>| spread(of.iter().filter_map(|r| f(r)).collect());
-        let own_floor = *system == "floor";
+        // A floor's row: 1 when it is its scenario's whole floor, – when a part of it.
+        let floor_cell = |whole: bool| if whole { "1" } else { "–" }.to_owned();
+        let whole_floor = floors_of(scenarios[*s]) == [*system];
         out.push_str(&format!(
             "| {} | {system} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             scenarios[*s],
             of.iter().filter(|r| r.ok).count(),
             of.len(),
             show(col(|r| r.cpu_us), ""),
-            if own_floor {
-                "1".into()
+            if is_floor(system) {
+                floor_cell(whole_floor)
             } else {
-                show(spread(ratios(runs, of, |r| r.cpu_us)), "x")
+                show(spread(cpu_ratios(runs, of)), "x")
             },
             show(col(|r| r.p50_ms), ""),
             show(col(|r| r.p99_ms), ""),
-            if own_floor {
-                "1".into()
+            if is_floor(system) {
+                floor_cell(*system == WRITE_FLOOR)
             } else {
-                show(spread(ratios(runs, of, |r| r.p99_ms)), "x")
+                show(spread(p99_ratios(runs, of)), "x")
             },
             of.iter().map(|r| r.lost).sum::<u64>(),
             show(col(|r| r.loadgen_us), ""),
@@ -176,14 +255,14 @@ fn table(runs: &[Run]) -> String {
 fn floor_loops(runs: &[Run]) -> String {
     let mut out = String::new();
     let mut seen: Vec<&str> = Vec::new();
-    for r in runs.iter().filter(|r| r.system == "floor") {
+    for r in runs.iter().filter(|r| r.system == WRITE_FLOOR) {
         if seen.contains(&r.scenario.as_str()) {
             continue;
         }
         seen.push(&r.scenario);
         let loops = runs
             .iter()
-            .filter(|x| x.system == "floor" && x.scenario == r.scenario)
+            .filter(|x| x.system == WRITE_FLOOR && x.scenario == r.scenario)
             .filter_map(|x| x.floor_loop_p99_ms)
             .collect();
         out.push_str(&format!(
@@ -246,22 +325,75 @@ mod tests {
     }
 
     #[test]
-    fn ratios_pair_each_run_with_its_own_floor() {
-        let runs = vec![
-            run("targeted", "floor", "1", 10.0, 1.0),
-            run("targeted", "floor", "2", 20.0, 2.0),
+    fn each_scenario_is_read_against_its_own_floors_of_the_same_run() {
+        let mut runs = vec![
+            run("targeted", "ingest-floor", "1", 4.0, 1.0),
+            run("targeted", "floor", "1", 6.0, 1.0),
+            run("targeted", "ingest-floor", "2", 8.0, 1.0),
+            run("targeted", "floor", "2", 12.0, 2.0),
             run("targeted", "gateway", "1", 30.0, 5.0),
             run("targeted", "gateway", "2", 40.0, 4.0),
+            run("unrouted", "ingest-floor", "1", 2.0, 0.5),
             run("unrouted", "gateway", "1", 5.0, 0.0),
+            run("broadcast100", "floor", "1", 1.0, 10.0),
+            run("broadcast100", "gateway", "1", 3.0, 30.0),
         ];
-        let gw: Vec<&Run> = runs[2..4].iter().collect();
-        assert_eq!(ratios(&runs, &gw, |r| r.cpu_us), vec![3.0, 2.0]);
-        assert_eq!(ratios(&runs, &gw, |r| r.p99_ms), vec![5.0, 2.0]);
-        // Unrouted has no floor of its own: read against the targeted delivery.
-        let un: Vec<&Run> = runs[4..].iter().collect();
-        assert_eq!(ratios(&runs, &un, |r| r.cpu_us), vec![0.5]);
+        // Targeted: ingest + write floor of the same run.
+        let gw: Vec<&Run> = runs[4..6].iter().collect();
+        assert_eq!(cpu_ratios(&runs, &gw), vec![3.0, 2.0]);
+        // The latency a client sees: against the write floor alone.
+        assert_eq!(p99_ratios(&runs, &gw), vec![5.0, 2.0]);
+        // Unrouted: the ingest floor alone; broadcast: the write floor alone.
+        let un: Vec<&Run> = runs[7..8].iter().collect();
+        assert_eq!(cpu_ratios(&runs, &un), vec![2.5]);
+        let bc: Vec<&Run> = runs[9..].iter().collect();
+        assert_eq!(cpu_ratios(&runs, &bc), vec![3.0]);
         let t = table(&runs);
         assert!(t.contains("| targeted | gateway | 2/2 | 35.0 [30.0–40.0] | 2.50x [2.00–3.00] |"));
+        assert!(
+            t.contains("| targeted | ingest-floor | 2/2 | 6.00 [4.00–8.00] | – |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| unrouted | ingest-floor | 1/1 | 2.00 | 1 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| unrouted | gateway | 1/1 | 5.00 | 2.50x |"),
+            "{t}"
+        );
+        // A floor missing from a run: no ratio rather than a wrong one.
+        runs.retain(|r| !(r.system == "ingest-floor" && r.run == "2"));
+        assert_eq!(
+            cpu_ratios(&runs, &runs[3..5].iter().collect::<Vec<_>>()),
+            vec![3.0]
+        );
+    }
+
+    #[test]
+    fn the_ingest_floor_is_spread_over_the_deliveries_of_an_event() {
+        let mut gw = run("targeted", "gateway", "1", 10.0, 1.0);
+        gw.deliveries_per_event = Some(2.0);
+        let runs = vec![
+            run("targeted", "ingest-floor", "1", 4.0, 1.0),
+            run("targeted", "floor", "1", 3.0, 1.0),
+            gw,
+        ];
+        assert_eq!(cpu_floor(&runs, &runs[2]), Some(5.0), "4 / 2 + 3");
+    }
+
+    #[test]
+    fn reads_the_ingest_floor_report() {
+        let v: Value = serde_json::from_str(
+            r#"{"label":"unrouted/ingest-floor/1","mode":"livepath","ok":true,"lost":0,
+                "consumer":{"cpu_us_per_event":1.5},"latency_ms":{"p50":0.4,"p99":2.0}}"#,
+        )
+        .expect("json");
+        let r = parse(&v).expect("a run");
+        assert_eq!(
+            (r.system.as_str(), r.cpu_us, r.p99_ms),
+            ("ingest-floor", Some(1.5), Some(2.0))
+        );
     }
 
     #[test]
@@ -269,7 +401,8 @@ mod tests {
         let v: Value = serde_json::from_str(
             r#"{"label":"broadcast100/node/2","mode":"broadcast","ok":true,
                 "gateway_process":{"cpu_us_per_delivery":9.5,"cpu_us_per_event":95000.0},
-                "delivery":{"lost":0,"latency_ms":{"p50":20.0,"p99":150.0}},
+                "delivery":{"lost":0,"delivered":1000,"latency_ms":{"p50":20.0,"p99":150.0}},
+                "publish":{"published":10},
                 "loadgen_process":{"cpu_us_per_delivery":4.0}}"#,
         )
         .expect("json");
@@ -282,5 +415,6 @@ mod tests {
             (r.cpu_us, r.p99_ms, r.loadgen_us),
             (Some(9.5), Some(150.0), Some(4.0))
         );
+        assert_eq!(r.deliveries_per_event, Some(100.0));
     }
 }
