@@ -380,9 +380,9 @@ impl Consumer {
         }
         let lost = match start {
             LinkStart::First => None,
-            LinkStart::FirstAfterFailures => {
-                Some("clients connected before the broker answered; events published before the queue existed never reached them, clients told to resync")
-            }
+            LinkStart::FirstAfterFailures => Some(
+                "clients connected before the broker answered; events published before the queue existed never reached them, clients told to resync",
+            ),
             LinkStart::AfterBreak if link.queue_lost && !covered => {
                 self.history.mark_gap();
                 Some("queue was gone after the outage; events may be lost, clients told to resync")

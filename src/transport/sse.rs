@@ -122,7 +122,7 @@ async fn open(
             kicked.clone(),
             ctx.shutdown.clone(),
             cfg.shutdown_drain,
-            cfg.idle_timeout,
+            cfg.write_timeout,
         ),
         kicked,
         done_token: CancellationToken::new(),

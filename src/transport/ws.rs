@@ -90,7 +90,7 @@ pub async fn handler(
         admitted.subscription.kicked.clone(),
         ctx.shutdown.clone(),
         cfg.shutdown_drain,
-        cfg.idle_timeout,
+        cfg.write_timeout,
     );
     let session = Session {
         replay: admitted.replay,
