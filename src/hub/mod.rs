@@ -593,11 +593,6 @@ impl Subscription {
         )
     }
 
-    /// Connection id, for logs.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
     /// Skips live events up to and including `seq` (they were replayed).
     pub fn skip_through(&mut self, seq: u64) {
         self.skip_through = Some(seq);
