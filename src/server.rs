@@ -129,10 +129,11 @@ struct Listener {
     router: Router,
     ctx: Context,
     tasks: TaskTracker,
-    stop: CancellationToken,
+    /// Cancelled when the gateway stops listening (the last stage of shutdown).
+    listening: CancellationToken,
 }
 
-/// Accepts connections until `stop`, serving each with hyper's HTTP/1 (upgrades
+/// Accepts connections until `listening` is cancelled, serving each with hyper's HTTP/1 (upgrades
 /// included), or, for SSE, the raw path. Written out instead of `axum::serve` for one head
 /// deadline per connection (a socket that never sends a request must not hold a
 /// descriptor), the admission of pending sockets (`transport::pending`: at the cap the loop
@@ -149,11 +150,11 @@ async fn accept_loop(l: Listener) {
     loop {
         // Connections beyond the cap wait in the listen backlog, not closed.
         tokio::select! {
-            _ = l.stop.cancelled() => break,
+            _ = l.listening.cancelled() => break,
             _ = pending.room() => {}
         }
         let (stream, peer) = tokio::select! {
-            _ = l.stop.cancelled() => break,
+            _ = l.listening.cancelled() => break,
             r = l.listener.accept() => match r {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -167,9 +168,10 @@ async fn accept_loop(l: Listener) {
             },
         };
         let pending = pending.admit(peer.ip());
-        let (ctx, router, stop) = (l.ctx.clone(), l.router.clone(), l.stop.clone());
-        l.tasks
-            .spawn(serve_connection(stream, peer, ctx, router, stop, pending));
+        let (ctx, router, listening) = (l.ctx.clone(), l.router.clone(), l.listening.clone());
+        l.tasks.spawn(serve_connection(
+            stream, peer, ctx, router, listening, pending,
+        ));
     }
 }
 
@@ -181,7 +183,7 @@ async fn serve_connection(
     peer: SocketAddr,
     ctx: Context,
     router: Router,
-    stop: CancellationToken,
+    listening: CancellationToken,
     pending: Pending,
 ) {
     let _ = stream.set_nodelay(true);
@@ -190,7 +192,7 @@ async fn serve_connection(
     let mut first = [0u8; SSE_PREFIX.len()];
     let peeked = tokio::select! {
         r = tokio::time::timeout_at(head_deadline, stream.peek(&mut first)) => r,
-        _ = stop.cancelled() => return,
+        _ = listening.cancelled() => return,
         // Silent while every slot was taken: closed to make room.
         _ = pending.yielded() => return,
     };
@@ -206,7 +208,7 @@ async fn serve_connection(
                 peer,
                 router,
                 head_deadline,
-                stop,
+                listening,
                 pending,
             ))
             .await
@@ -222,7 +224,7 @@ async fn serve_hyper(
     peer: SocketAddr,
     router: Router,
     head_deadline: Instant,
-    stop: CancellationToken,
+    listening: CancellationToken,
     pending: Pending,
 ) {
     // Released when hyper hands over the first complete request head; until then the
@@ -230,15 +232,16 @@ async fn serve_hyper(
     // only pending sockets are asked to yield).
     let yielded = pending.yield_token();
     let pending = Arc::new(std::sync::Mutex::new(Some(pending)));
-    // Cancelling this token drops the HTTP connection and its socket. SSE streams use
-    // it as their slow-client kick: a stream whose socket is stuck is never polled
-    // again, so it cannot end itself.
-    let conn_token = CancellationToken::new();
+    // Cancelling this token drops the HTTP connection and its socket: the watcher of an
+    // SSE stream does, since a stream whose socket is stuck is never polled again, so it
+    // cannot end itself.
+    let connection = CancellationToken::new();
     let service = {
-        let (router, token) = (router.clone(), conn_token.clone());
+        let (router, connection) = (router.clone(), connection.clone());
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             drop(pending.lock().unwrap_or_else(|p| p.into_inner()).take());
-            req.extensions_mut().insert(ConnectionToken(token.clone()));
+            req.extensions_mut()
+                .insert(ConnectionToken(connection.clone()));
             tower::ServiceExt::oneshot(router.clone(), req)
         })
     };
@@ -255,9 +258,9 @@ async fn serve_hyper(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = conn_token.cancelled() => Ok(()),
+        _ = connection.cancelled() => Ok(()),
         _ = yielded.cancelled() => Ok(()),
-        _ = stop.cancelled() => {
+        _ = listening.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -319,7 +322,7 @@ pub async fn run_with(
         tasks.spawn(refresh_jwks(
             ctx.verifier.clone(),
             every,
-            ctx.shutdown.clone(),
+            ctx.clients.clone(),
         ));
     }
 
@@ -331,7 +334,7 @@ pub async fn run_with(
         router: app(ctx.clone(), ops, demo_dir),
         ctx: ctx.clone(),
         tasks: tasks.clone(),
-        stop: listening.clone(),
+        listening: listening.clone(),
     }));
 
     shutdown.await;
@@ -360,7 +363,7 @@ fn wire(
         revocations: Arc::new(revocations),
         metrics: Arc::new(TransportMetrics::default()),
         draining: Arc::new(AtomicBool::new(false)),
-        shutdown: clients,
+        clients,
         tracker: tasks.clone(),
     };
     let ops = Ops {
@@ -393,7 +396,7 @@ fn spawn_broker_side(ctx: &Context, ops: &Ops, hooks: Hooks) {
         conflate: config.delivery.conflate.clone(),
         history_stream: config.history_stream.clone(),
     };
-    ctx.tracker.spawn(consumer.run(ctx.shutdown.clone()));
+    ctx.tracker.spawn(consumer.run(ctx.clients.clone()));
     if config.revocation.enabled() {
         let feed = RevocationFeed {
             broker: config.amqp.clone(),
@@ -402,7 +405,7 @@ fn spawn_broker_side(ctx: &Context, ops: &Ops, hooks: Hooks) {
             hub: ctx.hub.clone(),
             caught_up: ops.revocations_ready.clone(),
         };
-        ctx.tracker.spawn(feed.run(ctx.shutdown.clone()));
+        ctx.tracker.spawn(feed.run(ctx.clients.clone()));
     }
 }
 
@@ -413,11 +416,11 @@ fn revocation_keys(config: &Config) -> Vec<crate::config::Binding> {
 }
 
 /// Refetches the JWKS periodically, so rotated keys appear without a restart.
-async fn refresh_jwks(verifier: Arc<Verifier>, every: Duration, stop: CancellationToken) {
+async fn refresh_jwks(verifier: Arc<Verifier>, every: Duration, clients: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = clients.cancelled() => break,
             _ = tick.tick() => verifier.refresh_jwks().await,
         }
     }
@@ -438,7 +441,7 @@ async fn drain(
     ctx.draining.store(true, Ordering::Release);
     // The listener keeps answering while clients drain (`/readyz` 503, new clients 503
     // `draining`) instead of leaving requests in the backlog.
-    ctx.shutdown.cancel();
+    ctx.clients.cancel();
     tasks.close();
     let grace = ctx.config.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {

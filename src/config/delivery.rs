@@ -5,6 +5,11 @@ use super::mapping::Pointer;
 use super::settings::Key;
 use super::validate::Validator;
 
+/// Most patterns a connection may be allowed: every event offered to the connection is
+/// matched against each of them on the consumer's task, so this bounds the fan-out's work
+/// per recipient.
+const MAX_INTEREST_PATTERNS: usize = 1024;
+
 /// Events of `event_type` with the same value at `key` supersede each other.
 #[derive(Clone, Debug)]
 pub struct ConflationRule {
@@ -45,7 +50,8 @@ impl Validator<'_> {
         }
         DeliveryConfig {
             conflate,
-            max_interest_patterns: self.count::<usize>(Key::MaxInterestPatterns, 1024),
+            max_interest_patterns: self
+                .count::<usize>(Key::MaxInterestPatterns, MAX_INTEREST_PATTERNS),
         }
     }
 }

@@ -72,6 +72,10 @@ impl fmt::Debug for JwtConfig {
     }
 }
 
+/// Most clock skew allowed on `exp` and `nbf`: ten minutes is beyond any clock kept by
+/// NTP; more would quietly extend every token's life.
+const MAX_LEEWAY_SECS: u64 = 600;
+
 impl Validator<'_> {
     pub(super) fn jwt(&mut self) -> JwtConfig {
         let (secret, public_key_file, jwks_url) = self.jwt_keys();
@@ -81,11 +85,11 @@ impl Validator<'_> {
         }
         let cookie = self.string(Key::JwtCookie);
         let leeway = match self.parsed::<u64>(Key::JwtLeewaySecs, "a whole number of seconds") {
-            Some(v) if v <= 600 => Duration::from_secs(v),
+            Some(v) if v <= MAX_LEEWAY_SECS => Duration::from_secs(v),
             Some(v) => {
                 self.problem(
                     Key::JwtLeewaySecs,
-                    format_args!("{v} is out of range (0 to 600)"),
+                    format_args!("{v} is out of range (0 to {MAX_LEEWAY_SECS})"),
                 );
                 Duration::ZERO
             }

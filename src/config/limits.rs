@@ -28,6 +28,24 @@ pub struct HistoryStream {
     pub max_bytes: u64,
 }
 
+/// Largest values accepted, each far above any sane setting: they catch a typo (an extra
+/// digit, bytes given as KiB) before it becomes an allocation or a limit nothing enforces.
+/// Pending sockets: each is a descriptor and a task; a million exceeds any open-file limit.
+const MAX_PENDING_CONNECTIONS: usize = 1_000_000;
+/// Connections of one instance: ten times the largest open-file limits seen in practice.
+const MAX_CONNECTIONS: usize = 10_000_000;
+/// An event is held in memory whole and framed twice (WS and SSE); 16 MiB is beyond any
+/// browser notification and RabbitMQ's own default frame limits.
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes waiting per connection, multiplied by every slow connection: 1 GiB each.
+const MAX_SEND_QUEUE_BYTES: usize = 1 << 30;
+/// Events kept for resumes, each with its index entries.
+const MAX_HISTORY_EVENTS: usize = 10_000_000;
+/// Bytes of history kept: 16 GiB, more than an instance's memory.
+const MAX_HISTORY_BYTES: usize = 1 << 34;
+/// RabbitMQ's limit on a queue (and so a stream) name, in bytes.
+pub(super) const MAX_QUEUE_NAME_BYTES: usize = 255;
+
 /// Descriptors kept back for the listener, the broker link, logs and JWKS fetches.
 const RESERVED_FDS: usize = 128;
 /// Used when the open-file limit cannot be read.
@@ -51,9 +69,9 @@ pub(super) struct ShutdownTiming {
 
 impl Validator<'_> {
     pub(super) fn connection_limits(&mut self) -> ConnectionLimits {
-        let pending = self.count::<usize>(Key::MaxPendingConnections, 1_000_000);
+        let pending = self.count::<usize>(Key::MaxPendingConnections, MAX_PENDING_CONNECTIONS);
         let total = match self.optional(Key::MaxConnections) {
-            Some(_) => self.count::<usize>(Key::MaxConnections, 10_000_000),
+            Some(_) => self.count::<usize>(Key::MaxConnections, MAX_CONNECTIONS),
             None => default_max_connections(pending),
         };
         let pending_per_address = self
@@ -67,8 +85,8 @@ impl Validator<'_> {
     }
 
     pub(super) fn event_sizes(&mut self) -> EventSizes {
-        let max_event_bytes = self.count::<usize>(Key::MaxEventBytes, 16 * 1024 * 1024);
-        let send_queue_bytes = self.count::<usize>(Key::SendQueueBytes, 1 << 30);
+        let max_event_bytes = self.count::<usize>(Key::MaxEventBytes, MAX_EVENT_BYTES);
+        let send_queue_bytes = self.count::<usize>(Key::SendQueueBytes, MAX_SEND_QUEUE_BYTES);
         if send_queue_bytes < max_event_bytes {
             // Otherwise one large event would kick every recipient as a slow client.
             let max_env = Key::MaxEventBytes.setting().env;
@@ -85,8 +103,8 @@ impl Validator<'_> {
 
     pub(super) fn history(&mut self) -> HistoryLimits {
         HistoryLimits {
-            max_events: self.count::<usize>(Key::HistoryMaxEvents, 10_000_000),
-            max_bytes: self.count::<usize>(Key::HistoryMaxBytes, 1 << 34),
+            max_events: self.count::<usize>(Key::HistoryMaxEvents, MAX_HISTORY_EVENTS),
+            max_bytes: self.count::<usize>(Key::HistoryMaxBytes, MAX_HISTORY_BYTES),
             max_age: self.secs(Key::HistoryMaxAgeSecs),
         }
     }
@@ -94,7 +112,7 @@ impl Validator<'_> {
     /// The history stream, `None` when switched off.
     pub(super) fn history_stream(&mut self, history: &HistoryLimits) -> Option<HistoryStream> {
         let name = self.list(Key::HistoryStream).into_iter().next()?;
-        if name.len() > 255 || name.starts_with("amq.") {
+        if name.len() > MAX_QUEUE_NAME_BYTES || name.starts_with("amq.") {
             self.problem(
                 Key::HistoryStream,
                 "must be at most 255 bytes and not start with `amq.`",

@@ -90,6 +90,9 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// Silence after which a WebSocket is closed.
     pub idle_timeout: Duration,
+    /// Longest one write to a client may wait (an event, a replay, a reply, a ping):
+    /// beyond it the client is not reading and the connection is dropped as slow.
+    pub write_timeout: Duration,
     /// Time allowed for request headers.
     pub handshake_timeout: Duration,
     /// Sockets whose first request head is not complete yet; a flood of silent sockets

@@ -4,9 +4,14 @@
 use std::time::Duration;
 
 use super::amqp::Binding;
+use super::limits::MAX_QUEUE_NAME_BYTES;
 use super::mapping::Pointer;
 use super::settings::Key;
 use super::validate::Validator;
+
+/// Longest a revocation may be remembered: a year, longer than any token should live; the
+/// remembered entries are bounded by count as well (`revocation::MAX_ENTRIES`).
+const MAX_REVOCATION_TTL_SECS: u64 = 365 * 86_400;
 
 /// Which events revoke access, and how they are kept.
 #[derive(Clone, Debug)]
@@ -37,7 +42,7 @@ impl Validator<'_> {
     pub(super) fn revocation(&mut self) -> RevocationConfig {
         let exchange = self.string(Key::AmqpExchange);
         let stream = self.string(Key::RevocationStream);
-        if stream.is_empty() || stream.len() > 255 || stream.starts_with("amq.") {
+        if stream.is_empty() || stream.len() > MAX_QUEUE_NAME_BYTES || stream.starts_with("amq.") {
             self.problem(
                 Key::RevocationStream,
                 "must be 1 to 255 bytes and not start with `amq.`",
@@ -49,7 +54,9 @@ impl Validator<'_> {
             tenant_keys: self.revocation_keys(Key::RevocationTenantKeys, &exchange),
             tenant_pointer: self.pointer(Key::RevocationTenantPointer),
             // Up to a year, like the longest connection a token can hold.
-            ttl: Duration::from_secs(self.count::<u64>(Key::RevocationTtlSecs, 365 * 86_400)),
+            ttl: Duration::from_secs(
+                self.count::<u64>(Key::RevocationTtlSecs, MAX_REVOCATION_TTL_SECS),
+            ),
             stream,
         }
     }

@@ -85,6 +85,9 @@ settings! {
     WsReadBufferBytes, "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("512"), "read buffer per WebSocket (longer messages are read in several steps)";
     WsPingIntervalSecs, "ws-ping-interval-secs", "GATEWAY_WS_PING_INTERVAL_SECS", Some("25"), "WebSocket ping interval";
     IdleTimeoutSecs, "idle-timeout-secs", "GATEWAY_IDLE_TIMEOUT_SECS", Some("60"), "a WebSocket silent this long (no pong, no message) is closed";
+    // As long as the idle timeout by default: that is what bounded writes before they had
+    // a setting of their own.
+    WriteTimeoutSecs, "write-timeout-secs", "GATEWAY_WRITE_TIMEOUT_SECS", Some("60"), "a write to a client still not taken after this long drops the connection as a slow client";
     HandshakeTimeoutSecs, "handshake-timeout-secs", "GATEWAY_HANDSHAKE_TIMEOUT_SECS", Some("10"), "time allowed to send request headers";
     SseKeepaliveSecs, "sse-keepalive-secs", "GATEWAY_SSE_KEEPALIVE_SECS", Some("15"), "interval of SSE heartbeat events";
     SseRetryMs, "sse-retry-ms", "GATEWAY_SSE_RETRY_MS", Some("2000"), "reconnect delay suggested to EventSource (retry:)";

@@ -57,6 +57,28 @@ fn defaults_match_the_contract() {
     assert_eq!(c.send_queue_len, 256);
     assert_eq!(c.ws_max_message_bytes, 16 * 1024);
     assert_eq!(c.ws_read_buffer_bytes, 512);
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.write_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn the_write_timeout_is_its_own_setting() {
+    let c = config(
+        &["--write-timeout-secs", "5"],
+        &[SECRET, ("GATEWAY_IDLE_TIMEOUT_SECS", "90")],
+    );
+    assert_eq!(c.write_timeout, Duration::from_secs(5));
+    assert_eq!(c.idle_timeout, Duration::from_secs(90));
+    let c = config(&[], &[SECRET, ("GATEWAY_WRITE_TIMEOUT_SECS", "7")]);
+    assert_eq!(c.write_timeout, Duration::from_secs(7));
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    for bad in ["0", "86401", "soon"] {
+        let err = parse(&["--write-timeout-secs", bad], &[SECRET]).unwrap_err();
+        assert!(
+            err.to_string().contains("GATEWAY_WRITE_TIMEOUT_SECS"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]

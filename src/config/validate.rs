@@ -9,6 +9,28 @@ use std::time::Duration;
 use super::settings::{Key, Raw};
 use super::{Config, LogFormat};
 
+/// Largest values accepted, each far above any sane setting: they catch a typo (an extra
+/// digit, bytes given as KiB) before it becomes an allocation or a limit nothing enforces.
+/// Durations in whole seconds: a day. Every timeout and interval is far shorter; a longer
+/// one would keep a dead client's resources for days.
+const MAX_SECS: u64 = 86_400;
+/// Connections of one user: no person opens more tabs than this.
+const MAX_CONNECTIONS_PER_USER: usize = 100_000;
+/// Events waiting per connection, multiplied by every slow connection.
+const MAX_SEND_QUEUE_LEN: usize = 1_000_000;
+/// Event ids remembered for duplicates, each an allocation held for the process's life.
+const MAX_DEDUPE_WINDOW: usize = 10_000_000;
+/// A client sends only control messages (at most a token); tungstenite buffers a whole
+/// message before handing it over.
+const MAX_WS_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Held by every WebSocket for its whole life: 1 MiB each is already more than a
+/// connection's memory budget.
+const MAX_WS_READ_BUFFER_BYTES: usize = 1024 * 1024;
+/// An hour: a longer `retry:` leaves a page without events for longer than a deploy takes.
+const MAX_SSE_RETRY_MS: u64 = 3_600_000;
+/// Threads beyond the largest machines' cores only add switches.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// Reads settings through [`Raw`], recording a problem for each bad value and going on
 /// with a placeholder, so one run reports everything. The placeholders never escape: a
 /// config with problems is discarded.
@@ -126,7 +148,7 @@ impl<'a> Validator<'a> {
 
     /// Whole seconds within one day.
     pub(super) fn secs(&mut self, key: Key) -> Duration {
-        Duration::from_secs(self.count::<u64>(key, 86_400))
+        Duration::from_secs(self.count::<u64>(key, MAX_SECS))
     }
 
     /// Every setting, read in a fixed order so problems are always listed the same way.
@@ -157,20 +179,23 @@ impl<'a> Validator<'a> {
             max_connections: connections.total,
             max_pending_connections: connections.pending,
             max_pending_per_address: connections.pending_per_address,
-            max_connections_per_user: self.count::<usize>(Key::MaxConnectionsPerUser, 100_000),
+            max_connections_per_user: self
+                .count::<usize>(Key::MaxConnectionsPerUser, MAX_CONNECTIONS_PER_USER),
             max_event_bytes: sizes.max_event_bytes,
-            send_queue_len: self.count::<usize>(Key::SendQueueLen, 1_000_000),
+            send_queue_len: self.count::<usize>(Key::SendQueueLen, MAX_SEND_QUEUE_LEN),
             send_queue_bytes: sizes.send_queue_bytes,
-            dedupe_window: self.count::<usize>(Key::DedupeWindow, 10_000_000),
+            dedupe_window: self.count::<usize>(Key::DedupeWindow, MAX_DEDUPE_WINDOW),
             history,
             history_stream,
-            ws_max_message_bytes: self.count::<usize>(Key::WsMaxMessageBytes, 16 * 1024 * 1024),
-            ws_read_buffer_bytes: self.count::<usize>(Key::WsReadBufferBytes, 1024 * 1024),
+            ws_max_message_bytes: self.count::<usize>(Key::WsMaxMessageBytes, MAX_WS_MESSAGE_BYTES),
+            ws_read_buffer_bytes: self
+                .count::<usize>(Key::WsReadBufferBytes, MAX_WS_READ_BUFFER_BYTES),
             ws_ping_interval: self.secs(Key::WsPingIntervalSecs),
             idle_timeout: self.secs(Key::IdleTimeoutSecs),
+            write_timeout: self.secs(Key::WriteTimeoutSecs),
             handshake_timeout: self.secs(Key::HandshakeTimeoutSecs),
             sse_keepalive: self.secs(Key::SseKeepaliveSecs),
-            sse_retry: Duration::from_millis(self.count::<u64>(Key::SseRetryMs, 3_600_000)),
+            sse_retry: Duration::from_millis(self.count::<u64>(Key::SseRetryMs, MAX_SSE_RETRY_MS)),
             shutdown_grace: shutdown.grace,
             shutdown_drain: shutdown.drain,
             mapping,
@@ -209,7 +234,7 @@ impl<'a> Validator<'a> {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             return auto_worker_threads(cpus);
         }
-        self.count::<usize>(Key::WorkerThreads, 1024)
+        self.count::<usize>(Key::WorkerThreads, MAX_WORKER_THREADS)
     }
 
     fn logging(&mut self) -> (LogFormat, String) {

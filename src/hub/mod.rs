@@ -14,10 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
-use tokio_util::sync::CancellationToken;
 
+mod end;
 mod queue;
 
+pub use end::{Disconnect, End};
 pub use queue::{Interest, MAX_PATTERN_BYTES, conflate};
 use queue::{Offered, SendQueue};
 
@@ -35,38 +36,13 @@ crate::label_set! {
     }
 }
 
-crate::label_set! {
-    /// Why a connection was not admitted (the `reason` of the refusal's body).
-    pub enum Refusal as "reason" {
-        /// `GATEWAY_MAX_CONNECTIONS` reached: 503.
-        MaxConnections = "max_connections",
-        /// `GATEWAY_MAX_CONNECTIONS_PER_USER` reached: 429.
-        MaxPerUser = "max_connections_per_user",
-        /// Cookie auth from an origin not in `GATEWAY_ALLOWED_ORIGINS`: 403.
-        Origin = "origin",
-        /// The instance is shutting down: 503, so the client tries another.
-        Draining = "draining",
-    }
-}
-
-crate::label_set! {
-    /// Why the gateway ended a registered connection.
-    pub enum Disconnect as "reason" {
-        /// It did not read fast enough: its send queue filled up, or a write stalled.
-        SlowClient = "slow_client",
-        /// Its token expired.
-        TokenExpired = "token_expired",
-        /// No pong or message within the idle timeout.
-        Idle = "idle",
-        /// Sent a message over the size limit.
-        MessageTooBig = "message_too_big",
-        /// Graceful shutdown.
-        Shutdown = "shutdown",
-        /// An in-band refresh named another user or tenant.
-        Policy = "policy",
-        /// The platform banned its user or suspended its tenant.
-        Revoked = "revoked",
-    }
+/// A connection limit the hub enforces, reached: the connection is not registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitReached {
+    /// `GATEWAY_MAX_CONNECTIONS`: this instance is full.
+    Connections,
+    /// `GATEWAY_MAX_CONNECTIONS_PER_USER`: this user has as many as allowed.
+    PerUser,
 }
 
 /// Upper bounds of the latency histogram, in microseconds: from `event_time` (set by the
@@ -83,8 +59,6 @@ pub struct HubMetrics {
     pub open: Family<Transport>,
     /// Connections admitted.
     pub accepted: Family<Transport>,
-    /// Connections not admitted.
-    pub refused: Family<Refusal>,
     /// Connections the gateway ended.
     pub disconnects: Family<Disconnect>,
     /// Events queued to connections, one per recipient.
@@ -112,7 +86,6 @@ impl Default for HubMetrics {
         HubMetrics {
             open: Family::default(),
             accepted: Family::default(),
-            refused: Family::default(),
             disconnects: Family::default(),
             delivered: Family::default(),
             dropped_slow: Counter::default(),
@@ -140,12 +113,6 @@ impl Collect for HubMetrics {
             "counter",
             "Client connections accepted.",
             &self.accepted,
-        );
-        o.family(
-            "gateway_connections_refused_total",
-            "counter",
-            "Connections refused by a limit, origin rule or shutdown, by reason.",
-            &self.refused,
         );
         o.family(
             "gateway_disconnects_total",
@@ -231,24 +198,8 @@ struct Member {
     id: u64,
     /// Which transport, for per-transport delivery counts.
     transport: Transport,
-    /// The connection's bounded queue.
+    /// The connection's bounded queue, and its end.
     queue: Arc<SendQueue>,
-    /// Cancelled when the connection must go, so its task closes the client.
-    kick: CancellationToken,
-}
-
-impl Member {
-    /// Tells the connection to go, once; false when it was told already.
-    fn kick(&self, why: Disconnect) -> bool {
-        if self.kick.is_cancelled() {
-            return false;
-        }
-        if why == Disconnect::Revoked {
-            self.queue.mark_revoked();
-        }
-        self.kick.cancel();
-        true
-    }
 }
 
 /// Connections of one tenant, by user.
@@ -299,9 +250,24 @@ pub struct Subscription {
     opened: std::time::Instant,
     transport: Transport,
     delivered: u64,
-    /// Cancelled when this connection must go: it fell too far behind, or its access was
-    /// revoked ([`Subscription::kick_reason`] tells which).
-    pub kicked: CancellationToken,
+}
+
+/// How a connection learns that the hub told it to go, and why; asked of its
+/// [`Subscription`]. A handle on the connection's queue, which holds its end.
+#[derive(Clone)]
+pub struct Kick(Arc<SendQueue>);
+
+impl Kick {
+    /// Resolves when the hub tells the connection to go (it fell too far behind, or its
+    /// access was revoked), with that reason.
+    pub async fn kicked(&self) -> End {
+        self.0.end().kicked().await
+    }
+
+    /// Whether the hub told the connection to go.
+    pub fn is_kicked(&self) -> bool {
+        self.0.end().is_kicked()
+    }
 }
 
 impl Hub {
@@ -317,26 +283,23 @@ impl Hub {
         })
     }
 
-    /// What the hub counts; transports count their refusals and disconnects here too.
+    /// What the hub counts.
     pub fn metrics(&self) -> &HubMetrics {
         &self.metrics
     }
 
     /// Registers a connection of `user` in `tenant`, enforcing the connection limits.
-    /// `kick` is cancelled if the connection falls too far behind.
     pub fn subscribe(
         self: &Arc<Self>,
         tenant: &str,
         user: &str,
         transport: Transport,
-        kick: CancellationToken,
         interest: Option<Interest>,
-    ) -> Result<Subscription, Refusal> {
+    ) -> Result<Subscription, LimitReached> {
         let before = self.total.fetch_add(1, Ordering::AcqRel);
         if before >= self.limits.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.refused.inc(Refusal::MaxConnections);
-            return Err(Refusal::MaxConnections);
+            return Err(LimitReached::Connections);
         }
         let queue = Arc::new(SendQueue::new(
             self.limits.queue_len,
@@ -368,15 +331,13 @@ impl Hub {
                     id,
                     transport,
                     queue: queue.clone(),
-                    kick: kick.clone(),
                 });
                 Some((tenant_key, user_key))
             }
         };
         let Some((tenant_key, user_key)) = registered else {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.refused.inc(Refusal::MaxPerUser);
-            return Err(Refusal::MaxPerUser);
+            return Err(LimitReached::PerUser);
         };
         self.metrics.open.inc(transport);
         self.metrics.accepted.inc(transport);
@@ -391,8 +352,40 @@ impl Hub {
             opened: std::time::Instant::now(),
             transport,
             delivered: 0,
-            kicked: kick,
         })
+    }
+
+    /// Records why a connection ended, unless a reason was recorded already, and counts
+    /// it if the gateway ended it: the one place a disconnect is counted, at the moment it
+    /// is decided (not when a close handshake or a stuck socket finally lets go). Returns
+    /// the reason that stands.
+    pub fn end(&self, kick: &Kick, why: End) -> End {
+        self.end_of(&kick.0, why)
+    }
+
+    fn end_of(&self, queue: &SendQueue, why: End) -> End {
+        match self.record_end(queue, why) {
+            Ok(()) => why,
+            Err(earlier) => earlier,
+        }
+    }
+
+    /// [`Hub::end`]: `Err` with the earlier reason when one was recorded already.
+    fn record_end(&self, queue: &SendQueue, why: End) -> Result<(), End> {
+        queue.end().record(why)?;
+        if let End::Gateway(reason) = why {
+            self.metrics.disconnects.inc(reason);
+        }
+        Ok(())
+    }
+
+    /// Tells a connection to go for `why`, unless it is ending already; false then.
+    fn kick(&self, m: &Member, why: Disconnect) -> bool {
+        if self.record_end(&m.queue, End::Gateway(why)).is_err() {
+            return false;
+        }
+        m.queue.end().kick();
+        true
     }
 
     fn unsubscribe(&self, tenant: &Arc<str>, user: &Arc<str>, id: u64) {
@@ -490,7 +483,7 @@ impl Hub {
             Offered::Full => {
                 // The client is not reading. Dropping just this event would leave a
                 // silent gap, so the connection is ended instead and the client resumes.
-                if m.kick(Disconnect::SlowClient) {
+                if self.kick(m, Disconnect::SlowClient) {
                     let (event_id, trace_id) = match item {
                         Outgoing::Event(e) => (&*e.id, e.trace_id.as_deref().unwrap_or("")),
                         Outgoing::Resync => ("", ""),
@@ -501,7 +494,6 @@ impl Hub {
                         trace_id = %untrusted(trace_id),
                         "send queue full; disconnecting slow client"
                     );
-                    hm.disconnects.inc(Disconnect::SlowClient);
                 }
                 hm.dropped_slow.inc();
             }
@@ -519,7 +511,7 @@ impl Hub {
         let mut n = 0;
         let mut kick_all = |members: &[Member]| {
             for m in members {
-                if m.kick(Disconnect::Revoked) {
+                if self.kick(m, Disconnect::Revoked) {
                     n += 1;
                 }
             }
@@ -540,7 +532,6 @@ impl Hub {
                 }
             }
         }
-        self.metrics.disconnects.add(Disconnect::Revoked, n as i64);
         n
     }
 
@@ -559,10 +550,10 @@ impl Hub {
     }
 
     /// Whether a new connection of (`tenant`, `user`) would be admitted now, without
-    /// registering it or counting a refusal: what `/auth/check` reports.
-    pub fn would_admit(&self, tenant: &str, user: &str) -> Result<(), Refusal> {
+    /// registering it: what `/auth/check` reports.
+    pub fn would_admit(&self, tenant: &str, user: &str) -> Result<(), LimitReached> {
         if self.connections() >= self.limits.max_connections {
-            return Err(Refusal::MaxConnections);
+            return Err(LimitReached::Connections);
         }
         let at_limit = self.tenants.get(tenant).is_some_and(|t| {
             t.users
@@ -570,31 +561,36 @@ impl Hub {
                 .is_some_and(|m| m.len() >= self.limits.max_per_user)
         });
         if at_limit {
-            return Err(Refusal::MaxPerUser);
+            return Err(LimitReached::PerUser);
         }
         Ok(())
     }
 }
 
 impl Subscription {
-    /// Why the hub kicked this connection (meaningful once `kicked` is cancelled):
-    /// `Revoked`, or `SlowClient` for a full queue.
-    pub fn kick_reason(&self) -> Disconnect {
-        if self.queue.revoked() {
-            Disconnect::Revoked
-        } else {
-            Disconnect::SlowClient
-        }
+    /// How the connection learns that the hub told it to go.
+    pub fn kick(&self) -> Kick {
+        Kick(self.queue.clone())
     }
 
-    /// Counts why the gateway ended this connection.
-    pub fn disconnected(&self, why: Disconnect) {
-        self.hub.metrics.disconnects.inc(why);
+    /// Records why the connection ended (see [`Hub::end`]); returns the reason that
+    /// stands, which is an earlier one if something else ended it first.
+    pub fn end(&self, why: End) -> End {
+        self.hub.end_of(&self.queue, why)
     }
 
-    /// Connection id, for logs.
-    pub fn id(&self) -> u64 {
-        self.id
+    /// The connection's span: its id, transport, tenant and user on every line logged in
+    /// it. Made when something is logged rather than held for the connection's life: an
+    /// open span keeps its fields in the log subscriber, and most connections log only
+    /// their end.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "connection",
+            id = self.id,
+            transport = self.transport.as_str(),
+            tenant = %untrusted(&*self.tenant),
+            user = %untrusted(&*self.user),
+        )
     }
 
     /// Skips live events up to and including `seq` (they were replayed).
@@ -634,22 +630,6 @@ impl Subscription {
         }
     }
 
-    /// The access log line of a connection that ended: who, how long, how many events,
-    /// and why (`client_closed`, `client_gone`, or a gateway disconnect reason). Never
-    /// a token.
-    pub fn log_end(&self, reason: &str) {
-        tracing::info!(
-            connection.id = self.id,
-            transport = self.transport.as_str(),
-            tenant = %untrusted(&*self.tenant),
-            user = %untrusted(&*self.user),
-            duration_ms = self.opened.elapsed().as_millis() as u64,
-            events = self.delivered,
-            reason,
-            "connection ended"
-        );
-    }
-
     /// The event types this connection receives (`None`: all its token allows).
     pub fn interest(&self) -> Option<Interest> {
         self.queue.interest()
@@ -667,7 +647,18 @@ impl Subscription {
 }
 
 impl Drop for Subscription {
+    /// The access log line, once per connection: who (the span), how long, how many
+    /// events, and why it ended. Never a token.
     fn drop(&mut self) {
+        let why = self.end(End::ClientGone);
+        self.span().in_scope(|| {
+            tracing::info!(
+                duration_ms = self.opened.elapsed().as_millis() as u64,
+                events = self.delivered,
+                reason = why.as_str(),
+                "connection ended"
+            );
+        });
         self.queue.close();
         self.hub.unsubscribe(&self.tenant, &self.user, self.id);
     }
@@ -676,6 +667,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Label;
 
     fn hub(max_connections: usize, max_per_user: usize, queue_len: usize) -> Arc<Hub> {
         Hub::new(HubLimits {
@@ -698,15 +690,9 @@ mod tests {
     #[test]
     fn routes_by_tenant_and_user() {
         let hub = hub(100, 10, 8);
-        let mut a1 = hub
-            .subscribe("a", "u1", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
-        let mut a2 = hub
-            .subscribe("a", "u2", Transport::Sse, CancellationToken::new(), None)
-            .unwrap();
-        let mut b1 = hub
-            .subscribe("b", "u1", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
+        let mut a1 = hub.subscribe("a", "u1", Transport::Ws, None).unwrap();
+        let mut a2 = hub.subscribe("a", "u2", Transport::Sse, None).unwrap();
+        let mut b1 = hub.subscribe("b", "u1", Transport::Ws, None).unwrap();
 
         assert_eq!(hub.publish(&event("1", "a", Some("u1"))), 1);
         assert_eq!(hub.publish(&event("2", "a", None)), 2);
@@ -728,39 +714,26 @@ mod tests {
     #[test]
     fn limits_refuse_and_release() {
         let hub = hub(3, 2, 8);
-        let s1 = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
-        let _s2 = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
+        let s1 = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        let _s2 = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
         assert_eq!(
-            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-                .err(),
-            Some(Refusal::MaxPerUser)
+            hub.subscribe("a", "u", Transport::Ws, None).err(),
+            Some(LimitReached::PerUser)
         );
-        let _s3 = hub
-            .subscribe("a", "v", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
+        let _s3 = hub.subscribe("a", "v", Transport::Ws, None).unwrap();
         assert_eq!(
-            hub.subscribe("b", "w", Transport::Ws, CancellationToken::new(), None)
-                .err(),
-            Some(Refusal::MaxConnections)
+            hub.subscribe("b", "w", Transport::Ws, None).err(),
+            Some(LimitReached::Connections)
         );
         drop(s1);
         assert_eq!(hub.connections(), 2);
-        assert!(
-            hub.subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-                .is_ok()
-        );
+        assert!(hub.subscribe("a", "u", Transport::Ws, None).is_ok());
     }
 
     #[test]
     fn unsubscribe_removes_empty_entries() {
         let hub = hub(10, 10, 8);
-        let s = hub
-            .subscribe("a", "u", Transport::Sse, CancellationToken::new(), None)
-            .unwrap();
+        let s = hub.subscribe("a", "u", Transport::Sse, None).unwrap();
         drop(s);
         assert!(hub.tenants.is_empty());
         assert_eq!(hub.connections(), 0);
@@ -769,18 +742,57 @@ mod tests {
     #[test]
     fn full_queue_kicks_only_that_connection() {
         let hub = hub(10, 10, 2);
-        let slow = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
-        let mut fast = hub
-            .subscribe("a", "v", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
+        let slow = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        let mut fast = hub.subscribe("a", "v", Transport::Ws, None).unwrap();
         for i in 0..5 {
             hub.publish(&event(&i.to_string(), "a", None));
             while fast.try_recv().is_some() {}
         }
-        assert!(slow.kicked.is_cancelled());
-        assert!(!fast.kicked.is_cancelled());
+        assert!(slow.kick().is_kicked());
+        assert!(!fast.kick().is_kicked());
+    }
+
+    #[test]
+    fn a_connections_end_is_counted_once_whatever_ends_it() {
+        let hub = hub(10, 10, 1);
+        let count = |why| hub.metrics().disconnects.get(why);
+        let revoke = || hub.revoke(&Revoked::User("u".into()));
+
+        // Nothing recorded: the client left, and the gateway counts nothing.
+        drop(hub.subscribe("a", "u", Transport::Ws, None).unwrap());
+        assert!(Disconnect::ALL.iter().all(|d| count(*d) == 0));
+
+        // Kicked as slow; the connection then ends on its own reason, which does not count.
+        let s = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        for i in 0..3 {
+            hub.publish(&event(&i.to_string(), "a", Some("u")));
+        }
+        assert!(s.kick().is_kicked());
+        let slow = End::Gateway(Disconnect::SlowClient);
+        assert_eq!(s.end(End::Gateway(Disconnect::TokenExpired)), slow);
+        assert_eq!(revoke(), 0, "already ending: not kicked again");
+        drop(s);
+        assert_eq!(count(Disconnect::SlowClient), 1);
+        assert_eq!(count(Disconnect::TokenExpired), 0);
+        assert_eq!(count(Disconnect::Revoked), 0);
+
+        // Ended by the connection first: a later kick neither kicks nor counts.
+        let s = hub.subscribe("a", "u", Transport::Sse, None).unwrap();
+        s.end(End::Gateway(Disconnect::Shutdown));
+        assert_eq!(revoke(), 0);
+        assert!(!s.kick().is_kicked());
+        drop(s);
+        assert_eq!(count(Disconnect::Shutdown), 1);
+        assert_eq!(count(Disconnect::Revoked), 0);
+
+        // Revoked twice, and the connection's own ends after it: one revocation counted.
+        let s = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        assert_eq!(revoke(), 1);
+        assert_eq!(revoke(), 0);
+        assert_eq!(s.end(End::ClientClosed), End::Gateway(Disconnect::Revoked));
+        drop(s);
+        assert_eq!(count(Disconnect::Revoked), 1);
+        assert_eq!(count(Disconnect::SlowClient), 1);
     }
 
     #[test]
@@ -791,9 +803,7 @@ mod tests {
             queue_len: 100,
             queue_bytes: 600,
         });
-        let mut s = hub
-            .subscribe("a", "u", Transport::Sse, CancellationToken::new(), None)
-            .unwrap();
+        let mut s = hub.subscribe("a", "u", Transport::Sse, None).unwrap();
         let e = event("1", "a", None);
         let fits = 600 / e.len();
         for _ in 0..fits {
@@ -804,20 +814,16 @@ mod tests {
         for _ in 0..fits {
             assert_eq!(hub.publish(&e), 1);
         }
-        assert!(!s.kicked.is_cancelled());
+        assert!(!s.kick().is_kicked());
         assert_eq!(hub.publish(&e), 0);
-        assert!(s.kicked.is_cancelled());
+        assert!(s.kick().is_kicked());
     }
 
     #[test]
     fn resync_reaches_every_connection() {
         let hub = hub(10, 10, 8);
-        let mut a = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
-        let mut b = hub
-            .subscribe("b", "v", Transport::Sse, CancellationToken::new(), None)
-            .unwrap();
+        let mut a = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        let mut b = hub.subscribe("b", "v", Transport::Sse, None).unwrap();
         assert_eq!(hub.resync_all(), 2);
         assert!(matches!(a.try_recv(), Some(Outgoing::Resync)));
         assert!(matches!(b.try_recv(), Some(Outgoing::Resync)));
@@ -826,12 +832,8 @@ mod tests {
     #[test]
     fn one_event_is_shared_not_copied() {
         let hub = hub(10, 10, 8);
-        let mut s1 = hub
-            .subscribe("a", "u", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
-        let mut s2 = hub
-            .subscribe("a", "v", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
+        let mut s1 = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        let mut s2 = hub.subscribe("a", "v", Transport::Ws, None).unwrap();
         let e = event("1", "a", None);
         hub.publish(&e);
         let (Some(Outgoing::Event(r1)), Some(Outgoing::Event(r2))) = (s1.try_recv(), s2.try_recv())

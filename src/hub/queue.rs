@@ -12,12 +12,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 
 use super::Outgoing;
+use super::end::EndState;
 use crate::config::{Pattern, with_words};
 
 /// Longest interest pattern accepted.
@@ -156,9 +156,9 @@ struct Inner {
 /// takes).
 pub struct SendQueue {
     inner: Mutex<Inner>,
-    /// Set before the connection is kicked when the reason is a revocation rather than a
-    /// full queue (kept here rather than in an allocation of its own per connection).
-    revoked: AtomicBool,
+    /// Why the connection ended and the hub's kick (kept here rather than in an
+    /// allocation of their own per connection).
+    end: EndState,
     /// The connection's task, woken by an offer: one waiter only, so an atomic slot rather
     /// than a `Notify` and its lock, taken for every delivery.
     wake: AtomicWaker,
@@ -176,7 +176,7 @@ impl SendQueue {
                 interest,
                 closed: false,
             }),
-            revoked: AtomicBool::new(false),
+            end: EndState::default(),
             wake: AtomicWaker::new(),
             max_len,
             max_bytes,
@@ -254,14 +254,9 @@ impl SendQueue {
         .await
     }
 
-    /// Records that the connection is being ended for a revocation (before its kick).
-    pub fn mark_revoked(&self) {
-        self.revoked.store(true, Ordering::Release);
-    }
-
-    /// Whether [`SendQueue::mark_revoked`] was called.
-    pub fn revoked(&self) -> bool {
-        self.revoked.load(Ordering::Acquire)
+    /// Why the connection ended, and its kick.
+    pub fn end(&self) -> &EndState {
+        &self.end
     }
 
     /// Replaces the selection; `None` is everything the token allows.

@@ -24,7 +24,7 @@ use crate::auth::{AuthFailure, Identity, TokenSource, Verifier, find_token};
 use crate::config::Config;
 use crate::envelope::Event;
 use crate::history::{History, Replay};
-use crate::hub::{Hub, Interest, Outgoing, Refusal, Subscription, Transport, conflate};
+use crate::hub::{Hub, Interest, LimitReached, Outgoing, Subscription, Transport, conflate};
 use crate::revocation::Revocations;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, untrusted};
 
@@ -45,8 +45,8 @@ pub struct Context {
     pub metrics: Arc<TransportMetrics>,
     /// True from the first moment of shutdown: new clients are refused.
     pub draining: Arc<AtomicBool>,
-    /// Cancelled when clients must be closed (each within the drain window).
-    pub shutdown: CancellationToken,
+    /// Cancelled when the gateway closes its clients (each within the drain window).
+    pub clients: CancellationToken,
     /// Tracks connection tasks, which outlive the HTTP server's view of their connection.
     pub tracker: TaskTracker,
 }
@@ -54,6 +54,29 @@ pub struct Context {
 /// Request extension: the token that ends the request's HTTP connection (hyper path).
 #[derive(Clone)]
 pub struct ConnectionToken(pub CancellationToken);
+
+crate::label_set! {
+    /// Why a connection was not admitted (the `reason` of the refusal's body).
+    pub enum Refusal as "reason" {
+        /// `GATEWAY_MAX_CONNECTIONS` reached: 503.
+        MaxConnections = "max_connections",
+        /// `GATEWAY_MAX_CONNECTIONS_PER_USER` reached: 429.
+        MaxPerUser = "max_connections_per_user",
+        /// Cookie auth from an origin not in `GATEWAY_ALLOWED_ORIGINS`: 403.
+        Origin = "origin",
+        /// The instance is shutting down: 503, so the client tries another.
+        Draining = "draining",
+    }
+}
+
+impl From<LimitReached> for Refusal {
+    fn from(limit: LimitReached) -> Refusal {
+        match limit {
+            LimitReached::Connections => Refusal::MaxConnections,
+            LimitReached::PerUser => Refusal::MaxPerUser,
+        }
+    }
+}
 
 crate::label_set! {
     /// What a client that reconnected with a last event id got.
@@ -65,10 +88,12 @@ crate::label_set! {
     }
 }
 
-/// What the transports count; refusals and disconnects go to the hub's metrics, which
-/// see every connection.
+/// What the transports count; disconnects go to the hub's metrics, where each
+/// connection's end is recorded.
 #[derive(Debug, Default)]
 pub struct TransportMetrics {
+    /// Connections not admitted, by reason.
+    pub refused: Family<Refusal>,
     /// Refused tokens, including failed in-band refreshes.
     pub auth_failures: Family<AuthFailure>,
     /// Client messages not understood.
@@ -87,6 +112,12 @@ pub struct TransportMetrics {
 
 impl Collect for TransportMetrics {
     fn collect(&self, o: &mut Exposition) {
+        o.family(
+            "gateway_connections_refused_total",
+            "counter",
+            "Connections refused by a limit, origin rule or shutdown, by reason.",
+            &self.refused,
+        );
         o.family(
             "gateway_auth_failures_total",
             "counter",
@@ -127,6 +158,13 @@ impl Collect for TransportMetrics {
         );
     }
 }
+
+/// `Retry-After` of a refusal that passes (a limit, a drain): long enough for a limit to
+/// free up or a load balancer to route elsewhere, short enough not to strand a page.
+const RETRY_AFTER_SECS: &str = "5";
+/// How long a browser may reuse a CORS preflight answer (`Access-Control-Max-Age`): ten
+/// minutes, under Chromium's own cap of two hours.
+pub(crate) const PREFLIGHT_MAX_AGE_SECS: &str = "600";
 
 /// Why a request is not admitted. Bodies name the reason, never internals or the token.
 #[derive(Debug)]
@@ -177,7 +215,7 @@ impl IntoResponse for NotAdmitted {
                 );
             }
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
             _ => {}
         }
@@ -204,32 +242,34 @@ pub fn last_event_id_param(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// Token, origin and limits, in that order, before any upgrade or stream starts.
-pub async fn admit(
+/// The admission of `/ws` and `/sse`, before any upgrade or stream starts: token and
+/// origin first (so every unauthenticated request gets 401, whatever else is wrong with
+/// it), then the transport's own `handshake` (a WebSocket upgrade, handed back once
+/// admitted), the `types=` selection, and the limits as the connection registers.
+pub async fn admit<H>(
     ctx: &Context,
     headers: &HeaderMap,
     query: Option<&str>,
     transport: Transport,
-    kick: CancellationToken,
     last_event_id: Option<String>,
-) -> Result<Admitted, NotAdmitted> {
+    handshake: Result<H, NotAdmitted>,
+) -> Result<(Admitted, H), NotAdmitted> {
     let identity = authenticate(ctx, headers, query, transport).await?;
+    let handshake = handshake?;
     let interest = interest_param(ctx, query)?;
-    wait_for_history(ctx, last_event_id.is_some()).await;
-    register(ctx, identity, transport, kick, last_event_id, interest)
-}
-
-/// A resuming client waits (at most the handshake timeout) for an instance that has just
-/// started to fill its history, rather than getting `resync` for what the backfill brings.
-pub async fn wait_for_history(ctx: &Context, resuming: bool) {
-    if resuming {
+    if last_event_id.is_some() {
+        // A resuming client waits (at most the handshake timeout) for an instance that
+        // has just started to fill its history, rather than getting `resync` for what the
+        // backfill brings.
         ctx.history.wait_filled(ctx.config.handshake_timeout).await;
     }
+    let admitted = register(ctx, identity, transport, last_event_id, interest)?;
+    Ok((admitted, handshake))
 }
 
 /// The `types=` query parameter: comma-separated event-type patterns the client wants
 /// (`None`: everything its token allows). Bad patterns are a 400, before any upgrade.
-pub fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Interest>, NotAdmitted> {
+fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Interest>, NotAdmitted> {
     let Some(raw) = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, v)| k == "types" && !v.is_empty())
@@ -271,30 +311,31 @@ pub async fn authenticate(
         && let Some(origin) = headers.get(ORIGIN)
         && !origin_allowed(ctx, origin)
     {
-        ctx.hub.metrics().refused.inc(Refusal::Origin);
+        ctx.metrics.refused.inc(Refusal::Origin);
         tracing::info!(transport = transport.as_str(), origin = %untrusted(origin), "refused: cookie auth from a disallowed origin");
         return Err(NotAdmitted::Refused(Refusal::Origin));
     }
     if ctx.draining.load(Ordering::Acquire) {
-        ctx.hub.metrics().refused.inc(Refusal::Draining);
+        ctx.metrics.refused.inc(Refusal::Draining);
         return Err(NotAdmitted::Refused(Refusal::Draining));
     }
     Ok(identity)
 }
 
 /// Registers an authenticated client in the hub and works out its replay.
-pub fn register(
+fn register(
     ctx: &Context,
     identity: Identity,
     transport: Transport,
-    kick: CancellationToken,
     last_event_id: Option<String>,
     interest: Option<Interest>,
 ) -> Result<Admitted, NotAdmitted> {
     let subscription = ctx
         .hub
-        .subscribe(&identity.tenant, &identity.user, transport, kick, interest)
-        .map_err(|r| {
+        .subscribe(&identity.tenant, &identity.user, transport, interest)
+        .map_err(|limit| {
+            let r = Refusal::from(limit);
+            ctx.metrics.refused.inc(r);
             tracing::info!(
                 transport = transport.as_str(),
                 tenant = %untrusted(&identity.tenant),
@@ -405,7 +446,7 @@ pub async fn check(
         Ok(id) => ctx
             .hub
             .would_admit(&id.tenant, &id.user)
-            .map_err(NotAdmitted::Refused),
+            .map_err(|limit| NotAdmitted::Refused(limit.into())),
         Err(r) => Err(r),
     };
     let mut resp = match verdict {
@@ -439,7 +480,7 @@ pub async fn check_preflight() -> Response {
     );
     h.insert(
         axum::http::header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
+        HeaderValue::from_static(PREFLIGHT_MAX_AGE_SECS),
     );
     resp
 }
@@ -473,7 +514,7 @@ mod tests {
             revocations: Arc::new(Revocations::new(3600, 100)),
             metrics: Arc::new(TransportMetrics::default()),
             draining: Arc::new(AtomicBool::new(false)),
-            shutdown: CancellationToken::new(),
+            clients: CancellationToken::new(),
             tracker: TaskTracker::new(),
             config,
         }
@@ -531,14 +572,14 @@ mod tests {
         cookie.insert(ORIGIN, "https://evil.example".parse().unwrap());
         let (code, _) = status(&ctx, &cookie).await.unwrap_err();
         assert_eq!(code, StatusCode::FORBIDDEN);
-        assert_eq!(ctx.hub.metrics().refused.get(Refusal::Origin), 1);
+        assert_eq!(ctx.metrics.refused.get(Refusal::Origin), 1);
 
         ctx.draining.store(true, Ordering::Release);
         let (code, body) = status(&ctx, &bearer("u")).await.unwrap_err();
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("draining"), "{body}");
-        assert_eq!(ctx.hub.metrics().refused.get(Refusal::Draining), 1);
-        assert_eq!(ctx.hub.metrics().refused.get(Refusal::MaxConnections), 0);
+        assert_eq!(ctx.metrics.refused.get(Refusal::Draining), 1);
+        assert_eq!(ctx.metrics.refused.get(Refusal::MaxConnections), 0);
     }
 
     #[tokio::test]
@@ -559,17 +600,9 @@ mod tests {
             expires_at: u64::MAX,
             issued_at: None,
         };
-        let kick = CancellationToken::new;
-        let replayed = register(
-            &ctx,
-            identity("u"),
-            Transport::Ws,
-            kick(),
-            Some("1".into()),
-            None,
-        )
-        .unwrap()
-        .replay;
+        let replayed = register(&ctx, identity("u"), Transport::Ws, Some("1".into()), None)
+            .unwrap()
+            .replay;
         let ids: Vec<_> = replayed
             .iter()
             .map(|o| match o {
@@ -578,24 +611,10 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["2", "3"]);
-        let unknown = register(
-            &ctx,
-            identity("u"),
-            Transport::Ws,
-            kick(),
-            Some("9".into()),
-            None,
-        );
+        let unknown = register(&ctx, identity("u"), Transport::Ws, Some("9".into()), None);
         assert!(matches!(unknown.unwrap().replay[..], [Outgoing::Resync]));
         // Another user of the tenant cannot resume from u's events.
-        let foreign = register(
-            &ctx,
-            identity("v"),
-            Transport::Ws,
-            kick(),
-            Some("1".into()),
-            None,
-        );
+        let foreign = register(&ctx, identity("v"), Transport::Ws, Some("1".into()), None);
         assert!(matches!(foreign.unwrap().replay[..], [Outgoing::Resync]));
         assert_eq!(ctx.metrics.resumes.get(Resume::Replayed), 1);
         assert_eq!(ctx.metrics.resumes.get(Resume::Resync), 2);

@@ -17,15 +17,20 @@ use tokio::net::TcpStream;
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most request headers the raw path parses.
 const MAX_HEADERS: usize = 64;
+/// Bytes read from the socket at a time while the head is incomplete: a typical browser
+/// request head fits in one read.
+const HEAD_READ_BYTES: usize = 1024;
+/// Largest body of a response written here: refusals and errors, a short JSON reason.
+const MAX_RESPONSE_BODY_BYTES: usize = 64 * 1024;
 
 /// A request head: path, query, headers.
 pub type Head = (String, Option<String>, HeaderMap);
 
 /// Reads and parses a request head: `(path, query, headers)`, or the status to answer.
 pub async fn read_head(socket: &mut TcpStream) -> Result<Head, StatusCode> {
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(HEAD_READ_BYTES);
     loop {
-        let mut chunk = [0u8; 1024];
+        let mut chunk = [0u8; HEAD_READ_BYTES];
         let n = socket
             .read(&mut chunk)
             .await
@@ -83,7 +88,7 @@ pub async fn write_plain(socket: &mut TcpStream, status: StatusCode) -> std::io:
 /// Writes a small, complete response (refusals and errors) and closes.
 pub async fn write_response(socket: &mut TcpStream, resp: Response) -> std::io::Result<()> {
     let (parts, body) = resp.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024)
+    let body = axum::body::to_bytes(body, MAX_RESPONSE_BODY_BYTES)
         .await
         .unwrap_or_default();
     let reason = parts.status.canonical_reason().unwrap_or("");

@@ -20,14 +20,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval, sleep};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use tokio_util::sync::CancellationToken;
-
-use crate::hub::{Disconnect, Hub, Outgoing, Subscription, Transport};
-use crate::transport::lifetime::{Ending, Lifetime, WriteError, jitter};
+use crate::hub::{Disconnect, End, Hub, Outgoing, Subscription, Transport};
+use crate::transport::lifetime::{Lifetime, WriteError, jitter};
 use crate::transport::pending::Pending;
 use crate::transport::raw;
-use crate::transport::{ConnectionToken, Context};
+use crate::transport::{ConnectionToken, Context, PREFLIGHT_MAX_AGE_SECS};
 use crate::transport::{admit, cors_headers, last_event_id_param};
 
 /// The in-band signal that events may have been lost.
@@ -43,29 +42,25 @@ const HEARTBEAT: Bytes = Bytes::from_static(b"event: heartbeat\ndata: {}\n\n");
 pub async fn handler(
     State(ctx): State<Context>,
     RawQuery(query): RawQuery,
-    conn_token: Option<Extension<ConnectionToken>>,
+    connection: Option<Extension<ConnectionToken>>,
     headers: HeaderMap,
 ) -> Response {
-    let stream = match open(&ctx, &headers, query.as_deref(), CancellationToken::new()).await {
+    let mut stream = match open(&ctx, &headers, query.as_deref()).await {
         Ok(s) => s,
         Err(resp) => return resp,
     };
     // A stuck SSE stream is never polled, so it cannot end itself: the watcher drops the
     // whole HTTP connection instead, after giving the stream a chance to say goodbye.
-    if let Some(Extension(ConnectionToken(connection))) = conn_token {
-        let watch = Watch {
-            done: stream.done_token.clone(),
-            kicked: stream.kicked.clone(),
+    if let Some(Extension(ConnectionToken(connection))) = connection {
+        let stream_done = CancellationToken::new();
+        let lifetime = stream.lifetime.watcher();
+        ctx.tracker.spawn(watch(
+            lifetime,
+            ctx.hub.clone(),
+            stream_done.clone(),
             connection,
-            remaining: stream
-                .lifetime
-                .deadline()
-                .saturating_duration_since(Instant::now()),
-            shutdown: ctx.shutdown.clone(),
-            drain: ctx.config.shutdown_drain,
-            hub: ctx.hub.clone(),
-        };
-        ctx.tracker.spawn(watch.run());
+        ));
+        stream.watched = Some(stream_done.drop_guard());
     }
     let body = Body::from_stream(futures_util::stream::unfold(stream, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -92,7 +87,6 @@ async fn open(
     ctx: &Context,
     headers: &HeaderMap,
     query: Option<&str>,
-    kick: CancellationToken,
 ) -> Result<SseStream, Response> {
     // EventSource sends Last-Event-ID by itself on reconnect, and it is newer than a
     // last_event_id left in the URL from the first connect. Browsers send it as UTF-8,
@@ -103,8 +97,8 @@ async fn open(
         .filter(|v| !v.is_empty())
         .map(str::to_owned)
         .or_else(|| last_event_id_param(query));
-    let admitted = match admit(ctx, headers, query, Transport::Sse, kick, last_event_id).await {
-        Ok(a) => a,
+    let admitted = match admit(ctx, headers, query, Transport::Sse, last_event_id, Ok(())).await {
+        Ok((a, ())) => a,
         Err(r) => {
             let mut resp = r.into_response();
             // Let a cross-origin page read why it was refused.
@@ -114,19 +108,14 @@ async fn open(
     };
     let cfg = &ctx.config;
     let retry_ms = cfg.sse_retry.as_millis() as u64;
-    let remaining = admitted.identity.remaining(cfg.jwt.leeway);
-    let kicked = admitted.subscription.kicked.clone();
     Ok(SseStream {
         lifetime: Lifetime::new(
-            remaining,
-            kicked.clone(),
-            ctx.shutdown.clone(),
+            admitted.identity.remaining(cfg.jwt.leeway),
+            admitted.subscription.kick(),
+            ctx.clients.clone(),
             cfg.shutdown_drain,
-            cfg.idle_timeout,
+            cfg.write_timeout,
         ),
-        kicked,
-        done_token: CancellationToken::new(),
-        end_reason: "client_gone",
         subscription: admitted.subscription,
         keepalive: tokio::time::interval_at(Instant::now() + cfg.sse_keepalive, cfg.sse_keepalive),
         // The first bytes flush the headers at once and tell EventSource how long to wait
@@ -136,7 +125,8 @@ async fn open(
             .collect(),
         retry_ms,
         drain: cfg.shutdown_drain,
-        done: false,
+        closed: false,
+        watched: None,
     })
 }
 
@@ -158,11 +148,11 @@ pub async fn serve_raw(
     };
     let (mut rd, mut wr) = socket.split();
     if let Err(e) = stream.lifetime.write(wr.write_all(&response_head)).await {
-        stream.count_write_error(e);
+        stream.write_failed(e);
         return;
     }
     drop(response_head);
-    let mut scratch = [0u8; 64];
+    let mut scratch = [0u8; IGNORED_READ_BYTES];
     loop {
         let chunk = tokio::select! {
             biased;
@@ -176,17 +166,21 @@ pub async fn serve_raw(
         let Some(chunk) = chunk else { return };
         // The last chunk of a stream that is done (its close event) is written without the
         // shutdown and deadline bounds, which fired already; the write timeout still holds.
-        let result = if stream.done {
+        let result = if stream.closed {
             stream.lifetime.write_last(wr.write_all(&chunk)).await
         } else {
             stream.lifetime.write(wr.write_all(&chunk)).await
         };
         if let Err(e) = result {
-            stream.count_write_error(e);
+            stream.write_failed(e);
             return;
         }
     }
 }
+
+/// Room for reading what a client sends on a stream, which is only ever discarded: small,
+/// since it sits in every raw SSE connection's task.
+const IGNORED_READ_BYTES: usize = 64;
 
 /// Reads and answers the head of a raw SSE request: the stream and its response head, or
 /// `None` when an error response was written instead. Nothing of the request outlives it.
@@ -217,7 +211,7 @@ async fn start_raw(
         let _ = raw::write_plain(socket, StatusCode::NOT_FOUND).await;
         return None;
     }
-    let stream = match open(&ctx, &headers, query.as_deref(), CancellationToken::new()).await {
+    let stream = match open(&ctx, &headers, query.as_deref()).await {
         Ok(s) => s,
         Err(resp) => {
             let _ = raw::write_response(socket, resp).await;
@@ -249,59 +243,42 @@ pub async fn preflight(State(ctx): State<Context>, headers: HeaderMap) -> Respon
         ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("authorization, last-event-id, cache-control"),
     );
-    h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    h.insert(
+        ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static(PREFLIGHT_MAX_AGE_SECS),
+    );
     resp
 }
 
 /// Slack given to a stream to end itself before its connection is dropped from outside.
 const STUCK_SLACK: Duration = Duration::from_secs(5);
 
-/// What the watcher of a stream served through hyper needs. Such a stream is polled only
-/// when its socket takes data, so a stuck one cannot end itself: the watcher drops its
-/// HTTP connection if it is still there a little after a kick, its token's expiry or the
-/// shutdown drain, and stops as soon as the stream ends.
-struct Watch {
-    /// Cancelled when the stream is dropped.
-    done: CancellationToken,
-    /// The hub's kick (counted there).
-    kicked: CancellationToken,
-    /// Dropping the HTTP connection.
-    connection: CancellationToken,
-    remaining: Duration,
-    shutdown: CancellationToken,
-    drain: Duration,
+/// Watches a stream served through hyper, which is polled only when its socket takes
+/// data, so a stuck one cannot end itself: when the stream's `lifetime` ends (a kick, its
+/// token's expiry, its moment in the drain) and the stream is still there a little later,
+/// the watcher records why and drops its HTTP `connection`. It stops as soon as the
+/// stream is dropped (`stream_done`).
+async fn watch(
+    mut lifetime: Lifetime,
     hub: Arc<Hub>,
-}
-
-impl Watch {
-    async fn run(self) {
-        let why = tokio::select! {
-            _ = self.done.cancelled() => return,
-            _ = async {
-                self.kicked.cancelled().await;
-                sleep(STUCK_SLACK).await;
-            } => None,
-            _ = sleep(self.remaining.saturating_add(STUCK_SLACK)) => Some(Disconnect::TokenExpired),
-            _ = async {
-                self.shutdown.cancelled().await;
-                sleep(self.drain + STUCK_SLACK).await;
-            } => Some(Disconnect::Shutdown),
-        };
-        if let Some(why) = why {
-            self.hub.metrics().disconnects.inc(why);
-        }
-        self.connection.cancel();
-    }
+    stream_done: CancellationToken,
+    connection: CancellationToken,
+) {
+    let why = tokio::select! {
+        _ = stream_done.cancelled() => return,
+        why = async {
+            let why = lifetime.ended().await;
+            sleep(STUCK_SLACK).await;
+            why
+        } => why,
+    };
+    hub.end(lifetime.kick(), why);
+    connection.cancel();
 }
 
 struct SseStream {
+    /// Events for this connection; where its end is recorded.
     subscription: Subscription,
-    /// Clone of the subscription's kick, taken once.
-    kicked: CancellationToken,
-    /// Cancelled on drop, to end the watcher of a stream served through hyper.
-    done_token: CancellationToken,
-    /// Why the stream ended, for the access log line.
-    end_reason: &'static str,
     /// Token deadline, kick and drain; bounds every write.
     lifetime: Lifetime,
     keepalive: Interval,
@@ -310,24 +287,21 @@ struct SseStream {
     retry_ms: u64,
     /// Shutdown drain window, to spread the reconnects it causes.
     drain: Duration,
-    done: bool,
-}
-
-impl Drop for SseStream {
-    fn drop(&mut self) {
-        self.done_token.cancel();
-        self.subscription.log_end(self.end_reason);
-    }
+    /// The close event has been handed out: the stream is over.
+    closed: bool,
+    /// Ends the watcher of a stream served through hyper when the stream is dropped
+    /// (`None` on the raw path, which needs none).
+    watched: Option<DropGuard>,
 }
 
 impl SseStream {
-    /// Counts a write the gateway gave up on; a kick was counted by the hub, and a failed
-    /// socket is the client leaving.
-    fn count_write_error<E>(&mut self, e: WriteError<E>) {
-        if let WriteError::Stuck(why) = e {
-            self.subscription.disconnected(why);
-            self.end_reason = why.as_str();
-        }
+    /// Records why a write the stream gave up on ended the connection.
+    fn write_failed<E>(&self, e: WriteError<E>) {
+        let why = match e {
+            WriteError::Failed(_) => End::ClientGone,
+            WriteError::Kicked(why) | WriteError::Stuck(why) => why,
+        };
+        self.subscription.end(why);
     }
 
     /// The next bytes to send, or `None` when the stream is over.
@@ -339,34 +313,12 @@ impl SseStream {
             }
             return Some(first);
         }
-        if self.done {
+        if self.closed {
             return None;
         }
         let chunk = tokio::select! {
             biased;
-            ending = self.lifetime.ended() => {
-                self.done = true;
-                self.end_reason = match ending {
-                    Ending::Kicked => self.subscription.kick_reason().as_str(),
-                    Ending::Shutdown => Disconnect::Shutdown.as_str(),
-                    Ending::TokenExpired => Disconnect::TokenExpired.as_str(),
-                };
-                match ending {
-                    // Counted by the hub; a revoked client gets no `retry:`, which would
-                    // invite a reconnect storm of refused tokens.
-                    Ending::Kicked => close_event(self.subscription.kick_reason(), None),
-                    Ending::Shutdown => {
-                        self.subscription.disconnected(Disconnect::Shutdown);
-                        // Spread the reconnects too, not only the disconnects.
-                        let retry = self.retry_ms + jitter(self.drain).as_millis() as u64;
-                        close_event(Disconnect::Shutdown, Some(retry))
-                    }
-                    Ending::TokenExpired => {
-                        self.subscription.disconnected(Disconnect::TokenExpired);
-                        close_event(Disconnect::TokenExpired, None)
-                    }
-                }
-            }
+            why = self.lifetime.ended() => self.close(why),
             item = self.subscription.recv() => match item {
                 Some(item) => sse_frame(item),
                 None => return None,
@@ -374,6 +326,17 @@ impl SseStream {
             _ = self.keepalive.tick() => HEARTBEAT,
         };
         Some(chunk)
+    }
+
+    /// Records why the stream ends and makes its last event. Only a shutdown's carries
+    /// a `retry:`, spread over the drain like the closes; a revoked client gets none, which
+    /// would invite a reconnect storm of refused tokens.
+    fn close(&mut self, why: End) -> Bytes {
+        self.closed = true;
+        let why = self.subscription.end(why);
+        let retry = (why == End::Gateway(Disconnect::Shutdown))
+            .then(|| self.retry_ms + jitter(self.drain).as_millis() as u64);
+        close_event(why, retry)
     }
 }
 
@@ -387,7 +350,7 @@ fn sse_frame(item: Outgoing) -> Bytes {
 
 /// The last event of a stream the gateway ends: `event: close` with the reason, so a page
 /// can tell a deploy from an expired token. On shutdown a `retry:` spreads reconnects.
-fn close_event(why: Disconnect, retry_ms: Option<u64>) -> Bytes {
+fn close_event(why: End, retry_ms: Option<u64>) -> Bytes {
     let retry = retry_ms
         .map(|ms| format!("retry: {ms}\n"))
         .unwrap_or_default();
@@ -417,29 +380,24 @@ mod tests {
             queue_len,
             queue_bytes: 1 << 20,
         });
-        let subscription = hub
-            .subscribe("t", "u", Transport::Sse, CancellationToken::new(), None)
-            .unwrap();
-        let kicked = subscription.kicked.clone();
+        let subscription = hub.subscribe("t", "u", Transport::Sse, None).unwrap();
         let shutdown = CancellationToken::new();
         let keepalive = Duration::from_secs(15);
         let stream = SseStream {
             lifetime: Lifetime::new(
                 lifetime,
-                kicked.clone(),
+                subscription.kick(),
                 shutdown.clone(),
                 Duration::from_secs(3),
                 Duration::from_secs(60),
             ),
-            kicked,
-            done_token: CancellationToken::new(),
-            end_reason: "client_gone",
             subscription,
             keepalive: tokio::time::interval_at(Instant::now() + keepalive, keepalive),
             pending: [Bytes::from_static(b"retry: 2000\n\n")].into(),
             retry_ms: 2000,
             drain: Duration::from_secs(3),
-            done: false,
+            closed: false,
+            watched: None,
         };
         Setup {
             hub,

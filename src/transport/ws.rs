@@ -17,15 +17,13 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthFailure, Identity, Verifier, WS_PROTOCOL};
-use crate::hub::{Disconnect, Interest, Outgoing, Subscription, Transport};
+use crate::hub::{Disconnect, End, Interest, Outgoing, Subscription, Transport};
 use crate::revocation::Revocations;
 use crate::telemetry::untrusted;
-use crate::transport::lifetime::{Ending, Lifetime, WriteError};
-use crate::transport::{Context, TransportMetrics, wait_for_history};
-use crate::transport::{NotAdmitted, authenticate, interest_param, last_event_id_param, register};
+use crate::transport::lifetime::{Lifetime, WriteError};
+use crate::transport::{Context, NotAdmitted, TransportMetrics, admit, last_event_id_param};
 
 /// Close codes the gateway sends. 4000-4999 are for applications (RFC 6455 7.4.2).
 pub mod close_code {
@@ -45,6 +43,19 @@ pub mod close_code {
     pub const IDLE: u16 = 4002;
 }
 
+/// The close frame for each way the gateway ends a connection: code and reason.
+fn close_frame(why: Disconnect) -> (u16, &'static str) {
+    match why {
+        Disconnect::SlowClient => (close_code::SLOW_CLIENT, "slow client"),
+        Disconnect::TokenExpired => (close_code::TOKEN_EXPIRED, "token expired"),
+        Disconnect::Idle => (close_code::IDLE, "idle timeout"),
+        Disconnect::MessageTooBig => (close_code::TOO_BIG, "message too big"),
+        Disconnect::Shutdown => (close_code::GOING_AWAY, "server shutting down"),
+        Disconnect::Policy => (close_code::POLICY, "refresh token for another identity"),
+        Disconnect::Revoked => (close_code::REVOKED, "revoked"),
+    }
+}
+
 /// Most frames written before one flush, so a long backlog still lets the loop look at
 /// shutdown and the client's messages.
 const MAX_BATCH: usize = 64;
@@ -58,41 +69,24 @@ pub async fn handler(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // Authenticate before looking at the upgrade, so every unauthenticated request gets
-    // 401 whatever else is wrong with it; register only a real upgrade.
-    let identity = match authenticate(&ctx, &headers, query.as_deref(), Transport::Ws).await {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
-    let Ok(upgrade) = upgrade else {
-        return NotAdmitted::NotWebSocket.into_response();
-    };
-    let last_event_id = last_event_id_param(query.as_deref());
-    let interest = match interest_param(&ctx, query.as_deref()) {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    wait_for_history(&ctx, last_event_id.is_some()).await;
-    let admitted = match register(
-        &ctx,
-        identity,
-        Transport::Ws,
-        CancellationToken::new(),
-        last_event_id,
-        interest,
-    ) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
+    let query = query.as_deref();
+    // Only a real upgrade is registered; checked after the token by `admit`.
+    let upgrade = upgrade.map_err(|_| NotAdmitted::NotWebSocket);
+    let last_event_id = last_event_id_param(query);
+    let (admitted, upgrade) =
+        match admit(&ctx, &headers, query, Transport::Ws, last_event_id, upgrade).await {
+            Ok(a) => a,
+            Err(r) => return r.into_response(),
+        };
     let cfg = &ctx.config;
     let lifetime = Lifetime::new(
         admitted.identity.remaining(cfg.jwt.leeway),
-        admitted.subscription.kicked.clone(),
-        ctx.shutdown.clone(),
+        admitted.subscription.kick(),
+        ctx.clients.clone(),
         cfg.shutdown_drain,
-        cfg.idle_timeout,
+        cfg.write_timeout,
     );
-    let session = Session {
+    let connection = WsConnection {
         replay: admitted.replay,
         identity: admitted.identity,
         subscription: admitted.subscription,
@@ -123,26 +117,27 @@ pub async fn handler(
         .protocols([WS_PROTOCOL])
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            tracker.track_future(serve(sink, stream, session))
+            tracker.track_future(serve(sink, stream, connection))
         })
 }
 
 /// Room for control frames (pongs, replies, close) next to one event in the write buffer.
 const CONTROL_HEADROOM_BYTES: usize = 16 * 1024;
+/// The largest WebSocket frame header: 2 bytes, an 8-byte length (a server sends no mask).
+const MAX_FRAME_HEADER_BYTES: usize = 14;
 
 /// The WebSocket write buffer limit for a largest event of `max_event_bytes`.
 pub fn max_write_buffer_bytes(max_event_bytes: usize) -> usize {
-    // 14 bytes: the largest frame header.
-    max_event_bytes + 14 + CONTROL_HEADROOM_BYTES
+    max_event_bytes + MAX_FRAME_HEADER_BYTES + CONTROL_HEADROOM_BYTES
 }
 
 /// Everything one WebSocket connection needs.
-pub struct Session {
+pub struct WsConnection {
     /// Sent before live events: what a resuming client missed, or a resync.
     pub replay: Vec<Outgoing>,
     /// Who is connected; `expires_at` moves forward on a refresh.
     pub identity: Identity,
-    /// Events for this connection.
+    /// Events for this connection; where its end is recorded.
     pub subscription: Subscription,
     /// Token deadline, kick and drain; bounds every write.
     pub lifetime: Lifetime,
@@ -150,7 +145,7 @@ pub struct Session {
     pub verifier: Arc<Verifier>,
     /// A refresh token issued before a revocation is refused.
     pub revocations: Arc<Revocations>,
-    /// Counters (disconnects go to the subscription's hub).
+    /// Counters (disconnects are counted where the subscription records them).
     pub metrics: Arc<TransportMetrics>,
     /// Ping period.
     pub ping_interval: Duration,
@@ -162,48 +157,38 @@ pub struct Session {
     pub max_interest_patterns: usize,
 }
 
-/// How the loop ended.
-enum End {
-    /// The gateway closes with this code; the reason is counted unless the hub already
-    /// did (slow clients are counted where they are kicked).
-    Close(u16, &'static str, Option<Disconnect>),
-    /// The client sent a close frame; answer it.
-    ClientClosed,
-    /// The socket is gone; nothing more can be sent.
-    Gone,
-    /// The socket is stuck; dropped without a close handshake, counted.
-    Dropped(Disconnect),
-    /// The hub told the connection to go (counted there): a slow client or a revocation.
-    Kicked,
+/// How the connection loop stopped. Why it stopped is recorded in the subscription first;
+/// each carries the reason that stands.
+#[derive(Debug)]
+enum Stop {
+    /// Part with the goodbye the reason calls for: a close frame, or the answer to the
+    /// client's.
+    Goodbye(End),
+    /// The socket is gone or stuck: nothing more can be sent.
+    Silent(End),
 }
 
-impl End {
-    /// The end of a connection whose write did not complete.
-    fn from_write<E: StdError + 'static>(e: WriteError<E>) -> End {
-        match e {
-            WriteError::Kicked => End::Kicked,
-            WriteError::Stuck(why) => End::Dropped(why),
-            // The write buffer is full: pongs the client solicited but never read.
-            WriteError::Failed(e) if is_write_buffer_full(&e) => {
-                End::Dropped(Disconnect::SlowClient)
-            }
-            WriteError::Failed(_) => End::Gone,
-        }
+impl WsConnection {
+    /// Records `why` and parts with a goodbye.
+    fn goodbye(&self, why: End) -> Stop {
+        Stop::Goodbye(self.subscription.end(why))
     }
 
-    fn from_ending(e: Ending) -> End {
+    /// Records `why`; the socket can take nothing more.
+    fn silent(&self, why: End) -> Stop {
+        Stop::Silent(self.subscription.end(why))
+    }
+
+    /// How a write that did not complete ends the connection.
+    fn write_failed<E: StdError + 'static>(&self, e: WriteError<E>) -> Stop {
         match e {
-            Ending::Kicked => End::Kicked,
-            Ending::TokenExpired => End::Close(
-                close_code::TOKEN_EXPIRED,
-                "token expired",
-                Some(Disconnect::TokenExpired),
-            ),
-            Ending::Shutdown => End::Close(
-                close_code::GOING_AWAY,
-                "server shutting down",
-                Some(Disconnect::Shutdown),
-            ),
+            WriteError::Kicked(why) => self.goodbye(why),
+            WriteError::Stuck(why) => self.silent(why),
+            // The write buffer is full: pongs the client solicited but never read.
+            WriteError::Failed(e) if is_write_buffer_full(&e) => {
+                self.silent(End::Gateway(Disconnect::SlowClient))
+            }
+            WriteError::Failed(_) => self.silent(End::ClientGone),
         }
     }
 }
@@ -223,86 +208,86 @@ enum Control {
 }
 
 /// Drives one connection until it ends.
-pub async fn serve<S, R, E>(mut sink: S, mut stream: R, mut session: Session)
+pub async fn serve<S, R, E>(mut sink: S, mut stream: R, mut conn: WsConnection)
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: StdError + 'static,
 {
-    let conn_id = session.subscription.id();
-    tracing::debug!(connection.id = conn_id, tenant = %untrusted(&session.identity.tenant), user = %untrusted(&session.identity.user), "websocket open");
+    conn.subscription
+        .span()
+        .in_scope(|| tracing::debug!("websocket open"));
     // The replay, control replies and the goodbye are boxed: kept inline, their states
     // would size every connection's task for its whole life (see Performance, memory).
-    let replayed = if session.replay.is_empty() {
+    let replayed = if conn.replay.is_empty() {
         Ok(())
     } else {
-        Box::pin(replay(&mut sink, &mut session)).await
+        Box::pin(replay(&mut sink, &mut conn)).await
     };
-    let end = match replayed {
-        Ok(()) => run(&mut sink, &mut stream, &mut session).await,
-        Err(end) => end,
+    let stop = match replayed {
+        Ok(()) => run(&mut sink, &mut stream, &mut conn).await,
+        Err(stop) => stop,
     };
-    Box::pin(finish(sink, stream, &session, end)).await;
-    tracing::debug!(connection.id = conn_id, "websocket closed");
+    Box::pin(finish(sink, stream, &conn, stop)).await;
 }
 
 /// Sends the replay before live events; live events wait in the queue meanwhile (and
 /// their copies of replayed events are skipped by the subscription). Only called with a
 /// replay to send.
-async fn replay<S>(sink: &mut S, session: &mut Session) -> Result<(), End>
+async fn replay<S>(sink: &mut S, conn: &mut WsConnection) -> Result<(), Stop>
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
 {
-    let replay = std::mem::take(&mut session.replay);
+    let replay = std::mem::take(&mut conn.replay);
     let write = async {
         for item in replay {
             sink.feed(frame(item)).await?;
         }
         sink.flush().await
     };
-    session.lifetime.write(write).await.map_err(End::from_write)
+    let written = conn.lifetime.write(write).await;
+    written.map_err(|e| conn.write_failed(e))
 }
 
 /// The connection's main loop: client messages, pings and deliveries, until it ends.
-async fn run<S, R, E>(sink: &mut S, stream: &mut R, session: &mut Session) -> End
+async fn run<S, R, E>(sink: &mut S, stream: &mut R, conn: &mut WsConnection) -> Stop
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: StdError + 'static,
 {
-    let mut ping = tokio::time::interval_at(
-        Instant::now() + session.ping_interval,
-        session.ping_interval,
-    );
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + conn.ping_interval, conn.ping_interval);
     let mut last_heard = Instant::now();
     loop {
         let step = tokio::select! {
             biased;
-            ending = session.lifetime.ended() => Err(End::from_ending(ending)),
+            why = conn.lifetime.ended() => Err(conn.goodbye(why)),
             msg = stream.next() => {
                 last_heard = Instant::now();
-                on_message(sink, session, msg).await
+                on_message(sink, conn, msg).await
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= session.idle_timeout {
-                    Err(End::Close(close_code::IDLE, "idle timeout", Some(Disconnect::Idle)))
+                if last_heard.elapsed() >= conn.idle_timeout {
+                    Err(conn.goodbye(End::Gateway(Disconnect::Idle)))
                 } else {
                     let ping = sink.send(Message::Ping(Default::default()));
-                    session.lifetime.write(ping).await.map_err(End::from_write)
+                    let written = conn.lifetime.write(ping).await;
+                    written.map_err(|e| conn.write_failed(e))
                 }
             }
             // Deliveries come after the client's own messages and pings, so a steady
             // backlog cannot starve the reads that prove it alive.
-            item = session.subscription.recv() => match item {
-                Some(item) => deliver(sink, session, item).await,
-                None => Err(End::Gone),
+            item = conn.subscription.recv() => match item {
+                Some(item) => deliver(sink, conn, item).await,
+                None => Err(conn.silent(End::ClientGone)),
             },
         };
-        if let Err(end) = step {
-            return end;
+        if let Err(stop) = step {
+            return stop;
         }
     }
 }
@@ -310,12 +295,12 @@ where
 /// Writes `first` and whatever else is queued (up to a batch), then flushes once. A client
 /// that stopped reading blocks the write: more events make the hub kick it; without them,
 /// its token's expiry, the drain or the write timeout end it all the same.
-async fn deliver<S>(sink: &mut S, session: &mut Session, first: Outgoing) -> Result<(), End>
+async fn deliver<S>(sink: &mut S, conn: &mut WsConnection, first: Outgoing) -> Result<(), Stop>
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
 {
-    let sub = &mut session.subscription;
+    let sub = &mut conn.subscription;
     let write = async {
         sink.feed(frame(first)).await?;
         for _ in 1..MAX_BATCH {
@@ -326,78 +311,71 @@ where
         }
         sink.flush().await
     };
-    session.lifetime.write(write).await.map_err(End::from_write)
+    let written = conn.lifetime.write(write).await;
+    written.map_err(|e| conn.write_failed(e))
 }
 
 /// Handles one read from the client; `Err` ends the connection.
 async fn on_message<S, E>(
     sink: &mut S,
-    session: &mut Session,
+    conn: &mut WsConnection,
     msg: Option<Result<Message, E>>,
-) -> Result<(), End>
+) -> Result<(), Stop>
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
     E: StdError + 'static,
 {
     match msg {
-        None => Err(End::Gone),
-        Some(Err(e)) if is_too_big(&e) => Err(End::Close(
-            close_code::TOO_BIG,
-            "message too big",
-            Some(Disconnect::MessageTooBig),
-        )),
-        Some(Err(e)) => {
-            tracing::debug!(connection.id = session.subscription.id(), error = %e, "websocket read error");
-            Err(End::Gone)
+        None => Err(conn.silent(End::ClientGone)),
+        Some(Err(e)) if is_too_big(&e) => {
+            Err(conn.goodbye(End::Gateway(Disconnect::MessageTooBig)))
         }
-        Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-        Some(Ok(Message::Text(text))) => Box::pin(on_text(sink, session, text)).await,
+        Some(Err(e)) => {
+            conn.subscription
+                .span()
+                .in_scope(|| tracing::debug!(error = %e, "websocket read error"));
+            Err(conn.silent(End::ClientGone))
+        }
+        Some(Ok(Message::Close(_))) => Err(conn.goodbye(End::ClientClosed)),
+        Some(Ok(Message::Text(text))) => Box::pin(on_text(sink, conn, text)).await,
         // Pings are answered by tungstenite; pongs only prove liveness.
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
         Some(Ok(Message::Binary(_))) => {
-            session.metrics.client_messages_ignored.inc();
+            conn.metrics.client_messages_ignored.inc();
             Ok(())
         }
     }
 }
 
 /// Answers a control message, if it needs an answer.
-async fn on_text<S>(sink: &mut S, session: &mut Session, text: Utf8Bytes) -> Result<(), End>
+async fn on_text<S>(sink: &mut S, conn: &mut WsConnection, text: Utf8Bytes) -> Result<(), Stop>
 where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
 {
-    let Some(reply) = control(session, &text).await? else {
+    let Some(reply) = control(conn, &text).await? else {
         return Ok(());
     };
     // Bounded like every write: a client that sends and never reads blocks here
     // (and so stops being read) until one of the connection's ends.
     let send = sink.send(Message::Text(reply));
-    session.lifetime.write(send).await.map_err(End::from_write)
+    let written = conn.lifetime.write(send).await;
+    written.map_err(|e| conn.write_failed(e))
 }
 
-/// Says goodbye as the end requires, each step bounded.
-async fn finish<S, R, E>(mut sink: S, mut stream: R, session: &Session, end: End)
+/// Parts as the stop requires, each step bounded. The access log line follows when the
+/// subscription is dropped.
+async fn finish<S, R, E>(mut sink: S, mut stream: R, conn: &WsConnection, stop: Stop)
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
 {
-    let conn_id = session.subscription.id();
-    session.subscription.log_end(end_reason(&end, session));
-    let end = match end {
-        End::Kicked => match session.subscription.kick_reason() {
-            Disconnect::Revoked => End::Close(close_code::REVOKED, "revoked", None),
-            _ => End::Close(close_code::SLOW_CLIENT, "slow client", None),
-        },
-        other => other,
-    };
-    match end {
-        End::Close(code, reason, why) => {
-            if let Some(why) = why {
-                session.subscription.disconnected(why);
-            }
-            tracing::debug!(connection.id = conn_id, code, reason, "closing websocket");
+    let span = conn.subscription.span();
+    match stop {
+        Stop::Goodbye(End::Gateway(why)) => {
+            let (code, reason) = close_frame(why);
+            span.in_scope(|| tracing::debug!(code, reason, "closing websocket"));
             let frame = Message::Close(Some(CloseFrame {
                 code,
                 reason: Utf8Bytes::from_static(reason),
@@ -415,29 +393,13 @@ where
             .await;
         }
         // tungstenite queued the reply to the client's close; flushing sends it.
-        End::ClientClosed => {
+        Stop::Goodbye(End::ClientClosed) => {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
         }
-        End::Dropped(why) => {
-            session.subscription.disconnected(why);
-            tracing::debug!(
-                connection.id = conn_id,
-                reason = why.as_str(),
-                "dropping stuck websocket"
-            );
+        Stop::Silent(End::Gateway(why)) => {
+            span.in_scope(|| tracing::debug!(reason = why.as_str(), "dropping stuck websocket"));
         }
-        End::Gone | End::Kicked => {}
-    }
-}
-
-/// The `reason` of the access log line.
-fn end_reason(end: &End, session: &Session) -> &'static str {
-    match end {
-        End::Close(_, _, Some(why)) | End::Dropped(why) => why.as_str(),
-        End::Close(..) => "slow_client",
-        End::Kicked => session.subscription.kick_reason().as_str(),
-        End::ClientClosed => "client_closed",
-        End::Gone => "client_gone",
+        Stop::Goodbye(End::ClientGone) | Stop::Silent(End::ClientGone | End::ClientClosed) => {}
     }
 }
 
@@ -453,35 +415,28 @@ fn frame(item: Outgoing) -> Message {
 pub const RESYNC: &str = r#"{"type":"resync"}"#;
 
 /// Handles one text message from the client; `Err` ends the connection.
-async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>, End> {
+async fn control(conn: &mut WsConnection, text: &str) -> Result<Option<Utf8Bytes>, Stop> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
-        Ok(Control::Subscribe { types }) => Ok(Some(select(session, &types, true))),
-        Ok(Control::Unsubscribe { types }) => Ok(Some(select(session, &types, false))),
-        Ok(Control::Refresh { token }) => match verify_refresh(session, &token).await {
-            Ok(id) if id.tenant == session.identity.tenant && id.user == session.identity.user => {
-                session.identity.expires_at = id.expires_at;
-                session
-                    .lifetime
-                    .extend(session.identity.remaining(session.leeway));
+        Ok(Control::Subscribe { types }) => Ok(Some(select(conn, &types, true))),
+        Ok(Control::Unsubscribe { types }) => Ok(Some(select(conn, &types, false))),
+        Ok(Control::Refresh { token }) => match verify_refresh(conn, &token).await {
+            Ok(id) if id.tenant == conn.identity.tenant && id.user == conn.identity.user => {
+                conn.identity.expires_at = id.expires_at;
+                conn.lifetime.extend(conn.identity.remaining(conn.leeway));
                 Ok(Some(Utf8Bytes::from(format!(
                     r#"{{"type":"refreshed","exp":{}}}"#,
                     id.expires_at
                 ))))
             }
             Ok(_) => {
-                tracing::info!(
-                    connection.id = session.subscription.id(),
-                    "refresh token names another user or tenant"
-                );
-                Err(End::Close(
-                    close_code::POLICY,
-                    "refresh token for another identity",
-                    Some(Disconnect::Policy),
-                ))
+                conn.subscription
+                    .span()
+                    .in_scope(|| tracing::info!("refresh token names another user or tenant"));
+                Err(conn.goodbye(End::Gateway(Disconnect::Policy)))
             }
             Err(reason) => {
-                session.metrics.auth_failures.inc(reason);
+                conn.metrics.auth_failures.inc(reason);
                 // The current token is still good until its exp; say so and carry on.
                 Ok(Some(Utf8Bytes::from(format!(
                     r#"{{"type":"error","reason":"refresh_{}"}}"#,
@@ -490,7 +445,7 @@ async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>,
             }
         },
         Err(_) => {
-            session.metrics.client_messages_ignored.inc();
+            conn.metrics.client_messages_ignored.inc();
             Ok(Some(Utf8Bytes::from_static(
                 r#"{"type":"error","reason":"unknown_message"}"#,
             )))
@@ -501,9 +456,9 @@ async fn control(session: &mut Session, text: &str) -> Result<Option<Utf8Bytes>,
 /// Changes the connection's selection of event types and answers with the result:
 /// `{"type":"subscribed","types":[...]}` (`["#"]` for everything), or an error that
 /// leaves the selection as it was.
-fn select(session: &mut Session, types: &[String], add: bool) -> Utf8Bytes {
-    let max = session.max_interest_patterns;
-    let current = session.subscription.interest();
+fn select(conn: &mut WsConnection, types: &[String], add: bool) -> Utf8Bytes {
+    let max = conn.max_interest_patterns;
+    let current = conn.subscription.interest();
     let next = match (current, add) {
         // The default is everything; the first subscribe narrows it to its list.
         (None, true) => Interest::new(types, max),
@@ -514,21 +469,23 @@ fn select(session: &mut Session, types: &[String], add: bool) -> Utf8Bytes {
     match next {
         Ok(interest) => {
             let reply = serde_json::json!({"type": "subscribed", "types": interest.patterns()});
-            session.subscription.set_interest(Some(interest));
+            conn.subscription.set_interest(Some(interest));
             Utf8Bytes::from(reply.to_string())
         }
         Err(why) => {
-            session.metrics.client_messages_ignored.inc();
-            tracing::debug!(connection.id = session.subscription.id(), reason = %untrusted(&why), "bad selection");
+            conn.metrics.client_messages_ignored.inc();
+            conn.subscription
+                .span()
+                .in_scope(|| tracing::debug!(reason = %untrusted(&why), "bad selection"));
             Utf8Bytes::from_static(r#"{"type":"error","reason":"invalid_types"}"#)
         }
     }
 }
 
 /// Verifies a refresh token, revocations included.
-async fn verify_refresh(session: &Session, token: &str) -> Result<Identity, AuthFailure> {
-    let id = session.verifier.verify(token).await?;
-    if session.revocations.is_revoked(&id) {
+async fn verify_refresh(conn: &WsConnection, token: &str) -> Result<Identity, AuthFailure> {
+    let id = conn.verifier.verify(token).await?;
+    if conn.revocations.is_revoked(&id) {
         return Err(AuthFailure::Revoked);
     }
     Ok(id)
@@ -570,7 +527,10 @@ mod tests {
 
     use super::*;
     use crate::config::JwtConfig;
-    use crate::hub::{Hub, HubLimits, Refusal};
+    use crate::telemetry::Label;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::hub::{Hub, HubLimits};
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -664,9 +624,7 @@ mod tests {
             queue_len,
             queue_bytes: 1 << 20,
         });
-        let subscription = hub
-            .subscribe("t", "u", Transport::Ws, CancellationToken::new(), None)
-            .unwrap();
+        let subscription = hub.subscribe("t", "u", Transport::Ws, None).unwrap();
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(TransportMetrics::default());
         let jwt = JwtConfig {
@@ -674,7 +632,7 @@ mod tests {
             tenant_claim: "tenant_id".into(),
             ..JwtConfig::default()
         };
-        let session = Session {
+        let connection = WsConnection {
             replay: Vec::new(),
             identity: Identity {
                 tenant: "t".into(),
@@ -684,7 +642,7 @@ mod tests {
             },
             lifetime: Lifetime::new(
                 lifetime,
-                subscription.kicked.clone(),
+                subscription.kick(),
                 shutdown.clone(),
                 Duration::from_secs(3),
                 Duration::from_secs(60),
@@ -703,7 +661,7 @@ mod tests {
         let incoming = Box::pin(stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         }));
-        let task = tokio::spawn(serve(client.clone(), incoming, session));
+        let task = tokio::spawn(serve(client.clone(), incoming, connection));
         Setup {
             hub,
             client,
@@ -796,6 +754,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_revocation_closes_with_4003_counted_once() {
+        let s = connect(Duration::from_secs(3600), 16);
+        settle().await;
+        assert_eq!(
+            s.hub.revoke(&crate::revocation::Revoked::User("u".into())),
+            1
+        );
+        s.task.await.unwrap();
+        assert_eq!(s.client.close_code(), Some(close_code::REVOKED));
+        let counts: Vec<_> = Disconnect::ALL
+            .iter()
+            .map(|d| s.hub.metrics().disconnects.get(*d))
+            .collect();
+        assert_eq!(s.hub.metrics().disconnects.get(Disconnect::Revoked), 1);
+        assert_eq!(counts.iter().sum::<i64>(), 1, "{counts:?}");
+        assert_eq!(s.hub.connections(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_never_takes_a_write_is_dropped_after_the_write_timeout() {
         let s = connect(Duration::from_secs(3600), 16);
         s.client
@@ -823,6 +800,5 @@ mod tests {
         assert_eq!(s.client.close_code(), Some(close_code::GOING_AWAY));
         assert!(start.elapsed() <= Duration::from_secs(3) + CLOSE_TIMEOUT);
         assert_eq!(s.hub.metrics().disconnects.get(Disconnect::Shutdown), 1);
-        assert_eq!(s.hub.metrics().refused.get(Refusal::Draining), 0);
     }
 }

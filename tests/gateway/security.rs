@@ -62,7 +62,7 @@ async fn a_ping_flood_from_a_client_that_never_reads_stays_bounded_and_is_discon
         // limit stands between the flood and the gateway's memory.
         let mut child = cmd
             .env("GATEWAY_WS_PING_INTERVAL_SECS", "600")
-            .env("GATEWAY_IDLE_TIMEOUT_SECS", "600")
+            .env("GATEWAY_WRITE_TIMEOUT_SECS", "600")
             .env("GATEWAY_LOG", "warn")
             .spawn()
             .unwrap();
@@ -137,7 +137,7 @@ async fn a_non_reading_sender_is_disconnected_at_its_token_expiry() {
     bounded(async {
         let gw = GatewayBuilder::new("spam-expiry")
             .arg("jwt-leeway-secs", "0")
-            .arg("idle-timeout-secs", "600")
+            .arg("write-timeout-secs", "600")
             .start()
             .await;
         let mut claims = claims("acme", "spammer");
@@ -158,7 +158,7 @@ async fn a_non_reading_sender_is_disconnected_at_its_token_expiry() {
 async fn a_non_reading_sender_is_disconnected_within_the_write_timeout() {
     bounded(async {
         let gw = GatewayBuilder::new("spam-idle")
-            .arg("idle-timeout-secs", "3")
+            .arg("write-timeout-secs", "3")
             .start()
             .await;
         let spam = spam_control_pings(&gw, &token("acme", "spammer")).await;
@@ -176,7 +176,7 @@ async fn a_non_reading_sender_is_disconnected_within_the_write_timeout() {
 async fn a_non_reading_sender_does_not_hold_up_a_graceful_shutdown() {
     bounded(async {
         let gw = GatewayBuilder::new("spam-drain")
-            .arg("idle-timeout-secs", "600")
+            .arg("write-timeout-secs", "600")
             .start()
             .await;
         let spam = spam_control_pings(&gw, &token("acme", "spammer")).await;
