@@ -1,5 +1,5 @@
 //! Broker: the RabbitMQ link. Declares this instance's queue and bindings, consumes, hands
-//! each message to the [`pipeline`] (parsing, dedupe, history, fan-out), acknowledges, and
+//! each message to the pipeline (`pipeline.rs`) (parsing, dedupe, history, fan-out), acknowledges, and
 //! reconnects with capped exponential backoff and jitter whenever the link is lost.
 //!
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
@@ -23,7 +23,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Binding, ConflationRule, HistoryStream, Routes};
+use crate::config::{AmqpConfig, Binding, HistoryStream, KeyRule, Routes};
 use crate::envelope::DropReason;
 use crate::history::History;
 use crate::hub::Hub;
@@ -150,7 +150,7 @@ pub struct Consumer {
     /// the revocation feed through its own stream).
     pub revocation_keys: Vec<Binding>,
     /// Which event types supersede each other, keyed by which field.
-    pub conflate: Vec<ConflationRule>,
+    pub conflate: Vec<KeyRule>,
     /// The fleet's stream to backfill the history from; `None`: off.
     pub history_stream: Option<HistoryStream>,
 }

@@ -27,12 +27,13 @@ use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 
 use super::{BrokerMetrics, Consumer};
-use crate::config::{Binding, ConflationRule, Routes, Selected};
+use crate::config::{Binding, Routes, Selected};
 use crate::dedupe::RecentIds;
-use crate::envelope::{DropReason, Event};
+use crate::envelope::{DropReason, Envelope, Event};
 use crate::history::History;
 use crate::hub::Hub;
-use crate::mapping::{Meta, key_at};
+use crate::keys::KeyRules;
+use crate::mapping::Meta;
 use crate::telemetry::untrusted;
 
 /// Called with each event after it entered the history and before the hub fans it out;
@@ -49,7 +50,7 @@ pub(crate) struct Pipeline {
     /// the revocation feed through its own stream).
     revocation_keys: Vec<Binding>,
     /// Which event types supersede each other, keyed by which field.
-    conflate: Vec<ConflationRule>,
+    conflation: KeyRules,
     /// Recent (tenant, event id) pairs; see "Duplicates" above.
     recent: RecentIds,
     /// Recent events, for resuming clients.
@@ -72,8 +73,8 @@ pub(crate) struct Gap {
     at: std::time::SystemTime,
     /// The stream showed `last`, so it covers the gap.
     found: bool,
-    /// Events read after `last`, in order.
-    missed: Vec<Event>,
+    /// Events read after `last`, in order, not yet made events (see [`Pipeline::keep`]).
+    missed: Vec<Envelope>,
 }
 
 impl Gap {
@@ -101,7 +102,7 @@ impl Pipeline {
             max_event_bytes: consumer.max_event_bytes,
             routes: consumer.routes.clone(),
             revocation_keys: consumer.revocation_keys.clone(),
-            conflate: consumer.conflate.clone(),
+            conflation: KeyRules::new(consumer.conflate.clone()),
             recent: RecentIds::new(consumer.dedupe_window),
             history: consumer.history.clone(),
             hub: consumer.hub.clone(),
@@ -188,9 +189,9 @@ impl Pipeline {
         self.hub.resync_all()
     }
 
-    /// Reads one message into a new event, or counts why not. Revocation events are not
-    /// counted: they are the revocation feed's.
-    fn read(&self, delivery: Delivery) -> Option<Event> {
+    /// Reads one message into a validated envelope, or counts why not. Revocation events
+    /// are not counted: they are the revocation feed's.
+    fn read(&self, delivery: Delivery) -> Option<Envelope> {
         let key = delivery.routing_key.as_str();
         if self.revocation_keys.iter().any(|b| b.matches(key)) {
             return None;
@@ -217,14 +218,15 @@ impl Pipeline {
         };
         let parsed = match self.routes.select(delivery.exchange.as_str(), key) {
             Selected::Route(route) => {
-                Event::parse_with(delivery.data, self.max_event_bytes, &route.mapping, &meta)
-                    .and_then(|event| {
-                        if route.excludes(&event.event_type) {
+                Envelope::read(delivery.data, self.max_event_bytes, &route.mapping, &meta).and_then(
+                    |envelope| {
+                        if route.excludes(&envelope.event_type) {
                             Err(DropReason::ExcludedType)
                         } else {
-                            Ok(event)
+                            Ok(envelope)
                         }
-                    })
+                    },
+                )
             }
             Selected::None => Err(DropReason::NoRoute),
             Selected::Conflict => Err(DropReason::RouteConflict),
@@ -242,7 +244,7 @@ impl Pipeline {
     }
 
     /// Whether `event`'s id is new for its tenant (and remembers it); counts it if not.
-    fn first_seen(&mut self, event: &Event, redelivered: bool) -> bool {
+    fn first_seen(&mut self, event: &Envelope, redelivered: bool) -> bool {
         if self.recent.insert(&event.tenant, &event.id) {
             return true;
         }
@@ -256,9 +258,11 @@ impl Pipeline {
         false
     }
 
-    /// Into the history: the one place every event kept passes, whichever way it came.
-    fn keep(&self, mut event: Event) -> Arc<Event> {
-        event.conflation_key = self.conflation_key(&event);
+    /// Makes the event, complete (with its key), and keeps it in the history: the one
+    /// place every event kept passes, whichever way it came. The key is worked out only
+    /// here, after the checks that may drop the message.
+    fn keep(&self, envelope: Envelope) -> Arc<Event> {
+        let event = envelope.into_event(&self.conflation);
         let (event, (events, bytes)) = self.history.append(event);
         self.metrics.history_events.set(events as i64);
         self.metrics.history_bytes.set(bytes as i64);
@@ -267,8 +271,8 @@ impl Pipeline {
 
     /// Into the history before the hub: a client registering meanwhile then finds the
     /// event in its replay or gets it live (or both, and skips one).
-    async fn deliver(&self, event: Event) {
-        let event = self.keep(event);
+    async fn deliver(&self, envelope: Envelope) {
+        let event = self.keep(envelope);
         if let Some(hook) = &self.seam_hook {
             hook(&event).await;
         }
@@ -280,16 +284,5 @@ impl Pipeline {
             recipients,
             "event dispatched"
         );
-    }
-
-    /// The key under which `event` supersedes older unsent events of its type, if a
-    /// conflation rule names its type and the event has the key field.
-    fn conflation_key(&self, event: &Event) -> Option<Box<str>> {
-        let rule = self
-            .conflate
-            .iter()
-            .find(|r| *r.event_type == *event.event_type)?;
-        let key = key_at(event.json(), &rule.key)?;
-        Some(format!("{}\u{0}{key}", rule.event_type).into())
     }
 }

@@ -5,9 +5,10 @@ use super::mapping::Pointer;
 use super::settings::Key;
 use super::validate::Validator;
 
-/// Events of `event_type` with the same value at `key` supersede each other.
+/// Events of `event_type` with the same value at `key` stand for the same thing (for
+/// conflation: a newer one supersedes an older one); `keys::KeyRules` reads them.
 #[derive(Clone, Debug)]
-pub struct ConflationRule {
+pub struct KeyRule {
     /// The event type, exactly.
     pub event_type: String,
     /// Where the key is (e.g. the job id).
@@ -18,7 +19,7 @@ pub struct ConflationRule {
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
     /// Conflatable event types; empty: conflation off.
-    pub conflate: Vec<ConflationRule>,
+    pub conflate: Vec<KeyRule>,
     /// Most `types=` patterns one connection may select.
     pub max_interest_patterns: usize,
 }
@@ -32,7 +33,7 @@ impl Validator<'_> {
                 .map(|(t, p)| (t.trim(), Pointer::parse(p.trim())));
             match parsed {
                 Some((t, Ok(key))) if !t.is_empty() && !t.contains(char::is_whitespace) => {
-                    conflate.push(ConflationRule {
+                    conflate.push(KeyRule {
                         event_type: t.to_owned(),
                         key,
                     });

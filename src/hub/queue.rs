@@ -198,9 +198,9 @@ impl SendQueue {
             if q.interest.as_ref().is_some_and(|i| !i.wants(&e.event_type)) {
                 return Offered::Filtered;
             }
-            if let Some(key) = e.conflation_key.as_deref() {
+            if let Some(key) = e.conflation_key() {
                 let older = q.items.iter().position(
-                    |o| matches!(o, Outgoing::Event(x) if x.conflation_key.as_deref() == Some(key)),
+                    |o| matches!(o, Outgoing::Event(x) if x.conflation_key() == Some(key)),
                 );
                 if let Some(i) = older
                     && let Some(old) = q.items.remove(i)
@@ -294,7 +294,7 @@ pub fn conflate(events: Vec<Outgoing>) -> (Vec<Outgoing>, usize) {
     let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, o) in events.iter().enumerate() {
         if let Outgoing::Event(e) = o
-            && let Some(k) = e.conflation_key.as_deref()
+            && let Some(k) = e.conflation_key()
         {
             last.insert(k, i);
         }
@@ -303,10 +303,7 @@ pub fn conflate(events: Vec<Outgoing>) -> (Vec<Outgoing>, usize) {
         .iter()
         .enumerate()
         .map(|(i, o)| match o {
-            Outgoing::Event(e) => e
-                .conflation_key
-                .as_deref()
-                .is_none_or(|k| last.get(k) == Some(&i)),
+            Outgoing::Event(e) => e.conflation_key().is_none_or(|k| last.get(k) == Some(&i)),
             Outgoing::Resync => true,
         })
         .collect();
@@ -324,15 +321,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::envelope::Event;
 
     fn event(id: &str, ty: &str, key: Option<&str>) -> Outgoing {
-        let body = serde_json::json!({
-            "event_id": id, "event_type": ty, "tenant_id": "t", "user_id": "u", "data": {}
-        });
-        let mut e = Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap();
-        e.conflation_key = key.map(Into::into);
-        Outgoing::Event(Arc::new(e))
+        Outgoing::Event(Arc::new(crate::envelope::testing::keyed(id, ty, key)))
     }
 
     fn ids(q: &SendQueue) -> Vec<String> {
