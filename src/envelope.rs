@@ -76,9 +76,6 @@ pub struct Envelope {
 /// by the history and every connection it goes to.
 #[derive(Debug)]
 pub struct Event {
-    /// Position in this instance's arrival order, set by the history; orders replay and
-    /// live events at the resume seam.
-    pub seq: u64,
     /// `event_id`: SSE `id:` and the key for duplicate suppression.
     pub id: Arc<str>,
     /// `event_type`, for logs.
@@ -197,7 +194,6 @@ impl Envelope {
     /// event's key is worked out).
     pub fn into_event(self, conflation: &KeyRules) -> Event {
         Event {
-            seq: 0,
             conflation_key: conflation.key(&self.event_type, self.json.as_str()),
             id: self.id,
             event_type: self.event_type,

@@ -1,6 +1,7 @@
 //! Broker: the RabbitMQ link. Declares this instance's queue and bindings, consumes, hands
-//! each message to the pipeline (`pipeline.rs`) (parsing, dedupe, history, fan-out), acknowledges, and
-//! reconnects with capped exponential backoff and jitter whenever the link is lost.
+//! each message to its pipeline (`pipeline.rs`: parsing, dedupe, history, fan-out),
+//! acknowledges, and reconnects with capped exponential backoff and jitter whenever the
+//! link is lost.
 //!
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
 //! says 503.

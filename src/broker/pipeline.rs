@@ -261,22 +261,22 @@ impl Pipeline {
     /// Makes the event, complete (with its key), and keeps it in the history: the one
     /// place every event kept passes, whichever way it came. The key is worked out only
     /// here, after the checks that may drop the message.
-    fn keep(&self, envelope: Envelope) -> Arc<Event> {
-        let event = envelope.into_event(&self.conflation);
-        let (event, (events, bytes)) = self.history.append(event);
-        self.metrics.history_events.set(events as i64);
-        self.metrics.history_bytes.set(bytes as i64);
-        event
+    fn keep(&self, envelope: Envelope) -> (Arc<Event>, u64) {
+        let event = Arc::new(envelope.into_event(&self.conflation));
+        let kept = self.history.append(event.clone());
+        self.metrics.history_events.set(kept.events as i64);
+        self.metrics.history_bytes.set(kept.bytes as i64);
+        (event, kept.seq)
     }
 
     /// Into the history before the hub: a client registering meanwhile then finds the
     /// event in its replay or gets it live (or both, and skips one).
     async fn deliver(&self, envelope: Envelope) {
-        let event = self.keep(envelope);
+        let (event, seq) = self.keep(envelope);
         if let Some(hook) = &self.seam_hook {
             hook(&event).await;
         }
-        let recipients = self.hub.publish(&event);
+        let recipients = self.hub.publish(&event, seq);
         tracing::debug!(
             event_id = %untrusted(&*event.id),
             event_type = %untrusted(&*event.event_type),
