@@ -51,26 +51,11 @@ crate::label_set! {
     }
 }
 
-/// A message read and validated: every field of an [`Event`] but its key. The pipeline
-/// checks it (its route's exclusions, duplicates) before it pays for the key, then makes
-/// it an event with [`Envelope::into_event`].
+/// A message read and validated: an [`Event`] but for its key. The pipeline checks it (its
+/// route's exclusions, duplicates) before it pays for the key, then makes it the event with
+/// [`Envelope::into_event`]. The event inside is never seen before it is complete.
 #[derive(Debug)]
-pub struct Envelope {
-    /// `event_id`: SSE `id:` and the key for duplicate suppression.
-    pub id: Arc<str>,
-    /// `event_type`.
-    pub event_type: Box<str>,
-    /// `tenant_id`: never empty.
-    pub tenant: Arc<str>,
-    /// `user_id`; `None` means every connection of the tenant.
-    pub user: Option<Arc<str>>,
-    /// `trace_id`, when the producer set one.
-    pub trace_id: Option<Box<str>>,
-    /// `event_time` as microseconds since the epoch, when present and RFC 3339.
-    pub event_time_us: Option<i64>,
-    /// The envelope on one line, as published.
-    json: Utf8Bytes,
-}
+pub struct Envelope(Event);
 
 /// A validated event, complete when it is made and never changed after: shared (`Arc`)
 /// by the history and every connection it goes to.
@@ -179,31 +164,45 @@ impl Envelope {
             return Err(DropReason::NoUser);
         }
 
-        Ok(Envelope {
+        Ok(Envelope(Event {
             id,
             event_type,
             tenant,
             user,
             trace_id,
             event_time_us,
+            conflation_key: None,
             json: one_line(body),
-        })
+            sse: OnceLock::new(),
+        }))
+    }
+
+    /// `event_id`: the key for duplicate suppression, with the tenant.
+    pub fn id(&self) -> &Arc<str> {
+        &self.0.id
+    }
+
+    /// `tenant_id`.
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.0.tenant
+    }
+
+    /// `event_type`.
+    pub fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+
+    /// `trace_id`, when the producer set one, for logs.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.0.trace_id.as_deref()
     }
 
     /// The event, complete: with its conflation key from `conflation` (the one place an
-    /// event's key is worked out).
+    /// event's key is set).
     pub fn into_event(self, conflation: &KeyRules) -> Event {
-        Event {
-            conflation_key: conflation.key(&self.event_type, self.json.as_str()),
-            id: self.id,
-            event_type: self.event_type,
-            tenant: self.tenant,
-            user: self.user,
-            trace_id: self.trace_id,
-            event_time_us: self.event_time_us,
-            json: self.json,
-            sse: OnceLock::new(),
-        }
+        let Envelope(mut event) = self;
+        event.conflation_key = conflation.key(&event.event_type, event.json());
+        event
     }
 }
 

@@ -158,7 +158,7 @@ impl Pipeline {
         if gap.found {
             gap.missed.push(event);
         } else {
-            gap.found = *event.tenant == *gap.last.tenant && event.id == gap.last.id;
+            gap.found = **event.tenant() == *gap.last.tenant && *event.id() == gap.last.id;
         }
     }
 
@@ -220,7 +220,7 @@ impl Pipeline {
             Selected::Route(route) => {
                 Envelope::read(delivery.data, self.max_event_bytes, &route.mapping, &meta).and_then(
                     |envelope| {
-                        if route.excludes(&envelope.event_type) {
+                        if route.excludes(envelope.event_type()) {
                             Err(DropReason::ExcludedType)
                         } else {
                             Ok(envelope)
@@ -245,13 +245,13 @@ impl Pipeline {
 
     /// Whether `event`'s id is new for its tenant (and remembers it); counts it if not.
     fn first_seen(&mut self, event: &Envelope, redelivered: bool) -> bool {
-        if self.recent.insert(&event.tenant, &event.id) {
+        if self.recent.insert(event.tenant(), event.id()) {
             return true;
         }
         self.metrics.duplicates.inc();
         tracing::debug!(
-            event_id = %untrusted(&*event.id),
-            trace_id = %untrusted(event.trace_id.as_deref().unwrap_or("")),
+            event_id = %untrusted(&**event.id()),
+            trace_id = %untrusted(event.trace_id().unwrap_or("")),
             redelivered,
             "duplicate event dropped"
         );
@@ -296,6 +296,7 @@ mod tests {
     use super::*;
     use crate::config::{HistoryLimits, KeyRule, Mapping, Pointer, Route};
     use crate::history::Replay;
+    use crate::hub::testing::ids as received;
     use crate::hub::{HubLimits, Outgoing, Subscription, Transport};
 
     const PROGRESS: &str = "render.job.progress.v1";
@@ -357,16 +358,6 @@ mod tests {
         p.hub
             .subscribe("t", "u", Transport::Ws, CancellationToken::new(), None)
             .unwrap()
-    }
-
-    /// What reached the client, by id.
-    fn received(s: &mut Subscription) -> Vec<String> {
-        std::iter::from_fn(|| s.try_recv())
-            .map(|o| match o {
-                Outgoing::Event(e) => e.id.to_string(),
-                Outgoing::Resync => "resync".into(),
-            })
-            .collect()
     }
 
     /// What the history holds after `id`, by id.

@@ -673,8 +673,25 @@ impl Drop for Subscription {
     }
 }
 
+/// Helpers for the unit tests of this and other modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Outgoing, Subscription};
+
+    /// What is waiting for `s`, by id (`resync` for a resync).
+    pub(crate) fn ids(s: &mut Subscription) -> Vec<String> {
+        std::iter::from_fn(|| s.try_recv())
+            .map(|o| match o {
+                Outgoing::Event(e) => e.id.to_string(),
+                Outgoing::Resync => "resync".into(),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::ids;
     use super::*;
 
     fn hub(max_connections: usize, max_per_user: usize, queue_len: usize) -> Arc<Hub> {
@@ -713,13 +730,6 @@ mod tests {
         assert_eq!(hub.publish(&event("3", "c", None), 1), 0);
         assert_eq!(hub.publish(&event("4", "b", Some("u2")), 1), 0);
 
-        let ids = |s: &mut Subscription| {
-            let mut v = Vec::new();
-            while let Some(Outgoing::Event(e)) = s.try_recv() {
-                v.push(e.id.to_string());
-            }
-            v
-        };
         assert_eq!(ids(&mut a1), ["1", "2"]);
         assert_eq!(ids(&mut a2), ["2"]);
         assert!(ids(&mut b1).is_empty());
@@ -835,14 +845,7 @@ mod tests {
         // A replay taken now held events up to number 2.
         s.skip_through(2);
         hub.resync_all();
-        let mut got = Vec::new();
-        while let Some(o) = s.try_recv() {
-            got.push(match o {
-                Outgoing::Event(e) => e.id.to_string(),
-                Outgoing::Resync => "resync".into(),
-            });
-        }
-        assert_eq!(got, ["3", "4", "resync"]);
+        assert_eq!(ids(&mut s), ["3", "4", "resync"]);
     }
 
     #[test]
