@@ -6,7 +6,6 @@
 use std::sync::{Arc, OnceLock};
 
 use crate::config::Mapping;
-use crate::keys::KeyRules;
 use crate::mapping::{Found, Meta, ReadError};
 use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -197,11 +196,16 @@ impl Envelope {
         self.0.trace_id.as_deref()
     }
 
-    /// The event, complete: with its conflation key from `conflation` (the one place an
-    /// event's key is set).
-    pub fn into_event(self, conflation: &KeyRules) -> Event {
+    /// The envelope on one line, as published: where its key is read from.
+    pub fn json(&self) -> &str {
+        self.0.json()
+    }
+
+    /// The event, complete: with its conflation key (from `keys::KeyRules::key`, the one
+    /// place an event's key is worked out).
+    pub fn into_event(self, conflation_key: Option<Box<str>>) -> Event {
         let Envelope(mut event) = self;
-        event.conflation_key = conflation.key(&event.event_type, event.json());
+        event.conflation_key = conflation_key;
         event
     }
 }
@@ -209,8 +213,7 @@ impl Envelope {
 impl Event {
     /// Parses and validates one body with the FlatRender catalog mapping, without keys.
     pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, DropReason> {
-        Envelope::read(body, max_bytes, &CATALOG, &Meta::none())
-            .map(|e| e.into_event(&KeyRules::default()))
+        Envelope::read(body, max_bytes, &CATALOG, &Meta::none()).map(|e| e.into_event(None))
     }
 
     /// Events with the same key supersede each other in a connection's queue when it
@@ -328,8 +331,7 @@ fn one_line(mut body: Vec<u8>) -> Utf8Bytes {
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use super::{CATALOG, Envelope, Event, KeyRules, Meta};
-    use crate::config::{KeyRule, Pointer};
+    use super::{CATALOG, Envelope, Event, Meta};
 
     /// A catalog event of `event_type` for (`tenant`, `user`), `None` meaning tenant-wide.
     pub(crate) fn event(id: &str, event_type: &str, tenant: &str, user: Option<&str>) -> Event {
@@ -345,17 +347,11 @@ pub(crate) mod testing {
         Arc::new(event(id, "render.job.progress.v1", "t", Some("u")))
     }
 
-    /// An event of `event_type` for user `u` of tenant `t` whose conflation key, when
-    /// `job` is given, is that job (types conflate by `/data/job_id`).
-    pub(crate) fn keyed(id: &str, event_type: &str, job: Option<&str>) -> Event {
+    /// An event of `event_type` for user `u` of tenant `t` with conflation key `key`.
+    pub(crate) fn keyed(id: &str, event_type: &str, key: Option<&str>) -> Event {
         let body = serde_json::json!({
-            "event_id": id, "event_type": event_type,
-            "tenant_id": "t", "user_id": "u", "data": {"job_id": job}
+            "event_id": id, "event_type": event_type, "tenant_id": "t", "user_id": "u"
         });
-        let rules = KeyRules::new(vec![KeyRule {
-            event_type: event_type.into(),
-            key: Pointer::parse("/data/job_id").unwrap(),
-        }]);
         Envelope::read(
             serde_json::to_vec(&body).unwrap(),
             4096,
@@ -363,7 +359,7 @@ pub(crate) mod testing {
             &Meta::none(),
         )
         .unwrap()
-        .into_event(&rules)
+        .into_event(key.map(Into::into))
     }
 }
 

@@ -262,7 +262,8 @@ impl Pipeline {
     /// place every event kept passes, whichever way it came. The key is worked out only
     /// here, after the checks that may drop the message.
     fn keep(&self, envelope: Envelope) -> (Arc<Event>, u64) {
-        let event = Arc::new(envelope.into_event(&self.conflation));
+        let key = self.conflation.key(envelope.event_type(), envelope.json());
+        let event = Arc::new(envelope.into_event(key));
         let kept = self.history.append(event.clone());
         self.metrics.history_events.set(kept.events as i64);
         self.metrics.history_bytes.set(kept.bytes as i64);
