@@ -1,7 +1,9 @@
 //! Envelope: turns one broker message body into an [`Event`], parsed once, validated, with
-//! its outgoing frames built once and shared by every recipient.
+//! its outgoing frames built once and shared by every recipient. Two steps: an
+//! [`Envelope`] (the fields, validated), then the [`Event`] with its key, complete and
+//! never changed after.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::Mapping;
 use crate::mapping::{Found, Meta, ReadError};
@@ -48,28 +50,31 @@ crate::label_set! {
     }
 }
 
-/// A validated event, shared (`Arc`) by every connection it goes to.
+/// A message read and validated: an [`Event`] but for its key. The pipeline checks it (its
+/// route's exclusions, duplicates) before it pays for the key, then makes it the event with
+/// [`Envelope::into_event`]. The event inside is never seen before it is complete.
+#[derive(Debug)]
+pub struct Envelope(Event);
+
+/// A validated event, complete when it is made and never changed after: shared (`Arc`)
+/// by the history and every connection it goes to.
 #[derive(Debug)]
 pub struct Event {
-    /// Position in this instance's arrival order, set by the history; orders replay and
-    /// live events at the resume seam.
-    pub seq: u64,
     /// `event_id`: SSE `id:` and the key for duplicate suppression.
-    pub id: std::sync::Arc<str>,
+    pub id: Arc<str>,
     /// `event_type`, for logs.
     pub event_type: Box<str>,
     /// `tenant_id`: never empty.
-    pub tenant: std::sync::Arc<str>,
+    pub tenant: Arc<str>,
     /// `user_id`; `None` means every connection of the tenant.
-    pub user: Option<std::sync::Arc<str>>,
+    pub user: Option<Arc<str>>,
     /// `trace_id`, when the producer set one, for logs.
     pub trace_id: Option<Box<str>>,
-    /// Events with the same key supersede each other in a connection's queue when it
-    /// falls behind (set by the consumer from the conflation rules; `None`: never).
-    pub conflation_key: Option<Box<str>>,
     /// `event_time` as microseconds since the epoch, when present and RFC 3339; only used
     /// for the latency histogram, so an odd timestamp never rejects an event.
     pub event_time_us: Option<i64>,
+    /// See [`Event::conflation_key`].
+    conflation_key: Option<Box<str>>,
     /// The envelope on one line, as published: the WebSocket text frame.
     json: Utf8Bytes,
     /// The SSE frame, built on first use so WS-only traffic never pays for it.
@@ -103,19 +108,14 @@ fn or_fallback(found: Found, fallback: impl FnOnce() -> Option<String>) -> Found
 /// The default (FlatRender catalog) mapping, for callers without configuration.
 static CATALOG: std::sync::LazyLock<Mapping> = std::sync::LazyLock::new(Mapping::default);
 
-impl Event {
-    /// Parses and validates one body with the FlatRender catalog mapping.
-    pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, DropReason> {
-        Event::parse_with(body, max_bytes, &CATALOG, &Meta::none())
-    }
-
-    /// Parses and validates one message with `mapping`; `meta` supplies the fallbacks.
-    pub fn parse_with(
+impl Envelope {
+    /// Reads and validates one message with `mapping`; `meta` supplies the fallbacks.
+    pub fn read(
         body: Vec<u8>,
         max_bytes: usize,
         mapping: &Mapping,
         meta: &Meta<'_>,
-    ) -> Result<Event, DropReason> {
+    ) -> Result<Envelope, DropReason> {
         if body.len() > max_bytes {
             return Err(DropReason::Oversized);
         }
@@ -127,11 +127,11 @@ impl Event {
         })?;
         let header = |name: &Option<String>| name.as_deref().and_then(|h| (meta.header)(h));
 
-        let id: std::sync::Arc<str> =
-            match or_fallback(fields.event_id, || meta.message_id.map(str::to_owned)) {
-                Found::Str(s) => safe_text(s)?.into(),
-                _ => return Err(DropReason::InvalidField),
-            };
+        let id: Arc<str> = match or_fallback(fields.event_id, || meta.message_id.map(str::to_owned))
+        {
+            Found::Str(s) => safe_text(s)?.into(),
+            _ => return Err(DropReason::InvalidField),
+        };
         let event_type = match or_fallback(fields.event_type, || header(&mapping.event_type_header))
         {
             // Bounded like a routing key: selections are matched against it per delivery.
@@ -163,18 +163,63 @@ impl Event {
             return Err(DropReason::NoUser);
         }
 
-        Ok(Event {
-            seq: 0,
+        Ok(Envelope(Event {
             id,
             event_type,
             tenant,
             user,
             trace_id,
-            conflation_key: None,
             event_time_us,
+            conflation_key: None,
             json: one_line(body),
             sse: OnceLock::new(),
-        })
+        }))
+    }
+
+    /// `event_id`: the key for duplicate suppression, with the tenant.
+    pub fn id(&self) -> &Arc<str> {
+        &self.0.id
+    }
+
+    /// `tenant_id`.
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.0.tenant
+    }
+
+    /// `event_type`.
+    pub fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+
+    /// `trace_id`, when the producer set one, for logs.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.0.trace_id.as_deref()
+    }
+
+    /// The envelope on one line, as published: where its key is read from.
+    pub fn json(&self) -> &str {
+        self.0.json()
+    }
+
+    /// The event, complete: with its conflation key (from `keys::KeyRules::key`, the one
+    /// place an event's key is worked out).
+    pub fn into_event(self, conflation_key: Option<Box<str>>) -> Event {
+        let Envelope(mut event) = self;
+        event.conflation_key = conflation_key;
+        event
+    }
+}
+
+impl Event {
+    /// Parses and validates one body with the FlatRender catalog mapping, without keys.
+    pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, DropReason> {
+        Envelope::read(body, max_bytes, &CATALOG, &Meta::none()).map(|e| e.into_event(None))
+    }
+
+    /// Events with the same key supersede each other in a connection's queue when it
+    /// falls behind, and in a replay (`None`: never).
+    pub fn conflation_key(&self) -> Option<&str> {
+        self.conflation_key.as_deref()
     }
 
     /// The envelope on one line, as published.
@@ -286,7 +331,7 @@ fn one_line(mut body: Vec<u8>) -> Utf8Bytes {
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use super::Event;
+    use super::{CATALOG, Envelope, Event, Meta};
 
     /// A catalog event of `event_type` for (`tenant`, `user`), `None` meaning tenant-wide.
     pub(crate) fn event(id: &str, event_type: &str, tenant: &str, user: Option<&str>) -> Event {
@@ -300,6 +345,21 @@ pub(crate) mod testing {
     /// A progress event for user `u` of tenant `t`, shared.
     pub(crate) fn progress(id: &str) -> Arc<Event> {
         Arc::new(event(id, "render.job.progress.v1", "t", Some("u")))
+    }
+
+    /// An event of `event_type` for user `u` of tenant `t` with conflation key `key`.
+    pub(crate) fn keyed(id: &str, event_type: &str, key: Option<&str>) -> Event {
+        let body = serde_json::json!({
+            "event_id": id, "event_type": event_type, "tenant_id": "t", "user_id": "u"
+        });
+        Envelope::read(
+            serde_json::to_vec(&body).unwrap(),
+            4096,
+            &CATALOG,
+            &Meta::none(),
+        )
+        .unwrap()
+        .into_event(key.map(Into::into))
     }
 }
 

@@ -30,9 +30,22 @@ pub enum Replay {
     Resync,
 }
 
+/// One event held. Its sequence number (its place in this instance's arrival order) is its
+/// position: `first_seq` plus its index.
 struct Entry {
     event: Arc<Event>,
     at: Instant,
+}
+
+/// What [`History::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The event's sequence number: live events up to a replay's `through` were in it.
+    pub seq: u64,
+    /// Events held afterwards.
+    pub events: usize,
+    /// Bytes held afterwards.
+    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -95,13 +108,11 @@ impl History {
     }
 
     /// Numbers the event, appends it, and evicts what the limits no longer allow. Returns
-    /// the shared event and the size held afterwards (events, bytes), read under the same
-    /// lock so the consumer never locks twice per event.
-    pub fn append(&self, mut event: Event) -> (Arc<Event>, (usize, usize)) {
+    /// its number and the size held afterwards, read under the same lock so the consumer
+    /// never locks twice per event.
+    pub fn append(&self, event: Arc<Event>) -> Appended {
         let mut h = self.lock();
         let seq = h.first_seq + h.entries.len() as u64;
-        event.seq = seq;
-        let event = Arc::new(event);
         // The keys share the event's strings: no allocation per event beyond the maps'.
         let id = event.id.clone();
         let tenant = event.tenant.clone();
@@ -116,12 +127,15 @@ impl History {
         }
         h.bytes += event.len();
         h.entries.push_back(Entry {
-            event: event.clone(),
+            event,
             at: Instant::now(),
         });
         self.evict(&mut h, Instant::now());
-        let size = (h.entries.len(), h.bytes);
-        (event, size)
+        Appended {
+            seq,
+            events: h.entries.len(),
+            bytes: h.bytes,
+        }
     }
 
     /// The newest event held and roughly when it arrived (wall clock), if any.
@@ -250,8 +264,9 @@ mod tests {
             "event_id": id, "event_type": "render.job.progress.v1",
             "tenant_id": tenant, "user_id": user, "data": {}
         });
-        h.append(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap())
-            .0
+        let event = Arc::new(Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap());
+        h.append(event.clone());
+        event
     }
 
     fn ids(r: Replay) -> Vec<String> {

@@ -7,6 +7,11 @@
 //! (lapin)    (parse once) (resume, snapshots)         (who)   (frames built once, shared)
 //! ```
 //!
+//! The [`broker`]'s link loop (connect, consume, acknowledge, reconnect) hands each message
+//! to its pipeline, which reads it ([`envelope`], [`mapping`], its key from [`keys`]), drops
+//! duplicates ([`dedupe`]), keeps it in the [`history`] for resuming clients and fans it
+//! out through the [`hub`].
+//!
 //! Beside it: [`revocation`] (banned users, fed by the broker's revocation feed),
 //! [`config`] (flags and `GATEWAY_*` variables), [`auth`] (token verification),
 //! [`telemetry`] (metrics and logs), [`shutdown`] (signals) and [`server`], whose [`run`] is
@@ -23,6 +28,7 @@ pub mod demo;
 pub mod envelope;
 pub mod history;
 pub mod hub;
+pub mod keys;
 pub mod mapping;
 pub mod revocation;
 pub mod server;

@@ -1,11 +1,13 @@
 //! Broker: the RabbitMQ link. Declares this instance's queue and bindings, consumes, hands
-//! each message to the envelope parser and the hub, acknowledges, and reconnects with
-//! capped exponential backoff and jitter whenever the link is lost.
+//! each message to its pipeline (`pipeline.rs`: parsing, dedupe, history, fan-out),
+//! acknowledges, and reconnects with capped exponential backoff and jitter whenever the
+//! link is lost.
 //!
 //! Clients never depend on the link: while it is down they stay connected and `/readyz`
 //! says 503.
 
 mod connect;
+mod pipeline;
 pub mod revocations;
 mod streams;
 
@@ -14,8 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
-use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueDeclareOptions,
@@ -24,14 +24,14 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Binding, ConflationRule, HistoryStream, Routes, Selected};
-use crate::dedupe::RecentIds;
-use crate::envelope::{DropReason, Event};
+use crate::config::{AmqpConfig, Binding, HistoryStream, KeyRule, Routes};
+use crate::envelope::DropReason;
 use crate::history::History;
 use crate::hub::Hub;
-use crate::mapping::{Meta, key_at};
-use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, untrusted};
+use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 use connect::{Failure, Nodes};
+use pipeline::Pipeline;
+pub use pipeline::SeamHook;
 
 /// First reconnect delay; doubled after each failed attempt up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -127,11 +127,7 @@ impl Collect for BrokerMetrics {
     }
 }
 
-/// Called with each event after it entered the history and before the hub fans it out;
-/// lets tests hold the consumer exactly at the resume seam.
-pub type SeamHook = Arc<dyn Fn(&Event) -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// What the consumer needs besides the broker settings.
+/// What the consumer needs besides the broker settings: the link's, and its pipeline's.
 pub struct Consumer {
     /// Broker settings.
     pub config: AmqpConfig,
@@ -155,7 +151,7 @@ pub struct Consumer {
     /// the revocation feed through its own stream).
     pub revocation_keys: Vec<Binding>,
     /// Which event types supersede each other, keyed by which field.
-    pub conflate: Vec<ConflationRule>,
+    pub conflate: Vec<KeyRule>,
     /// The fleet's stream to backfill the history from; `None`: off.
     pub history_stream: Option<HistoryStream>,
 }
@@ -185,7 +181,6 @@ struct Link {
     queue_lost: bool,
 }
 
-/// How a session went.
 /// How a link starts. It decides the queue probe, the backfill, who must resync and
 /// whether the link counts as a reconnect, so it is one value rather than a flag renamed
 /// on its way: a link is a first one until one was established, however many attempts
@@ -202,7 +197,8 @@ enum LinkStart {
     AfterBreak,
 }
 
-enum Session {
+/// How one life of the link ended.
+enum LinkOutcome {
     /// Shutdown was asked for.
     Stopped,
     /// The link could not be set up.
@@ -272,22 +268,47 @@ impl Backoff {
 impl Consumer {
     /// Runs until `shutdown` is cancelled, reconnecting as needed.
     pub async fn run(self, shutdown: CancellationToken) {
+        let pipeline = Pipeline::new(&self);
+        let link = LinkLoop {
+            config: self.config,
+            metrics: self.metrics,
+            ready: self.ready,
+            history_stream: self.history_stream,
+            pipeline,
+        };
+        link.run(shutdown).await;
+    }
+}
+
+/// The link loop: connect, consume, acknowledge, reconnect. What becomes of each message
+/// is the pipeline's.
+struct LinkLoop {
+    /// Broker settings.
+    config: AmqpConfig,
+    /// The link's counters (the pipeline counts its own in the same set).
+    metrics: Arc<BrokerMetrics>,
+    /// True while consuming; `/readyz` reads it.
+    ready: Arc<AtomicBool>,
+    /// The fleet's stream to backfill the history from; `None`: off.
+    history_stream: Option<HistoryStream>,
+    /// Where every message goes.
+    pipeline: Pipeline,
+}
+
+impl LinkLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.reconnect_max);
         let mut nodes = Nodes::new(&self.config);
         // Masked: a node's Debug shows its URL with the password as `***`.
         tracing::info!(amqp.nodes = ?self.config.nodes, "connecting to the broker");
         let mut start = LinkStart::First;
-        // Kept across sessions: redeliveries after a reconnect are exactly what it catches.
-        let mut recent = RecentIds::new(self.dedupe_window);
         loop {
-            let session = self
-                .session(&mut nodes, &shutdown, start, &mut recent)
-                .await;
+            let outcome = self.session(&mut nodes, &shutdown, start).await;
             self.set_ready(None);
-            let (e, worked) = match session {
-                Session::Stopped => break,
-                Session::Failed(e) => (e, false),
-                Session::Broke(e) => (e, true),
+            let (e, worked) = match outcome {
+                LinkOutcome::Stopped => break,
+                LinkOutcome::Failed(e) => (e, false),
+                LinkOutcome::Broke(e) => (e, true),
             };
             start = match (start, worked) {
                 (_, true) | (LinkStart::AfterBreak, _) => LinkStart::AfterBreak,
@@ -313,24 +334,23 @@ impl Consumer {
 
     /// One life of the link: open it, then consume until it breaks or shutdown.
     async fn session(
-        &self,
+        &mut self,
         nodes: &mut Nodes,
         shutdown: &CancellationToken,
         start: LinkStart,
-        recent: &mut RecentIds,
-    ) -> Session {
+    ) -> LinkOutcome {
         let link = tokio::select! {
-            _ = shutdown.cancelled() => return Session::Stopped,
+            _ = shutdown.cancelled() => return LinkOutcome::Stopped,
             r = self.open(nodes, start) => match r {
                 Ok(link) => link,
-                Err(e) => return Session::Failed(e),
+                Err(e) => return LinkOutcome::Failed(e),
             },
         };
-        let covered = self.backfill(&link, start, recent).await;
+        let covered = self.backfill(&link, start).await;
         self.announce(&link, start, covered);
-        match self.consume(link, shutdown, recent).await {
-            Ok(()) => Session::Stopped,
-            Err(e) => Session::Broke(e),
+        match self.consume(link, shutdown).await {
+            Ok(()) => LinkOutcome::Stopped,
+            Err(e) => LinkOutcome::Broke(e),
         }
     }
 
@@ -373,7 +393,7 @@ impl Consumer {
     /// history stream could not fill the gap.
     fn announce(&self, link: &Link, start: LinkStart, covered: bool) {
         let cfg = &self.config;
-        self.history.mark_filled();
+        self.pipeline.history_filled();
         self.set_ready(Some(&link.node));
         if start == LinkStart::AfterBreak {
             self.metrics.reconnects.inc();
@@ -384,13 +404,13 @@ impl Consumer {
                 "clients connected before the broker answered; events published before the queue existed never reached them, clients told to resync",
             ),
             LinkStart::AfterBreak if link.queue_lost && !covered => {
-                self.history.mark_gap();
+                self.pipeline.history_gap();
                 Some("queue was gone after the outage; events may be lost, clients told to resync")
             }
             LinkStart::AfterBreak => None,
         };
         if let Some(why) = lost {
-            let told = self.hub.resync_all();
+            let told = self.pipeline.resync_all();
             if told > 0 || start == LinkStart::AfterBreak {
                 tracing::warn!(amqp.queue = %cfg.queue, clients = told, "{why}");
             }
@@ -408,18 +428,16 @@ impl Consumer {
     /// after the last event held, delivered to clients too. Returns whether a break (a
     /// lost queue) was covered; the live queue is already bound, so nothing published
     /// from here on can fall between stream and queue.
-    async fn backfill(&self, link: &Link, start: LinkStart, recent: &mut RecentIds) -> bool {
-        let Some(stream) = &self.history_stream else {
+    async fn backfill(&mut self, link: &Link, start: LinkStart) -> bool {
+        let Some(stream) = self.history_stream.clone() else {
             return false;
         };
         let started = std::time::Instant::now();
         let result = match start {
             LinkStart::First | LinkStart::FirstAfterFailures => {
-                self.fill(link, stream, recent).await.map(|_| false)
+                self.fill(link, &stream).await.map(|_| false)
             }
-            LinkStart::AfterBreak if link.queue_lost => {
-                self.fill_gap_retrying(link, stream, recent).await
-            }
+            LinkStart::AfterBreak if link.queue_lost => self.fill_gap_retrying(link, &stream).await,
             // The queue kept everything; nothing to fill.
             LinkStart::AfterBreak => return false,
         };
@@ -434,21 +452,14 @@ impl Consumer {
 
     /// A fresh start: the stream's recent events into the history (no client to deliver
     /// them to yet).
-    async fn fill(
-        &self,
-        link: &Link,
-        stream: &HistoryStream,
-        recent: &mut RecentIds,
-    ) -> Result<(), LinkError> {
+    async fn fill(&mut self, link: &Link, stream: &HistoryStream) -> Result<(), LinkError> {
         let from = streams::From::Newest {
-            count: self.history.max_events() as u64,
+            count: self.pipeline.history_capacity() as u64,
             age: stream.max_age,
         };
+        let pipeline = &mut self.pipeline;
         let n = streams::read(&link.conn, stream, &self.config, from, |d| {
-            if let Some(event) = self.parse(d, recent) {
-                self.metrics.backfilled.inc();
-                self.remember(event);
-            }
+            pipeline.backfill(d);
         })
         .await?;
         tracing::info!(stream = %stream.name, read = n, "history backfilled");
@@ -458,69 +469,47 @@ impl Consumer {
     /// After a lost queue: what came after the last event held, into history and hub, in
     /// order. `true` when the stream showed that it covers the gap (it still had the last
     /// event held); otherwise nothing is delivered and clients resync.
-    async fn fill_gap(
-        &self,
-        link: &Link,
-        stream: &HistoryStream,
-        recent: &mut RecentIds,
-    ) -> Result<bool, LinkError> {
-        let Some((last, at)) = self.history.last() else {
+    async fn fill_gap(&mut self, link: &Link, stream: &HistoryStream) -> Result<bool, LinkError> {
+        let Some(mut gap) = self.pipeline.gap() else {
             return Ok(false);
         };
-        let mut found = false;
-        let mut missed = Vec::new();
-        let from = streams::From::Before(at);
-        // Read without touching the duplicate memory: a read that fails half-way is tried
-        // again, and must not leave events marked as seen that were never delivered.
+        let from = streams::From::Before(gap.since());
+        let pipeline = &self.pipeline;
         streams::read(&link.conn, stream, &self.config, from, |d| {
-            if let Some(event) = self.parse(d, &mut RecentIds::new(1)) {
-                if found {
-                    missed.push(event);
-                } else {
-                    found = *event.tenant == *last.tenant && event.id == last.id;
-                }
-            }
+            pipeline.read_gap(&mut gap, d);
         })
         .await?;
-        if found {
-            tracing::info!(stream = %stream.name, read = missed.len(), "gap filled from the history stream");
-            for event in missed {
-                if recent.insert(&event.tenant, &event.id) {
-                    self.metrics.backfilled.inc();
-                    self.dispatch(event).await;
-                } else {
-                    self.metrics.duplicates.inc();
-                }
-            }
+        if !gap.covered() {
+            return Ok(false);
         }
-        Ok(found)
+        tracing::info!(stream = %stream.name, read = gap.missed(), "gap filled from the history stream");
+        self.pipeline.fill_gap(gap).await;
+        Ok(true)
     }
 
-    /// [`Consumer::fill_gap`], tried a few times: right after a broker restart the stream
+    /// [`LinkLoop::fill_gap`], tried a few times: right after a broker restart the stream
     /// can take a moment to accept readers, and giving up means a resync for everyone.
     async fn fill_gap_retrying(
-        &self,
+        &mut self,
         link: &Link,
         stream: &HistoryStream,
-        recent: &mut RecentIds,
     ) -> Result<bool, LinkError> {
-        let mut result = self.fill_gap(link, stream, recent).await;
+        let mut result = self.fill_gap(link, stream).await;
         for _ in 0..GAP_FILL_RETRIES {
             let Err(e) = &result else { break };
             tracing::info!(error = %e, stream = %stream.name, "history stream not readable yet; retrying");
             tokio::time::sleep(GAP_FILL_RETRY_DELAY).await;
-            result = self.fill_gap(link, stream, recent).await;
+            result = self.fill_gap(link, stream).await;
         }
         result
     }
 
-    /// Hands every delivery on and acknowledges it, until the link breaks (`Err`) or
-    /// shutdown (`Ok`).
+    /// Hands every delivery to the pipeline and acknowledges it, until the link breaks
+    /// (`Err`) or shutdown (`Ok`).
     async fn consume(
-        &self,
+        &mut self,
         mut link: Link,
         shutdown: &CancellationToken,
-        recent: &mut RecentIds,
     ) -> Result<(), LinkError> {
         let mut acks = Acks::new(&link.channel, self.config.prefetch);
         loop {
@@ -545,123 +534,11 @@ impl Consumer {
                 None => return Err(LinkError::StreamEnded),
             };
             let tag = delivery.delivery_tag;
-            self.handle(delivery, recent).await;
+            self.pipeline.live(delivery).await;
             // Every message is acknowledged, delivered or dropped: a malformed message
             // requeued would come straight back forever.
             acks.processed(tag).await?;
         }
-    }
-
-    /// Parses one message and hands the event to history and hub, or counts why not.
-    async fn handle(&self, delivery: Delivery, recent: &mut RecentIds) {
-        if let Some(event) = self.parse(delivery, recent) {
-            self.dispatch(event).await;
-        }
-    }
-
-    /// Parses one message into a new event, or counts why not (drops, duplicates).
-    fn parse(&self, delivery: Delivery, recent: &mut RecentIds) -> Option<Event> {
-        let key = delivery.routing_key.as_str();
-        if self.revocation_keys.iter().any(|b| b.matches(key)) {
-            return None;
-        }
-        self.metrics.received.inc();
-        let headers = delivery.properties.headers().as_ref();
-        let header = |name: &str| -> Option<String> {
-            match headers?.inner().get(name)? {
-                AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-                _ => None,
-            }
-        };
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str());
-        let meta = Meta {
-            message_id,
-            header: &header,
-        };
-        let parsed = match self.routes.select(delivery.exchange.as_str(), key) {
-            Selected::Route(route) => {
-                Event::parse_with(delivery.data, self.max_event_bytes, &route.mapping, &meta)
-                    .and_then(|event| {
-                        if route.excludes(&event.event_type) {
-                            Err(DropReason::ExcludedType)
-                        } else {
-                            Ok(event)
-                        }
-                    })
-            }
-            Selected::None => Err(DropReason::NoRoute),
-            Selected::Conflict => Err(DropReason::RouteConflict),
-        };
-        match parsed {
-            Ok(event) if !recent.insert(&event.tenant, &event.id) => {
-                self.metrics.duplicates.inc();
-                tracing::debug!(
-                    event_id = %untrusted(&*event.id),
-                    trace_id = %untrusted(event.trace_id.as_deref().unwrap_or("")),
-                    redelivered = delivery.redelivered,
-                    "duplicate event dropped"
-                );
-                None
-            }
-            Ok(event) => Some(event),
-            Err(reason) => {
-                self.metrics.dropped.inc(reason);
-                tracing::warn!(
-                    routing_key = %untrusted(delivery.routing_key.as_str()),
-                    reason = reason.as_str(),
-                    "dropping message: {reason}"
-                );
-                None
-            }
-        }
-    }
-
-    /// Into the history only (a backfill at start).
-    fn remember(&self, mut event: Event) {
-        event.conflation_key = self.conflation_key(&event);
-        let (_, (events, bytes)) = self.history.append(event);
-        self.metrics.history_events.set(events as i64);
-        self.metrics.history_bytes.set(bytes as i64);
-    }
-
-    /// Into the history before the hub: a client registering meanwhile then finds the
-    /// event in its replay or gets it live (or both, and skips one).
-    async fn dispatch(&self, mut event: Event) {
-        event.conflation_key = self.conflation_key(&event);
-        let (event, (events, bytes)) = self.history.append(event);
-        self.metrics.history_events.set(events as i64);
-        self.metrics.history_bytes.set(bytes as i64);
-        if let Some(hook) = &self.seam_hook {
-            hook(&event).await;
-        }
-        let recipients = self.hub.publish(&event);
-        tracing::debug!(
-            event_id = %untrusted(&*event.id),
-            event_type = %untrusted(&*event.event_type),
-            trace_id = %untrusted(event.trace_id.as_deref().unwrap_or("")),
-            recipients,
-            "event dispatched"
-        );
-    }
-}
-
-impl Consumer {
-    /// The key under which `event` supersedes older unsent events of its type, if a
-    /// conflation rule names its type and the event has the key field.
-    fn conflation_key(&self, event: &Event) -> Option<Box<str>> {
-        let rule = self
-            .conflate
-            .iter()
-            .find(|r| *r.event_type == *event.event_type)?;
-        let key = key_at(event.json(), &rule.key)?;
-        Some(format!("{}\u{0}{key}", rule.event_type).into())
     }
 }
 

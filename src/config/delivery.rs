@@ -10,9 +10,10 @@ use super::validate::Validator;
 /// per recipient.
 const MAX_INTEREST_PATTERNS: usize = 1024;
 
-/// Events of `event_type` with the same value at `key` supersede each other.
+/// Events of `event_type` with the same value at `key` stand for the same thing (for
+/// conflation: a newer one supersedes an older one); `keys::KeyRules` reads them.
 #[derive(Clone, Debug)]
-pub struct ConflationRule {
+pub struct KeyRule {
     /// The event type, exactly.
     pub event_type: String,
     /// Where the key is (e.g. the job id).
@@ -23,7 +24,7 @@ pub struct ConflationRule {
 #[derive(Clone, Debug)]
 pub struct DeliveryConfig {
     /// Conflatable event types; empty: conflation off.
-    pub conflate: Vec<ConflationRule>,
+    pub conflate: Vec<KeyRule>,
     /// Most `types=` patterns one connection may select.
     pub max_interest_patterns: usize,
 }
@@ -37,7 +38,7 @@ impl Validator<'_> {
                 .map(|(t, p)| (t.trim(), Pointer::parse(p.trim())));
             match parsed {
                 Some((t, Ok(key))) if !t.is_empty() && !t.contains(char::is_whitespace) => {
-                    conflate.push(ConflationRule {
+                    conflate.push(KeyRule {
                         event_type: t.to_owned(),
                         key,
                     });

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use amqp::{AmqpConfig, Binding, BrokerNode, TlsFiles, mask_password};
-pub use delivery::{ConflationRule, DeliveryConfig};
+pub use delivery::{DeliveryConfig, KeyRule};
 pub use jwt::JwtConfig;
 pub use limits::{HistoryLimits, HistoryStream};
 pub use mapping::{Mapping, Pointer};

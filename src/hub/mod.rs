@@ -409,9 +409,9 @@ impl Hub {
         }
     }
 
-    /// Hands `event` to every connection it belongs to, without waiting for any of them.
-    /// Returns how many connections it was queued for.
-    pub fn publish(&self, event: &Arc<Event>) -> usize {
+    /// Hands `event`, number `seq` in the history, to every connection it belongs to,
+    /// without waiting for any of them. Returns how many connections it was queued for.
+    pub fn publish(&self, event: &Arc<Event>, seq: u64) -> usize {
         let mut counts = [0u64; 2];
         let item = Outgoing::Event(event.clone());
         if let Some(tenant) = self.tenants.get(&*event.tenant) {
@@ -419,14 +419,14 @@ impl Hub {
                 Some(user) => {
                     if let Some(members) = tenant.users.get(user) {
                         for m in members {
-                            self.offer(m, &item, &mut counts);
+                            self.offer(m, &item, seq, &mut counts);
                         }
                     }
                 }
                 None => {
                     for members in tenant.users.values() {
                         for m in members {
-                            self.offer(m, &item, &mut counts);
+                            self.offer(m, &item, seq, &mut counts);
                         }
                     }
                 }
@@ -457,7 +457,7 @@ impl Hub {
         for tenant in self.tenants.iter() {
             for members in tenant.users.values() {
                 for m in members {
-                    self.offer(m, &Outgoing::Resync, &mut counts);
+                    self.offer(m, &Outgoing::Resync, 0, &mut counts);
                 }
             }
         }
@@ -466,9 +466,9 @@ impl Hub {
         n as usize
     }
 
-    fn offer(&self, m: &Member, item: &Outgoing, counts: &mut [u64; 2]) {
+    fn offer(&self, m: &Member, item: &Outgoing, seq: u64, counts: &mut [u64; 2]) {
         let hm = &self.metrics;
-        let offered = m.queue.offer(item);
+        let offered = m.queue.offer(item, seq);
         match offered {
             Offered::Queued(depth, bytes) | Offered::Conflated(depth, bytes) => {
                 counts[m.transport as usize] += 1;
@@ -602,8 +602,8 @@ impl Subscription {
     /// outlives the subscription, so it is never `None` today.)
     pub async fn recv(&mut self) -> Option<Outgoing> {
         loop {
-            let item = self.queue.pop().await;
-            if let Some(item) = self.take(item) {
+            let (item, seq) = self.queue.pop().await;
+            if let Some(item) = self.take(item, seq) {
                 return Some(item);
             }
         }
@@ -612,16 +612,16 @@ impl Subscription {
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         loop {
-            let item = self.queue.try_pop()?;
-            if let Some(item) = self.take(item) {
+            let (item, seq) = self.queue.try_pop()?;
+            if let Some(item) = self.take(item, seq) {
                 return Some(item);
             }
         }
     }
 
-    fn take(&mut self, item: Outgoing) -> Option<Outgoing> {
+    fn take(&mut self, item: Outgoing, seq: u64) -> Option<Outgoing> {
         match &item {
-            Outgoing::Event(e) if self.skip_through.is_some_and(|s| e.seq <= s) => None,
+            Outgoing::Event(_) if self.skip_through.is_some_and(|s| seq <= s) => None,
             Outgoing::Event(_) => {
                 self.delivered += 1;
                 Some(item)
@@ -664,8 +664,25 @@ impl Drop for Subscription {
     }
 }
 
+/// Helpers for the unit tests of this and other modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Outgoing, Subscription};
+
+    /// What is waiting for `s`, by id (`resync` for a resync).
+    pub(crate) fn ids(s: &mut Subscription) -> Vec<String> {
+        std::iter::from_fn(|| s.try_recv())
+            .map(|o| match o {
+                Outgoing::Event(e) => e.id.to_string(),
+                Outgoing::Resync => "resync".into(),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::ids;
     use super::*;
     use crate::telemetry::Label;
 
@@ -694,18 +711,11 @@ mod tests {
         let mut a2 = hub.subscribe("a", "u2", Transport::Sse, None).unwrap();
         let mut b1 = hub.subscribe("b", "u1", Transport::Ws, None).unwrap();
 
-        assert_eq!(hub.publish(&event("1", "a", Some("u1"))), 1);
-        assert_eq!(hub.publish(&event("2", "a", None)), 2);
-        assert_eq!(hub.publish(&event("3", "c", None)), 0);
-        assert_eq!(hub.publish(&event("4", "b", Some("u2"))), 0);
+        assert_eq!(hub.publish(&event("1", "a", Some("u1")), 1), 1);
+        assert_eq!(hub.publish(&event("2", "a", None), 1), 2);
+        assert_eq!(hub.publish(&event("3", "c", None), 1), 0);
+        assert_eq!(hub.publish(&event("4", "b", Some("u2")), 1), 0);
 
-        let ids = |s: &mut Subscription| {
-            let mut v = Vec::new();
-            while let Some(Outgoing::Event(e)) = s.try_recv() {
-                v.push(e.id.to_string());
-            }
-            v
-        };
         assert_eq!(ids(&mut a1), ["1", "2"]);
         assert_eq!(ids(&mut a2), ["2"]);
         assert!(ids(&mut b1).is_empty());
@@ -745,7 +755,7 @@ mod tests {
         let slow = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
         let mut fast = hub.subscribe("a", "v", Transport::Ws, None).unwrap();
         for i in 0..5 {
-            hub.publish(&event(&i.to_string(), "a", None));
+            hub.publish(&event(&i.to_string(), "a", None), 1);
             while fast.try_recv().is_some() {}
         }
         assert!(slow.kick().is_kicked());
@@ -765,7 +775,7 @@ mod tests {
         // Kicked as slow; the connection then ends on its own reason, which does not count.
         let s = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
         for i in 0..3 {
-            hub.publish(&event(&i.to_string(), "a", Some("u")));
+            hub.publish(&event(&i.to_string(), "a", Some("u")), 1);
         }
         assert!(s.kick().is_kicked());
         let slow = End::Gateway(Disconnect::SlowClient);
@@ -807,15 +817,15 @@ mod tests {
         let e = event("1", "a", None);
         let fits = 600 / e.len();
         for _ in 0..fits {
-            assert_eq!(hub.publish(&e), 1);
+            assert_eq!(hub.publish(&e, 1), 1);
         }
         while s.try_recv().is_some() {}
         // Budget returned: the same number fits again, one more does not.
         for _ in 0..fits {
-            assert_eq!(hub.publish(&e), 1);
+            assert_eq!(hub.publish(&e, 1), 1);
         }
         assert!(!s.kick().is_kicked());
-        assert_eq!(hub.publish(&e), 0);
+        assert_eq!(hub.publish(&e, 1), 0);
         assert!(s.kick().is_kicked());
     }
 
@@ -830,12 +840,25 @@ mod tests {
     }
 
     #[test]
+    fn live_copies_of_replayed_events_are_skipped() {
+        let hub = hub(10, 10, 8);
+        let mut s = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
+        for seq in 1..=4 {
+            hub.publish(&event(&seq.to_string(), "a", None), seq);
+        }
+        // A replay taken now held events up to number 2.
+        s.skip_through(2);
+        hub.resync_all();
+        assert_eq!(ids(&mut s), ["3", "4", "resync"]);
+    }
+
+    #[test]
     fn one_event_is_shared_not_copied() {
         let hub = hub(10, 10, 8);
         let mut s1 = hub.subscribe("a", "u", Transport::Ws, None).unwrap();
         let mut s2 = hub.subscribe("a", "v", Transport::Ws, None).unwrap();
         let e = event("1", "a", None);
-        hub.publish(&e);
+        hub.publish(&e, 1);
         let (Some(Outgoing::Event(r1)), Some(Outgoing::Event(r2))) = (s1.try_recv(), s2.try_recv())
         else {
             panic!("both connections get the event");

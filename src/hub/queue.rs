@@ -144,8 +144,15 @@ pub enum Offered {
     Closed,
 }
 
+/// A queued item and the sequence number of its event in the history (0 for a resync),
+/// which the connection compares with its replay to skip live copies at the resume seam.
+struct Queued {
+    item: Outgoing,
+    seq: u64,
+}
+
 struct Inner {
-    items: VecDeque<Outgoing>,
+    items: VecDeque<Queued>,
     bytes: usize,
     /// `None`: everything the token allows.
     interest: Option<Interest>,
@@ -187,8 +194,8 @@ impl SendQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Offers `item` without waiting.
-    pub fn offer(&self, item: &Outgoing) -> Offered {
+    /// Offers `item`, number `seq` in the history (0 for a resync), without waiting.
+    pub fn offer(&self, item: &Outgoing, seq: u64) -> Offered {
         let bytes = item.bytes();
         let mut q = self.lock();
         if q.closed {
@@ -198,23 +205,26 @@ impl SendQueue {
             if q.interest.as_ref().is_some_and(|i| !i.wants(&e.event_type)) {
                 return Offered::Filtered;
             }
-            if let Some(key) = e.conflation_key.as_deref() {
+            if let Some(key) = e.conflation_key() {
                 let older = q.items.iter().position(
-                    |o| matches!(o, Outgoing::Event(x) if x.conflation_key.as_deref() == Some(key)),
+                    |o| matches!(&o.item, Outgoing::Event(x) if x.conflation_key() == Some(key)),
                 );
                 if let Some(i) = older
                     && let Some(old) = q.items.remove(i)
                 {
-                    q.bytes -= old.bytes();
+                    q.bytes -= old.item.bytes();
                     if q.bytes + bytes <= self.max_bytes {
-                        q.items.push_back(item.clone());
+                        q.items.push_back(Queued {
+                            item: item.clone(),
+                            seq,
+                        });
                         q.bytes += bytes;
                         let sizes = (q.items.len(), q.bytes);
                         drop_and_wake(q, &self.wake);
                         return Offered::Conflated(sizes.0, sizes.1);
                     }
                     // A newer event too large for the room the older one left.
-                    q.bytes += old.bytes();
+                    q.bytes += old.item.bytes();
                     q.items.insert(i, old);
                     return Offered::Full;
                 }
@@ -223,23 +233,27 @@ impl SendQueue {
         if q.items.len() >= self.max_len || q.bytes + bytes > self.max_bytes {
             return Offered::Full;
         }
-        q.items.push_back(item.clone());
+        q.items.push_back(Queued {
+            item: item.clone(),
+            seq,
+        });
         q.bytes += bytes;
         let sizes = (q.items.len(), q.bytes);
         drop_and_wake(q, &self.wake);
         Offered::Queued(sizes.0, sizes.1)
     }
 
-    /// The next item, if one is waiting.
-    pub fn try_pop(&self) -> Option<Outgoing> {
+    /// The next item and its sequence number, if one is waiting.
+    pub fn try_pop(&self) -> Option<(Outgoing, u64)> {
         let mut q = self.lock();
-        let item = q.items.pop_front()?;
+        let Queued { item, seq } = q.items.pop_front()?;
         q.bytes -= item.bytes();
-        Some(item)
+        Some((item, seq))
     }
 
-    /// Waits for the next item. One task only may wait (the connection's).
-    pub async fn pop(&self) -> Outgoing {
+    /// Waits for the next item and its sequence number. One task only may wait (the
+    /// connection's).
+    pub async fn pop(&self) -> (Outgoing, u64) {
         std::future::poll_fn(|cx| {
             if let Some(item) = self.try_pop() {
                 return Poll::Ready(item);
@@ -289,7 +303,7 @@ pub fn conflate(events: Vec<Outgoing>) -> (Vec<Outgoing>, usize) {
     let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, o) in events.iter().enumerate() {
         if let Outgoing::Event(e) = o
-            && let Some(k) = e.conflation_key.as_deref()
+            && let Some(k) = e.conflation_key()
         {
             last.insert(k, i);
         }
@@ -298,10 +312,7 @@ pub fn conflate(events: Vec<Outgoing>) -> (Vec<Outgoing>, usize) {
         .iter()
         .enumerate()
         .map(|(i, o)| match o {
-            Outgoing::Event(e) => e
-                .conflation_key
-                .as_deref()
-                .is_none_or(|k| last.get(k) == Some(&i)),
+            Outgoing::Event(e) => e.conflation_key().is_none_or(|k| last.get(k) == Some(&i)),
             Outgoing::Resync => true,
         })
         .collect();
@@ -319,20 +330,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::envelope::Event;
 
     fn event(id: &str, ty: &str, key: Option<&str>) -> Outgoing {
-        let body = serde_json::json!({
-            "event_id": id, "event_type": ty, "tenant_id": "t", "user_id": "u", "data": {}
-        });
-        let mut e = Event::parse(serde_json::to_vec(&body).unwrap(), 4096).unwrap();
-        e.conflation_key = key.map(Into::into);
-        Outgoing::Event(Arc::new(e))
+        Outgoing::Event(Arc::new(crate::envelope::testing::keyed(id, ty, key)))
     }
 
     fn ids(q: &SendQueue) -> Vec<String> {
         std::iter::from_fn(|| q.try_pop())
-            .map(|o| match o {
+            .map(|(o, _)| match o {
                 Outgoing::Event(e) => e.id.to_string(),
                 Outgoing::Resync => "resync".into(),
             })
@@ -345,25 +350,25 @@ mod tests {
     fn newer_progress_replaces_older_and_joins_the_tail() {
         let q = SendQueue::new(3, 1 << 20, None);
         assert!(matches!(
-            q.offer(&event("p1", P, Some("j1"))),
+            q.offer(&event("p1", P, Some("j1")), 1),
             Offered::Queued(1, _)
         ));
         assert!(matches!(
-            q.offer(&event("p2", P, Some("j2"))),
+            q.offer(&event("p2", P, Some("j2")), 1),
             Offered::Queued(2, _)
         ));
         assert!(matches!(
-            q.offer(&event("n1", "notification.created.v1", None)),
+            q.offer(&event("n1", "notification.created.v1", None), 1),
             Offered::Queued(3, _)
         ));
         // Full, but conflatable: it does not count toward the limit.
         assert!(matches!(
-            q.offer(&event("p3", P, Some("j1"))),
+            q.offer(&event("p3", P, Some("j1")), 1),
             Offered::Conflated(3, _)
         ));
         // A non-conflatable event does not fit.
         assert_eq!(
-            q.offer(&event("n2", "notification.created.v1", None)),
+            q.offer(&event("n2", "notification.created.v1", None), 1),
             Offered::Full
         );
         assert_eq!(ids(&q), ["p2", "n1", "p3"]);
@@ -374,20 +379,20 @@ mod tests {
         let interest = Interest::new(&["render.job.#"], 8).unwrap();
         let q = SendQueue::new(8, 1 << 20, Some(interest));
         assert_eq!(
-            q.offer(&event("n", "notification.created.v1", None)),
+            q.offer(&event("n", "notification.created.v1", None), 1),
             Offered::Filtered
         );
         assert!(matches!(
-            q.offer(&event("p", P, None)),
+            q.offer(&event("p", P, None), 1),
             Offered::Queued(1, _)
         ));
         q.set_interest(None);
         assert!(matches!(
-            q.offer(&event("n", "notification.created.v1", None)),
+            q.offer(&event("n", "notification.created.v1", None), 1),
             Offered::Queued(2, _)
         ));
         q.close();
-        assert_eq!(q.offer(&event("x", P, None)), Offered::Closed);
+        assert_eq!(q.offer(&event("x", P, None), 1), Offered::Closed);
     }
 
     #[test]
@@ -460,7 +465,7 @@ mod tests {
             tokio::spawn(async move { q.pop().await })
         };
         tokio::task::yield_now().await;
-        q.offer(&event("late", P, None));
-        assert!(matches!(taker.await.unwrap(), Outgoing::Event(e) if &*e.id == "late"));
+        q.offer(&event("late", P, None), 1);
+        assert!(matches!(taker.await.unwrap(), (Outgoing::Event(e), _) if &*e.id == "late"));
     }
 }

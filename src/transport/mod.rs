@@ -592,7 +592,8 @@ mod tests {
             .unwrap()
         };
         for id in ["1", "2", "3"] {
-            ctx.history.append(Event::parse(body(id), 4096).unwrap());
+            ctx.history
+                .append(Arc::new(Event::parse(body(id), 4096).unwrap()));
         }
         let identity = |user: &str| Identity {
             tenant: "t".into(),

@@ -415,7 +415,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opening_lines_then_events_then_heartbeats() {
         let mut s = open_stream(Duration::from_secs(3600), 16);
-        s.hub.publish(&event("a"));
+        s.hub.publish(&event("a"), 1);
         assert_eq!(next(&mut s.stream).await, "retry: 2000\n\n");
         let a = next(&mut s.stream).await;
         assert!(
@@ -446,7 +446,7 @@ mod tests {
         let mut s = open_stream(Duration::from_secs(3600), 1);
         next(&mut s.stream).await;
         for i in 0..3 {
-            s.hub.publish(&event(&format!("e{i}")));
+            s.hub.publish(&event(&format!("e{i}")), 1);
         }
         let mut chunk = next(&mut s.stream).await;
         while !chunk.starts_with("event: close") {

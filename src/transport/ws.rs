@@ -684,7 +684,7 @@ mod tests {
     async fn events_are_sent_in_order_and_control_messages_answered() {
         let s = connect(Duration::from_secs(3600), 16);
         for id in ["a", "b", "c"] {
-            s.hub.publish(&event(id));
+            s.hub.publish(&event(id), 1);
         }
         let text = |t: &str| Ok(Message::Text(t.into()));
         s.to_gateway.send(text(r#"{"type":"ping"}"#)).unwrap();
@@ -741,7 +741,7 @@ mod tests {
             .stalled
             .store(true, std::sync::atomic::Ordering::SeqCst);
         for i in 0..10 {
-            s.hub.publish(&event(&format!("e{i}")));
+            s.hub.publish(&event(&format!("e{i}")), 1);
             settle().await;
         }
         s.client
