@@ -56,6 +56,25 @@ crate::label_set! {
 #[derive(Debug)]
 pub struct Envelope(Event);
 
+/// Which state an event is the latest of: the rule that found its key (so two rules' keys
+/// never collide) and the key's value (a job id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateKey {
+    /// Index of the rule in the configuration (`GATEWAY_STATE`).
+    pub rule: u16,
+    /// The value at the rule's pointer.
+    pub value: Arc<str>,
+}
+
+/// An event's keys, worked out once when it is made.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventKeys {
+    /// Events with the same conflation key supersede each other in a connection's queue.
+    pub conflation: Option<Box<str>>,
+    /// The event is the latest state of this key.
+    pub state: Option<StateKey>,
+}
+
 /// A validated event, complete when it is made and never changed after: shared (`Arc`)
 /// by the history and every connection it goes to.
 #[derive(Debug)]
@@ -75,18 +94,21 @@ pub struct Event {
     pub event_time_us: Option<i64>,
     /// See [`Event::conflation_key`].
     conflation_key: Option<Box<str>>,
+    /// See [`Event::state_key`].
+    state_key: Option<StateKey>,
     /// The envelope on one line, as published: the WebSocket text frame.
     json: Utf8Bytes,
     /// The SSE frame, built on first use so WS-only traffic never pays for it.
     sse: OnceLock<Bytes>,
 }
 
-/// A non-empty string without CR/LF/NUL: such ids end up in SSE `id:` lines, where a
-/// newline would let a producer inject fields into every client's stream, and EventSource
-/// ignores an id with NUL (so its Last-Event-ID would silently stay behind).
 /// Longest event type accepted, as long as an AMQP routing key may be. Every client's
 /// `types=` selection is matched against it, so its length bounds that work.
 pub const MAX_EVENT_TYPE_BYTES: usize = 255;
+
+/// A non-empty string without CR/LF/NUL: such ids end up in SSE `id:` lines, where a
+/// newline would let a producer inject fields into every client's stream, and EventSource
+/// ignores an id with NUL (so its Last-Event-ID would silently stay behind).
 
 fn safe_text(s: String) -> Result<Box<str>, DropReason> {
     if !s.is_empty() && !s.contains(['\r', '\n', '\0']) {
@@ -171,6 +193,7 @@ impl Envelope {
             trace_id,
             event_time_us,
             conflation_key: None,
+            state_key: None,
             json: one_line(body),
             sse: OnceLock::new(),
         }))
@@ -203,9 +226,10 @@ impl Envelope {
 
     /// The event, complete: with its conflation key (from `keys::KeyRules::key`, the one
     /// place an event's key is worked out).
-    pub fn into_event(self, conflation_key: Option<Box<str>>) -> Event {
+    pub fn into_event(self, keys: EventKeys) -> Event {
         let Envelope(mut event) = self;
-        event.conflation_key = conflation_key;
+        event.conflation_key = keys.conflation;
+        event.state_key = keys.state;
         event
     }
 }
@@ -213,13 +237,27 @@ impl Envelope {
 impl Event {
     /// Parses and validates one body with the FlatRender catalog mapping, without keys.
     pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, DropReason> {
-        Envelope::read(body, max_bytes, &CATALOG, &Meta::none()).map(|e| e.into_event(None))
+        Envelope::read(body, max_bytes, &CATALOG, &Meta::none()).map(|e| e.into_event(EventKeys::default()))
     }
 
     /// Events with the same key supersede each other in a connection's queue when it
     /// falls behind, and in a replay (`None`: never).
     pub fn conflation_key(&self) -> Option<&str> {
         self.conflation_key.as_deref()
+    }
+
+    /// The same event with `keys`, for tests that need keyed events without a pipeline.
+    #[cfg(test)]
+    pub(crate) fn with_keys(mut self, keys: EventKeys) -> Event {
+        self.conflation_key = keys.conflation;
+        self.state_key = keys.state;
+        self
+    }
+
+    /// The state this event is the latest of, if a state rule names its type (`None`:
+    /// it is no state).
+    pub fn state_key(&self) -> Option<&StateKey> {
+        self.state_key.as_ref()
     }
 
     /// The envelope on one line, as published.
@@ -331,7 +369,7 @@ fn one_line(mut body: Vec<u8>) -> Utf8Bytes {
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use super::{CATALOG, Envelope, Event, Meta};
+    use super::{CATALOG, Envelope, Event, EventKeys, Meta};
 
     /// A catalog event of `event_type` for (`tenant`, `user`), `None` meaning tenant-wide.
     pub(crate) fn event(id: &str, event_type: &str, tenant: &str, user: Option<&str>) -> Event {
@@ -359,7 +397,10 @@ pub(crate) mod testing {
             &Meta::none(),
         )
         .unwrap()
-        .into_event(key.map(Into::into))
+        .into_event(EventKeys {
+            conflation: key.map(Into::into),
+            state: None,
+        })
     }
 }
 

@@ -31,6 +31,7 @@ use crate::demo::{self, DemoDir};
 use crate::history::History;
 use crate::hub::{Hub, HubLimits};
 use crate::revocation::{self, Revocations};
+use crate::state::StateStore;
 use crate::telemetry::Exposition;
 use crate::transport::pending::{Pending, PendingSockets};
 use crate::transport::{self, ConnectionToken, Context, TransportMetrics, sse, ws};
@@ -348,15 +349,22 @@ fn wire(
     clients: CancellationToken,
     tasks: &TaskTracker,
 ) -> (Context, Ops) {
-    let hub = Hub::new(HubLimits {
-        max_connections: config.max_connections,
-        max_per_user: config.max_connections_per_user,
-        queue_len: config.send_queue_len,
-        queue_bytes: config.send_queue_bytes,
-    });
+    // No rules, no state: connections then get no snapshots either.
+    let state = (!config.state.rules.is_empty())
+        .then(|| Arc::new(StateStore::new(config.state.limits)));
+    let hub = Hub::with_state(
+        HubLimits {
+            max_connections: config.max_connections,
+            max_per_user: config.max_connections_per_user,
+            queue_len: config.send_queue_len,
+            queue_bytes: config.send_queue_bytes,
+        },
+        state.clone(),
+    );
     let revocations = Revocations::new(config.revocation.ttl.as_secs(), revocation::MAX_ENTRIES);
     let ctx = Context {
         config: config.clone(),
+        state,
         hub: hub.clone(),
         verifier,
         history: Arc::new(History::new(config.history)),
@@ -394,6 +402,8 @@ fn spawn_broker_side(ctx: &Context, ops: &Ops, hooks: Hooks) {
         seam_hook: hooks.seam,
         revocation_keys: revocation_keys(config),
         conflate: config.delivery.conflate.clone(),
+        state_rules: config.state.rules.clone(),
+        state: ctx.state.clone(),
         history_stream: config.history_stream.clone(),
     };
     ctx.tracker.spawn(consumer.run(ctx.clients.clone()));

@@ -20,17 +20,7 @@ use foldhash::fast::RandomState;
 use tokio::time::Instant;
 
 use crate::config::StateLimits;
-use crate::envelope::Event;
-
-/// Which state a key belongs to: the rule that found it (so two rules' keys never
-/// collide) and its value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StateKey {
-    /// Index of the rule in the configuration.
-    pub rule: u16,
-    /// The value at the rule's pointer (a job id).
-    pub value: Arc<str>,
-}
+use crate::envelope::{Event, StateKey};
 
 /// A tenant and one of its users (`None`: the tenant-wide events).
 type Owner = (Arc<str>, Option<Arc<str>>);
@@ -87,10 +77,14 @@ impl StateStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `event` (sequence `seq` in the pipeline) the state of `key`, and forgets what
-    /// the limits no longer allow. Returns (keys, bytes) held afterwards.
-    pub fn update(&self, seq: u64, event: &Arc<Event>, key: StateKey) -> (usize, usize) {
+    /// Makes `event` (sequence `seq` in the pipeline) the state of its key, and forgets
+    /// what the limits no longer allow. Returns (keys, bytes) held afterwards. An event
+    /// without a state key changes nothing.
+    pub fn update(&self, seq: u64, event: &Arc<Event>) -> (usize, usize) {
         let mut s = self.lock();
+        let Some(key) = event.state_key().cloned() else {
+            return (s.slots.len(), s.bytes);
+        };
         s.through = s.through.max(seq);
         let tenant = event.tenant.clone();
         if let Some(old) = s.by_key.get(&(tenant.clone(), key.clone())).copied() {
@@ -220,31 +214,38 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::envelope::EventKeys;
     use crate::envelope::testing::event;
 
-    const LIMITS: StateLimits = StateLimits {
+    pub(crate) const LIMITS: StateLimits = StateLimits {
         max_keys_per_user: 100,
         max_keys_per_tenant: 1000,
         max_bytes: 1 << 20,
         max_age: Duration::from_secs(3600),
     };
 
-    fn key(v: &str) -> StateKey {
-        StateKey {
-            rule: 0,
-            value: v.into(),
-        }
-    }
 
     fn ids(s: &Snapshot) -> Vec<String> {
         s.events.iter().map(|e| e.id.to_string()).collect()
     }
 
     fn put(store: &StateStore, seq: u64, id: &str, job: &str, user: Option<&str>) {
-        let e = Arc::new(event(id, "render.job.progress.v1", "t", user));
-        store.update(seq, &e, key(job));
+        let e = Arc::new(event_of(id, job, user));
+        store.update(seq, &e);
+    }
+
+    /// A progress event of `job`, the state of that job.
+    pub(crate) fn event_of(id: &str, job: &str, user: Option<&str>) -> Event {
+        let keys = EventKeys {
+            conflation: None,
+            state: Some(StateKey {
+                rule: 0,
+                value: job.into(),
+            }),
+        };
+        event(id, "render.job.progress.v1", "t", user).with_keys(keys)
     }
 
     #[test]

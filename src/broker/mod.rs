@@ -24,10 +24,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AmqpConfig, Binding, HistoryStream, KeyRule, Routes};
+use crate::config::{AmqpConfig, Binding, HistoryStream, KeyRule, Routes, StateRule};
 use crate::envelope::DropReason;
 use crate::history::History;
 use crate::hub::Hub;
+use crate::state::StateStore;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge};
 use connect::{Failure, Nodes};
 use pipeline::Pipeline;
@@ -64,6 +65,10 @@ pub struct BrokerMetrics {
     pub history_events: Gauge,
     /// Bytes held for resuming clients.
     pub history_bytes: Gauge,
+    /// State keys held for snapshots.
+    pub state_keys: Gauge,
+    /// Bytes of the events held as state.
+    pub state_bytes: Gauge,
     /// Events read into the history from the fleet's stream.
     pub backfilled: Counter,
     /// How long the last backfill took.
@@ -97,6 +102,16 @@ impl Collect for BrokerMetrics {
             "gateway_history_bytes",
             "Bytes of envelopes held for resuming clients.",
             &self.history_bytes,
+        );
+        o.gauge(
+            "gateway_state_keys",
+            "State keys (render jobs) whose latest event is held for snapshots.",
+            &self.state_keys,
+        );
+        o.gauge(
+            "gateway_state_bytes",
+            "Bytes of the events held as the latest state of their key.",
+            &self.state_bytes,
         );
         o.counter(
             "gateway_history_backfilled_total",
@@ -152,6 +167,10 @@ pub struct Consumer {
     pub revocation_keys: Vec<Binding>,
     /// Which event types supersede each other, keyed by which field.
     pub conflate: Vec<KeyRule>,
+    /// Which events are the latest state of a key, keyed by which field.
+    pub state_rules: Vec<StateRule>,
+    /// The latest event of every state key, fed by every event kept (`None`: no state).
+    pub state: Option<Arc<StateStore>>,
     /// The fleet's stream to backfill the history from; `None`: off.
     pub history_stream: Option<HistoryStream>,
 }

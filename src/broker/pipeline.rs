@@ -18,7 +18,7 @@
 //! delivered.
 //!
 //! Every event kept passes through [`Pipeline::keep`], from the live path, the backfill
-//! and a gap alike: a store of events (the history today) is fed there.
+//! and a gap alike: the history and the latest state per key are fed there.
 
 use std::sync::Arc;
 
@@ -33,6 +33,7 @@ use crate::envelope::{DropReason, Envelope, Event};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::keys::KeyRules;
+use crate::state::StateStore;
 use crate::mapping::Meta;
 use crate::telemetry::untrusted;
 
@@ -49,8 +50,10 @@ pub(crate) struct Pipeline {
     /// Bindings of revocation events, which are never delivered to browsers (they reach
     /// the revocation feed through its own stream).
     revocation_keys: Vec<Binding>,
-    /// Which event types supersede each other, keyed by which field.
-    conflation: KeyRules,
+    /// Which events stand for the same thing: conflation and state keys.
+    keys: KeyRules,
+    /// The latest event of every state key (`None`: no state is kept).
+    state: Option<Arc<StateStore>>,
     /// Recent (tenant, event id) pairs; see "Duplicates" above.
     recent: RecentIds,
     /// Recent events, for resuming clients.
@@ -102,7 +105,8 @@ impl Pipeline {
             max_event_bytes: consumer.max_event_bytes,
             routes: consumer.routes.clone(),
             revocation_keys: consumer.revocation_keys.clone(),
-            conflation: KeyRules::new(consumer.conflate.clone()),
+            keys: KeyRules::new(consumer.conflate.clone(), consumer.state_rules.clone()),
+            state: consumer.state.clone(),
             recent: RecentIds::new(consumer.dedupe_window),
             history: consumer.history.clone(),
             hub: consumer.hub.clone(),
@@ -262,11 +266,20 @@ impl Pipeline {
     /// place every event kept passes, whichever way it came. The key is worked out only
     /// here, after the checks that may drop the message.
     fn keep(&self, envelope: Envelope) -> (Arc<Event>, u64) {
-        let key = self.conflation.key(envelope.event_type(), envelope.json());
-        let event = Arc::new(envelope.into_event(key));
+        let keys = self.keys.keys(envelope.event_type(), envelope.json());
+        let event = Arc::new(envelope.into_event(keys));
         let kept = self.history.append(event.clone());
         self.metrics.history_events.set(kept.events as i64);
         self.metrics.history_bytes.set(kept.bytes as i64);
+        // Before the fan-out: a snapshot taken meanwhile then reflects the event, and the
+        // connection skips its live copy (see `state`).
+        if let Some(state) = &self.state
+            && event.state_key().is_some()
+        {
+            let (keys, bytes) = state.update(kept.seq, &event);
+            self.metrics.state_keys.set(keys as i64);
+            self.metrics.state_bytes.set(bytes as i64);
+        }
         (event, kept.seq)
     }
 
@@ -323,10 +336,14 @@ mod tests {
                 default_route: true,
             },
             revocation_keys: vec![binding("revoke.#")],
-            conflation: KeyRules::new(vec![KeyRule {
-                event_type: PROGRESS.into(),
-                key: Pointer::parse("/data/job_id").unwrap(),
-            }]),
+            keys: KeyRules::new(
+                vec![KeyRule {
+                    event_type: PROGRESS.into(),
+                    key: Pointer::parse("/data/job_id").unwrap(),
+                }],
+                Vec::new(),
+            ),
+            state: Some(Arc::new(StateStore::new(crate::state::tests::LIMITS))),
             recent: RecentIds::new(100),
             history: Arc::new(History::new(HistoryLimits {
                 max_events: 100,

@@ -22,7 +22,10 @@ pub use end::{Disconnect, End};
 pub use queue::{Interest, MAX_PATTERN_BYTES, conflate};
 use queue::{Offered, SendQueue};
 
+use axum::extract::ws::Utf8Bytes;
+
 use crate::envelope::Event;
+use crate::state::StateStore;
 use crate::revocation::Revoked;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, Histogram, untrusted};
 
@@ -69,6 +72,8 @@ pub struct HubMetrics {
     pub unrouted: Counter,
     /// Resync signals queued.
     pub resyncs: Counter,
+    /// Snapshots of the latest state sent.
+    pub snapshots: Counter,
     /// Unsent events superseded by a newer one with the same conflation key.
     pub conflated: Counter,
     /// Deliveries skipped because the client did not ask for the event's type.
@@ -91,6 +96,7 @@ impl Default for HubMetrics {
             dropped_slow: Counter::default(),
             unrouted: Counter::default(),
             resyncs: Counter::default(),
+            snapshots: Counter::default(),
             conflated: Counter::default(),
             filtered: Counter::default(),
             queue_events_high_water: Gauge::default(),
@@ -143,6 +149,11 @@ impl Collect for HubMetrics {
             &self.resyncs,
         );
         o.counter(
+            "gateway_snapshots_sent_total",
+            "Snapshots of the latest state per key sent to connections.",
+            &self.snapshots,
+        );
+        o.counter(
             "gateway_events_conflated_total",
             "Unsent events superseded by a newer one with the same conflation key (live and in replays).",
             &self.conflated,
@@ -178,6 +189,9 @@ pub enum Outgoing {
     /// Events may have been lost (the broker queue was gone after a link outage): the
     /// client should refetch its state.
     Resync,
+    /// The latest state of every key the connection selects, as one message (the
+    /// WebSocket text, the SSE data): made for one connection, never queued.
+    Snapshot(Utf8Bytes),
 }
 
 /// Bytes a `Resync` counts for in the queue's byte budget.
@@ -188,6 +202,7 @@ impl Outgoing {
         match self {
             Outgoing::Event(e) => e.len(),
             Outgoing::Resync => RESYNC_BYTES,
+            Outgoing::Snapshot(json) => json.len(),
         }
     }
 }
@@ -232,6 +247,8 @@ pub struct Hub {
     metrics: HubMetrics,
     /// Woken when the last connection leaves, for the shutdown drain.
     emptied: tokio::sync::Notify,
+    /// The latest state per key, for snapshots; `None`: no state is kept.
+    state: Option<Arc<StateStore>>,
 }
 
 /// A connection's membership; dropping it unregisters the connection.
@@ -244,8 +261,13 @@ pub struct Subscription {
     /// progress and what the client is not interested in).
     queue: Arc<SendQueue>,
     /// Events up to this sequence number were replayed from history; their live copies
-    /// are skipped so the resume seam has no duplicate.
-    skip_through: Option<u64>,
+    /// are skipped so the resume seam has no duplicate (0: none).
+    skip_through: u64,
+    /// Keyed events up to this sequence number are reflected in a snapshot sent; their
+    /// live copies are skipped (0: none).
+    skip_state_through: u64,
+    /// A snapshot is due before the next event (after a resync, or asked for in band).
+    snapshot_due: bool,
     /// For the access log line when the connection ends.
     opened: std::time::Instant,
     transport: Transport,
@@ -271,8 +293,13 @@ impl Kick {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub that keeps no state (connections get no snapshots).
     pub fn new(limits: HubLimits) -> Arc<Hub> {
+        Hub::with_state(limits, None)
+    }
+
+    /// An empty hub whose connections get snapshots of `state`.
+    pub fn with_state(limits: HubLimits, state: Option<Arc<StateStore>>) -> Arc<Hub> {
         Arc::new(Hub {
             tenants: DashMap::with_hasher(RandomState::default()),
             next_id: AtomicU64::new(1),
@@ -280,6 +307,7 @@ impl Hub {
             limits,
             metrics: HubMetrics::default(),
             emptied: tokio::sync::Notify::new(),
+            state,
         })
     }
 
@@ -348,7 +376,9 @@ impl Hub {
             user: user_key,
             id,
             queue,
-            skip_through: None,
+            skip_through: 0,
+            skip_state_through: 0,
+            snapshot_due: false,
             opened: std::time::Instant::now(),
             transport,
             delivered: 0,
@@ -486,7 +516,7 @@ impl Hub {
                 if self.kick(m, Disconnect::SlowClient) {
                     let (event_id, trace_id) = match item {
                         Outgoing::Event(e) => (&*e.id, e.trace_id.as_deref().unwrap_or("")),
-                        Outgoing::Resync => ("", ""),
+                        Outgoing::Resync | Outgoing::Snapshot(_) => ("", ""),
                     };
                     tracing::warn!(
                         connection.id = m.id,
@@ -595,13 +625,44 @@ impl Subscription {
 
     /// Skips live events up to and including `seq` (they were replayed).
     pub fn skip_through(&mut self, seq: u64) {
-        self.skip_through = Some(seq);
+        self.skip_through = seq;
+    }
+
+    /// Whether the gateway keeps state, so that snapshots can be sent.
+    pub fn has_state(&self) -> bool {
+        self.hub.state.is_some()
+    }
+
+    /// The latest state of every key this connection selects (its types and keys), as
+    /// one message, oldest update first; keyed live events it reflects are skipped from
+    /// here on, so a snapshot and the live events after it have no gap and no duplicate.
+    /// Capped at the send queue's bytes: the newest states that fit, marked truncated.
+    pub fn snapshot(&mut self) -> Outgoing {
+        let interest = self.queue.interest();
+        let snapshot = match &self.hub.state {
+            Some(state) => state.snapshot(&self.tenant, &self.user, |e, _| {
+                interest.as_ref().is_none_or(|i| i.wants(e))
+            }),
+            None => Default::default(),
+        };
+        self.skip_state_through = self.skip_state_through.max(snapshot.through);
+        self.hub.metrics.snapshots.inc();
+        Outgoing::Snapshot(snapshot_message(&snapshot.events, self.hub.limits.queue_bytes))
+    }
+
+    /// Sends a snapshot before the next event (the client asked for one in band).
+    pub fn snapshot_next(&mut self) {
+        self.snapshot_due = self.has_state();
     }
 
     /// Waits for the next item. (Kept as `Option` for the transports' loops; the queue
     /// outlives the subscription, so it is never `None` today.)
     pub async fn recv(&mut self) -> Option<Outgoing> {
         loop {
+            if self.snapshot_due {
+                self.snapshot_due = false;
+                return Some(self.snapshot());
+            }
             let (item, seq) = self.queue.pop().await;
             if let Some(item) = self.take(item, seq) {
                 return Some(item);
@@ -612,6 +673,10 @@ impl Subscription {
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         loop {
+            if self.snapshot_due {
+                self.snapshot_due = false;
+                return Some(self.snapshot());
+            }
             let (item, seq) = self.queue.try_pop()?;
             if let Some(item) = self.take(item, seq) {
                 return Some(item);
@@ -621,12 +686,20 @@ impl Subscription {
 
     fn take(&mut self, item: Outgoing, seq: u64) -> Option<Outgoing> {
         match &item {
-            Outgoing::Event(_) if self.skip_through.is_some_and(|s| seq <= s) => None,
+            Outgoing::Event(_) if seq <= self.skip_through => None,
+            Outgoing::Event(e) if e.state_key().is_some() && seq <= self.skip_state_through => {
+                None
+            }
             Outgoing::Event(_) => {
                 self.delivered += 1;
                 Some(item)
             }
-            Outgoing::Resync => Some(item),
+            // After a resync the state follows at once, so no page needs REST to recover.
+            Outgoing::Resync => {
+                self.snapshot_due = self.has_state();
+                Some(item)
+            }
+            Outgoing::Snapshot(_) => Some(item),
         }
     }
 
@@ -644,6 +717,38 @@ impl Subscription {
     pub fn count_conflated(&self, n: usize) {
         self.hub.metrics.conflated.add(n as u64);
     }
+}
+
+/// `{"type":"snapshot","events":[...],"truncated":false}`: the events' own one-line JSON,
+/// oldest update first; when they exceed `max_bytes`, the newest that fit.
+fn snapshot_message(events: &[Arc<Event>], max_bytes: usize) -> Utf8Bytes {
+    let mut room = max_bytes;
+    let fit = events
+        .iter()
+        .rev()
+        .take_while(|e| match room.checked_sub(e.len() + 1) {
+            Some(left) => {
+                room = left;
+                true
+            }
+            None => false,
+        })
+        .count();
+    let kept = &events[events.len() - fit..];
+    let mut json = String::with_capacity(max_bytes - room + 64);
+    json.push_str(r#"{"type":"snapshot","events":["#);
+    for (i, e) in kept.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(e.json());
+    }
+    json.push_str(if fit < events.len() {
+        "],\"truncated\":true}"
+    } else {
+        "],\"truncated\":false}"
+    });
+    Utf8Bytes::from(json)
 }
 
 impl Drop for Subscription {
@@ -675,6 +780,7 @@ pub(crate) mod testing {
             .map(|o| match o {
                 Outgoing::Event(e) => e.id.to_string(),
                 Outgoing::Resync => "resync".into(),
+                Outgoing::Snapshot(_) => "snapshot".into(),
             })
             .collect()
     }

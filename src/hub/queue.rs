@@ -11,7 +11,7 @@
 //! notification) are never dropped: when they do not fit, the connection is a slow client.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -19,6 +19,7 @@ use futures_util::task::AtomicWaker;
 use super::Outgoing;
 use super::end::EndState;
 use crate::config::{Pattern, with_words};
+use crate::envelope::Event;
 
 /// Longest interest pattern accepted.
 pub const MAX_PATTERN_BYTES: usize = 255;
@@ -26,10 +27,18 @@ pub const MAX_PATTERN_BYTES: usize = 255;
 /// selection needs more, and with fewer the matcher's worst case stays near one pass.
 pub const MAX_PATTERN_WILDCARDS: usize = 8;
 
-/// The event types a client asked for: topic patterns (`*` one word, `#` any number).
+/// Longest state key a client may select.
+pub const MAX_KEY_BYTES: usize = 255;
+
+/// What a client asked for: event types as topic patterns (`*` one word, `#` any number),
+/// and optionally state keys (a job page's job): an event that is the state of a key then
+/// reaches the client only when its key is selected; events that are no state pass on
+/// their type alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interest {
     patterns: Vec<Pattern>,
+    /// `None`: every key its types select.
+    keys: Option<Vec<Arc<str>>>,
 }
 
 impl Interest {
@@ -48,15 +57,75 @@ impl Interest {
                 out.extend(Pattern::new(&p));
             }
         }
-        Ok(Interest { patterns: out })
+        Ok(Interest {
+            patterns: out,
+            keys: None,
+        })
+    }
+
+    /// Every event type (`#`), as a selection of keys alone starts.
+    pub fn everything() -> Interest {
+        Interest {
+            patterns: Pattern::new("#").into_iter().collect(),
+            keys: None,
+        }
+    }
+
+    /// Whether `event` is wanted: its type, and its state key if it has one.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.wants_type(&event.event_type)
+            && match (&self.keys, event.state_key()) {
+                (Some(keys), Some(k)) => keys.iter().any(|s| *s == k.value),
+                _ => true,
+            }
     }
 
     /// Whether an event of `event_type` is wanted. The type is split into words once for
     /// all patterns; see [`Pattern`] for what a pattern can cost.
-    pub fn wants(&self, event_type: &str) -> bool {
+    pub fn wants_type(&self, event_type: &str) -> bool {
         with_words(event_type, |words| {
             self.patterns.iter().any(|p| p.matches_words(words))
         })
+    }
+
+    /// The state keys selected (`None`: all).
+    pub fn keys(&self) -> Option<Vec<&str>> {
+        self.keys
+            .as_ref()
+            .map(|k| k.iter().map(|k| &**k).collect())
+    }
+
+    /// This selection with `more` state keys selected (duplicates ignored), at most `max`
+    /// keys in all; the first narrows "every key" to its list.
+    pub fn watch<S: AsRef<str>>(&self, more: &[S], max: usize) -> Result<Interest, String> {
+        let mut keys = self.keys.clone().unwrap_or_default();
+        for k in more {
+            let k = k.as_ref();
+            check_key(k)?;
+            if !keys.iter().any(|have| &**have == k) {
+                keys.push(k.into());
+            }
+        }
+        if keys.len() > max {
+            return Err(format!("at most {max} keys"));
+        }
+        Ok(Interest {
+            patterns: self.patterns.clone(),
+            keys: Some(keys),
+        })
+    }
+
+    /// This selection without the state keys `less`; with none left it selects no keyed
+    /// event (a page that stopped watching its last job).
+    pub fn unwatch<S: AsRef<str>>(&self, less: &[S]) -> Interest {
+        let keys = self
+            .keys
+            .as_ref()
+            .map(|k| k.iter().filter(|k| !less.iter().any(|l| l.as_ref() == &***k)).cloned().collect());
+        Interest {
+            patterns: self.patterns.clone(),
+            keys: keys.or(Some(Vec::new())),
+        }
     }
 
     /// The patterns, in the order they were first given.
@@ -68,7 +137,10 @@ impl Interest {
     pub fn with<S: AsRef<str>>(&self, more: &[S], max: usize) -> Result<Interest, String> {
         let mut all = self.patterns();
         all.extend(more.iter().map(AsRef::as_ref));
-        Interest::new(&all, max)
+        Interest::new(&all, max).map(|i| Interest {
+            keys: self.keys.clone(),
+            ..i
+        })
     }
 
     /// This selection without `less` (compared as [`Interest::new`] keeps them).
@@ -80,8 +152,23 @@ impl Interest {
             .filter(|p| !less.iter().any(|l| l == p.as_str()))
             .cloned()
             .collect();
-        Interest { patterns }
+        Interest {
+            patterns,
+            keys: self.keys.clone(),
+        }
     }
+}
+
+/// A state key a client may select: 1 to [`MAX_KEY_BYTES`] bytes of letters, digits and
+/// `_ - . : @`, which covers ids of every common shape and nothing that needs escaping.
+fn check_key(k: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@');
+    if k.is_empty() || k.len() > MAX_KEY_BYTES || !k.chars().all(allowed) {
+        return Err(format!(
+            "keys are 1 to {MAX_KEY_BYTES} bytes of letters, digits, _ - . : @"
+        ));
+    }
+    Ok(())
 }
 
 /// `p` checked, with its runs of `#` collapsed.
@@ -202,7 +289,7 @@ impl SendQueue {
             return Offered::Closed;
         }
         if let Outgoing::Event(e) = item {
-            if q.interest.as_ref().is_some_and(|i| !i.wants(&e.event_type)) {
+            if q.interest.as_ref().is_some_and(|i| !i.wants(e)) {
                 return Offered::Filtered;
             }
             if let Some(key) = e.conflation_key() {
@@ -313,7 +400,7 @@ pub fn conflate(events: Vec<Outgoing>) -> (Vec<Outgoing>, usize) {
         .enumerate()
         .map(|(i, o)| match o {
             Outgoing::Event(e) => e.conflation_key().is_none_or(|k| last.get(k) == Some(&i)),
-            Outgoing::Resync => true,
+            Outgoing::Resync | Outgoing::Snapshot(_) => true,
         })
         .collect();
     let dropped = keep.iter().filter(|k| !**k).count();
@@ -340,6 +427,7 @@ mod tests {
             .map(|(o, _)| match o {
                 Outgoing::Event(e) => e.id.to_string(),
                 Outgoing::Resync => "resync".into(),
+                Outgoing::Snapshot(_) => "snapshot".into(),
             })
             .collect()
     }
@@ -416,7 +504,7 @@ mod tests {
             .unwrap();
         assert_eq!(i.patterns(), ["a", "b"]);
         assert_eq!(i.without(&["a"]).patterns(), ["b"]);
-        assert!(i.wants("a") && !i.wants("c"));
+        assert!(i.wants_type("a") && !i.wants_type("c"));
     }
 
     #[test]
@@ -425,7 +513,7 @@ mod tests {
         let run = format!("{}.z0", ["#"; 100].join("."));
         let i = Interest::new(&[run.as_str()], 8).unwrap();
         assert_eq!(i.patterns(), ["#.z0"]);
-        assert!(i.wants("a.b.c.z0") && !i.wants("a.b.c.d"));
+        assert!(i.wants_type("a.b.c.z0") && !i.wants_type("a.b.c.d"));
         // Removing it as the client sent it works too.
         assert!(i.without(&[run.as_str()]).patterns().is_empty());
         let eight = ["*"; MAX_PATTERN_WILDCARDS].join(".");
@@ -451,6 +539,7 @@ mod tests {
             .map(|o| match o {
                 Outgoing::Event(e) => e.id.to_string(),
                 Outgoing::Resync => "resync".into(),
+                Outgoing::Snapshot(_) => "snapshot".into(),
             })
             .collect();
         assert_eq!(kept, ["p3", "done1", "p4"]);

@@ -26,6 +26,7 @@ use crate::envelope::Event;
 use crate::history::{History, Replay};
 use crate::hub::{Hub, Interest, LimitReached, Outgoing, Subscription, Transport, conflate};
 use crate::revocation::Revocations;
+use crate::state::StateStore;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, untrusted};
 
 /// What every transport handler shares; built once by the server.
@@ -39,6 +40,8 @@ pub struct Context {
     pub verifier: Arc<Verifier>,
     /// Recent events, for resuming clients.
     pub history: Arc<History>,
+    /// The latest state per key, for snapshots (`None`: no state is kept).
+    pub state: Option<Arc<StateStore>>,
     /// Banned users and suspended tenants.
     pub revocations: Arc<Revocations>,
     /// What the transports count.
@@ -177,6 +180,8 @@ pub enum NotAdmitted {
     NotWebSocket,
     /// 400: a `types=` selection that is not a list of valid patterns.
     BadTypes,
+    /// 400: a `keys=` selection that is not a list of valid keys.
+    BadKeys,
 }
 
 impl IntoResponse for NotAdmitted {
@@ -203,6 +208,7 @@ impl IntoResponse for NotAdmitted {
                 "expected a WebSocket upgrade",
             ),
             NotAdmitted::BadTypes => (StatusCode::BAD_REQUEST, "bad_request", "types"),
+            NotAdmitted::BadKeys => (StatusCode::BAD_REQUEST, "bad_request", "keys"),
         };
         let body = format!(r#"{{"error":"{error}","reason":"{reason}"}}"#);
         let mut resp = (status, [("content-type", "application/json")], body).into_response();
@@ -237,9 +243,7 @@ pub struct Admitted {
 
 /// The `last_event_id` query parameter, if present and not empty.
 pub fn last_event_id_param(query: Option<&str>) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, v)| k == "last_event_id" && !v.is_empty())
-        .map(|(_, v)| v.into_owned())
+    query_param(query, "last_event_id")
 }
 
 /// The admission of `/ws` and `/sse`, before any upgrade or stream starts: token and
@@ -257,34 +261,50 @@ pub async fn admit<H>(
     let identity = authenticate(ctx, headers, query, transport).await?;
     let handshake = handshake?;
     let interest = interest_param(ctx, query)?;
+    let snapshot = query_param(query, "snapshot").is_some_and(|v| v == "1" || v == "true");
     if last_event_id.is_some() {
         // A resuming client waits (at most the handshake timeout) for an instance that
         // has just started to fill its history, rather than getting `resync` for what the
         // backfill brings.
         ctx.history.wait_filled(ctx.config.handshake_timeout).await;
     }
-    let admitted = register(ctx, identity, transport, last_event_id, interest)?;
+    let admitted = register(ctx, identity, transport, last_event_id, interest, snapshot)?;
     Ok((admitted, handshake))
 }
 
-/// The `types=` query parameter: comma-separated event-type patterns the client wants
-/// (`None`: everything its token allows). Bad patterns are a 400, before any upgrade.
+/// The first non-empty value of query parameter `name`.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The `types=` and `keys=` query parameters: comma-separated event-type patterns and
+/// state keys the client wants (`None`: everything its token allows). A bad selection is
+/// a 400, before any upgrade.
 fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Interest>, NotAdmitted> {
-    let Some(raw) = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, v)| k == "types" && !v.is_empty())
-            .map(|(_, v)| v.into_owned())
-    }) else {
-        return Ok(None);
+    let list = |name| {
+        query_param(query, name).map(|raw| raw.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
     };
-    let patterns: Vec<&str> = raw.split(',').map(str::trim).collect();
-    Interest::new(&patterns, ctx.config.delivery.max_interest_patterns)
-        .map(Some)
-        .map_err(|why| {
-            ctx.metrics.client_messages_ignored.inc();
-            tracing::info!(reason = %untrusted(&why), "refused: bad types= selection");
-            NotAdmitted::BadTypes
-        })
+    let max = ctx.config.delivery.max_interest_patterns;
+    let (types, keys) = (list("types"), list("keys"));
+    let refuse = |why: String, refusal| {
+        ctx.metrics.client_messages_ignored.inc();
+        tracing::info!(reason = %untrusted(&why), "refused: bad selection");
+        refusal
+    };
+    let interest = match &types {
+        Some(patterns) => Some(Interest::new(patterns, max).map_err(|why| refuse(why, NotAdmitted::BadTypes))?),
+        None => None,
+    };
+    match keys {
+        None => Ok(interest),
+        Some(keys) => interest
+            .unwrap_or_else(Interest::everything)
+            .watch(&keys, max)
+            .map(Some)
+            .map_err(|why| refuse(why, NotAdmitted::BadKeys)),
+    }
 }
 
 /// Token and origin checks, and a 503 while draining: everything short of registering.
@@ -329,6 +349,7 @@ fn register(
     transport: Transport,
     last_event_id: Option<String>,
     interest: Option<Interest>,
+    snapshot: bool,
 ) -> Result<Admitted, NotAdmitted> {
     let subscription = ctx
         .hub
@@ -354,7 +375,10 @@ fn register(
     }
     // Registered first, history read second: an event arriving in between is in both,
     // and the live copy is skipped.
+    // A snapshot when asked for on a fresh connection, and after every resync (the page
+    // then needs no REST call to recover); a resume that is served needs none.
     let replay = match last_event_id {
+        None if snapshot && subscription.has_state() => vec![subscription.snapshot()],
         None => Vec::new(),
         Some(id) => match ctx.history.since(&identity.tenant, &identity.user, &id) {
             Replay::Events { events, through } => {
@@ -365,7 +389,11 @@ fn register(
             Replay::Resync => {
                 ctx.metrics.resumes.inc(Resume::Resync);
                 ctx.hub.metrics().resyncs.inc();
-                vec![Outgoing::Resync]
+                let mut replay = vec![Outgoing::Resync];
+                if subscription.has_state() {
+                    replay.push(subscription.snapshot());
+                }
+                replay
             }
         },
     };
@@ -382,7 +410,7 @@ fn replay_for(subscription: &Subscription, events: Vec<Arc<Event>>) -> Vec<Outgo
     let interest = subscription.interest();
     let wanted = events
         .into_iter()
-        .filter(|e| interest.as_ref().is_none_or(|i| i.wants(&e.event_type)))
+        .filter(|e| interest.as_ref().is_none_or(|i| i.wants(e)))
         .map(Outgoing::Event)
         .collect();
     let (kept, conflated) = conflate(wanted);
@@ -503,6 +531,7 @@ mod tests {
         };
         let config = Arc::new(*config);
         Context {
+            state: None,
             hub: Hub::new(crate::hub::HubLimits {
                 max_connections: config.max_connections,
                 max_per_user: config.max_connections_per_user,
@@ -601,7 +630,7 @@ mod tests {
             expires_at: u64::MAX,
             issued_at: None,
         };
-        let replayed = register(&ctx, identity("u"), Transport::Ws, Some("1".into()), None)
+        let replayed = register(&ctx, identity("u"), Transport::Ws, Some("1".into()), None, false)
             .unwrap()
             .replay;
         let ids: Vec<_> = replayed
@@ -609,13 +638,14 @@ mod tests {
             .map(|o| match o {
                 Outgoing::Event(e) => e.id.to_string(),
                 Outgoing::Resync => "resync".into(),
+                Outgoing::Snapshot(_) => "snapshot".into(),
             })
             .collect();
         assert_eq!(ids, ["2", "3"]);
-        let unknown = register(&ctx, identity("u"), Transport::Ws, Some("9".into()), None);
+        let unknown = register(&ctx, identity("u"), Transport::Ws, Some("9".into()), None, false);
         assert!(matches!(unknown.unwrap().replay[..], [Outgoing::Resync]));
         // Another user of the tenant cannot resume from u's events.
-        let foreign = register(&ctx, identity("v"), Transport::Ws, Some("1".into()), None);
+        let foreign = register(&ctx, identity("v"), Transport::Ws, Some("1".into()), None, false);
         assert!(matches!(foreign.unwrap().replay[..], [Outgoing::Resync]));
         assert_eq!(ctx.metrics.resumes.get(Resume::Replayed), 1);
         assert_eq!(ctx.metrics.resumes.get(Resume::Resync), 2);

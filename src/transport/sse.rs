@@ -340,11 +340,21 @@ impl SseStream {
     }
 }
 
+/// What the SSE framing adds to a snapshot's JSON.
+const SNAPSHOT_FRAME_BYTES: usize = "event: snapshot\ndata: \n\n".len();
+
 /// The SSE bytes of one queued item; events are shared, never re-encoded.
 fn sse_frame(item: Outgoing) -> Bytes {
     match item {
         Outgoing::Event(e) => e.sse_frame(),
         Outgoing::Resync => RESYNC,
+        Outgoing::Snapshot(json) => {
+            let mut frame = Vec::with_capacity(json.len() + SNAPSHOT_FRAME_BYTES);
+            frame.extend_from_slice(b"event: snapshot\ndata: ");
+            frame.extend_from_slice(json.as_bytes());
+            frame.extend_from_slice(b"\n\n");
+            Bytes::from(frame)
+        }
     }
 }
 

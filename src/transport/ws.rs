@@ -201,10 +201,24 @@ enum Control {
     Ping,
     /// A fresh token for the same user and tenant, to outlive the current `exp`.
     Refresh { token: String },
-    /// Select these event types too (the first one replaces the default, everything).
-    Subscribe { types: Vec<String> },
+    /// Select these event types too (the first one replaces the default, everything);
+    /// with `snapshot`, the latest state of what is selected follows.
+    Subscribe {
+        types: Vec<String>,
+        #[serde(default)]
+        snapshot: bool,
+    },
     /// Stop receiving these patterns.
     Unsubscribe { types: Vec<String> },
+    /// Select these state keys too (the first one narrows "every key" to its list); with
+    /// `snapshot`, their latest state follows.
+    Watch {
+        keys: Vec<String>,
+        #[serde(default)]
+        snapshot: bool,
+    },
+    /// Stop receiving these state keys.
+    Unwatch { keys: Vec<String> },
 }
 
 /// Drives one connection until it ends.
@@ -408,6 +422,7 @@ fn frame(item: Outgoing) -> Message {
     match item {
         Outgoing::Event(e) => Message::Text(e.ws_frame()),
         Outgoing::Resync => Message::Text(Utf8Bytes::from_static(RESYNC)),
+        Outgoing::Snapshot(json) => Message::Text(json),
     }
 }
 
@@ -418,8 +433,16 @@ pub const RESYNC: &str = r#"{"type":"resync"}"#;
 async fn control(conn: &mut WsConnection, text: &str) -> Result<Option<Utf8Bytes>, Stop> {
     match serde_json::from_str::<Control>(text) {
         Ok(Control::Ping) => Ok(Some(Utf8Bytes::from_static(r#"{"type":"pong"}"#))),
-        Ok(Control::Subscribe { types }) => Ok(Some(select(conn, &types, true))),
-        Ok(Control::Unsubscribe { types }) => Ok(Some(select(conn, &types, false))),
+        Ok(Control::Subscribe { types, snapshot }) => {
+            Ok(Some(select(conn, Change::Subscribe(&types), snapshot)))
+        }
+        Ok(Control::Unsubscribe { types }) => {
+            Ok(Some(select(conn, Change::Unsubscribe(&types), false)))
+        }
+        Ok(Control::Watch { keys, snapshot }) => {
+            Ok(Some(select(conn, Change::Watch(&keys), snapshot)))
+        }
+        Ok(Control::Unwatch { keys }) => Ok(Some(select(conn, Change::Unwatch(&keys), false))),
         Ok(Control::Refresh { token }) => match verify_refresh(conn, &token).await {
             Ok(id) if id.tenant == conn.identity.tenant && id.user == conn.identity.user => {
                 conn.identity.expires_at = id.expires_at;
@@ -453,23 +476,45 @@ async fn control(conn: &mut WsConnection, text: &str) -> Result<Option<Utf8Bytes
     }
 }
 
-/// Changes the connection's selection of event types and answers with the result:
-/// `{"type":"subscribed","types":[...]}` (`["#"]` for everything), or an error that
-/// leaves the selection as it was.
-fn select(conn: &mut WsConnection, types: &[String], add: bool) -> Utf8Bytes {
+/// A change of a connection's selection.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Subscribe(&'a [String]),
+    Unsubscribe(&'a [String]),
+    Watch(&'a [String]),
+    Unwatch(&'a [String]),
+}
+
+/// Changes the connection's selection and answers with the result:
+/// `{"type":"subscribed","types":[...]}` (`["#"]` for everything; with `"keys":[...]` once
+/// keys are selected), or an error that leaves the selection as it was. With `snapshot`,
+/// the latest state of the new selection is sent next, before any further event.
+fn select(conn: &mut WsConnection, change: Change<'_>, snapshot: bool) -> Utf8Bytes {
     let max = conn.max_interest_patterns;
     let current = conn.subscription.interest();
-    let next = match (current, add) {
+    let next = match (current, change) {
         // The default is everything; the first subscribe narrows it to its list.
-        (None, true) => Interest::new(types, max),
-        (Some(i), true) => i.with(types, max),
-        (None, false) => Interest::new(&["#"], max).map(|i| i.without(types)),
-        (Some(i), false) => Ok(i.without(types)),
+        (None, Change::Subscribe(types)) => Interest::new(types, max),
+        (Some(i), Change::Subscribe(types)) => i.with(types, max),
+        (None, Change::Unsubscribe(types)) => Ok(Interest::everything().without(types)),
+        (Some(i), Change::Unsubscribe(types)) => Ok(i.without(types)),
+        (i, Change::Watch(keys)) => i.unwrap_or_else(Interest::everything).watch(keys, max),
+        (i, Change::Unwatch(keys)) => Ok(i.unwrap_or_else(Interest::everything).unwatch(keys)),
+    };
+    let bad = match change {
+        Change::Watch(_) | Change::Unwatch(_) => r#"{"type":"error","reason":"invalid_keys"}"#,
+        _ => r#"{"type":"error","reason":"invalid_types"}"#,
     };
     match next {
         Ok(interest) => {
-            let reply = serde_json::json!({"type": "subscribed", "types": interest.patterns()});
+            let mut reply = serde_json::json!({"type": "subscribed", "types": interest.patterns()});
+            if let Some(keys) = interest.keys() {
+                reply["keys"] = serde_json::json!(keys);
+            }
             conn.subscription.set_interest(Some(interest));
+            if snapshot {
+                conn.subscription.snapshot_next();
+            }
             Utf8Bytes::from(reply.to_string())
         }
         Err(why) => {
@@ -477,7 +522,7 @@ fn select(conn: &mut WsConnection, types: &[String], add: bool) -> Utf8Bytes {
             conn.subscription
                 .span()
                 .in_scope(|| tracing::debug!(reason = %untrusted(&why), "bad selection"));
-            Utf8Bytes::from_static(r#"{"type":"error","reason":"invalid_types"}"#)
+            Utf8Bytes::from_static(bad)
         }
     }
 }
