@@ -66,6 +66,37 @@ pub struct StateKey {
     pub value: Arc<str>,
 }
 
+/// A resume position a client can hold without having received the event it names: the
+/// event's tenant and id hashed, so that a quiet page learns where its tenant's stream is
+/// without learning other users' event ids. Every instance computes the same one (FNV-1a,
+/// 64 bits), so a position resumes on any of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Position(pub u64);
+
+impl Position {
+    /// The position of event `id` of `tenant`.
+    pub fn of(tenant: &str, id: &str) -> Position {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let bytes = tenant.bytes().chain([0]).chain(id.bytes());
+        Position(bytes.fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME)))
+    }
+
+    /// What a client sends back as its last event id: `p:` and 16 hex digits.
+    pub fn token(self) -> String {
+        format!("p:{:016x}", self.0)
+    }
+
+    /// The position a last event id names, if it is one.
+    pub fn parse(last_event_id: &str) -> Option<Position> {
+        let hex = last_event_id.strip_prefix("p:")?;
+        (hex.len() == 16)
+            .then(|| u64::from_str_radix(hex, 16).ok())
+            .flatten()
+            .map(Position)
+    }
+}
+
 /// An event's keys, worked out once when it is made.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventKeys {
@@ -96,6 +127,8 @@ pub struct Event {
     conflation_key: Option<Box<str>>,
     /// See [`Event::state_key`].
     state_key: Option<StateKey>,
+    /// See [`Event::position`].
+    position: Position,
     /// The envelope on one line, as published: the WebSocket text frame.
     json: Utf8Bytes,
     /// The SSE frame, built on first use so WS-only traffic never pays for it.
@@ -109,7 +142,6 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 255;
 /// A non-empty string without CR/LF/NUL: such ids end up in SSE `id:` lines, where a
 /// newline would let a producer inject fields into every client's stream, and EventSource
 /// ignores an id with NUL (so its Last-Event-ID would silently stay behind).
-
 fn safe_text(s: String) -> Result<Box<str>, DropReason> {
     if !s.is_empty() && !s.contains(['\r', '\n', '\0']) {
         Ok(s.into())
@@ -194,6 +226,7 @@ impl Envelope {
             event_time_us,
             conflation_key: None,
             state_key: None,
+            position: Position::default(),
             json: one_line(body),
             sse: OnceLock::new(),
         }))
@@ -230,6 +263,8 @@ impl Envelope {
         let Envelope(mut event) = self;
         event.conflation_key = keys.conflation;
         event.state_key = keys.state;
+        // Only for events kept: dropped messages never pay for it.
+        event.position = Position::of(&event.tenant, &event.id);
         event
     }
 }
@@ -237,7 +272,8 @@ impl Envelope {
 impl Event {
     /// Parses and validates one body with the FlatRender catalog mapping, without keys.
     pub fn parse(body: Vec<u8>, max_bytes: usize) -> Result<Event, DropReason> {
-        Envelope::read(body, max_bytes, &CATALOG, &Meta::none()).map(|e| e.into_event(EventKeys::default()))
+        Envelope::read(body, max_bytes, &CATALOG, &Meta::none())
+            .map(|e| e.into_event(EventKeys::default()))
     }
 
     /// Events with the same key supersede each other in a connection's queue when it
@@ -252,6 +288,11 @@ impl Event {
         self.conflation_key = keys.conflation;
         self.state_key = keys.state;
         self
+    }
+
+    /// This event as a resume position (see [`Position`]).
+    pub fn position(&self) -> Position {
+        self.position
     }
 
     /// The state this event is the latest of, if a state rule names its type (`None`:

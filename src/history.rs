@@ -13,7 +13,7 @@ use std::time::Instant;
 use foldhash::fast::RandomState;
 
 use crate::config::HistoryLimits;
-use crate::envelope::Event;
+use crate::envelope::{Event, Position};
 
 /// What a resuming client gets before live events.
 #[derive(Debug)]
@@ -61,7 +61,27 @@ struct Inner {
     by_tenant: HashMap<Arc<str>, VecDeque<u64>, RandomState>,
     /// Events up to this sequence number may have gaps after them (broker queue lost).
     gap_after: Option<u64>,
+    /// By resume position (see [`Position`]): a quiet page resumes from its tenant's
+    /// stream without having received the event.
+    by_position: HashMap<Position, u64, RandomState>,
+    /// Each tenant's newest event, kept after it leaves the history: a page whose
+    /// position is its tenant's newest event missed nothing, however long ago that was.
+    /// At most [`MAX_TENANTS_REMEMBERED`] tenants.
+    newest: HashMap<Arc<str>, Newest, RandomState>,
 }
+
+/// A tenant's newest event, as a position.
+#[derive(Clone, Debug)]
+struct Newest {
+    position: Position,
+    seq: u64,
+    /// Its user (`None`: tenant-wide): only they may name it by its event id.
+    user: Option<Arc<str>>,
+}
+
+/// Tenants whose newest event is remembered beyond the history; past it the longest
+/// quiet ones are forgotten (their pages then resync, as before).
+const MAX_TENANTS_REMEMBERED: usize = 100_000;
 
 /// The shared history of one instance.
 pub struct History {
@@ -117,6 +137,16 @@ impl History {
         let id = event.id.clone();
         let tenant = event.tenant.clone();
         h.by_id.insert((tenant.clone(), id), seq);
+        h.by_position.insert(event.position(), seq);
+        if h.newest.len() >= MAX_TENANTS_REMEMBERED && !h.newest.contains_key(&tenant) {
+            forget_quietest(&mut h.newest);
+        }
+        let newest = Newest {
+            position: event.position(),
+            seq,
+            user: event.user.clone(),
+        };
+        h.newest.insert(tenant.clone(), newest);
         match &event.user {
             Some(user) => h
                 .by_user
@@ -170,6 +200,9 @@ impl History {
             h.first_seq += 1;
             h.bytes -= old.event.len();
             let key = (old.event.tenant.clone(), old.event.id.clone());
+            if h.by_position.get(&old.event.position()) == Some(&seq) {
+                h.by_position.remove(&old.event.position());
+            }
             if h.by_id.get(&key) == Some(&seq) {
                 h.by_id.remove(&key);
             }
@@ -202,16 +235,35 @@ impl History {
         let mut h = self.lock();
         self.evict(&mut h, Instant::now());
         let through = h.first_seq + h.entries.len() as u64 - 1;
-        let Some(&from) = h.by_id.get(&(Arc::from(tenant), Arc::from(last_id))) else {
-            return Replay::Resync;
-        };
         let first_seq = h.first_seq;
-        let seen = &h.entries[(from - first_seq) as usize].event;
-        // The id must be one this client could have seen; a guessed id of another
-        // tenant's event gets a resync, not a position in someone else's stream.
-        let visible = &*seen.tenant == tenant && seen.user.as_deref().is_none_or(|u| u == user);
+        let from = match h.by_id.get(&(Arc::from(tenant), Arc::from(last_id))) {
+            Some(&from) => {
+                let seen = &h.entries[(from - first_seq) as usize].event;
+                // The id must be one this client could have seen; a guessed id of
+                // another tenant's event gets a resync, not a position in someone
+                // else's stream.
+                let visible =
+                    &*seen.tenant == tenant && seen.user.as_deref().is_none_or(|u| u == user);
+                if !visible {
+                    return Replay::Resync;
+                }
+                from
+            }
+            // A position, or an event id the history no longer holds: it may still be the
+            // tenant's newest event (a page quiet for longer than the history's age).
+            None => {
+                let named = match Position::parse(last_id) {
+                    Some(p) => h.position_of(tenant, p),
+                    None => h.newest_by_id(tenant, user, last_id),
+                };
+                match named {
+                    Some(from) => from,
+                    None => return Replay::Resync,
+                }
+            }
+        };
         // Events may have been lost after the gap: a position before it cannot be resumed.
-        if !visible || h.gap_after.is_some_and(|gap| from <= gap) {
+        if h.gap_after.is_some_and(|gap| from <= gap) {
             return Replay::Resync;
         }
         let after = |q: Option<&VecDeque<u64>>| -> Vec<u64> {
@@ -244,6 +296,36 @@ impl History {
         let h = self.lock();
         (h.entries.len(), h.bytes)
     }
+}
+
+impl Inner {
+    /// Where position `p` of `tenant` is: an event held (of that tenant: positions are
+    /// hashes), or the tenant's newest event even after it left the history (nothing of
+    /// the tenant came since, so a resume from there replays nothing).
+    fn position_of(&self, tenant: &str, p: Position) -> Option<u64> {
+        if let Some(&seq) = self.by_position.get(&p) {
+            let held = &self.entries[(seq - self.first_seq) as usize].event;
+            return (&*held.tenant == tenant).then_some(seq);
+        }
+        let newest = self.newest.get(tenant)?;
+        (newest.position == p).then_some(newest.seq)
+    }
+
+    /// Where event `id` of `tenant` is when the history no longer holds it: only if it
+    /// was the tenant's newest event, and one `user` could have received.
+    fn newest_by_id(&self, tenant: &str, user: &str, id: &str) -> Option<u64> {
+        let newest = self.newest.get(tenant)?;
+        let visible = newest.user.as_deref().is_none_or(|u| u == user);
+        (visible && newest.position == Position::of(tenant, id)).then_some(newest.seq)
+    }
+}
+
+/// Forgets the tenths of `newest` whose newest events are the oldest.
+fn forget_quietest(newest: &mut HashMap<Arc<str>, Newest, RandomState>) {
+    let mut seqs: Vec<u64> = newest.values().map(|n| n.seq).collect();
+    let cut = seqs.len() / 10;
+    let (_, &mut limit, _) = seqs.select_nth_unstable(cut);
+    newest.retain(|_, n| n.seq > limit);
 }
 
 #[cfg(test)]
@@ -357,8 +439,11 @@ mod tests {
             ..limits()
         });
         push(&h, "old", "t", Some("u"));
+        push(&h, "new", "t", Some("u"));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(ids(h.since("t", "u", "old")), ["RESYNC"]);
+        // Gone from the history, but the tenant's newest event: nothing was missed.
+        assert_eq!(ids(h.since("t", "u", "new")), Vec::<String>::new());
         assert_eq!(h.size().0, 0);
         assert!(h.by_user_is_empty());
     }
@@ -368,5 +453,34 @@ mod tests {
             let h = self.lock();
             h.by_user.is_empty() && h.by_tenant.is_empty() && h.by_id.is_empty()
         }
+    }
+
+    #[test]
+    fn positions_resume_from_any_event_of_the_tenant_and_from_its_newest_after_eviction() {
+        let h = History::new(HistoryLimits {
+            max_events: 3,
+            ..limits()
+        });
+        let other = push(&h, "v1", "t", Some("v"));
+        push(&h, "u1", "t", Some("u"));
+        // Another user's event as a position: its id stays hidden, the resume works.
+        assert_eq!(ids(h.since("t", "u", &other.position().token())), ["u1"]);
+        assert_eq!(
+            ids(h.since("other", "u", &other.position().token())),
+            ["RESYNC"]
+        );
+        let newest = push(&h, "v2", "t", Some("v"));
+        push(&h, "x", "elsewhere", None);
+        push(&h, "y", "elsewhere", None);
+        push(&h, "z", "elsewhere", None);
+        // Evicted, but still the tenant's newest: nothing to replay, no resync.
+        assert_eq!(
+            ids(h.since("t", "u", &newest.position().token())),
+            Vec::<String>::new()
+        );
+        // By id only for whom it was visible.
+        assert_eq!(ids(h.since("t", "v", "v2")), Vec::<String>::new());
+        assert_eq!(ids(h.since("t", "u", "v2")), ["RESYNC"]);
+        assert_eq!(ids(h.since("t", "u", "p:zz")), ["RESYNC"]);
     }
 }

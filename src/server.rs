@@ -191,7 +191,11 @@ async fn serve_connection(
     // One deadline for the whole head, however it is read (peek, raw SSE, hyper).
     let head_deadline = Instant::now() + ctx.config.handshake_timeout;
     let mut first = [0u8; SSE_PREFIX.len()];
+    // Biased to the socket: a client whose request is already waiting was only slow to
+    // get the CPU (a storm on a busy machine), not silent, and is served even if it was
+    // asked to yield meanwhile.
     let peeked = tokio::select! {
+        biased;
         r = tokio::time::timeout_at(head_deadline, stream.peek(&mut first)) => r,
         _ = listening.cancelled() => return,
         // Silent while every slot was taken: closed to make room.
@@ -258,6 +262,7 @@ async fn serve_hyper(
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
+        biased;
         r = conn.as_mut() => r,
         _ = connection.cancelled() => Ok(()),
         _ = yielded.cancelled() => Ok(()),
@@ -350,8 +355,8 @@ fn wire(
     tasks: &TaskTracker,
 ) -> (Context, Ops) {
     // No rules, no state: connections then get no snapshots either.
-    let state = (!config.state.rules.is_empty())
-        .then(|| Arc::new(StateStore::new(config.state.limits)));
+    let state =
+        (!config.state.rules.is_empty()).then(|| Arc::new(StateStore::new(config.state.limits)));
     let hub = Hub::with_state(
         HubLimits {
             max_connections: config.max_connections,

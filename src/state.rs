@@ -226,7 +226,6 @@ pub(crate) mod tests {
         max_age: Duration::from_secs(3600),
     };
 
-
     fn ids(s: &Snapshot) -> Vec<String> {
         s.events.iter().map(|e| e.id.to_string()).collect()
     }

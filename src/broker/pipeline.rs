@@ -33,8 +33,8 @@ use crate::envelope::{DropReason, Envelope, Event};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::keys::KeyRules;
-use crate::state::StateStore;
 use crate::mapping::Meta;
+use crate::state::StateStore;
 use crate::telemetry::untrusted;
 
 /// Called with each event after it entered the history and before the hub fans it out;

@@ -24,9 +24,9 @@ use queue::{Offered, SendQueue};
 
 use axum::extract::ws::Utf8Bytes;
 
-use crate::envelope::Event;
-use crate::state::StateStore;
+use crate::envelope::{Event, Position};
 use crate::revocation::Revoked;
+use crate::state::StateStore;
 use crate::telemetry::{Collect, Counter, Exposition, Family, Gauge, Histogram, untrusted};
 
 crate::label_set! {
@@ -221,6 +221,12 @@ struct Member {
 #[derive(Default)]
 struct Tenant {
     users: HashMap<Arc<str>, Vec<Member>, RandomState>,
+    /// The newest event of the tenant fanned out to every connection it went to: its
+    /// sequence number and resume position. Written by the consumer only, after the
+    /// fan-out, so a connection that reads it and then finds its own queue empty has
+    /// been sent everything of the tenant up to it.
+    newest_seq: AtomicU64,
+    newest_position: AtomicU64,
 }
 
 /// Limits the hub enforces at registration.
@@ -268,6 +274,9 @@ pub struct Subscription {
     skip_state_through: u64,
     /// A snapshot is due before the next event (after a resync, or asked for in band).
     snapshot_due: bool,
+    /// The newest sequence number the client holds a position for: the last event it was
+    /// sent, or the last quiet position (0: none).
+    position_seq: u64,
     /// For the access log line when the connection ends.
     opened: std::time::Instant,
     transport: Transport,
@@ -379,6 +388,7 @@ impl Hub {
             skip_through: 0,
             skip_state_through: 0,
             snapshot_due: false,
+            position_seq: 0,
             opened: std::time::Instant::now(),
             transport,
             delivered: 0,
@@ -461,6 +471,11 @@ impl Hub {
                     }
                 }
             }
+            // Position first: a reader that sees the new sequence sees its position too.
+            tenant
+                .newest_position
+                .store(event.position().0, Ordering::Release);
+            tenant.newest_seq.store(seq, Ordering::Release);
         }
         let (ws, sse) = (counts[0], counts[1]);
         if ws > 0 {
@@ -626,6 +641,8 @@ impl Subscription {
     /// Skips live events up to and including `seq` (they were replayed).
     pub fn skip_through(&mut self, seq: u64) {
         self.skip_through = seq;
+        // The replay ends there: a quiet position must not move the client back.
+        self.position_seq = self.position_seq.max(seq);
     }
 
     /// Whether the gateway keeps state, so that snapshots can be sent.
@@ -647,7 +664,28 @@ impl Subscription {
         };
         self.skip_state_through = self.skip_state_through.max(snapshot.through);
         self.hub.metrics.snapshots.inc();
-        Outgoing::Snapshot(snapshot_message(&snapshot.events, self.hub.limits.queue_bytes))
+        Outgoing::Snapshot(snapshot_message(
+            &snapshot.events,
+            self.hub.limits.queue_bytes,
+        ))
+    }
+
+    /// A resume position for a quiet connection: its tenant's newest event, when that is
+    /// newer than anything the client holds and nothing is waiting to be sent to it (so it
+    /// has been sent everything of the tenant up to there). A page that selected nothing
+    /// that happened then resumes from here within the history's age instead of getting
+    /// `resync`.
+    pub fn quiet_position(&mut self) -> Option<Position> {
+        let tenant = self.hub.tenants.get(&*self.tenant)?;
+        // Sequence before position, and both before the queue: see `Tenant`.
+        let seq = tenant.newest_seq.load(Ordering::Acquire);
+        let position = Position(tenant.newest_position.load(Ordering::Acquire));
+        drop(tenant);
+        if seq <= self.position_seq || !self.queue.is_empty() || self.snapshot_due {
+            return None;
+        }
+        self.position_seq = seq;
+        Some(position)
     }
 
     /// Sends a snapshot before the next event (the client asked for one in band).
@@ -687,11 +725,10 @@ impl Subscription {
     fn take(&mut self, item: Outgoing, seq: u64) -> Option<Outgoing> {
         match &item {
             Outgoing::Event(_) if seq <= self.skip_through => None,
-            Outgoing::Event(e) if e.state_key().is_some() && seq <= self.skip_state_through => {
-                None
-            }
+            Outgoing::Event(e) if e.state_key().is_some() && seq <= self.skip_state_through => None,
             Outgoing::Event(_) => {
                 self.delivered += 1;
+                self.position_seq = self.position_seq.max(seq);
                 Some(item)
             }
             // After a resync the state follows at once, so no page needs REST to recover.

@@ -75,7 +75,7 @@ impl Interest {
     pub fn wants(&self, event: &Event) -> bool {
         self.wants_type(&event.event_type)
             && match (&self.keys, event.state_key()) {
-                (Some(keys), Some(k)) => keys.iter().any(|s| *s == k.value),
+                (Some(keys), Some(k)) => keys.contains(&k.value),
                 _ => true,
             }
     }
@@ -90,9 +90,7 @@ impl Interest {
 
     /// The state keys selected (`None`: all).
     pub fn keys(&self) -> Option<Vec<&str>> {
-        self.keys
-            .as_ref()
-            .map(|k| k.iter().map(|k| &**k).collect())
+        self.keys.as_ref().map(|k| k.iter().map(|k| &**k).collect())
     }
 
     /// This selection with `more` state keys selected (duplicates ignored), at most `max`
@@ -118,10 +116,12 @@ impl Interest {
     /// This selection without the state keys `less`; with none left it selects no keyed
     /// event (a page that stopped watching its last job).
     pub fn unwatch<S: AsRef<str>>(&self, less: &[S]) -> Interest {
-        let keys = self
-            .keys
-            .as_ref()
-            .map(|k| k.iter().filter(|k| !less.iter().any(|l| l.as_ref() == &***k)).cloned().collect());
+        let keys = self.keys.as_ref().map(|k| {
+            k.iter()
+                .filter(|k| !less.iter().any(|l| l.as_ref() == &***k))
+                .cloned()
+                .collect()
+        });
         Interest {
             patterns: self.patterns.clone(),
             keys: keys.or(Some(Vec::new())),
@@ -328,6 +328,11 @@ impl SendQueue {
         let sizes = (q.items.len(), q.bytes);
         drop_and_wake(q, &self.wake);
         Offered::Queued(sizes.0, sizes.1)
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
     }
 
     /// The next item and its sequence number, if one is waiting.

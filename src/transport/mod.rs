@@ -284,7 +284,11 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// a 400, before any upgrade.
 fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Interest>, NotAdmitted> {
     let list = |name| {
-        query_param(query, name).map(|raw| raw.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
+        query_param(query, name).map(|raw| {
+            raw.split(',')
+                .map(|s| s.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
     };
     let max = ctx.config.delivery.max_interest_patterns;
     let (types, keys) = (list("types"), list("keys"));
@@ -294,7 +298,9 @@ fn interest_param(ctx: &Context, query: Option<&str>) -> Result<Option<Interest>
         refusal
     };
     let interest = match &types {
-        Some(patterns) => Some(Interest::new(patterns, max).map_err(|why| refuse(why, NotAdmitted::BadTypes))?),
+        Some(patterns) => {
+            Some(Interest::new(patterns, max).map_err(|why| refuse(why, NotAdmitted::BadTypes))?)
+        }
         None => None,
     };
     match keys {
@@ -630,9 +636,16 @@ mod tests {
             expires_at: u64::MAX,
             issued_at: None,
         };
-        let replayed = register(&ctx, identity("u"), Transport::Ws, Some("1".into()), None, false)
-            .unwrap()
-            .replay;
+        let replayed = register(
+            &ctx,
+            identity("u"),
+            Transport::Ws,
+            Some("1".into()),
+            None,
+            false,
+        )
+        .unwrap()
+        .replay;
         let ids: Vec<_> = replayed
             .iter()
             .map(|o| match o {
@@ -642,10 +655,24 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["2", "3"]);
-        let unknown = register(&ctx, identity("u"), Transport::Ws, Some("9".into()), None, false);
+        let unknown = register(
+            &ctx,
+            identity("u"),
+            Transport::Ws,
+            Some("9".into()),
+            None,
+            false,
+        );
         assert!(matches!(unknown.unwrap().replay[..], [Outgoing::Resync]));
         // Another user of the tenant cannot resume from u's events.
-        let foreign = register(&ctx, identity("v"), Transport::Ws, Some("1".into()), None, false);
+        let foreign = register(
+            &ctx,
+            identity("v"),
+            Transport::Ws,
+            Some("1".into()),
+            None,
+            false,
+        );
         assert!(matches!(foreign.unwrap().replay[..], [Outgoing::Resync]));
         assert_eq!(ctx.metrics.resumes.get(Resume::Replayed), 1);
         assert_eq!(ctx.metrics.resumes.get(Resume::Resync), 2);

@@ -35,7 +35,8 @@ const RESYNC: Bytes = Bytes::from_static(b"event: resync\ndata: {\"type\":\"resy
 /// Keeps idle streams (and the proxies in between) from timing out. A named event rather
 /// than a comment, because `EventSource` hides comments: a page can only notice a dead
 /// stream (a laptop that slept, a network that changed) by missing heartbeats it can see.
-const HEARTBEAT: Bytes = Bytes::from_static(b"event: heartbeat\ndata: {}\n\n");
+const HEARTBEAT_TEXT: &str = "event: heartbeat\ndata: {}\n\n";
+const HEARTBEAT: Bytes = Bytes::from_static(HEARTBEAT_TEXT.as_bytes());
 
 /// `GET /sse` through hyper: requests that the accept loop did not hand to [`serve_raw`]
 /// (a request line split across packets, a kept-alive connection's later request).
@@ -190,7 +191,9 @@ async fn start_raw(
     head_deadline: Instant,
     pending: Pending,
 ) -> Option<(SseStream, Bytes)> {
+    // Biased to the socket, as in the server's peek: a head that is there is served.
     let head = tokio::select! {
+        biased;
         head = tokio::time::timeout_at(head_deadline, raw::read_head(socket)) => head,
         // Made room for a newer socket: this one has had its share of a full cap.
         _ = pending.yielded() => Ok(Err(StatusCode::SERVICE_UNAVAILABLE)),
@@ -323,7 +326,12 @@ impl SseStream {
                 Some(item) => sse_frame(item),
                 None => return None,
             },
-            _ = self.keepalive.tick() => HEARTBEAT,
+            _ = self.keepalive.tick() => match self.subscription.quiet_position() {
+                // The browser keeps an `id:` as its resume position even though the
+                // heartbeat is no event of the page's.
+                Some(p) => Bytes::from(format!("id: {}\n{}", p.token(), HEARTBEAT_TEXT)),
+                None => HEARTBEAT,
+            },
         };
         Some(chunk)
     }

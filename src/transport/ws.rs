@@ -290,7 +290,10 @@ where
                 } else {
                     let ping = sink.send(Message::Ping(Default::default()));
                     let written = conn.lifetime.write(ping).await;
-                    written.map_err(|e| conn.write_failed(e))
+                    match written.map_err(|e| conn.write_failed(e)) {
+                        Ok(()) => send_position(sink, conn).await,
+                        failed => failed,
+                    }
                 }
             }
             // Deliveries come after the client's own messages and pings, so a steady
@@ -304,6 +307,24 @@ where
             return stop;
         }
     }
+}
+
+/// With the keep-alive, a quiet connection's resume position,
+/// `{"type":"position","position":"p:..."}`: the client keeps it as its last event id.
+async fn send_position<S>(sink: &mut S, conn: &mut WsConnection) -> Result<(), Stop>
+where
+    S: Sink<Message> + Unpin,
+    S::Error: StdError + 'static,
+{
+    let Some(position) = conn.subscription.quiet_position() else {
+        return Ok(());
+    };
+    let text = format!(r#"{{"type":"position","position":"{}"}}"#, position.token());
+    let written = conn
+        .lifetime
+        .write(sink.send(Message::Text(text.into())))
+        .await;
+    written.map_err(|e| conn.write_failed(e))
 }
 
 /// Writes `first` and whatever else is queued (up to a batch), then flushes once. A client

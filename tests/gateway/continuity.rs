@@ -2,8 +2,6 @@
 //! new instance's history and fills the gap after a lost queue, so clients resume instead
 //! of resyncing; `resync` stays for what the stream cannot cover.
 
-use serde_json::json;
-
 use super::support::*;
 
 fn event(id: &str) -> serde_json::Value {
@@ -234,8 +232,7 @@ async fn what_the_stream_cannot_cover_still_gets_resync() {
         proxy.restore();
         wait_ready_status(&gw, 200).await;
         publisher.publish(PROGRESS, &event("after")).await;
-        assert_eq!(ws.next_any().await, json!({"type": "resync"}));
-        assert_eq!(ws.next_event().await["event_id"], "after");
+        ws.expect_resync_then("after").await;
         publisher.delete_queue(&stream).await;
         publisher.cleanup().await;
         gw.shutdown().await;

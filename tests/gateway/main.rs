@@ -17,4 +17,5 @@ mod resume;
 mod revocation;
 mod security;
 mod shapes;
+mod state;
 mod support;

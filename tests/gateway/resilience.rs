@@ -87,8 +87,7 @@ async fn broker_down_at_start_then_up() {
         // Anything published before the queue existed never reached this gateway, so the
         // clients that were already connected are told.
         for c in [&mut ws, &mut sse] {
-            assert_eq!(c.next_any().await, json!({"type": "resync"}));
-            assert_eq!(c.next_event().await["event_id"], "first");
+            c.expect_resync_then("first").await;
         }
         publisher.cleanup().await;
         gw.shutdown().await;
@@ -130,8 +129,7 @@ async fn lost_queue_after_an_outage_sends_resync_then_live_events() {
             .await;
 
         for c in [&mut ws, &mut sse] {
-            assert_eq!(c.next_any().await, json!({"type": "resync"}));
-            assert_eq!(c.next_event().await["event_id"], "live");
+            c.expect_resync_then("live").await;
         }
         assert_eq!(gw.metric("gateway_resyncs_sent_total").await, 2.0);
         // Events may be missing after `before`: resuming from it is a resync, not a replay
@@ -143,7 +141,7 @@ async fn lost_queue_after_an_outage_sends_resync_then_live_events() {
             } else {
                 Client::Sse(SseClient::connect(&gw, path, auth).await.unwrap())
             };
-            assert_eq!(back.next_any().await, json!({"type": "resync"}), "{path}");
+            back.expect_resync().await;
         }
         publisher
             .publish(PROGRESS, &event("after", "t", Some("u")))

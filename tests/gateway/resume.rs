@@ -287,11 +287,7 @@ async fn unknown_or_evicted_ids_get_resync_then_live_events() {
         for how in HOWS {
             for last in ["never-published", "h0", "h1"] {
                 let mut c = resume(&gw, how, last).await;
-                assert_eq!(
-                    c.next_any().await,
-                    json!({"type": "resync"}),
-                    "{how} {last}"
-                );
+                c.expect_resync().await;
             }
             // h2 is still held (h2, h3, h4 are the last three).
             let mut c = resume(&gw, how, "h2").await;
@@ -299,7 +295,7 @@ async fn unknown_or_evicted_ids_get_resync_then_live_events() {
             assert_eq!(c.next_event().await["event_id"], "h4", "{how}");
         }
         let mut c = resume(&gw, "ws", "h0").await;
-        assert_eq!(c.next_any().await, json!({"type": "resync"}));
+        c.expect_resync().await;
         publisher
             .publish(PROGRESS, &event("after-resync", "t", Some("u")))
             .await;
@@ -330,7 +326,7 @@ async fn history_evicts_by_bytes_and_age() {
         assert_eq!(sync.ids_until("b5").await.len(), 6);
         assert!(gw.metric("gateway_history_bytes").await <= 4096.0);
         let mut c = resume(&gw, "ws", "b0").await;
-        assert_eq!(c.next_any().await, json!({"type": "resync"}));
+        c.expect_resync().await;
         let mut c = resume(&gw, "ws", "b4").await;
         assert_eq!(c.next_event().await["event_id"], "b5");
         publisher.cleanup().await;
@@ -349,7 +345,7 @@ async fn history_evicts_by_bytes_and_age() {
         assert_eq!(sync.next_event().await["event_id"], "old");
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
         let mut c = resume(&gw, "sse-header", "old").await;
-        assert_eq!(c.next_any().await, json!({"type": "resync"}));
+        c.expect_resync().await;
         publisher.cleanup().await;
         gw.shutdown().await;
     })

@@ -650,7 +650,7 @@ async fn client_input_with_newlines_cannot_forge_text_log_lines() {
 
         // Each reached the log, escaped, on the line of the event that carried it.
         for (what, suffix) in [
-            ("refused: bad types= selection", "forged-types"),
+            ("refused: bad selection", "forged-types"),
             ("bad selection", "forged-frame"),
             ("connection ended", "forged-sub"),
         ] {

@@ -620,6 +620,29 @@ pub enum Client {
 }
 
 impl Client {
+    /// `resync` with its snapshot, then event `id` exactly once: in the snapshot (the
+    /// connection took the resync after `id` became its job's state) or live after it.
+    pub async fn expect_resync_then(&mut self, id: &str) {
+        let state = self.expect_resync().await;
+        if !state.iter().any(|s| s == id) {
+            assert_eq!(self.next_event().await["event_id"], id, "after {state:?}");
+        }
+    }
+
+    /// The next message is `resync`, and the snapshot of the latest state that always
+    /// follows it (the test gateways keep state), whose event ids it returns.
+    pub async fn expect_resync(&mut self) -> Vec<String> {
+        assert_eq!(self.next_any().await, json!({"type": "resync"}));
+        let snapshot = self.next_any().await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        snapshot["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Connects; `Err` carries the HTTP status of a refusal.
     pub async fn connect(gw: &Gateway, t: Transport, auth: Auth) -> Result<Client, u16> {
         match t {
@@ -875,6 +898,33 @@ impl SseClient {
 
     pub async fn next_event(&mut self) -> SseEvent {
         self.try_next_event().await.expect("SSE stream ended")
+    }
+
+    /// The `id:` of the next heartbeat that carries one (a quiet stream's resume
+    /// position); events before it are returned too, so nothing is lost unseen.
+    pub async fn next_position(&mut self) -> (String, Vec<String>) {
+        let mut events = Vec::new();
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+                };
+                match (field("event:").as_deref(), field("id:")) {
+                    (Some("heartbeat"), Some(id)) => return (id, events),
+                    (None, Some(id)) => events.push(id),
+                    _ => {}
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("no SSE data within the deadline")
+                .expect("SSE stream ended")
+                .expect("SSE stream failed");
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
     }
 }
 
