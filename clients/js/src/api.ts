@@ -144,6 +144,11 @@ export interface RealtimeClientOptions extends NumericOptions {
   onResync?: () => void;
   onStateChange?: (state: ConnectionState) => void;
   onError?: (error: RealtimeError) => void;
+  /**
+   * Log what the client does and why (attempts, drops, liveness checks, state changes):
+   * `true` for `console.debug`, or a function of your own. Never logs a token.
+   */
+  debug?: boolean | ((message: string, detail?: object) => void);
   /** Resume from this event id on the first connection (e.g. kept in sessionStorage). */
   lastEventId?: string | null;
   WebSocketImpl?: WebSocketConstructor;

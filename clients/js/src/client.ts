@@ -45,6 +45,7 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 // WebSocket close codes the gateway sends that need more than "reconnect".
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
+const CLOSE_TOKEN_EXPIRED = 4001;
 const CLOSE_REVOKED = 4003;
 
 /** One connection attempt. Callbacks from a conn that is neither `client.conn` nor the trial are ignored. */
@@ -55,6 +56,8 @@ interface Conn {
   /** Anything received since the last ping we sent. */
   heard: boolean;
   lastHeardAt: number;
+  /** Messages received so far: a liveness check compares it before and after its ping. */
+  heardCount: number;
   /**
    * The event types the gateway holds for this connection as far as we know (null: its
    * default, everything): the `types=` it was opened with, then what we asked in band,
@@ -80,8 +83,8 @@ class Client implements RealtimeClient {
   #token: string | null = null;
   /** Sent in a refresh, not yet confirmed. */
   #pendingToken: string | null = null;
-  /** Fetched by an SSE refresh for the reconnect it schedules. */
-  #nextToken: string | null | undefined = undefined;
+  /** The token of `successor`, which becomes `#token` when it takes over. */
+  #successorToken: string | null = null;
 
   private readonly base: URL;
   private readonly cfg: Settings;
@@ -105,7 +108,11 @@ class Client implements RealtimeClient {
   private lastId: string | null;
 
   private conn: Conn | null = null;
-  /** A WebSocket tried in the background while SSE serves; adopted if it opens. */
+  /**
+   * A connection opened beside the serving one, which it replaces once it opens
+   * (make-before-break): a WebSocket tried again while SSE serves, or an SSE stream with a
+   * fresh token or a wider selection.
+   */
   private trial: Conn | null = null;
   /** Bumped by every attempt, `reconnect()` and `close()`; async work from an older generation is dropped. */
   private gen = 0;
@@ -124,6 +131,7 @@ class Client implements RealtimeClient {
   private healthyTimer: Timer | undefined;
   private refreshTimer: Timer | undefined;
   private livenessTimer: ReturnType<typeof setInterval> | undefined;
+  private checkTimer: Timer | undefined;
   private wsRetryTimer: Timer | undefined;
   private trialTimer: Timer | undefined;
   private selectionTimer: Timer | undefined;
@@ -153,6 +161,9 @@ class Client implements RealtimeClient {
             resumeAfterHiddenMs: this.cfg.resumeAfterHiddenMs,
             waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
             wake: () => this.wake(),
+            check: () => {
+              if (this.conn?.opened) this.checkLiveness(this.conn);
+            },
           });
     if (opts.autoConnect !== false) void this.connect();
   }
@@ -239,6 +250,7 @@ class Client implements RealtimeClient {
     this.wsFailures = 0;
     this.wsBlocked = 0;
     this.fellBack = false;
+    this.#token = null; // after a new sign-in, say: ask the token source again
     this.setState('connecting');
     void this.connect();
   }
@@ -262,7 +274,6 @@ class Client implements RealtimeClient {
     clearTimeout(this.retryTimer);
     clearTimeout(this.wsRetryTimer);
     this.retryTimer = this.wsRetryTimer = undefined;
-    this.#nextToken = undefined;
     this.dropTrial();
     this.dropConn();
   }
@@ -285,12 +296,8 @@ class Client implements RealtimeClient {
   /** One attempt: get a token, pick the transport, open it. */
   private async connect(): Promise<void> {
     const gen = ++this.gen;
-    let token: string | null;
-    const prefetched = this.#nextToken;
-    this.#nextToken = undefined;
-    if (prefetched !== undefined) {
-      token = prefetched;
-    } else {
+    let token = this.reusableToken();
+    if (token === null) {
       try {
         token = checkToken(
           await withDeadline(this.#getToken(), this.cfg.connectTimeoutMs, 'getToken()'),
@@ -336,6 +343,24 @@ class Client implements RealtimeClient {
     }, this.cfg.connectTimeoutMs);
   }
 
+  /**
+   * The token of the last attempt, while it is still far from its refresh time: a
+   * reconnect after a drop (a deploy, a network change) need not ask the token source
+   * again. Null for cookie auth, for a token without `exp`, and once the gateway refused
+   * or expired it (those paths clear `#token`).
+   */
+  private reusableToken(): string | null {
+    const token = this.#token;
+    if (token === null) return null;
+    const due = refreshDelay(decodeTokenTimes(token), this.now(), this.cfg.refreshBeforeExpiryMs);
+    if (due === null || due <= MIN_REFRESH_DELAY_MS) return null;
+    try {
+      return checkToken(token, this.tokenInProtocol());
+    } catch {
+      return null; // fetched for another transport (a `/` does not fit Sec-WebSocket-Protocol)
+    }
+  }
+
   private tokenFailed(cause: unknown): void {
     const status = cause instanceof TokenError ? cause.status : undefined;
     this.emitError({
@@ -364,14 +389,19 @@ class Client implements RealtimeClient {
     }
   }
 
-  private endpoint(kind: TransportKind, queryToken: string | null, selection: readonly string[] | null): string {
+  private endpoint(
+    kind: TransportKind,
+    queryToken: string | null,
+    selection: readonly string[] | null,
+    resume = true,
+  ): string {
     const u = new URL(this.base.href);
     const secure = isSecure(u);
     u.protocol = kind === 'websocket' ? (secure ? 'wss:' : 'ws:') : secure ? 'https:' : 'http:';
     u.pathname = u.pathname.replace(/\/+$/, '') + (kind === 'websocket' ? '/ws' : '/sse');
     // URLSearchParams percent-encodes, so any token/id survives the query string.
     if (queryToken !== null) u.searchParams.set('access_token', queryToken);
-    if (this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
+    if (resume && this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
     if (selection !== null) u.searchParams.set('types', selection.join(','));
     return u.href;
   }
@@ -383,6 +413,7 @@ class Client implements RealtimeClient {
       healthy: false,
       heard: true,
       lastHeardAt: this.now(),
+      heardCount: 0,
       selection,
       pendingSelections: 0,
       selectionFrozen: false,
@@ -432,9 +463,9 @@ class Client implements RealtimeClient {
     return conn;
   }
 
-  private openEventSource(token: string | null): Conn {
+  private openEventSource(token: string | null, resume = true): Conn {
     const selection = this.interests.selection;
-    const url = this.endpoint('sse', token, selection);
+    const url = this.endpoint('sse', token, selection, resume);
     // Cookie mode: a cross-origin EventSource only sends cookies with withCredentials.
     // Token mode sends none, so the gateway may answer any origin with `*`.
     const es = token === null ? new this.ES!(url, { withCredentials: true }) : new this.ES!(url);
@@ -501,8 +532,9 @@ class Client implements RealtimeClient {
    * A connection can look open long after it died (a laptop slept, the network changed).
    * WebSocket: ping every `pingIntervalMs`; nothing at all heard since the previous ping
    * means dead. SSE: the gateway sends a heartbeat event every few seconds; nothing heard
-   * for `sseHeartbeatTimeoutMs` means dead. Either way, a timer that fires far later than
-   * asked means the machine slept: reconnect at once rather than trust the socket.
+   * for `sseHeartbeatTimeoutMs` means dead. A tick that fires far later than asked proves
+   * nothing by itself: Chrome runs the timers of a hidden tab about once a minute while
+   * its sockets carry on. So a late tick asks (`checkLiveness`) instead of judging.
    */
   private startLiveness(conn: Conn): void {
     const ws = conn.kind === 'websocket';
@@ -512,10 +544,10 @@ class Client implements RealtimeClient {
     this.livenessTimer = setInterval(() => {
       if (this.conn !== conn) return;
       const now = this.now();
-      const slept = now - lastTick > 2 * every + 5_000;
+      const late = now - lastTick > 2 * every + 5_000;
       lastTick = now;
-      if (slept) {
-        this.wake();
+      if (late) {
+        this.checkLiveness(conn);
         return;
       }
       const dead = ws ? !conn.heard : now - conn.lastHeardAt >= this.cfg.sseHeartbeatTimeoutMs;
@@ -530,6 +562,26 @@ class Client implements RealtimeClient {
     }, every);
   }
 
+  /**
+   * Is this connection alive? WebSocket: a ping that must be answered (by anything)
+   * within `pongTimeoutMs`. SSE has no channel back: the gateway's next heartbeat must
+   * arrive within half of `sseHeartbeatTimeoutMs`. Used when a timer ran late and when a
+   * tab comes back, instead of reconnecting on suspicion.
+   */
+  private checkLiveness(conn: Conn): void {
+    if (this.checkTimer !== undefined || this.conn !== conn || !conn.opened) return;
+    const ws = conn.kind === 'websocket';
+    const grace = ws ? this.cfg.pongTimeoutMs : this.cfg.sseHeartbeatTimeoutMs / 2;
+    if (grace <= 0) return;
+    const before = conn.heardCount;
+    if (ws) this.trySend(conn, { type: 'ping' });
+    this.debug('liveness check', { transport: conn.kind });
+    this.checkTimer = setTimeout(() => {
+      this.checkTimer = undefined;
+      if (this.conn === conn && conn.heardCount === before) this.handleDrop(conn);
+    }, grace);
+  }
+
   /** Backoff resets only once a connection proved useful (an event, or time open), so accept-then-drop loops still back off. */
   private markHealthy(conn: Conn): void {
     if (conn.healthy || this.conn !== conn) return;
@@ -540,6 +592,7 @@ class Client implements RealtimeClient {
 
   private noteHeard(conn: Conn): void {
     conn.heard = true;
+    conn.heardCount++;
     conn.lastHeardAt = this.now();
   }
 
@@ -591,7 +644,10 @@ class Client implements RealtimeClient {
         // SSE: the gateway is about to end the stream (shutdown, token_expired, revoked).
         const reason = typeof msg.reason === 'string' ? msg.reason : undefined;
         if (reason === 'revoked') this.revoke(reason);
-        else this.handleDrop(conn);
+        else {
+          if (reason === 'token_expired') this.#token = null;
+          this.handleDrop(conn);
+        }
         break;
       }
       default: // pong, heartbeat and anything newer: liveness was already noted
@@ -632,6 +688,7 @@ class Client implements RealtimeClient {
       this.halt();
       return;
     }
+    if (closeCode === CLOSE_TOKEN_EXPIRED) this.#token = null;
     if (closeCode === CLOSE_TOO_BIG) {
       this.emitError({ code: 'message_too_big', message: 'gateway closed the connection: message too big', closeCode });
     }
@@ -689,6 +746,7 @@ class Client implements RealtimeClient {
         this.revoke(r.reason);
         return;
       }
+      this.#token = null; // the next attempt asks the token source again
       this.emitError({ code: 'unauthorized', message: `gateway refused the token: ${r.reason || 'unauthorized'}`, ...detail });
       this.scheduleReconnect({ state: 'unauthorized' }); // the next attempt calls getToken() again
       return;
@@ -749,7 +807,31 @@ class Client implements RealtimeClient {
       this.scheduleWsRetry();
       return;
     }
+    this.setTrial(trial, this.#token);
+  }
+
+  /**
+   * Make-before-break for SSE: a stream with a fresh token or a wider selection opens
+   * beside the serving one, which carries on until the new one is open. It needs no
+   * `last_event_id`: the old stream delivers everything until the new one is registered
+   * (dedupe drops the overlap), so a quiet page is never told to `resync` because its
+   * last event left the gateway's history. If it fails, the old stream carries on.
+   */
+  private openSuccessor(kind: TransportKind, token: string | null): void {
+    this.dropTrial();
+    let next: Conn;
+    try {
+      next = kind === 'websocket' ? this.openWebSocket(token) : this.openEventSource(token, false);
+    } catch {
+      return; // the serving stream carries on; its own end reconnects
+    }
+    this.debug('opening a successor beside the serving connection', { transport: kind });
+    this.setTrial(next, token);
+  }
+
+  private setTrial(trial: Conn, token: string | null): void {
     this.trial = trial;
+    this.#successorToken = token;
     this.trialTimer = setTimeout(() => this.trialFailed(), this.cfg.connectTimeoutMs);
   }
 
@@ -761,14 +843,17 @@ class Client implements RealtimeClient {
     this.gen++; // an attempt in flight (awaiting getToken) must not replace the adopted socket
     this.dropConn();
     this.conn = trial;
-    this.fellBack = false;
-    this._transport = 'websocket';
+    if (trial.kind === 'websocket') this.fellBack = false;
+    this._transport = trial.kind;
+    this.#token = this.#successorToken;
+    this.#successorToken = null;
     this.handleOpen(trial);
   }
 
   private trialFailed(): void {
+    const wsTrial = this.trial?.kind === 'websocket';
     this.dropTrial();
-    if (!this.disposed && !this.halted && this.fellBack) this.scheduleWsRetry();
+    if (wsTrial && !this.disposed && !this.halted && this.fellBack) this.scheduleWsRetry();
   }
 
   private dropTrial(): void {
@@ -798,7 +883,8 @@ class Client implements RealtimeClient {
     clearTimeout(this.healthyTimer);
     clearTimeout(this.refreshTimer);
     clearInterval(this.livenessTimer);
-    this.connectTimer = this.healthyTimer = this.refreshTimer = this.livenessTimer = undefined;
+    clearTimeout(this.checkTimer);
+    this.connectTimer = this.healthyTimer = this.refreshTimer = this.livenessTimer = this.checkTimer = undefined;
     this.#pendingToken = null;
     const conn = this.conn;
     this.conn = null;
@@ -952,11 +1038,9 @@ class Client implements RealtimeClient {
       return;
     }
     // SSE has no in-band channel (and a WebSocket can't switch to cookie auth in band):
-    // reconnect with the new credentials, resuming from lastEventId. Through the backoff,
-    // so a token that keeps needing refreshes cannot make the stream reopen in a loop.
-    this.dropConn();
-    this.#nextToken = token;
-    this.scheduleReconnect();
+    // a new stream with the new credentials opens beside the old one, which serves until
+    // the new one is open.
+    this.openSuccessor(conn.kind, token);
   }
 
   private handleRefreshed(exp: number): void {
@@ -981,6 +1065,13 @@ class Client implements RealtimeClient {
     if (this._state === state) return;
     this._state = state;
     for (const cb of [...this.states]) safeCall(cb, state);
+  }
+
+  private debug(message: string, detail?: object): void {
+    const sink = this.#opts.debug;
+    if (!sink) return;
+    if (typeof sink === 'function') sink(message, detail);
+    else console.debug(`[realtime] ${message}`, detail ?? '');
   }
 
   private emitError(error: RealtimeError): void {

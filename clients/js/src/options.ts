@@ -16,6 +16,7 @@ export interface Settings {
   pingIntervalMs: number;
   /** 0 = off. */
   sseHeartbeatTimeoutMs: number;
+  pongTimeoutMs: number;
   wsRetryIntervalMs: number;
   resumeAfterHiddenMs: number;
   fallbackAfter: number;
@@ -33,6 +34,8 @@ export interface NumericOptions {
   refreshBeforeExpiryMs?: number;
   pingIntervalMs?: number;
   sseHeartbeatTimeoutMs?: number;
+  /** How long a liveness check waits for an answer to its ping (default 10 000). */
+  pongTimeoutMs?: number;
   wsRetryIntervalMs?: number;
   resumeAfterHiddenMs?: number;
   fallbackAfter?: number;
@@ -60,6 +63,7 @@ export function resolveSettings(o: NumericOptions): Settings {
     refreshBeforeExpiryMs: nonNegative('refreshBeforeExpiryMs', o.refreshBeforeExpiryMs, 60_000),
     pingIntervalMs: nonNegative('pingIntervalMs', o.pingIntervalMs, DEFAULT_PING_INTERVAL_MS),
     sseHeartbeatTimeoutMs: nonNegative('sseHeartbeatTimeoutMs', o.sseHeartbeatTimeoutMs, DEFAULT_SSE_HEARTBEAT_TIMEOUT_MS),
+    pongTimeoutMs: positive('pongTimeoutMs', o.pongTimeoutMs, 10_000),
     wsRetryIntervalMs: positive('wsRetryIntervalMs', o.wsRetryIntervalMs, DEFAULT_WS_RETRY_INTERVAL_MS),
     resumeAfterHiddenMs: nonNegative('resumeAfterHiddenMs', o.resumeAfterHiddenMs, 60_000),
     fallbackAfter: count('fallbackAfter', o.fallbackAfter, 2),

@@ -1,0 +1,167 @@
+// The client in real tabs (issue 26): background tabs whose timers Chrome throttles, pages
+// that stay signed out, errors that clear, selection changes without a gap. Each `describe`
+// names the finding it reproduces; every test here failed on the client before its fix.
+import { describe, expect, it, vi } from 'vitest';
+import { envelope, FakeEventSource, FakeWebSocket, flush, jwt } from './fakes.js';
+import { advance, make, T0 } from './harness.js';
+
+const nowSecs = T0 / 1000;
+
+/** A page whose visibility and focus the test drives. */
+export function page() {
+  const win = new EventTarget();
+  const doc = Object.assign(new EventTarget(), { visibilityState: 'visible' });
+  const setVisible = (visible: boolean) => {
+    doc.visibilityState = visible ? 'visible' : 'hidden';
+    doc.dispatchEvent(new Event('visibilitychange'));
+  };
+  return { lifecycle: { window: win, document: doc }, win, setVisible };
+}
+
+/** A gateway that answers every ping at once, as a healthy one does. */
+class AnsweringWebSocket extends FakeWebSocket {
+  override send(data: string): void {
+    super.send(data);
+    if ((JSON.parse(data) as { type?: string }).type === 'ping') this.receive({ type: 'pong' });
+  }
+}
+
+describe('issue 26 #1: a healthy connection in a hidden tab stays up', () => {
+  it('a late liveness tick sends a ping and keeps a socket that answers', async () => {
+    const { getToken } = make({ pingIntervalMs: 20_000, WebSocketImpl: AnsweringWebSocket });
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    // Ten minutes hidden. Chrome runs the 20 s ping interval about once a minute: each
+    // tick sees a minute pass on the wall clock since the one before.
+    for (let i = 0; i < 10; i++) {
+      vi.setSystemTime(Date.now() + 40_000); // plus the 20 s the fake timers move: 60 s between ticks
+      await advance(20_000);
+    }
+    expect(ws.sent.length).toBeGreaterThanOrEqual(10);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(ws.closedByClient).toBeUndefined();
+    expect(getToken).toHaveBeenCalledTimes(1);
+  });
+
+  it('a late tick with no answer to its ping drops the socket and reconnects', async () => {
+    const clock = { t: T0 };
+    make({ pingIntervalMs: 20_000, pongTimeoutMs: 5_000, now: () => clock.t });
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    clock.t += 3_600_000; // an hour asleep
+    await advance(20_000);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(ws.sent).toContainEqual({ type: 'ping' });
+    await advance(5_000);
+    expect(ws.closedByClient).toBe(1000);
+    await advance(1_000);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+  });
+
+  it('SSE: a late tick waits for the next heartbeat before judging the stream', async () => {
+    const clock = { t: T0 };
+    make({ transport: 'sse', sseHeartbeatTimeoutMs: 37_500, now: () => clock.t });
+    await flush();
+    const es = FakeEventSource.last();
+    es.open();
+    clock.t += 600_000;
+    await advance(18_750); // the watchdog tick, ten minutes late: no heartbeat heard for ten minutes
+    es.emit('heartbeat', {}); // the stream is alive: its heartbeat arrives
+    await advance(20_000);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(es.closed).toBe(false);
+  });
+
+  it('shown again after a long hide: a ping, not a reconnect', async () => {
+    const p = page();
+    const { client, getToken } = make({ lifecycle: p.lifecycle, pingIntervalMs: 0 });
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    p.setVisible(false);
+    await advance(600_000);
+    p.setVisible(true);
+    await flush();
+    expect(ws.sent).toEqual([{ type: 'ping' }]);
+    ws.receive({ type: 'pong' });
+    await advance(15_000);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(client.state).toBe('open');
+    expect(getToken).toHaveBeenCalledTimes(1);
+  });
+
+  it('shown again with a dead socket: the unanswered ping drops it', async () => {
+    const p = page();
+    make({ lifecycle: p.lifecycle, pingIntervalMs: 0, pongTimeoutMs: 10_000 });
+    await flush();
+    FakeWebSocket.last().open();
+    p.setVisible(false);
+    await advance(120_000);
+    p.setVisible(true);
+    await advance(10_000);
+    await advance(1_000);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+  });
+});
+
+describe('issue 26 #1: a token is reused until near its expiry', () => {
+  it('a reconnect after a drop reuses the token; after 4001 it fetches a new one', async () => {
+    const token = jwt({ iat: nowSecs, exp: nowSecs + 3600 });
+    const getToken = vi.fn(async () => token);
+    make({ getToken });
+    await flush();
+    FakeWebSocket.last().open();
+    FakeWebSocket.last().serverClose(1001, 'server shutting down');
+    await advance(1_000);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    expect(FakeWebSocket.last().bearer).toBe(token);
+    expect(getToken).toHaveBeenCalledTimes(1);
+    FakeWebSocket.last().open();
+    FakeWebSocket.last().serverClose(4001, 'token expired');
+    await advance(1_000);
+    expect(getToken).toHaveBeenCalledTimes(2);
+  });
+
+  it('a token close to its refresh time is fetched again', async () => {
+    const first = jwt({ iat: nowSecs, exp: nowSecs + 600 });
+    const getToken = vi.fn(async () => first);
+    make({ getToken, healthyAfterMs: 1_000 });
+    await flush();
+    FakeWebSocket.last().open();
+    await advance(476_000); // 80 % of the lifetime is at 480 s: the refresh is 4 s away
+    FakeWebSocket.last().serverClose(1006);
+    await advance(1_000);
+    expect(getToken).toHaveBeenCalledTimes(2);
+  });
+});
+
+describe('issue 26 #1 and #7: SSE refreshes without dropping the stream', () => {
+  it('a refresh opens the new stream beside the old, which closes only once the new one is open', async () => {
+    const first = jwt({ iat: nowSecs, exp: nowSecs + 600 });
+    const second = jwt({ iat: nowSecs + 480, exp: nowSecs + 1080 });
+    const getToken = vi.fn<() => Promise<string>>().mockResolvedValueOnce(first).mockResolvedValue(second);
+    const { client, events, states } = make({ transport: "sse", getToken });
+    await flush();
+    const es = FakeEventSource.last();
+    es.open();
+    es.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 5 }, 'p1'));
+    await advance(480_000);
+    expect(FakeEventSource.instances).toHaveLength(2);
+    const es2 = FakeEventSource.last();
+    expect(es.closed).toBe(false);
+    expect(es2.query.get('access_token')).toBe(second);
+    // The old stream still serves: the new one needs no resume (and so no resync risk).
+    expect(es2.query.get('last_event_id')).toBeNull();
+    es.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 6 }, 'p2'));
+    es2.open();
+    expect(es.closed).toBe(true);
+    es2.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 6 }, 'p2'));
+    es2.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 7 }, 'p3'));
+    expect(events.map((e) => e.event_id)).toEqual(['p1', 'p2', 'p3']);
+    expect(states).toEqual(['open']);
+    expect(client.state).toBe('open');
+    expect(getToken).toHaveBeenCalledTimes(2);
+  });
+});
