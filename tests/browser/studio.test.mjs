@@ -151,9 +151,11 @@ test('signed out: the 401 shows on the page, no token is sent, and signing in re
   assert.deepEqual(seen.sockets, []);
   assert.ok(!seen.requests.some((u) => u.startsWith(gw.url)), 'nothing sent to the gateway');
 
-  // Signing in (in this tab, without a reload) is picked up by the next retry.
+  // Signing in (in this tab, without a reload, as another tab would) is picked up when
+  // the page next gets focus: after a few 401s the client stops polling and waits for it.
   await page.evaluate(async () => {
     await fetch('/signin?tenant=tenant-a&user=user-1', { redirect: 'manual' });
+    window.dispatchEvent(new Event('focus'));
   });
   await waitOpen(page, 60000);
   assert.equal(await testId(page, 'error').count(), 0);

@@ -13,6 +13,8 @@ export type ConnectionState =
   | 'unauthorized'
   /** The gateway revoked this session (close 4003 / SSE close `revoked`). Final until `reconnect()`. */
   | 'revoked'
+  /** `disconnect()` (or the provider's `enabled={false}`): listeners kept, nothing connects until `reconnect()`. */
+  | 'disconnected'
   | 'closed';
 export type TransportKind = 'websocket' | 'sse';
 export type Unsubscribe = () => void;
@@ -198,6 +200,11 @@ export interface RealtimeClient {
   onError(cb: (error: RealtimeError) => void): Unsubscribe;
   /** Drop the current connection (if any) and connect again now with a fresh backoff, e.g. after `identity_mismatch`, `revoked` and a new sign-in. No-op after `close()`. */
   reconnect(): void;
+  /**
+   * Stop connecting, keeping listeners and selections (state `disconnected`), e.g. when
+   * the user signs out; `reconnect()` starts again.
+   */
+  disconnect(): void;
   /** Stop for good: closes the connection, cancels every timer, drops all listeners. */
   close(): void;
 }

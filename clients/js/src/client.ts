@@ -118,6 +118,10 @@ class Client implements RealtimeClient {
   private gen = 0;
   private disposed = false; // close() was called
   private halted = false; // stopped by the gateway or a config error; reconnect() resumes
+  /** Not started yet (`autoConnect: false`) or `disconnect()`ed: nothing connects until `reconnect()`. */
+  private stopped: boolean;
+  /** Attempts in a row refused as signed out (a 401/403 token endpoint, a gateway 401). */
+  private signedOutAttempts = 0;
   private attempt = 0; // reconnects since the last healthy connection, drives backoff
   private wsFailures = 0; // WebSocket attempts in a row that failed and could not be explained
   private wsBlocked = 0; // WebSocket attempts in a row that failed while the gateway would admit us
@@ -150,6 +154,7 @@ class Client implements RealtimeClient {
     this.seen = new RecentIds(this.cfg.dedupeWindow);
     this.interests = new Interests(this.cfg.maxSelectedTypes);
     this.lastId = opts.lastEventId ?? null;
+    this.stopped = opts.autoConnect === false;
     if (opts.onResync) this.resyncs.add(opts.onResync);
     if (opts.onStateChange) this.states.add(opts.onStateChange);
     if (opts.onError) this.errors.add(opts.onError);
@@ -246,6 +251,8 @@ class Client implements RealtimeClient {
     if (this.disposed) return;
     this.stopAll();
     this.halted = false;
+    this.stopped = false;
+    this.signedOutAttempts = 0;
     this.attempt = 0;
     this.wsFailures = 0;
     this.wsBlocked = 0;
@@ -253,6 +260,13 @@ class Client implements RealtimeClient {
     this.#token = null; // after a new sign-in, say: ask the token source again
     this.setState('connecting');
     void this.connect();
+  }
+
+  disconnect(): void {
+    if (this.disposed) return;
+    this.stopAll();
+    this.stopped = true;
+    this.setState('disconnected');
   }
 
   close(): void {
@@ -286,7 +300,7 @@ class Client implements RealtimeClient {
 
   /** Online again, or back from a long sleep: whatever we hold may be dead; connect now and resume. */
   private wake(): void {
-    if (this.disposed || this.halted) return;
+    if (this.disposed || this.halted || this.stopped) return;
     this.stopAll();
     this.attempt = 0;
     this.setState('reconnecting');
@@ -362,14 +376,14 @@ class Client implements RealtimeClient {
   }
 
   private tokenFailed(cause: unknown): void {
-    const status = cause instanceof TokenError ? cause.status : undefined;
+    const status = errorStatus(cause);
     this.emitError({
       code: 'token_error',
       message: cause instanceof Error ? cause.message : 'getToken() failed',
       ...(status !== undefined ? { status } : {}),
       cause,
     });
-    this.scheduleReconnect({ state: 'unauthorized' });
+    this.scheduleReconnect({ state: 'unauthorized', signedOut: status === 401 || status === 403 });
   }
 
   private tokenInProtocol(): boolean {
@@ -509,6 +523,7 @@ class Client implements RealtimeClient {
 
   private handleOpen(conn: Conn): void {
     conn.opened = true;
+    this.signedOutAttempts = 0;
     conn.lastHeardAt = this.now();
     clearTimeout(this.connectTimer);
     if (conn.kind === 'websocket') {
@@ -748,7 +763,7 @@ class Client implements RealtimeClient {
       }
       this.#token = null; // the next attempt asks the token source again
       this.emitError({ code: 'unauthorized', message: `gateway refused the token: ${r.reason || 'unauthorized'}`, ...detail });
-      this.scheduleReconnect({ state: 'unauthorized' }); // the next attempt calls getToken() again
+      this.scheduleReconnect({ state: 'unauthorized', signedOut: true }); // the next attempt calls getToken() again
       return;
     }
     this.emitError({
@@ -864,13 +879,23 @@ class Client implements RealtimeClient {
     trial?.close();
   }
 
-  private scheduleReconnect(how: { state?: 'reconnecting' | 'unauthorized'; notBeforeMs?: number } = {}): void {
-    if (this.disposed || this.halted) return;
+  private scheduleReconnect(
+    how: { state?: 'reconnecting' | 'unauthorized'; notBeforeMs?: number; signedOut?: boolean } = {},
+  ): void {
+    if (this.disposed || this.halted || this.stopped) return;
     this.setState(how.state ?? 'reconnecting');
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    // Signed out: a timer cannot sign the user in. After a few tries, wait for something
+    // that can have changed it (focus, the tab shown again, online) or for reconnect().
+    this.signedOutAttempts = how.signedOut ? this.signedOutAttempts + 1 : 0;
+    if (this.signedOutAttempts > this.cfg.signedOutRetries) {
+      this.debug('signed out: waiting for focus, visibility, online or reconnect()');
+      return;
+    }
     const ceiling = Math.min(this.cfg.backoffMaxMs, this.cfg.backoffInitialMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
     const delay = Math.max(how.notBeforeMs ?? 0, this.random() * ceiling);
-    clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.connect();
@@ -1100,6 +1125,12 @@ function tokenSource(opts: RealtimeClientOptions, fetchImpl: typeof fetch | unde
     };
   }
   return () => Promise.resolve(null);
+}
+
+/** The HTTP status a token source failed with: a `TokenError`'s, or any error's numeric `status`. */
+function errorStatus(cause: unknown): number | undefined {
+  const status = isRecord(cause) || cause instanceof Error ? (cause as { status?: unknown }).status : undefined;
+  return typeof status === 'number' ? status : undefined;
 }
 
 function subscribe<T>(set: Set<T>, cb: T): Unsubscribe {

@@ -20,6 +20,8 @@ export interface Settings {
   wsRetryIntervalMs: number;
   resumeAfterHiddenMs: number;
   fallbackAfter: number;
+  /** Timed retries after a signed-out refusal before waiting for focus or `reconnect()`. */
+  signedOutRetries: number;
   dedupeWindow: number;
   /** 0 = on the next tick. */
   selectionDebounceMs: number;
@@ -39,6 +41,8 @@ export interface NumericOptions {
   wsRetryIntervalMs?: number;
   resumeAfterHiddenMs?: number;
   fallbackAfter?: number;
+  /** Timed retries after a 401/403 (signed out) before the client waits for focus, visibility, online or `reconnect()` (default 2). */
+  signedOutRetries?: number;
   dedupeWindow?: number;
   /** How long the client gathers selection changes before telling the gateway (default 50). */
   selectionDebounceMs?: number;
@@ -67,6 +71,7 @@ export function resolveSettings(o: NumericOptions): Settings {
     wsRetryIntervalMs: positive('wsRetryIntervalMs', o.wsRetryIntervalMs, DEFAULT_WS_RETRY_INTERVAL_MS),
     resumeAfterHiddenMs: nonNegative('resumeAfterHiddenMs', o.resumeAfterHiddenMs, 60_000),
     fallbackAfter: count('fallbackAfter', o.fallbackAfter, 2),
+    signedOutRetries: nonNegative('signedOutRetries', o.signedOutRetries, 2),
     dedupeWindow: count('dedupeWindow', o.dedupeWindow, 1_000),
     selectionDebounceMs: nonNegative('selectionDebounceMs', o.selectionDebounceMs, DEFAULT_SELECTION_DEBOUNCE_MS),
     maxSelectedTypes: count('maxSelectedTypes', o.maxSelectedTypes, DEFAULT_MAX_SELECTED_TYPES),

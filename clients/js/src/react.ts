@@ -47,10 +47,15 @@ export interface RealtimeProviderProps {
    * rendering: `useRealtimeError()` reports them (code `invalid_options`).
    */
   options?: RealtimeClientOptions;
+  /**
+   * false: the provider's client connects nothing (state `disconnected`), e.g. while the
+   * user is signed out; hooks stay mounted and resume when it turns true. Default true.
+   */
+  enabled?: boolean;
   children?: ReactNode;
 }
 
-export function RealtimeProvider({ client, options, children }: RealtimeProviderProps): ReactElement {
+export function RealtimeProvider({ client, options, enabled = true, children }: RealtimeProviderProps): ReactElement {
   const latest = useRef(options);
   useEffect(() => {
     latest.current = options;
@@ -107,8 +112,9 @@ export function RealtimeProvider({ client, options, children }: RealtimeProvider
   // connection then carries them, instead of racing the first render and, over SSE,
   // opening a stream of everything that no later selection replaces.
   useEffect(() => {
-    owned?.reconnect();
-  }, [owned]);
+    if (enabled) owned?.reconnect();
+    else owned?.disconnect();
+  }, [owned, enabled]);
 
   // A client the app owns: follow its errors from the moment it is handed over.
   useEffect(() => {

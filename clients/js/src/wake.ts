@@ -35,10 +35,16 @@ export function watchPage(lifecycle: PageLifecycle | undefined, hooks: WakeHooks
     if (hooks.waiting()) hooks.wake();
     else if (hiddenFor >= hooks.resumeAfterHiddenMs) hooks.check();
   };
+  // Focus: a signed-out client waits for it (the user may have signed in in another tab).
+  const onFocus = () => {
+    if (hooks.waiting()) hooks.wake();
+  };
   win?.addEventListener('online', onOnline);
+  win?.addEventListener('focus', onFocus);
   doc?.addEventListener('visibilitychange', onVisibility);
   return () => {
     win?.removeEventListener('online', onOnline);
+    win?.removeEventListener('focus', onFocus);
     doc?.removeEventListener('visibilitychange', onVisibility);
   };
 }

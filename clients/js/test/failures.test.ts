@@ -233,7 +233,8 @@ describe('knowing why a connection failed (GET /auth/check)', () => {
     expect(errors.map((e) => [e.code, e.status, e.reason])).toEqual(
       Array(3).fill(['unauthorized', 401, 'expired']),
     );
-    expect(getToken).toHaveBeenCalledTimes(4);
+    // Two timed retries; the third refusal waits for focus or reconnect() (see tabs.test.ts).
+    expect(getToken).toHaveBeenCalledTimes(3);
     expect(FakeEventSource.instances).toHaveLength(0);
   });
 

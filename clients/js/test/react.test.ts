@@ -363,6 +363,9 @@ describe('errors reach the page', () => {
     expect(FakeWebSocket.instances).toHaveLength(0);
 
     signedIn = true;
+    // Retries come at once (random() is 0): after a few 401s the client may already be
+    // waiting for focus, as a signed-out page does; the user coming back gives it.
+    window.dispatchEvent(new Event('focus'));
     await act(async () => {
       await new Promise((r) => setTimeout(r, 0));
       await flush();

@@ -2,8 +2,8 @@
 // that stay signed out, errors that clear, selection changes without a gap. Each `describe`
 // names the finding it reproduces; every test here failed on the client before its fix.
 import { describe, expect, it, vi } from 'vitest';
-import { envelope, FakeEventSource, FakeWebSocket, flush, jwt } from './fakes.js';
-import { advance, make, T0 } from './harness.js';
+import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush, jwt, refusal } from './fakes.js';
+import { advance, make, T0, URL_BASE } from './harness.js';
 
 const nowSecs = T0 / 1000;
 
@@ -163,5 +163,80 @@ describe('issue 26 #1 and #7: SSE refreshes without dropping the stream', () => 
     expect(states).toEqual(['open']);
     expect(client.state).toBe('open');
     expect(getToken).toHaveBeenCalledTimes(2);
+  });
+});
+
+describe('issue 26 #3: a signed-out page does not poll the token endpoint', () => {
+  const signedOut = () => new FakeFetch(() => Response.json({ error: 'signed_out' }, { status: 401 }));
+
+  it('after a few 401s the client waits for focus, visibility, online or reconnect()', async () => {
+    const p = page();
+    const fetch = signedOut();
+    const { client, errors } = make({ tokenUrl: '/api/realtime-token', url: URL_BASE, lifecycle: p.lifecycle }, fetch);
+    await advance(600_000); // ten minutes
+    const asked = () => fetch.calls.filter((c) => c.url.endsWith('/api/realtime-token')).length;
+    expect(asked()).toBe(3);
+    expect(client.state).toBe('unauthorized');
+    expect(errors.at(-1)).toMatchObject({ code: 'token_error', status: 401 });
+    expect(FakeWebSocket.instances).toHaveLength(0);
+
+    p.win.dispatchEvent(new Event('focus')); // the user came back, perhaps signed in elsewhere
+    await flush();
+    expect(asked()).toBe(4);
+    await advance(600_000);
+    expect(asked()).toBe(4);
+
+    client.reconnect();
+    await flush();
+    expect(asked()).toBe(5);
+  });
+
+  it('the gateway refusing the token (401) backs off the same way', async () => {
+    const fetch = new FakeFetch(() => refusal(401, 'unauthorized', 'expired'));
+    const { client } = make({}, fetch);
+    await flush();
+    for (let i = 0; i < 20; i++) {
+      FakeWebSocket.last().fail();
+      await advance(60_000);
+    }
+    expect(fetch.probes().length).toBeLessThanOrEqual(3);
+    expect(client.state).toBe('unauthorized');
+  });
+});
+
+describe('issue 26 #3: disconnect() keeps listeners and selection', () => {
+  it('stops connecting until reconnect(), then delivers to the same listeners', async () => {
+    const { client, events, states } = make();
+    const off = client.onJob('j', () => {});
+    await flush();
+    FakeWebSocket.last().open();
+    client.disconnect();
+    expect(client.state).toBe('disconnected');
+    expect(FakeWebSocket.last().closedByClient).toBe(1000);
+    await advance(600_000);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    client.reconnect();
+    await flush();
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    FakeWebSocket.last().open();
+    FakeWebSocket.last().receive(envelope('render.job.queued.v1', { job_id: 'j' }, 'd1'));
+    expect(events.map((e) => e.event_id)).toEqual(['d1']);
+    expect(states).toEqual(['open', 'disconnected', 'connecting', 'open']);
+    off();
+  });
+
+  it('a wake while disconnected does nothing', async () => {
+    const p = page();
+    const { client } = make({ lifecycle: p.lifecycle });
+    await flush();
+    client.disconnect();
+    p.win.dispatchEvent(new Event('online'));
+    p.win.dispatchEvent(new Event('focus'));
+    p.setVisible(false);
+    await advance(120_000);
+    p.setVisible(true);
+    await advance(60_000);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(client.state).toBe('disconnected');
   });
 });
