@@ -52,8 +52,17 @@ export type RealtimeErrorCode =
   /** React provider only: the options were rejected (missing or invalid `url`, bad numbers); nothing connects. */
   | 'invalid_options';
 
+/**
+ * `fatal`: the client stopped (revoked, identity_mismatch, insecure_url, no_transport,
+ * invalid_options) until `reconnect()`. `retrying`: the client is trying again (or, signed
+ * out, waiting for focus); cleared once a connection opens. `warning`: the connection is
+ * live and stays so (a bad event, a refused refresh or selection); reported, never held.
+ */
+export type ErrorSeverity = 'fatal' | 'retrying' | 'warning';
+
 export interface RealtimeError {
   code: RealtimeErrorCode;
+  severity: ErrorSeverity;
   message: string;
   closeCode?: number;
   /** HTTP status: of the token endpoint (`token_error`) or of the gateway's refusal. */
@@ -163,8 +172,28 @@ export interface RealtimeClientOptions extends NumericOptions {
   now?: () => number;
 }
 
+/** Everything the page may show about the connection, as one immutable snapshot. */
+export interface ConnectionStatus {
+  state: ConnectionState;
+  /**
+   * Why the client is in this state, in words for logs and tooltips (`closed 1001 (server
+   * shutting down)`, `no answer to a liveness check`, an error code, `signed out: waiting
+   * for focus...`); null when open. Not a stable contract: branch on `state` and `error`.
+   */
+  reason: string | null;
+  /** When the next attempt is due (epoch ms), or null when none is planned. */
+  retryAt: number | null;
+  /** What keeps the client from being live (`fatal` or `retrying`); null once open. */
+  error: RealtimeError | null;
+  transport: TransportKind | null;
+}
+
 export interface RealtimeClient {
   readonly state: ConnectionState;
+  /** State, reason, next retry and current error, as one snapshot (a new object on every change). */
+  readonly status: ConnectionStatus;
+  /** The current error (`status.error`): fatal or retrying, cleared when its cause is gone. */
+  readonly error: RealtimeError | null;
   /** Transport of the current (or last) connection; null before the first attempt. */
   readonly transport: TransportKind | null;
   /** Last `event_id` delivered, across transports; sent as `last_event_id` on reconnect. */
@@ -197,7 +226,9 @@ export interface RealtimeClient {
   /** The gateway says events may have been lost: refetch state over REST. */
   onResync(cb: () => void): Unsubscribe;
   onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;
+  /** Every error, warnings included, with its severity. */
   onError(cb: (error: RealtimeError) => void): Unsubscribe;
+  onStatusChange(cb: (status: ConnectionStatus) => void): Unsubscribe;
   /** Drop the current connection (if any) and connect again now with a fresh backoff, e.g. after `identity_mismatch`, `revoked` and a new sign-in. No-op after `close()`. */
   reconnect(): void;
   /**

@@ -11,10 +11,13 @@
 import {
   WS_PROTOCOL,
   type ConnectionState,
+  type ConnectionStatus,
+  type ErrorSeverity,
   type EventSourceConstructor,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeError,
+  type RealtimeErrorCode,
   type TransportKind,
   type Unsubscribe,
   type WebSocketConstructor,
@@ -104,6 +107,13 @@ class Client implements RealtimeClient {
   private readonly interests: Interests;
 
   private _state: ConnectionState = 'connecting';
+  /** What keeps the client from being live (fatal or retrying); warnings never stay here. */
+  private _error: RealtimeError | null = null;
+  /** Why the client is in its state, in words (for logs and tooltips). */
+  private why: string | null = null;
+  private retryAt: number | null = null;
+  private _status: ConnectionStatus = { state: 'connecting', reason: null, retryAt: null, error: null, transport: null };
+  private readonly statuses = new Set<(s: ConnectionStatus) => void>();
   private _transport: TransportKind | null = null;
   private lastId: string | null;
 
@@ -176,6 +186,12 @@ class Client implements RealtimeClient {
   get state(): ConnectionState {
     return this._state;
   }
+  get status(): ConnectionStatus {
+    return this._status;
+  }
+  get error(): RealtimeError | null {
+    return this._error;
+  }
   get transport(): TransportKind | null {
     return this._transport;
   }
@@ -245,6 +261,10 @@ class Client implements RealtimeClient {
     return subscribe(this.errors, cb);
   }
 
+  onStatusChange(cb: (status: ConnectionStatus) => void): Unsubscribe {
+    return subscribe(this.statuses, cb);
+  }
+
   // ---- lifecycle -------------------------------------------------------------------
 
   reconnect(): void {
@@ -266,6 +286,7 @@ class Client implements RealtimeClient {
     if (this.disposed) return;
     this.stopAll();
     this.stopped = true;
+    this.why = 'disconnect()';
     this.setState('disconnected');
   }
 
@@ -340,6 +361,7 @@ class Client implements RealtimeClient {
       return;
     }
     this._transport = kind;
+    this.publish();
     this.#token = token;
     let conn: Conn;
     try {
@@ -567,7 +589,7 @@ class Client implements RealtimeClient {
       }
       const dead = ws ? !conn.heard : now - conn.lastHeardAt >= this.cfg.sseHeartbeatTimeoutMs;
       if (dead) {
-        this.handleDrop(conn);
+        this.handleDrop(conn, undefined, undefined, ws ? 'no answer to a ping' : 'no heartbeat');
         return;
       }
       if (ws) {
@@ -593,7 +615,9 @@ class Client implements RealtimeClient {
     this.debug('liveness check', { transport: conn.kind });
     this.checkTimer = setTimeout(() => {
       this.checkTimer = undefined;
-      if (this.conn === conn && conn.heardCount === before) this.handleDrop(conn);
+      if (this.conn === conn && conn.heardCount === before) {
+        this.handleDrop(conn, undefined, undefined, 'no answer to a liveness check');
+      }
     }, grace);
   }
 
@@ -686,8 +710,15 @@ class Client implements RealtimeClient {
   }
 
   /** The connection ended or failed: decide between retrying, asking why, falling back and stopping. */
-  private handleDrop(conn: Conn, closeCode?: number, reason?: string): void {
+  private handleDrop(conn: Conn, closeCode?: number, reason?: string, why?: string): void {
     this.dropConn();
+    this.why =
+      why ??
+      (closeCode !== undefined && closeCode !== 1006
+        ? `closed ${closeCode}${reason ? ` (${reason})` : ''}`
+        : conn.opened
+          ? 'connection lost'
+          : 'attempt failed');
     if (closeCode === CLOSE_REVOKED) {
       this.revoke(reason || 'revoked');
       return;
@@ -890,14 +921,21 @@ class Client implements RealtimeClient {
     // that can have changed it (focus, the tab shown again, online) or for reconnect().
     this.signedOutAttempts = how.signedOut ? this.signedOutAttempts + 1 : 0;
     if (this.signedOutAttempts > this.cfg.signedOutRetries) {
-      this.debug('signed out: waiting for focus, visibility, online or reconnect()');
+      this.why = 'signed out: waiting for focus, the tab shown, online or reconnect()';
+      this.retryAt = null;
+      this.publish();
+      this.debug(this.why);
       return;
     }
     const ceiling = Math.min(this.cfg.backoffMaxMs, this.cfg.backoffInitialMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
     const delay = Math.max(how.notBeforeMs ?? 0, this.random() * ceiling);
+    this.retryAt = this.now() + delay;
+    this.publish();
+    this.debug('reconnecting', { inMs: Math.round(delay), attempt: this.attempt, reason: this.why });
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
+      this.retryAt = null;
       void this.connect();
     }, Math.min(delay, MAX_TIMER_MS));
   }
@@ -1087,9 +1125,34 @@ class Client implements RealtimeClient {
   }
 
   private setState(state: ConnectionState): void {
-    if (this._state === state) return;
+    // The cause of an error is gone once a connection opens, a new start begins, or the
+    // app disconnected.
+    if (state === 'open' || state === 'connecting' || state === 'disconnected') {
+      this._error = null;
+      if (state !== 'disconnected') this.why = null;
+    }
+    if (state !== 'reconnecting' && state !== 'unauthorized') this.retryAt = null;
+    const changed = this._state !== state;
     this._state = state;
+    this.publish();
+    if (!changed) return;
+    this.debug(`state ${state}`, this.why ? { reason: this.why } : undefined);
     for (const cb of [...this.states]) safeCall(cb, state);
+  }
+
+  /** A new status snapshot (a new object only when something changed, for React's useSyncExternalStore). */
+  private publish(): void {
+    const prev = this._status;
+    const next: ConnectionStatus = {
+      state: this._state,
+      reason: this.why,
+      retryAt: this.retryAt,
+      error: this._error,
+      transport: this._transport,
+    };
+    if ((Object.keys(next) as (keyof ConnectionStatus)[]).every((k) => prev[k] === next[k])) return;
+    this._status = next;
+    for (const cb of [...this.statuses]) safeCall(cb, next);
   }
 
   private debug(message: string, detail?: object): void {
@@ -1099,7 +1162,14 @@ class Client implements RealtimeClient {
     else console.debug(`[realtime] ${message}`, detail ?? '');
   }
 
-  private emitError(error: RealtimeError): void {
+  private emitError(e: Omit<RealtimeError, 'severity'>): void {
+    const error: RealtimeError = { ...e, severity: SEVERITY[e.code] ?? 'retrying' };
+    this.debug(`error ${error.code}: ${error.message}`);
+    if (error.severity !== 'warning') {
+      this._error = error;
+      this.why = error.code;
+      this.publish();
+    }
     for (const cb of [...this.errors]) safeCall(cb, error);
   }
 }
@@ -1132,6 +1202,19 @@ function errorStatus(cause: unknown): number | undefined {
   const status = isRecord(cause) || cause instanceof Error ? (cause as { status?: unknown }).status : undefined;
   return typeof status === 'number' ? status : undefined;
 }
+
+/** How bad each error is: fatal ones stop the client, retrying ones pass, warnings leave it live. */
+const SEVERITY: Partial<Record<RealtimeErrorCode, ErrorSeverity>> = {
+  revoked: 'fatal',
+  identity_mismatch: 'fatal',
+  insecure_url: 'fatal',
+  no_transport: 'fatal',
+  invalid_options: 'fatal',
+  refresh_failed: 'warning',
+  server_error: 'warning',
+  invalid_types: 'warning',
+  invalid_event: 'warning',
+};
 
 function subscribe<T>(set: Set<T>, cb: T): Unsubscribe {
   set.add(cb);

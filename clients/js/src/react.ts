@@ -15,7 +15,7 @@ import {
   type ReactElement,
   type ReactNode,
 } from 'react';
-import type { ConnectionState, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
+import type { ConnectionState, ConnectionStatus, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
 import { createRealtimeClient } from './client.js';
 import type { NotificationCreated, RenderJobEvent } from './events.js';
 import { safeHttpUrl } from './url.js';
@@ -23,15 +23,8 @@ import { safeHttpUrl } from './url.js';
 // undefined = no provider at all (a bug); null = provider still creating its client (or it could not).
 const RealtimeContext = createContext<RealtimeClient | null | undefined>(undefined);
 
-interface Status {
-  /** The latest error, cleared when a connection opens. */
-  error: RealtimeError | null;
-  /** The provider could not create a client (bad options): nothing will ever connect. */
-  failed: boolean;
-}
-const NO_ERROR: Status = { error: null, failed: false };
-const StatusContext = createContext<Status>(NO_ERROR);
-const clearError = (prev: Status): Status => (prev.error === null ? prev : NO_ERROR);
+/** The provider could not create a client (bad options): nothing will ever connect. */
+const FailureContext = createContext<RealtimeError | null>(null);
 
 export interface RealtimeProviderProps {
   /** A client you own: you create it and you close it. */
@@ -62,7 +55,7 @@ export function RealtimeProvider({ client, options, enabled = true, children }: 
   });
   const owns = client === undefined && options !== undefined;
   const [owned, setOwned] = useState<RealtimeClient | null>(null);
-  const [status, setStatus] = useState<Status>(NO_ERROR);
+  const [failure, setFailure] = useState<RealtimeError | null>(null);
   const { url, tokenUrl, cookieAuth, transport, tokenTransport } = options ?? {};
   const hasGetToken = options?.getToken !== undefined;
 
@@ -71,7 +64,7 @@ export function RealtimeProvider({ client, options, enabled = true, children }: 
     const opts = () => latest.current!;
     // Created in an effect (not useState) so React StrictMode's mount/unmount/mount closes
     // the first client cleanly instead of leaking or reusing a closed one.
-    setStatus(NO_ERROR);
+    setFailure(null);
     let c: RealtimeClient;
     try {
       c = createRealtimeClient({
@@ -79,24 +72,17 @@ export function RealtimeProvider({ client, options, enabled = true, children }: 
         autoConnect: false,
         getToken: hasGetToken ? () => opts().getToken!() : undefined,
         onResync: () => opts().onResync?.(),
-        // Wired at creation, not in a later effect: the first error can come before React
-        // has rendered with the new client.
-        onStateChange: (s) => {
-          if (s === 'open') setStatus(clearError);
-          opts().onStateChange?.(s);
-        },
-        onError: (e) => {
-          setStatus({ error: e, failed: false });
-          opts().onError?.(e);
-        },
+        onStateChange: (s) => opts().onStateChange?.(s),
+        onError: (e) => opts().onError?.(e),
       });
     } catch (cause) {
       const error: RealtimeError = {
         code: 'invalid_options',
+        severity: 'fatal',
         message: cause instanceof Error ? cause.message : String(cause),
         cause,
       };
-      setStatus({ error, failed: true });
+      setFailure(error);
       opts().onError?.(error);
       return;
     }
@@ -116,26 +102,12 @@ export function RealtimeProvider({ client, options, enabled = true, children }: 
     else owned?.disconnect();
   }, [owned, enabled]);
 
-  // A client the app owns: follow its errors from the moment it is handed over.
-  useEffect(() => {
-    if (!client) return;
-    setStatus(NO_ERROR);
-    const offError = client.onError((error) => setStatus({ error, failed: false }));
-    const offState = client.onStateChange((s) => {
-      if (s === 'open') setStatus(clearError);
-    });
-    return () => {
-      offError();
-      offState();
-    };
-  }, [client]);
-
   const value = client !== undefined ? client : owned;
 
   return createElement(
     RealtimeContext.Provider,
     { value },
-    createElement(StatusContext.Provider, { value: status }, children),
+    createElement(FailureContext.Provider, { value: owns ? failure : null }, children),
   );
 }
 
@@ -146,27 +118,38 @@ export function useRealtimeClient(): RealtimeClient | null {
   return client;
 }
 
+const NOT_YET: ConnectionStatus = { state: 'connecting', reason: null, retryAt: null, error: null, transport: null };
+
 /**
- * The latest error the client reported (token endpoint refused, gateway refused, revoked,
- * bad options...), or null; cleared when a connection opens. Show it: a signed-out user or
- * a missing URL should be visible, not a badge stuck on "reconnecting".
+ * State, reason, next retry, current error and transport in one snapshot. `connecting`
+ * until the provider has a client (and during server rendering); `closed` with
+ * `invalid_options` if it could not make one.
+ */
+export function useConnectionStatus(): ConnectionStatus {
+  const client = useRealtimeClient();
+  const failure = useContext(FailureContext);
+  const subscribe = useCallback((notify: () => void) => (client ? client.onStatusChange(notify) : () => {}), [client]);
+  const status = useSyncExternalStore(
+    subscribe,
+    () => client?.status ?? NOT_YET,
+    () => NOT_YET,
+  );
+  return failure ? { ...NOT_YET, state: 'closed', reason: failure.code, error: failure } : status;
+}
+
+/**
+ * What keeps the page from being live, or null: a signed-out user, a refusal, an
+ * unreachable gateway, bad options. `fatal` errors stay until `reconnect()`; `retrying`
+ * ones clear once a connection opens. Warnings (a bad event, a refused refresh) never
+ * show here: they reach `onError`, and the page stays live.
  */
 export function useRealtimeError(): RealtimeError | null {
-  useRealtimeClient(); // same "outside a provider" check as every hook
-  return useContext(StatusContext).error;
+  return useConnectionStatus().error;
 }
 
 /** Connection state; 'connecting' until the provider has a client (and during SSR), 'closed' if it could not make one. */
 export function useConnectionState(): ConnectionState {
-  const client = useRealtimeClient();
-  const { failed } = useContext(StatusContext);
-  const subscribe = useCallback((notify: () => void) => (client ? client.onStateChange(notify) : () => {}), [client]);
-  const state = useSyncExternalStore(
-    subscribe,
-    () => client?.state ?? 'connecting',
-    () => 'connecting' as const,
-  );
-  return failed ? 'closed' : state;
+  return useConnectionStatus().state;
 }
 
 /**

@@ -4,8 +4,8 @@
 import { act, cleanup, render } from '@testing-library/react';
 import { createElement, type ReactNode } from 'react';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { RealtimeProvider, useConnectionState } from '../src/react.js';
-import { FakeEventSource, FakeFetch, FakeWebSocket, flush } from './fakes.js';
+import { RealtimeProvider, useConnectionState, useRealtimeError } from '../src/react.js';
+import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush } from './fakes.js';
 
 beforeEach(() => {
   FakeWebSocket.reset();
@@ -44,5 +44,24 @@ describe('issue 26 #3: enabled on the provider', () => {
     await act(async () => flush());
     expect(FakeWebSocket.last().closedByClient).toBe(1000);
     expect(view.getByTestId('state').textContent).toBe('disconnected');
+  });
+});
+
+describe('issue 26 #2: the page shows only what keeps it from being live', () => {
+  it('useRealtimeError stays null on an open page that saw a bad event', async () => {
+    function Banner() {
+      const error = useRealtimeError();
+      return createElement('p', { 'data-testid': 'error' }, error ? `${error.severity} ${error.code}` : '-');
+    }
+    const view = render(provider({}, createElement(Banner)));
+    await act(async () => flush());
+    act(() => {
+      FakeWebSocket.last().open();
+      FakeWebSocket.last().receive(envelope('render.job.progress.v1', { job_id: 'j', progress: null }));
+      FakeWebSocket.last().receive({ type: 'error', reason: 'refresh_expired' });
+    });
+    expect(view.getByTestId('error').textContent).toBe('-');
+    act(() => FakeWebSocket.last().serverClose(4003, 'revoked'));
+    expect(view.getByTestId('error').textContent).toBe('fatal revoked');
   });
 });

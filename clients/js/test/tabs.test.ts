@@ -240,3 +240,34 @@ describe('issue 26 #3: disconnect() keeps listeners and selection', () => {
     expect(client.state).toBe('disconnected');
   });
 });
+
+describe('issue 26 #2: errors carry a severity and clear when the cause is gone', () => {
+  it('a warning (invalid_event, refresh_failed) is reported but is never the current error', async () => {
+    const { client, errors } = make();
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    ws.receive(envelope('render.job.progress.v1', { job_id: 'j', progress: 'half' }, 'bad'));
+    ws.receive({ type: 'error', reason: 'refresh_signature' });
+    expect(errors.map((e) => [e.code, e.severity])).toEqual([
+      ['invalid_event', 'warning'],
+      ['refresh_failed', 'warning'],
+    ]);
+    expect(client.error).toBeNull();
+    expect(client.status).toMatchObject({ state: 'open', error: null });
+  });
+
+  it('a retrying error is current until a connection opens; a fatal one until reconnect()', async () => {
+    const getToken = vi.fn<() => Promise<string>>().mockRejectedValueOnce(new Error('offline')).mockResolvedValue('tok');
+    const { client } = make({ getToken });
+    await flush();
+    expect(client.error).toMatchObject({ code: 'token_error', severity: 'retrying' });
+    await advance(500);
+    FakeWebSocket.last().open();
+    expect(client.error).toBeNull();
+    FakeWebSocket.last().serverClose(4003, 'revoked');
+    expect(client.error).toMatchObject({ code: 'revoked', severity: 'fatal' });
+    client.reconnect();
+    expect(client.error).toBeNull();
+  });
+});
