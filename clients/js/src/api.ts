@@ -45,6 +45,8 @@ export type RealtimeErrorCode =
   | 'connect_failed'
   /** A token would go over plain http/ws to a host other than this machine. Not retried. */
   | 'insecure_url'
+  /** An attempt failed and `GET /auth/check` could not be reached either (network error, timeout, a proxy's 5xx): a wrong host, DNS, or the gateway down. `url` says what was tried. Retried. */
+  | 'unreachable'
   /** An event of a catalog type whose `data` lacks the fields the type declares: not given to typed listeners. */
   | 'invalid_event'
   /** Neither WebSocket nor EventSource exists here (e.g. server-side rendering). Not retried. */
@@ -65,6 +67,8 @@ export interface RealtimeError {
   severity: ErrorSeverity;
   message: string;
   closeCode?: number;
+  /** The URL an attempt failed on, never with a token (`unreachable`, `connect_failed`). */
+  url?: string;
   /** HTTP status: of the token endpoint (`token_error`) or of the gateway's refusal. */
   status?: number;
   reason?: string;

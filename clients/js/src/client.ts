@@ -54,6 +54,8 @@ const CLOSE_REVOKED = 4003;
 /** One connection attempt. Callbacks from a conn that is neither `client.conn` nor the trial are ignored. */
 interface Conn {
   kind: TransportKind;
+  /** The URL tried, without any token: what an error about this attempt names. */
+  url: string;
   opened: boolean;
   healthy: boolean;
   /** Anything received since the last ping we sent. */
@@ -442,9 +444,18 @@ class Client implements RealtimeClient {
     return u.href;
   }
 
-  private newConn(kind: TransportKind, selection: string[] | null, send: Conn['send'], close: Conn['close']): Conn {
+  private newConn(
+    kind: TransportKind,
+    url: string,
+    selection: string[] | null,
+    send: Conn['send'],
+    close: Conn['close'],
+  ): Conn {
+    const shown = new URL(url);
+    shown.searchParams.delete('access_token');
     return {
       kind,
+      url: shown.href,
       opened: false,
       healthy: false,
       heard: true,
@@ -466,6 +477,7 @@ class Client implements RealtimeClient {
     const ws = inProtocol ? new this.WS!(url, [WS_PROTOCOL, `bearer.${token}`]) : new this.WS!(url);
     const conn = this.newConn(
       'websocket',
+      url,
       selection,
       (data) => ws.send(data),
       () => {
@@ -507,6 +519,7 @@ class Client implements RealtimeClient {
     const es = token === null ? new this.ES!(url, { withCredentials: true }) : new this.ES!(url);
     const conn = this.newConn(
       'sse',
+      url,
       selection,
       () => {},
       () => {
@@ -753,10 +766,15 @@ class Client implements RealtimeClient {
     const gen = this.gen;
     // The token of the attempt that failed (connect() set it; cookie auth has none to show).
     const token = this.#token;
-    let result: ProbeResult = { kind: 'unsupported' };
+    let result: ProbeResult | null = null;
     if (token !== null && this.fetchImpl && this.#opts.probe !== false) {
       result = await probeAuth(this.base, token, this.fetchImpl, this.cfg.connectTimeoutMs);
       if (gen !== this.gen || this.disposed) return;
+    }
+    if (result === null) {
+      // Nothing to ask with: say at least what failed.
+      this.emitError({ code: 'connect_failed', message: `could not connect to ${conn.url}`, url: conn.url });
+      result = { kind: 'unsupported' };
     }
     const ws = conn.kind === 'websocket';
     switch (result.kind) {
@@ -779,7 +797,13 @@ class Client implements RealtimeClient {
         if (ws) this.countWsFailure();
         break;
       case 'unreachable':
-        // The gateway itself is down (a deploy, an outage): no reason to leave WebSocket.
+        // The gateway itself is down (a deploy, an outage), or the host is wrong: no
+        // reason to leave WebSocket, every reason to say so.
+        this.emitError({
+          code: 'unreachable',
+          message: `could not reach the gateway at ${conn.url}: a wrong host, DNS, the gateway down, or a proxy error`,
+          url: conn.url,
+        });
         break;
     }
     this.scheduleReconnect();

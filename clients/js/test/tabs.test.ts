@@ -271,3 +271,39 @@ describe('issue 26 #2: errors carry a severity and clear when the cause is gone'
     expect(client.error).toBeNull();
   });
 });
+
+describe('issue 26 #4: an unreachable gateway is reported with the URL tried', () => {
+  it('a network error on the attempt and its probe: unreachable, retrying, with the URL', async () => {
+    const fetch = new FakeFetch(() => Promise.reject(new TypeError('Failed to fetch')));
+    const { client, errors } = make({ url: 'https://rt.flatrender.exmaple' }, fetch);
+    await flush();
+    FakeWebSocket.last().fail();
+    await flush();
+    expect(client.state).toBe('reconnecting');
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ code: 'unreachable', severity: 'retrying', url: 'wss://rt.flatrender.exmaple/ws' });
+    expect(errors[0]!.message).toContain('rt.flatrender.exmaple');
+    expect(client.error?.code).toBe('unreachable');
+    await advance(1_000);
+    FakeWebSocket.last().open();
+    expect(client.error).toBeNull();
+  });
+
+  it('the URL never carries the token, even with tokenTransport "query"', async () => {
+    const fetch = new FakeFetch(() => new Response('bad gateway', { status: 502 }));
+    const { errors } = make({ tokenTransport: 'query', lastEventId: 'e1' }, fetch);
+    await flush();
+    FakeWebSocket.last().fail();
+    await flush();
+    expect(errors[0]).toMatchObject({ code: 'unreachable' });
+    expect(errors[0]!.url).toBe('wss://rt.flatrender.example/ws?last_event_id=e1');
+  });
+
+  it('without a probe, a failed attempt still says which URL failed', async () => {
+    const { errors } = make({ probe: false });
+    await flush();
+    FakeWebSocket.last().fail();
+    await flush();
+    expect(errors[0]).toMatchObject({ code: 'connect_failed', url: 'wss://rt.flatrender.example/ws' });
+  });
+});
