@@ -288,7 +288,7 @@ test('a refused connection says why on the page (probe: too many connections)', 
   await second.close();
 });
 
-test('SSE works cross-origin with token auth, the studio origin unlisted', async (t) => {
+test('SSE works cross-origin with token auth, the studio origin unlisted, the token in no URL', async (t) => {
   const exchange = unique('studio-sse');
   const gw = await gateway(exchange);
   if (!(await gatewayHasAuthCheck(gw.url))) {
@@ -296,11 +296,19 @@ test('SSE works cross-origin with token auth, the studio origin unlisted', async
     return;
   }
   const s = await studio(gw.url, { modern: true, env: { REALTIME_TRANSPORT: 'sse' } });
-  const { page, close } = await openStudio(s);
+  const { page, seen, close } = await openStudio(s);
+  const consoleText = [];
+  page.on('console', (m) => consoleText.push(m.text()));
   await waitOpen(page);
   assert.equal(await testId(page, 'connection').getAttribute('data-transport'), 'sse');
   const ids = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
   await until('bell shows 1', async () => (await bell(page)) === '1');
   assert.deepEqual(await eventIds(page), ids);
+  // The stream is read with fetch and the token sent in Authorization: no URL (and so no
+  // console error about one) carries it.
+  const streams = seen.requests.filter((u) => new URL(u).pathname === '/sse');
+  assert.ok(streams.length >= 1);
+  for (const u of streams) assert.ok(!u.includes('access_token'), `token in the stream URL: ${u}`);
+  assert.ok(!consoleText.some((t) => t.includes('access_token') || t.includes('eyJ')), 'no token in the console');
   await close();
 });

@@ -144,6 +144,13 @@ export interface RealtimeClientOptions extends NumericOptions {
    */
   tokenTransport?: 'protocol' | 'query';
   /**
+   * SSE over `fetch` (default true where response bodies stream, i.e. every current
+   * browser): the token goes in an `Authorization: Bearer` header, never in the URL, and
+   * a refusal's status and reason are read from the answer. `false` uses `EventSource`
+   * (token in `?access_token=`, which shows in console errors and proxy logs).
+   */
+  sseFetch?: boolean;
+  /**
    * Ask `GET <url>/auth/check` why an attempt failed (browsers hide refusal statuses).
    * Default true; a gateway without it (404) is handled as before.
    */

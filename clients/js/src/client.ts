@@ -36,7 +36,8 @@ import {
 import { checkPatterns, Interests, sameSelection, selectionCovers, topicMatches } from './interest.js';
 import { decodeTokenTimes, MAX_TIMER_MS, MIN_REFRESH_DELAY_MS, refreshDelay, type TokenTimes } from './jwt.js';
 import { isLoopback, isSecure, resolveBaseUrl, resolveSettings, type Settings } from './options.js';
-import { probeAuth, type ProbeResult } from './probe.js';
+import { probeAuth, probeStream, type ProbeResult } from './probe.js';
+import { canStreamFetch, FetchEventSource } from './sse.js';
 import { RecentIds } from './recent.js';
 import { checkToken, fetchToken, TokenError, withDeadline } from './token.js';
 import { watchPage } from './wake.js';
@@ -56,6 +57,8 @@ interface Conn {
   kind: TransportKind;
   /** The URL tried, without any token: what an error about this attempt names. */
   url: string;
+  /** Why it failed, when the transport could see it (an SSE stream over fetch reads the refusal). */
+  failure?: ProbeResult | undefined;
   opened: boolean;
   healthy: boolean;
   /** Anything received since the last ping we sent. */
@@ -414,8 +417,14 @@ class Client implements RealtimeClient {
     return (this.#opts.tokenTransport ?? 'protocol') === 'protocol' && this.pickTransport() === 'websocket';
   }
 
+  /** SSE over fetch (token in a header, refusals readable) unless turned off or unsupported. */
+  private sseOverFetch(): boolean {
+    return this.#opts.sseFetch !== false && canStreamFetch(this.fetchImpl);
+  }
+
   private pickTransport(): TransportKind | null {
-    const { WS, ES } = this;
+    const WS = this.WS;
+    const ES = this.ES !== undefined || this.sseOverFetch();
     switch (this.#opts.transport ?? 'auto') {
       case 'websocket':
         return WS ? 'websocket' : null;
@@ -513,10 +522,16 @@ class Client implements RealtimeClient {
 
   private openEventSource(token: string | null, resume = true): Conn {
     const selection = this.interests.selection;
-    const url = this.endpoint('sse', token, selection, resume);
+    // Over fetch the token goes in `Authorization`, out of the URL and the console.
+    const viaFetch = this.sseOverFetch();
+    const url = this.endpoint('sse', viaFetch ? null : token, selection, resume);
     // Cookie mode: a cross-origin EventSource only sends cookies with withCredentials.
     // Token mode sends none, so the gateway may answer any origin with `*`.
-    const es = token === null ? new this.ES!(url, { withCredentials: true }) : new this.ES!(url);
+    const es = viaFetch
+      ? new FetchEventSource(url, token, this.fetchImpl!)
+      : token === null
+        ? new this.ES!(url, { withCredentials: true })
+        : new this.ES!(url);
     const conn = this.newConn(
       'sse',
       url,
@@ -542,7 +557,10 @@ class Client implements RealtimeClient {
     // browser retry: its retry would reuse the old URL (stale token, stale last_event_id)
     // and skip getToken(). The gateway staggers shutdown closes, and our jitter spreads the
     // rest, so ignoring its `retry:` hint costs little.
-    es.onerror = () => this.onConnClose(conn);
+    es.onerror = () => {
+      if (es instanceof FetchEventSource) conn.failure = es.failure;
+      this.onConnClose(conn);
+    };
     return conn;
   }
 
@@ -766,9 +784,14 @@ class Client implements RealtimeClient {
     const gen = this.gen;
     // The token of the attempt that failed (connect() set it; cookie auth has none to show).
     const token = this.#token;
-    let result: ProbeResult | null = null;
-    if (token !== null && this.fetchImpl && this.#opts.probe !== false) {
-      result = await probeAuth(this.base, token, this.fetchImpl, this.cfg.connectTimeoutMs);
+    let result: ProbeResult | null = conn.failure ?? null;
+    if (result === null && this.fetchImpl && this.#opts.probe !== false) {
+      // Cookie auth has no token to show /auth/check (which answers any origin, without
+      // credentials): ask /sse itself, with the cookie, as the browser would connect.
+      result =
+        token !== null
+          ? await probeAuth(this.base, token, this.fetchImpl, this.cfg.connectTimeoutMs)
+          : await probeStream(this.endpoint('sse', null, conn.selection, false), null, this.fetchImpl, this.cfg.connectTimeoutMs);
       if (gen !== this.gen || this.disposed) return;
     }
     if (result === null) {
@@ -797,6 +820,18 @@ class Client implements RealtimeClient {
         if (ws) this.countWsFailure();
         break;
       case 'unreachable':
+        // A cookie request from an origin the gateway does not list fails CORS, which
+        // looks like a network error: the gateway answering a request without
+        // credentials tells the two apart.
+        if (token === null && this.fetchImpl && (await this.answers(gen))) {
+          this.emitError({
+            code: 'connect_failed',
+            message: `the gateway at ${conn.url} answers, but not to this page's cookie request: list the page's origin in GATEWAY_ALLOWED_ORIGINS`,
+            url: conn.url,
+          });
+          break;
+        }
+        if (gen !== this.gen) return;
         // The gateway itself is down (a deploy, an outage), or the host is wrong: no
         // reason to leave WebSocket, every reason to say so.
         this.emitError({
@@ -807,6 +842,12 @@ class Client implements RealtimeClient {
         break;
     }
     this.scheduleReconnect();
+  }
+
+  /** Does the gateway answer HTTP at all (any status) to a request without credentials? */
+  private async answers(gen: number): Promise<boolean> {
+    const r = await probeAuth(this.base, '-', this.fetchImpl!, this.cfg.connectTimeoutMs);
+    return gen === this.gen && r.kind !== 'unreachable';
   }
 
   private handleRefusal(r: Extract<ProbeResult, { kind: 'refused' }>): void {
@@ -848,7 +889,7 @@ class Client implements RealtimeClient {
   }
 
   private fallBack(): void {
-    if ((this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || !this.ES) return;
+    if ((this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || (!this.ES && !this.sseOverFetch())) return;
     this.fellBack = true; // the SSE stream, once open, schedules the WebSocket retries
   }
 

@@ -221,6 +221,7 @@ describe('RealtimeProvider over SSE', () => {
             url: 'https://rt.flatrender.example',
             getToken: async () => 'token',
             transport: 'sse',
+            sseFetch: false,
             EventSourceImpl: FakeEventSource,
             fetchImpl: new FakeFetch().fetch,
           },

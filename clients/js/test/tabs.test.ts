@@ -2,7 +2,7 @@
 // that stay signed out, errors that clear, selection changes without a gap. Each `describe`
 // names the finding it reproduces; every test here failed on the client before its fix.
 import { describe, expect, it, vi } from 'vitest';
-import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush, jwt, refusal } from './fakes.js';
+import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush, jwt, refusal, sseStream } from './fakes.js';
 import { advance, make, T0, URL_BASE } from './harness.js';
 
 const nowSecs = T0 / 1000;
@@ -305,5 +305,83 @@ describe('issue 26 #4: an unreachable gateway is reported with the URL tried', (
     FakeWebSocket.last().fail();
     await flush();
     expect(errors[0]).toMatchObject({ code: 'connect_failed', url: 'wss://rt.flatrender.example/ws' });
+  });
+});
+
+describe('issue 26 #5: the SSE token leaves no trace in URLs; cookie auth is probed', () => {
+  const streamCalls = (fetch: FakeFetch) => fetch.calls.filter((c) => new URL(c.url).pathname === '/sse');
+
+  it('SSE over fetch: the token rides in Authorization, the URL has none, events flow', async () => {
+    const stream = sseStream();
+    const fetch = new FakeFetch().answer(stream.response);
+    const { client, events } = make({ transport: 'sse', sseFetch: true, lastEventId: 'e0' }, fetch);
+    await flush();
+    expect(FakeEventSource.instances).toHaveLength(0);
+    const [call] = streamCalls(fetch);
+    expect(call!.url).not.toContain('access_token');
+    expect(new URL(call!.url).searchParams.get('last_event_id')).toBe('e0');
+    expect(call!.init?.headers).toMatchObject({ authorization: 'Bearer tok' });
+    expect(call!.init?.credentials).toBe('omit');
+    stream.write('retry: 2000\n: connected\n\n');
+    await flush();
+    expect(client.state).toBe('open');
+    const e = envelope('render.job.queued.v1', { job_id: 'j' }, 'e1');
+    stream.write(`id: e1\ndata: ${JSON.stringify(e)}\n\nevent: heartbeat\ndata: {}\n\nevent: resync\ndata: {"type":"resync"}\n\n`);
+    await flush();
+    expect(events.map((x) => x.event_id)).toEqual(['e1']);
+    expect(client.lastEventId).toBe('e1');
+  });
+
+  it('a refused stream is explained by its own answer: no probe, and a 401 is unauthorized', async () => {
+    const fetch = new FakeFetch().answer(refusal(401, 'unauthorized', 'expired'));
+    const { client, errors } = make({ transport: 'sse', sseFetch: true }, fetch);
+    await flush();
+    expect(fetch.probes()).toHaveLength(0);
+    expect(errors[0]).toMatchObject({ code: 'unauthorized', status: 401, reason: 'expired' });
+    expect(client.state).toBe('unauthorized');
+  });
+
+  it('cookie auth over SSE: credentials included, a 401 (signed out) is reported, not silent', async () => {
+    const fetch = new FakeFetch(() => refusal(401, 'unauthorized', 'missing'));
+    const { client, errors } = make({ cookieAuth: true, transport: 'sse', sseFetch: true }, fetch);
+    await flush();
+    const [call] = streamCalls(fetch);
+    expect(call!.init?.credentials).toBe('include');
+    expect(call!.init?.headers).not.toHaveProperty('authorization');
+    expect(errors[0]).toMatchObject({ code: 'unauthorized', reason: 'missing' });
+    expect(client.state).toBe('unauthorized');
+  });
+
+  it('cookie auth over WebSocket: a failed handshake is probed on /sse with the cookie', async () => {
+    const fetch = new FakeFetch(() => refusal(401, 'unauthorized', 'missing'));
+    const { client, errors } = make({ cookieAuth: true }, fetch);
+    await flush();
+    FakeWebSocket.last().fail();
+    await flush();
+    const [probe] = streamCalls(fetch);
+    expect(probe!.init?.credentials).toBe('include');
+    expect(errors[0]).toMatchObject({ code: 'unauthorized', reason: 'missing' });
+    expect(client.state).toBe('unauthorized');
+    // Signed out: it does not fall back to SSE either.
+    expect(FakeEventSource.instances).toHaveLength(0);
+  });
+});
+
+describe('issue 26 #5: a cookie page on an origin the gateway does not list', () => {
+  it('says so, instead of calling the gateway unreachable', async () => {
+    const fetch = new FakeFetch((): Response | Promise<Response> => refusal(401, 'unauthorized', 'malformed'));
+    // The credentialed /sse request fails CORS (a TypeError); /auth/check without credentials answers.
+    const real = fetch.fetch;
+    const cors = async (input: RequestInfo | URL, init?: RequestInit) => {
+      if (init?.credentials === 'include') {
+        await real(input, init);
+        throw new TypeError('Failed to fetch');
+      }
+      return real(input, init);
+    };
+    const { errors } = make({ cookieAuth: true, transport: 'sse', sseFetch: true, fetchImpl: cors });
+    await flush();
+    expect(errors[0]).toMatchObject({ code: 'connect_failed' });
+    expect(errors[0]!.message).toContain('GATEWAY_ALLOWED_ORIGINS');
   });
 });
