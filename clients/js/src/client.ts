@@ -1038,11 +1038,14 @@ class Client implements RealtimeClient {
     if (!conn || this.disposed) return; // the next attempt puts the current selection in its URL
     const wanted = this.interests.selection;
     if (conn.kind === 'sse') {
-      // No channel back: reconnect with the new `types=` and lastEventId, through the
-      // backoff; the replay brings what the old selection filtered out. Only when the
-      // stream lacks something: one that carries more than needed serves until it next
-      // reconnects anyway (listeners filter, and nobody waits for a reconnect).
-      if (!selectionCovers(conn.selection, wanted)) {
+      // No channel back: a stream with the new `types=` opens beside this one, which
+      // serves until it is open (make-before-break). Only when the stream lacks
+      // something: one that carries more than needed serves until it next reconnects
+      // anyway (listeners filter). A stream still opening is simply remade.
+      if (selectionCovers(conn.selection, wanted)) return;
+      if (conn.opened) {
+        if (this.trial === null || !selectionCovers(this.trial.selection, wanted)) this.openSuccessor('sse', this.#token);
+      } else {
         this.dropConn();
         this.scheduleReconnect();
       }
@@ -1055,12 +1058,16 @@ class Client implements RealtimeClient {
       // The gateway's default (everything) is replaced by the first subscribe's list.
       this.sendSelection(conn, 'subscribe', target);
     } else {
-      // Unsubscribing first keeps the gateway within its pattern limit; what stays
-      // selected is selected throughout, and what is new was not delivered before anyway.
+      // Make-before-break: what is new is subscribed before what is gone is dropped, so
+      // a pattern replaced by a wider one is never missing in between. Only when the sum
+      // would pass the gateway's limit (maxSelectedTypes stands for it) does the drop go
+      // first; what stays selected is selected throughout either way.
       const drop = current.filter((p) => !target.includes(p));
       const add = target.filter((p) => !current.includes(p));
+      const addFirst = current.length + add.length <= this.cfg.maxSelectedTypes;
+      if (addFirst && add.length > 0) this.sendSelection(conn, 'subscribe', add);
       if (drop.length > 0) this.sendSelection(conn, 'unsubscribe', drop);
-      if (add.length > 0) this.sendSelection(conn, 'subscribe', add);
+      if (!addFirst && add.length > 0) this.sendSelection(conn, 'subscribe', add);
     }
     conn.selection = [...target];
   }

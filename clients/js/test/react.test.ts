@@ -368,8 +368,11 @@ describe('errors reach the page', () => {
     // waiting for focus, as a signed-out page does; the user coming back gives it.
     window.dispatchEvent(new Event('focus'));
     await act(async () => {
-      await new Promise((r) => setTimeout(r, 0));
-      await flush();
+      // The retry is due at once (random() is 0); give it a few turns of the event loop.
+      for (let i = 0; i < 20 && FakeWebSocket.instances.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 0));
+        await flush();
+      }
     });
     act(() => FakeWebSocket.last().open());
     expect(container.textContent).toBe('open: - ');

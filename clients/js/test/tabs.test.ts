@@ -385,3 +385,43 @@ describe('issue 26 #5: a cookie page on an origin the gateway does not list', ()
     expect(errors[0]!.message).toContain('GATEWAY_ALLOWED_ORIGINS');
   });
 });
+
+describe('issue 26 #7: selection changes are make-before-break', () => {
+  it('WebSocket: subscribes to the new need before unsubscribing the old (no gap)', async () => {
+    const { client } = make({}, undefined, { listen: false });
+    const off = client.select('notification.#');
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    await advance(100);
+    client.select('render.job.#');
+    off();
+    await advance(100);
+    expect(ws.sent).toEqual([
+      { type: 'subscribe', types: ['render.job.#'] },
+      { type: 'unsubscribe', types: ['notification.#'] },
+    ]);
+  });
+
+  it('SSE: the wider stream opens beside the serving one: no reconnecting, no token request', async () => {
+    const { client, states, getToken, events } = make({ transport: 'sse' }, undefined, { listen: false });
+    client.onEvent((e) => events.push(e), { types: 'notification.#' });
+    await flush();
+    const es = FakeEventSource.last();
+    es.open();
+    client.onJob('j1', () => {});
+    await advance(50);
+    expect(FakeEventSource.instances).toHaveLength(2);
+    const next = FakeEventSource.last();
+    expect(next.query.get('types')).toBe('notification.#,render.job.#');
+    expect(es.closed).toBe(false);
+    es.receive(envelope('notification.created.v1', { notification_id: 'n' }, 'n1'));
+    next.open();
+    expect(es.closed).toBe(true);
+    next.receive(envelope('notification.created.v1', { notification_id: 'n' }, 'n1'));
+    expect(events.map((e) => e.event_id)).toEqual(['n1']);
+    expect(states).toEqual(['open']);
+    expect(client.state).toBe('open');
+    expect(getToken).toHaveBeenCalledTimes(1);
+  });
+});
