@@ -50,6 +50,8 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
 const CLOSE_TOKEN_EXPIRED = 4001;
+/** The least time between two attempts when a wake (online, focus, the tab shown) brings one forward. */
+const WAKE_MIN_GAP_MS = 2_000;
 const CLOSE_REVOKED = 4003;
 
 /** One connection attempt. Callbacks from a conn that is neither `client.conn` nor the trial are ignored. */
@@ -137,6 +139,9 @@ class Client implements RealtimeClient {
   private stopped: boolean;
   /** Attempts in a row refused as signed out (a 401/403 token endpoint, a gateway 401). */
   private signedOutAttempts = 0;
+  private lastAttemptAt = -Infinity;
+  /** The gateway refused our selection as too large (400 `types`): connect for everything until reconnect(). */
+  private selectAll = false;
   private attempt = 0; // reconnects since the last healthy connection, drives backoff
   private wsFailures = 0; // WebSocket attempts in a row that failed and could not be explained
   private wsBlocked = 0; // WebSocket attempts in a row that failed while the gateway would admit us
@@ -278,6 +283,7 @@ class Client implements RealtimeClient {
     this.halted = false;
     this.stopped = false;
     this.signedOutAttempts = 0;
+    this.selectAll = false;
     this.attempt = 0;
     this.wsFailures = 0;
     this.wsBlocked = 0;
@@ -325,17 +331,38 @@ class Client implements RealtimeClient {
   }
 
   /** Online again, or back from a long sleep: whatever we hold may be dead; connect now and resume. */
+  /**
+   * Online again, the tab shown or focused while waiting out a backoff (or signed out):
+   * try now rather than at the end of a long wait, but never sooner than
+   * `WAKE_MIN_GAP_MS` after the previous attempt, and without resetting the backoff, so
+   * switching tabs back and forth cannot turn into a burst of attempts.
+   */
   private wake(): void {
     if (this.disposed || this.halted || this.stopped) return;
-    this.stopAll();
-    this.attempt = 0;
+    const waiting = this.retryTimer !== undefined || this.signedOutAttempts > this.cfg.signedOutRetries;
+    if (!waiting) return; // an attempt is in flight, or a connection serves (liveness checks it)
+    const at = Math.max(this.now(), this.lastAttemptAt + WAKE_MIN_GAP_MS);
+    if (this.retryAt !== null && this.retryAt <= at) return; // already due sooner
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     this.setState('reconnecting');
-    void this.connect();
+    if (at <= this.now()) {
+      void this.connect();
+      return;
+    }
+    this.retryAt = at;
+    this.publish();
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.retryAt = null;
+      void this.connect();
+    }, at - this.now());
   }
 
   /** One attempt: get a token, pick the transport, open it. */
   private async connect(): Promise<void> {
     const gen = ++this.gen;
+    this.lastAttemptAt = this.now();
     let token = this.reusableToken();
     if (token === null) {
       try {
@@ -449,7 +476,7 @@ class Client implements RealtimeClient {
     // URLSearchParams percent-encodes, so any token/id survives the query string.
     if (queryToken !== null) u.searchParams.set('access_token', queryToken);
     if (resume && this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
-    if (selection !== null) u.searchParams.set('types', selection.join(','));
+    if (selection !== null && !this.selectAll) u.searchParams.set('types', selection.join(','));
     return u.href;
   }
 
@@ -804,7 +831,20 @@ class Client implements RealtimeClient {
       case 'refused':
         this.handleRefusal(result);
         return;
+      case 'bad_types':
+        this.refuseSelection(conn);
+        break;
       case 'admitted':
+        // /auth/check does not look at `types=`: a selection over the gateway's limit
+        // fails the handshake just the same. The stream URL with the same types tells.
+        if (conn.selection !== null && token !== null && this.fetchImpl && !this.selectAll) {
+          const again = await probeStream(this.endpoint('sse', null, conn.selection, false), token, this.fetchImpl, this.cfg.connectTimeoutMs);
+          if (gen !== this.gen || this.disposed) return;
+          if (again.kind === 'bad_types') {
+            this.refuseSelection(conn);
+            break;
+          }
+        }
         // The gateway would take this very token, yet the attempt failed: something on the
         // path (a proxy, a firewall) blocks WebSocket; for SSE, most often CORS.
         if (ws) this.countWsBlocked();
@@ -842,6 +882,16 @@ class Client implements RealtimeClient {
         break;
     }
     this.scheduleReconnect();
+  }
+
+  /** 400 `types` before the upgrade: ask for everything (which any limit allows) from now on. */
+  private refuseSelection(conn: Conn): void {
+    this.selectAll = true;
+    this.emitError({
+      code: 'invalid_types',
+      message: `the gateway refused the selection of ${conn.selection?.length ?? 0} event type patterns (is maxSelectedTypes above its GATEWAY_MAX_INTEREST_PATTERNS?); receiving everything`,
+      reason: 'types',
+    });
   }
 
   /** Does the gateway answer HTTP at all (any status) to a request without credentials? */

@@ -572,7 +572,7 @@ describe('reconnect on wake', () => {
     ws.open();
     ws.receive(envelope('render.job.queued.v1', { job_id: 'j' }, 'o1'));
     ws.serverClose(1006);
-    await advance(1_000);
+    await advance(2_000);
     expect(FakeWebSocket.instances).toHaveLength(1);
     p.win.dispatchEvent(new Event('online'));
     await flush();

@@ -2,7 +2,7 @@
 // that stay signed out, errors that clear, selection changes without a gap. Each `describe`
 // names the finding it reproduces; every test here failed on the client before its fix.
 import { describe, expect, it, vi } from 'vitest';
-import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush, jwt, refusal, sseStream } from './fakes.js';
+import { admitted, envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush, jwt, refusal, sseStream } from './fakes.js';
 import { advance, make, T0, URL_BASE } from './harness.js';
 
 const nowSecs = T0 / 1000;
@@ -423,5 +423,61 @@ describe('issue 26 #7: selection changes are make-before-break', () => {
     expect(states).toEqual(['open']);
     expect(client.state).toBe('open');
     expect(getToken).toHaveBeenCalledTimes(1);
+  });
+});
+
+describe('issue 26 #8: wake respects autoConnect and the backoff; a refused selection is named', () => {
+  it('autoConnect: false: online, focus or the tab shown connect nothing', async () => {
+    const p = page();
+    make({ lifecycle: p.lifecycle, autoConnect: false });
+    await flush();
+    p.win.dispatchEvent(new Event('online'));
+    p.win.dispatchEvent(new Event('focus'));
+    p.setVisible(false);
+    await advance(120_000);
+    p.setVisible(true);
+    await advance(1_000);
+    expect(FakeWebSocket.instances).toHaveLength(0);
+  });
+
+  it('switching tabs while reconnecting does not skip the backoff', async () => {
+    const p = page();
+    make({ lifecycle: p.lifecycle, backoff: { initialMs: 1_000, maxMs: 30_000 } });
+    await flush();
+    FakeWebSocket.last().fail();
+    await flush();
+    for (let i = 0; i < 6; i++) {
+      p.setVisible(false);
+      await advance(1);
+      p.setVisible(true);
+      await flush();
+    }
+    expect(FakeWebSocket.instances.length).toBeLessThanOrEqual(2);
+    // Ten seconds of switching tabs make no more attempts than the backoff allows.
+    for (let i = 0; i < 100; i++) {
+      p.setVisible(false);
+      await advance(50);
+      p.setVisible(true);
+      await advance(50);
+      FakeWebSocket.last().fail();
+    }
+    expect(FakeWebSocket.instances.length).toBeLessThanOrEqual(6);
+  });
+
+  it('a selection over the gateway limit is reported as such, not as a blocked WebSocket', async () => {
+    const fetch = new FakeFetch((): Response => admitted());
+    fetch.answer(admitted(), refusal(400, 'bad_request', 'types'));
+    const { client, errors } = make({}, fetch, { listen: false });
+    client.select(['a.#', 'b.#', 'c.#']);
+    await flush();
+    expect(FakeWebSocket.last().query.get('types')).toBe('a.#,b.#,c.#');
+    FakeWebSocket.last().fail();
+    await flush();
+    expect(errors.map((e) => e.code)).toEqual(['invalid_types']);
+    expect(errors[0]!.message).toContain('GATEWAY_MAX_INTEREST_PATTERNS');
+    await advance(1_000);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    expect(FakeWebSocket.last().query.has('types')).toBe(false); // everything, which any limit allows
+    expect(client.transport).toBe('websocket');
   });
 });
