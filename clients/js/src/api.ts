@@ -115,9 +115,11 @@ export interface RealtimeClientOptions extends NumericOptions {
   /**
    * Absolute http(s) base of the gateway, e.g. `https://rt.flatrender.example` (a path
    * prefix is kept; ws(s) is derived), or a path starting with `/` on the page's origin.
-   * Anything else throws at construction.
+   * Anything else throws at construction. May be left out with `tokenUrl` when the token
+   * endpoint answers `{"token": ..., "url": ...}` (a page built statically learns the
+   * gateway at run time); if neither gives one, the client stops with `invalid_options`.
    */
-  url: string;
+  url?: string;
   /**
    * Called before every connection attempt and before the token expires. Return the
    * current JWT, or null/undefined to authenticate with the gateway's cookie instead.
@@ -128,8 +130,10 @@ export interface RealtimeClientOptions extends NumericOptions {
   getToken?: () => TokenResult | Promise<TokenResult>;
   /**
    * Or a URL the client fetches the token from (same-origin cookies included): a text
-   * body is the token, a JSON body `{"token": ...}`. Serializable, so a server component
-   * can configure the client. A non-2xx answer is a `token_error` with its `status`.
+   * body is the token, a JSON body `{"token": ...}`, which may also carry the gateway's
+   * `url` and a `transport` (they win over the options). Serializable, so a server
+   * component can configure the client. A non-2xx answer is a `token_error` with its
+   * `status`.
    */
   tokenUrl?: string;
   /** Neither getToken nor tokenUrl: authenticate with the gateway's cookie. */

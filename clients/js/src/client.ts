@@ -39,7 +39,7 @@ import { isLoopback, isSecure, resolveBaseUrl, resolveSettings, type Settings } 
 import { probeAuth, probeStream, type ProbeResult } from './probe.js';
 import { canStreamFetch, FetchEventSource } from './sse.js';
 import { RecentIds } from './recent.js';
-import { checkToken, fetchToken, TokenError, withDeadline } from './token.js';
+import { checkToken, fetchTokenAnswer, TokenError, withDeadline, type TokenAnswer } from './token.js';
 import { watchPage } from './wake.js';
 
 export function createRealtimeClient(options: RealtimeClientOptions): RealtimeClient {
@@ -96,7 +96,11 @@ class Client implements RealtimeClient {
   /** The token of `successor`, which becomes `#token` when it takes over. */
   #successorToken: string | null = null;
 
-  private readonly base: URL;
+  /** The gateway's base URL: from the options, or from the token endpoint's answer (`{"token", "url"}`). */
+  private base: URL | null;
+  /** `transport` from the token endpoint's answer, when it gave one; wins over the option. */
+  private answeredTransport: 'auto' | TransportKind | undefined;
+  private readonly pageUrl: string | undefined;
   private readonly cfg: Settings;
   private readonly WS: WebSocketConstructor | undefined;
   private readonly ES: EventSourceConstructor | undefined;
@@ -140,6 +144,7 @@ class Client implements RealtimeClient {
   /** Attempts in a row refused as signed out (a 401/403 token endpoint, a gateway 401). */
   private signedOutAttempts = 0;
   private lastAttemptAt = -Infinity;
+  private readonly onServer: boolean;
   /** The gateway refused our selection as too large (400 `types`): connect for everything until reconnect(). */
   private selectAll = false;
   private attempt = 0; // reconnects since the last healthy connection, drives backoff
@@ -163,10 +168,13 @@ class Client implements RealtimeClient {
   constructor(opts: RealtimeClientOptions) {
     this.#opts = opts;
     const pageUrl = (globalThis as { location?: { href?: string } }).location?.href;
-    this.base = resolveBaseUrl(opts.url, pageUrl);
+    this.pageUrl = pageUrl;
+    // With a token URL the endpoint may say where the gateway is, so a statically built
+    // page needs no URL of its own (README "React / Next.js"); otherwise it is required.
+    this.base = opts.url === undefined && opts.tokenUrl !== undefined ? null : resolveBaseUrl(opts.url, pageUrl);
     this.cfg = resolveSettings(opts);
     this.fetchImpl = opts.fetchImpl ?? (typeof fetch === 'undefined' ? undefined : fetch.bind(globalThis));
-    this.#getToken = tokenSource(opts, this.fetchImpl);
+    this.#getToken = tokenSource(opts, this.fetchImpl, (answer) => this.configure(answer));
     this.WS = opts.WebSocketImpl ?? (typeof WebSocket === 'undefined' ? undefined : WebSocket);
     this.ES = opts.EventSourceImpl ?? (typeof EventSource === 'undefined' ? undefined : EventSource);
     this.random = opts.random ?? Math.random;
@@ -174,7 +182,12 @@ class Client implements RealtimeClient {
     this.seen = new RecentIds(this.cfg.dedupeWindow);
     this.interests = new Interests(this.cfg.maxSelectedTypes);
     this.lastId = opts.lastEventId ?? null;
-    this.stopped = opts.autoConnect === false;
+    // Server rendering (no `window`): Node 22 has WebSocket and every Node has fetch, so a
+    // client created at module scope would connect from the server. It never does there
+    // unless transports were injected on purpose (tests, Node tools).
+    this.onServer =
+      typeof window === 'undefined' && !opts.WebSocketImpl && !opts.EventSourceImpl && !opts.fetchImpl;
+    this.stopped = opts.autoConnect === false || this.onServer;
     if (opts.onResync) this.resyncs.add(opts.onResync);
     if (opts.onStateChange) this.states.add(opts.onStateChange);
     if (opts.onError) this.errors.add(opts.onError);
@@ -190,7 +203,7 @@ class Client implements RealtimeClient {
               if (this.conn?.opened) this.checkLiveness(this.conn);
             },
           });
-    if (opts.autoConnect !== false) void this.connect();
+    if (!this.stopped) void this.connect();
   }
 
   get state(): ConnectionState {
@@ -278,7 +291,7 @@ class Client implements RealtimeClient {
   // ---- lifecycle -------------------------------------------------------------------
 
   reconnect(): void {
-    if (this.disposed) return;
+    if (this.disposed || this.onServer) return;
     this.stopAll();
     this.halted = false;
     this.stopped = false;
@@ -377,6 +390,15 @@ class Client implements RealtimeClient {
       }
       if (gen !== this.gen) return; // close()/reconnect() happened while we waited
     }
+    if (this.base === null) {
+      this.emitError({
+        code: 'invalid_options',
+        message:
+          'realtime-client: `url` is required: give it in the options or have the token endpoint answer {"token": ..., "url": "https://..."}',
+      });
+      this.halt();
+      return;
+    }
     if (token !== null && !isSecure(this.base) && !isLoopback(this.base)) {
       this.emitError({
         code: 'insecure_url',
@@ -429,6 +451,14 @@ class Client implements RealtimeClient {
     }
   }
 
+  /** What the token endpoint said besides the token: where the gateway is, which transport. */
+  private configure(answer: TokenAnswer): void {
+    if (answer.url !== undefined) this.base = resolveBaseUrl(answer.url, this.pageUrl); // throws: a token_error
+    if (answer.transport === 'auto' || answer.transport === 'websocket' || answer.transport === 'sse') {
+      this.answeredTransport = answer.transport;
+    }
+  }
+
   private tokenFailed(cause: unknown): void {
     const status = errorStatus(cause);
     this.emitError({
@@ -452,7 +482,7 @@ class Client implements RealtimeClient {
   private pickTransport(): TransportKind | null {
     const WS = this.WS;
     const ES = this.ES !== undefined || this.sseOverFetch();
-    switch (this.#opts.transport ?? 'auto') {
+    switch (this.answeredTransport ?? this.#opts.transport ?? 'auto') {
       case 'websocket':
         return WS ? 'websocket' : null;
       case 'sse':
@@ -469,7 +499,7 @@ class Client implements RealtimeClient {
     selection: readonly string[] | null,
     resume = true,
   ): string {
-    const u = new URL(this.base.href);
+    const u = new URL(this.base!.href);
     const secure = isSecure(u);
     u.protocol = kind === 'websocket' ? (secure ? 'wss:' : 'ws:') : secure ? 'https:' : 'http:';
     u.pathname = u.pathname.replace(/\/+$/, '') + (kind === 'websocket' ? '/ws' : '/sse');
@@ -817,7 +847,7 @@ class Client implements RealtimeClient {
       // credentials): ask /sse itself, with the cookie, as the browser would connect.
       result =
         token !== null
-          ? await probeAuth(this.base, token, this.fetchImpl, this.cfg.connectTimeoutMs)
+          ? await probeAuth(this.base!, token, this.fetchImpl, this.cfg.connectTimeoutMs)
           : await probeStream(this.endpoint('sse', null, conn.selection, false), null, this.fetchImpl, this.cfg.connectTimeoutMs);
       if (gen !== this.gen || this.disposed) return;
     }
@@ -896,7 +926,7 @@ class Client implements RealtimeClient {
 
   /** Does the gateway answer HTTP at all (any status) to a request without credentials? */
   private async answers(gen: number): Promise<boolean> {
-    const r = await probeAuth(this.base, '-', this.fetchImpl!, this.cfg.connectTimeoutMs);
+    const r = await probeAuth(this.base!, '-', this.fetchImpl!, this.cfg.connectTimeoutMs);
     return gen === this.gen && r.kind !== 'unreachable';
   }
 
@@ -939,7 +969,7 @@ class Client implements RealtimeClient {
   }
 
   private fallBack(): void {
-    if ((this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || (!this.ES && !this.sseOverFetch())) return;
+    if ((this.answeredTransport ?? this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || (!this.ES && !this.sseOverFetch())) return;
     this.fellBack = true; // the SSE stream, once open, schedules the WebSocket retries
   }
 
@@ -1297,7 +1327,11 @@ class Client implements RealtimeClient {
 }
 
 /** getToken, the token URL, or cookie auth; a config with none of them is a mistake. */
-function tokenSource(opts: RealtimeClientOptions, fetchImpl: typeof fetch | undefined): () => Promise<string | null> {
+function tokenSource(
+  opts: RealtimeClientOptions,
+  fetchImpl: typeof fetch | undefined,
+  configure: (answer: TokenAnswer) => void,
+): () => Promise<string | null> {
   const { getToken, tokenUrl, cookieAuth } = opts;
   const given = [getToken !== undefined, tokenUrl !== undefined, cookieAuth === true].filter(Boolean).length;
   if (given !== 1) {
@@ -1311,9 +1345,11 @@ function tokenSource(opts: RealtimeClientOptions, fetchImpl: typeof fetch | unde
     if (typeof tokenUrl !== 'string' || tokenUrl === '') {
       throw new TypeError('realtime-client: `tokenUrl` must be a non-empty string');
     }
-    return () => {
-      if (!fetchImpl) return Promise.reject(new TokenError('fetch is not available to read tokenUrl'));
-      return fetchToken(tokenUrl, fetchImpl);
+    return async () => {
+      if (!fetchImpl) throw new TokenError('fetch is not available to read tokenUrl');
+      const answer = await fetchTokenAnswer(tokenUrl, fetchImpl);
+      configure(answer);
+      return answer.token;
     };
   }
   return () => Promise.resolve(null);

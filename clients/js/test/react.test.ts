@@ -313,13 +313,27 @@ describe('errors reach the page', () => {
     const onError = vi.fn();
     const { container } = render(
       createElement(RealtimeProvider, {
-        options: { url: undefined as unknown as string, tokenUrl: '/api/realtime-token', onError },
+        options: { url: undefined as unknown as string, getToken: () => 'tok', onError },
         children: createElement(ShowError),
       }),
     );
     await act(async () => flush());
     expect(container.textContent).toMatch(/^closed: invalid_options realtime-client: `url` is required/);
     expect(onError).toHaveBeenCalledTimes(1);
+  });
+
+  it('with tokenUrl, a url given by neither the options nor the token answer is invalid_options too', async () => {
+    FakeWebSocket.reset();
+    const fetch = new FakeFetch(() => Response.json({ token: 'tok' }));
+    const { container } = render(
+      createElement(RealtimeProvider, {
+        options: { tokenUrl: '/api/realtime-token', WebSocketImpl: FakeWebSocket, fetchImpl: fetch.fetch },
+        children: createElement(ShowError),
+      }),
+    );
+    await act(async () => flush());
+    expect(container.textContent).toMatch(/^closed: invalid_options realtime-client: `url` is required/);
+    expect(FakeWebSocket.instances).toHaveLength(0);
   });
 
   it('an error right at creation (getToken throws at once) still reaches the page', async () => {

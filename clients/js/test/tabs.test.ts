@@ -2,6 +2,7 @@
 // that stay signed out, errors that clear, selection changes without a gap. Each `describe`
 // names the finding it reproduces; every test here failed on the client before its fix.
 import { describe, expect, it, vi } from 'vitest';
+import { createRealtimeClient } from '../src/index.js';
 import { admitted, envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush, jwt, refusal, sseStream } from './fakes.js';
 import { advance, make, T0, URL_BASE } from './harness.js';
 
@@ -479,5 +480,49 @@ describe('issue 26 #8: wake respects autoConnect and the backoff; a refused sele
     expect(FakeWebSocket.instances).toHaveLength(2);
     expect(FakeWebSocket.last().query.has('types')).toBe(false); // everything, which any limit allows
     expect(client.transport).toBe('websocket');
+  });
+});
+
+describe('issue 26 #6: server rendering never connects', () => {
+  it('a client created at module scope on a server with WebSocket and fetch (Node 22) stays still', async () => {
+    const fetch = new FakeFetch(() => Response.json({ token: 'tok' }));
+    vi.stubGlobal('WebSocket', FakeWebSocket);
+    vi.stubGlobal('fetch', fetch.fetch);
+    const client = createRealtimeClient({ url: URL_BASE, tokenUrl: 'https://studio.example/api/realtime-token' });
+    client.reconnect();
+    await advance(60_000);
+    expect(FakeWebSocket.instances).toHaveLength(0);
+    expect(fetch.calls).toHaveLength(0);
+    client.close();
+  });
+
+  it('and on Node 20 (no WebSocket, a relative token URL) it does not loop on token_error', async () => {
+    const fetch = new FakeFetch(() => Promise.reject(new TypeError('Failed to parse URL')));
+    vi.stubGlobal('fetch', fetch.fetch);
+    const errors: string[] = [];
+    const client = createRealtimeClient({ url: URL_BASE, tokenUrl: '/api/realtime-token', onError: (e) => errors.push(e.code) });
+    await advance(60_000);
+    expect(fetch.calls).toHaveLength(0);
+    expect(errors).toEqual([]);
+    client.close();
+  });
+});
+
+describe('issue 26 #6: a statically built page learns the gateway URL from the token endpoint', () => {
+  it('no url in the options: the token answer {token, url, transport} says where and how', async () => {
+    const fetch = new FakeFetch(() => Response.json({ token: 'tok', url: 'https://rt2.flatrender.example', transport: 'sse' }));
+    const { client } = make({ tokenUrl: 'https://studio.example/api/realtime-token', url: undefined }, fetch);
+    await flush();
+    expect(FakeEventSource.last().url).toMatch(/^https:\/\/rt2\.flatrender\.example\/sse/);
+    expect(client.transport).toBe('sse');
+  });
+
+  it('neither gives a url: invalid_options, fatal, and the token goes nowhere', async () => {
+    const fetch = new FakeFetch(() => Response.json({ token: 'tok' }));
+    const { client, errors } = make({ tokenUrl: 'https://studio.example/api/realtime-token', url: undefined }, fetch);
+    await flush();
+    expect(errors).toMatchObject([{ code: 'invalid_options', severity: 'fatal' }]);
+    expect(client.state).toBe('closed');
+    expect(FakeWebSocket.instances).toHaveLength(0);
   });
 });
