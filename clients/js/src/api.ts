@@ -2,7 +2,7 @@
  * The client's public contract: its options, its states and errors, the browser objects it
  * drives, and the `RealtimeClient` interface. The behaviour lives in `client.ts`.
  */
-import type { CatalogEventType, EventOfType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
+import type { EventCatalog, KnownEventType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
 import type { NumericOptions } from './options.js';
 
 export type ConnectionState =
@@ -226,8 +226,11 @@ export interface RealtimeClient {
    * reading `data`. A bad pattern throws a `TypeError`.
    */
   onEvent(cb: (event: RealtimeEvent) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
-  /** Events of one catalog type whose `data` has that type's fields, typed. Selects that type. */
-  on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe;
+  /**
+   * Events of one type, typed from `EventCatalog` (which apps can extend). Catalog types
+   * are delivered only when `data` has the type's fields. Selects that type.
+   */
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe;
   /** Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`. */
   onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
   /** Valid `notification.*` events. Selects `notification.#`. */

@@ -27,8 +27,8 @@ import {
   isNotificationEvent,
   isRenderJobEvent,
   KNOWN_EVENT_TYPES,
-  type CatalogEventType,
-  type EventOfType,
+  type EventCatalog,
+  type KnownEventType,
   type NotificationEvent,
   type RealtimeEvent,
   type RenderJobEvent,
@@ -108,7 +108,8 @@ class Client implements RealtimeClient {
   private readonly random: () => number;
   private readonly now: () => number;
   private readonly seen: RecentIds;
-  private readonly detachLifecycle: () => void;
+  /** Stops listening to the page; set while the client runs (so a client made during a render and dropped holds nothing). */
+  private detachLifecycle: (() => void) | null = null;
 
   private readonly events = new Set<(e: RealtimeEvent) => void>();
   private readonly resyncs = new Set<() => void>();
@@ -191,19 +192,28 @@ class Client implements RealtimeClient {
     if (opts.onResync) this.resyncs.add(opts.onResync);
     if (opts.onStateChange) this.states.add(opts.onStateChange);
     if (opts.onError) this.errors.add(opts.onError);
-    this.detachLifecycle =
-      opts.reconnectOnWake === false
-        ? () => {}
-        : watchPage(opts.lifecycle, {
-            now: this.now,
-            resumeAfterHiddenMs: this.cfg.resumeAfterHiddenMs,
-            waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
-            wake: () => this.wake(),
-            check: () => {
-              if (this.conn?.opened) this.checkLiveness(this.conn);
-            },
-          });
-    if (!this.stopped) void this.connect();
+    if (!this.stopped) this.start();
+  }
+
+  /** Listens to the page and connects. The constructor does neither when not started, so creating a client has no side effects. */
+  private start(): void {
+    if (this.detachLifecycle === null && this.#opts.reconnectOnWake !== false) {
+      this.detachLifecycle = watchPage(this.#opts.lifecycle, {
+        now: this.now,
+        resumeAfterHiddenMs: this.cfg.resumeAfterHiddenMs,
+        waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
+        wake: () => this.wake(),
+        check: () => {
+          if (this.conn?.opened) this.checkLiveness(this.conn);
+        },
+      });
+    }
+    void this.connect();
+  }
+
+  private detach(): void {
+    this.detachLifecycle?.();
+    this.detachLifecycle = null;
   }
 
   get state(): ConnectionState {
@@ -235,9 +245,10 @@ class Client implements RealtimeClient {
     });
   }
 
-  on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe {
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe {
+    const checked = KNOWN_EVENT_TYPES.has(type); // an app's own types have no shape to check
     return this.listen(checkPatterns(type), (e) => {
-      if (e.event_type === type && isCatalogEvent(e)) cb(e as EventOfType<T>);
+      if (e.event_type === type && (!checked || isCatalogEvent(e))) cb(e as EventCatalog[T]);
     });
   }
 
@@ -303,12 +314,13 @@ class Client implements RealtimeClient {
     this.fellBack = false;
     this.#token = null; // after a new sign-in, say: ask the token source again
     this.setState('connecting');
-    void this.connect();
+    this.start();
   }
 
   disconnect(): void {
     if (this.disposed) return;
     this.stopAll();
+    this.detach();
     this.stopped = true;
     this.why = 'disconnect()';
     this.setState('disconnected');
@@ -319,7 +331,7 @@ class Client implements RealtimeClient {
     this.disposed = true;
     clearTimeout(this.selectionTimer);
     this.stopAll();
-    this.detachLifecycle();
+    this.detach();
     this.setState('closed');
     this.events.clear();
     this.resyncs.clear();

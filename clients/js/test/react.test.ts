@@ -156,7 +156,7 @@ describe('RealtimeProvider', () => {
     expect(() => renderHook(() => useRealtimeClient())).toThrow(/outside <RealtimeProvider>/);
   });
 
-  it('with options, owns a client created after mount and closed on unmount (StrictMode-safe)', async () => {
+  it('with options, owns a client from the first render, disconnected on unmount (StrictMode-safe)', async () => {
     FakeWebSocket.reset();
     let seen: RealtimeClient | null = null;
     let tokenVersion = 'v1';
@@ -182,7 +182,7 @@ describe('RealtimeProvider', () => {
     const { rerender, unmount } = render(view(tokenVersion));
     await act(async () => flush());
     expect(seen).not.toBeNull();
-    // StrictMode mounted twice: the first client was closed, one live socket remains.
+    // StrictMode mounted twice: one client, one live socket.
     const live = FakeWebSocket.instances.filter((s) => s.closedByClient === undefined);
     expect(live).toHaveLength(1);
 
@@ -200,7 +200,9 @@ describe('RealtimeProvider', () => {
     expect(FakeWebSocket.last().bearer).toBe('v2');
 
     unmount();
-    expect(owned.state).toBe('closed');
+    // Disconnected, not closed: StrictMode's unmount and mount again reuse the client.
+    // It holds no socket, timer or listener, so nothing outlives the provider.
+    expect(owned.state).toBe('disconnected');
     expect(FakeWebSocket.last().closedByClient).toBe(1000);
   });
 });

@@ -526,3 +526,26 @@ describe('issue 26 #6: a statically built page learns the gateway URL from the t
     expect(FakeWebSocket.instances).toHaveLength(0);
   });
 });
+
+describe('issue 26 #9: debug logging and the app catalog', () => {
+  it('debug: says what the client does and why, never the token', async () => {
+    const lines: string[] = [];
+    const token = jwt({ iat: nowSecs, exp: nowSecs + 600, sub: 'user-1' });
+    make({ getToken: async () => token, debug: (m, d) => lines.push(`${m} ${JSON.stringify(d ?? {})}`) });
+    await flush();
+    FakeWebSocket.last().fail();
+    await flush();
+    expect(lines.join('\n')).toMatch(/reconnecting/);
+    expect(lines.join('\n')).not.toContain(token);
+  });
+
+  it("on(type) delivers an app's own event type (declared by augmenting EventCatalog)", async () => {
+    const { client } = make({}, undefined, { listen: false });
+    const got: unknown[] = [];
+    client.on('comment.added.v1' as never, (e: { data: unknown }) => got.push(e.data));
+    await flush();
+    FakeWebSocket.last().open();
+    FakeWebSocket.last().receive(envelope('comment.added.v1', { text: 'hi' }));
+    expect(got).toEqual([{ text: 'hi' }]);
+  });
+});
