@@ -5,11 +5,9 @@
 // page loads, are survived on WebSocket with resume; short tokens are refreshed in band at
 // a sensible pace; the WebSocket URL carries no token.
 //
-// Token transport: the client sends the token in Sec-WebSocket-Protocol by default. A
-// gateway without that support (no /auth/check) fails such handshakes, so against it these
-// tests run the studio with REALTIME_TOKEN_TRANSPORT=query, and the tests that need the
-// gateway side of the protocol are skipped with a note. Against a gateway that has it, every
-// test runs with the default.
+// Token transport: the client sends the token in Sec-WebSocket-Protocol (and, over SSE, in
+// Authorization); `gatewayHasAuthCheck` fails a test run against a gateway without that
+// side of the protocol rather than quietly testing less.
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -56,7 +54,6 @@ async function gateway(exchange, env = {}) {
 async function studio(realtimeUrl, { modern, env = {} } = {}) {
   const s = await startStudio({
     ...(realtimeUrl ? { REALTIME_URL: realtimeUrl } : {}),
-    ...(modern ? {} : { REALTIME_TOKEN_TRANSPORT: 'query' }),
     ...env,
   });
   cleanups.push(() => s.stop());
