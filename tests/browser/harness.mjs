@@ -220,7 +220,7 @@ const STUDIO_DIR = path.join(ROOT, 'examples', 'nextjs-studio');
 
 /**
  * Starts the built examples/nextjs-studio (`next start`) on a free loopback port with the
- * given environment (REALTIME_URL, REALTIME_TOKEN_TRANSPORT, ...); resolves once it serves.
+ * given environment (REALTIME_URL, REALTIME_TRANSPORT, ...); resolves once it serves.
  */
 export async function startStudio(env = {}) {
   const port = await freePort();

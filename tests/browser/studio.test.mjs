@@ -5,11 +5,9 @@
 // page loads, are survived on WebSocket with resume; short tokens are refreshed in band at
 // a sensible pace; the WebSocket URL carries no token.
 //
-// Token transport: the client sends the token in Sec-WebSocket-Protocol by default. A
-// gateway without that support (no /auth/check) fails such handshakes, so against it these
-// tests run the studio with REALTIME_TOKEN_TRANSPORT=query, and the tests that need the
-// gateway side of the protocol are skipped with a note. Against a gateway that has it, every
-// test runs with the default.
+// Token transport: the client sends the token in Sec-WebSocket-Protocol (and, over SSE, in
+// Authorization); `gatewayHasAuthCheck` fails a test run against a gateway without that
+// side of the protocol rather than quietly testing less.
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -56,7 +54,6 @@ async function gateway(exchange, env = {}) {
 async function studio(realtimeUrl, { modern, env = {} } = {}) {
   const s = await startStudio({
     ...(realtimeUrl ? { REALTIME_URL: realtimeUrl } : {}),
-    ...(modern ? {} : { REALTIME_TOKEN_TRANSPORT: 'query' }),
     ...env,
   });
   cleanups.push(() => s.stop());
@@ -119,7 +116,7 @@ test('progress and the bell, with tokens minted by the route handler', async () 
   await close();
 });
 
-test('a missing gateway URL is an error on the page, and nothing is sent anywhere', async () => {
+test('a missing gateway URL is an error on the page, and the token is sent nowhere', async () => {
   const s = await studio(undefined, { modern: true });
   const { page, seen, close } = await openStudio(s);
   await until('error shown', async () => (await testId(page, 'error').count()) === 1);
@@ -127,7 +124,12 @@ test('a missing gateway URL is an error on the page, and nothing is sent anywher
   assert.match(await testId(page, 'error').textContent(), /`url` is required/);
   assert.equal(await connection(page), 'closed');
   assert.deepEqual(seen.sockets, []);
-  assert.ok(!seen.requests.some((u) => u.includes('/api/realtime-token')), 'no token was even fetched');
+  // The token endpoint is where the page learns the gateway URL (the pages are built
+  // statically): it was asked, said no URL, and the token went nowhere.
+  assert.ok(
+    seen.requests.every((u) => u.startsWith(s.url)),
+    `only the studio was asked: ${seen.requests.filter((u) => !u.startsWith(s.url))}`,
+  );
   assertNoLeak(s.url, seen.requests);
   await screenshot(page, 'studio-missing-url');
   await close();
@@ -151,9 +153,11 @@ test('signed out: the 401 shows on the page, no token is sent, and signing in re
   assert.deepEqual(seen.sockets, []);
   assert.ok(!seen.requests.some((u) => u.startsWith(gw.url)), 'nothing sent to the gateway');
 
-  // Signing in (in this tab, without a reload) is picked up by the next retry.
+  // Signing in (in this tab, without a reload, as another tab would) is picked up when
+  // the page next gets focus: after a few 401s the client stops polling and waits for it.
   await page.evaluate(async () => {
     await fetch('/signin?tenant=tenant-a&user=user-1', { redirect: 'manual' });
+    window.dispatchEvent(new Event('focus'));
   });
   await waitOpen(page, 60000);
   assert.equal(await testId(page, 'error').count(), 0);
@@ -286,7 +290,7 @@ test('a refused connection says why on the page (probe: too many connections)', 
   await second.close();
 });
 
-test('SSE works cross-origin with token auth, the studio origin unlisted', async (t) => {
+test('SSE works cross-origin with token auth, the studio origin unlisted, the token in no URL', async (t) => {
   const exchange = unique('studio-sse');
   const gw = await gateway(exchange);
   if (!(await gatewayHasAuthCheck(gw.url))) {
@@ -294,11 +298,19 @@ test('SSE works cross-origin with token auth, the studio origin unlisted', async
     return;
   }
   const s = await studio(gw.url, { modern: true, env: { REALTIME_TRANSPORT: 'sse' } });
-  const { page, close } = await openStudio(s);
+  const { page, seen, close } = await openStudio(s);
+  const consoleText = [];
+  page.on('console', (m) => consoleText.push(m.text()));
   await waitOpen(page);
   assert.equal(await testId(page, 'connection').getAttribute('data-transport'), 'sse');
   const ids = await publishSequence({ exchange, tenant: 'tenant-a', user: 'user-1' });
   await until('bell shows 1', async () => (await bell(page)) === '1');
   assert.deepEqual(await eventIds(page), ids);
+  // The stream is read with fetch and the token sent in Authorization: no URL (and so no
+  // console error about one) carries it.
+  const streams = seen.requests.filter((u) => new URL(u).pathname === '/sse');
+  assert.ok(streams.length >= 1);
+  for (const u of streams) assert.ok(!u.includes('access_token'), `token in the stream URL: ${u}`);
+  assert.ok(!consoleText.some((t) => t.includes('access_token') || t.includes('eyJ')), 'no token in the console');
   await close();
 });

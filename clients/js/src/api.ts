@@ -2,7 +2,7 @@
  * The client's public contract: its options, its states and errors, the browser objects it
  * drives, and the `RealtimeClient` interface. The behaviour lives in `client.ts`.
  */
-import type { CatalogEventType, EventOfType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
+import type { EventCatalog, KnownEventType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
 import type { NumericOptions } from './options.js';
 
 export type ConnectionState =
@@ -13,6 +13,8 @@ export type ConnectionState =
   | 'unauthorized'
   /** The gateway revoked this session (close 4003 / SSE close `revoked`). Final until `reconnect()`. */
   | 'revoked'
+  /** `disconnect()` (or the provider's `enabled={false}`): listeners kept, nothing connects until `reconnect()`. */
+  | 'disconnected'
   | 'closed';
 export type TransportKind = 'websocket' | 'sse';
 export type Unsubscribe = () => void;
@@ -43,6 +45,8 @@ export type RealtimeErrorCode =
   | 'connect_failed'
   /** A token would go over plain http/ws to a host other than this machine. Not retried. */
   | 'insecure_url'
+  /** An attempt failed and `GET /auth/check` could not be reached either (network error, timeout, a proxy's 5xx): a wrong host, DNS, or the gateway down. `url` says what was tried. Retried. */
+  | 'unreachable'
   /** An event of a catalog type whose `data` lacks the fields the type declares: not given to typed listeners. */
   | 'invalid_event'
   /** Neither WebSocket nor EventSource exists here (e.g. server-side rendering). Not retried. */
@@ -50,10 +54,21 @@ export type RealtimeErrorCode =
   /** React provider only: the options were rejected (missing or invalid `url`, bad numbers); nothing connects. */
   | 'invalid_options';
 
+/**
+ * `fatal`: the client stopped (revoked, identity_mismatch, insecure_url, no_transport,
+ * invalid_options) until `reconnect()`. `retrying`: the client is trying again (or, signed
+ * out, waiting for focus); cleared once a connection opens. `warning`: the connection is
+ * live and stays so (a bad event, a refused refresh or selection); reported, never held.
+ */
+export type ErrorSeverity = 'fatal' | 'retrying' | 'warning';
+
 export interface RealtimeError {
   code: RealtimeErrorCode;
+  severity: ErrorSeverity;
   message: string;
   closeCode?: number;
+  /** The URL an attempt failed on, never with a token (`unreachable`, `connect_failed`). */
+  url?: string;
   /** HTTP status: of the token endpoint (`token_error`) or of the gateway's refusal. */
   status?: number;
   reason?: string;
@@ -100,9 +115,11 @@ export interface RealtimeClientOptions extends NumericOptions {
   /**
    * Absolute http(s) base of the gateway, e.g. `https://rt.flatrender.example` (a path
    * prefix is kept; ws(s) is derived), or a path starting with `/` on the page's origin.
-   * Anything else throws at construction.
+   * Anything else throws at construction. May be left out with `tokenUrl` when the token
+   * endpoint answers `{"token": ..., "url": ...}` (a page built statically learns the
+   * gateway at run time); if neither gives one, the client stops with `invalid_options`.
    */
-  url: string;
+  url?: string;
   /**
    * Called before every connection attempt and before the token expires. Return the
    * current JWT, or null/undefined to authenticate with the gateway's cookie instead.
@@ -113,8 +130,10 @@ export interface RealtimeClientOptions extends NumericOptions {
   getToken?: () => TokenResult | Promise<TokenResult>;
   /**
    * Or a URL the client fetches the token from (same-origin cookies included): a text
-   * body is the token, a JSON body `{"token": ...}`. Serializable, so a server component
-   * can configure the client. A non-2xx answer is a `token_error` with its `status`.
+   * body is the token, a JSON body `{"token": ...}`, which may also carry the gateway's
+   * `url` and a `transport` (they win over the options). Serializable, so a server
+   * component can configure the client. A non-2xx answer is a `token_error` with its
+   * `status`.
    */
   tokenUrl?: string;
   /** Neither getToken nor tokenUrl: authenticate with the gateway's cookie. */
@@ -128,6 +147,13 @@ export interface RealtimeClientOptions extends NumericOptions {
    * SSE always uses the query (EventSource cannot set headers).
    */
   tokenTransport?: 'protocol' | 'query';
+  /**
+   * SSE over `fetch` (default true where response bodies stream, i.e. every current
+   * browser): the token goes in an `Authorization: Bearer` header, never in the URL, and
+   * a refusal's status and reason are read from the answer. `false` uses `EventSource`
+   * (token in `?access_token=`, which shows in console errors and proxy logs).
+   */
+  sseFetch?: boolean;
   /**
    * Ask `GET <url>/auth/check` why an attempt failed (browsers hide refusal statuses).
    * Default true; a gateway without it (404) is handled as before.
@@ -144,6 +170,11 @@ export interface RealtimeClientOptions extends NumericOptions {
   onResync?: () => void;
   onStateChange?: (state: ConnectionState) => void;
   onError?: (error: RealtimeError) => void;
+  /**
+   * Log what the client does and why (attempts, drops, liveness checks, state changes):
+   * `true` for `console.debug`, or a function of your own. Never logs a token.
+   */
+  debug?: boolean | ((message: string, detail?: object) => void);
   /** Resume from this event id on the first connection (e.g. kept in sessionStorage). */
   lastEventId?: string | null;
   WebSocketImpl?: WebSocketConstructor;
@@ -156,8 +187,28 @@ export interface RealtimeClientOptions extends NumericOptions {
   now?: () => number;
 }
 
+/** Everything the page may show about the connection, as one immutable snapshot. */
+export interface ConnectionStatus {
+  state: ConnectionState;
+  /**
+   * Why the client is in this state, in words for logs and tooltips (`closed 1001 (server
+   * shutting down)`, `no answer to a liveness check`, an error code, `signed out: waiting
+   * for focus...`); null when open. Not a stable contract: branch on `state` and `error`.
+   */
+  reason: string | null;
+  /** When the next attempt is due (epoch ms), or null when none is planned. */
+  retryAt: number | null;
+  /** What keeps the client from being live (`fatal` or `retrying`); null once open. */
+  error: RealtimeError | null;
+  transport: TransportKind | null;
+}
+
 export interface RealtimeClient {
   readonly state: ConnectionState;
+  /** State, reason, next retry and current error, as one snapshot (a new object on every change). */
+  readonly status: ConnectionStatus;
+  /** The current error (`status.error`): fatal or retrying, cleared when its cause is gone. */
+  readonly error: RealtimeError | null;
   /** Transport of the current (or last) connection; null before the first attempt. */
   readonly transport: TransportKind | null;
   /** Last `event_id` delivered, across transports; sent as `last_event_id` on reconnect. */
@@ -175,8 +226,11 @@ export interface RealtimeClient {
    * reading `data`. A bad pattern throws a `TypeError`.
    */
   onEvent(cb: (event: RealtimeEvent) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
-  /** Events of one catalog type whose `data` has that type's fields, typed. Selects that type. */
-  on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe;
+  /**
+   * Events of one type, typed from `EventCatalog` (which apps can extend). Catalog types
+   * are delivered only when `data` has the type's fields. Selects that type.
+   */
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe;
   /** Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`. */
   onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
   /** Valid `notification.*` events. Selects `notification.#`. */
@@ -190,9 +244,16 @@ export interface RealtimeClient {
   /** The gateway says events may have been lost: refetch state over REST. */
   onResync(cb: () => void): Unsubscribe;
   onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;
+  /** Every error, warnings included, with its severity. */
   onError(cb: (error: RealtimeError) => void): Unsubscribe;
+  onStatusChange(cb: (status: ConnectionStatus) => void): Unsubscribe;
   /** Drop the current connection (if any) and connect again now with a fresh backoff, e.g. after `identity_mismatch`, `revoked` and a new sign-in. No-op after `close()`. */
   reconnect(): void;
+  /**
+   * Stop connecting, keeping listeners and selections (state `disconnected`), e.g. when
+   * the user signs out; `reconnect()` starts again.
+   */
+  disconnect(): void;
   /** Stop for good: closes the connection, cancels every timer, drops all listeners. */
   close(): void;
 }

@@ -11,10 +11,13 @@
 import {
   WS_PROTOCOL,
   type ConnectionState,
+  type ConnectionStatus,
+  type ErrorSeverity,
   type EventSourceConstructor,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeError,
+  type RealtimeErrorCode,
   type TransportKind,
   type Unsubscribe,
   type WebSocketConstructor,
@@ -24,8 +27,8 @@ import {
   isNotificationEvent,
   isRenderJobEvent,
   KNOWN_EVENT_TYPES,
-  type CatalogEventType,
-  type EventOfType,
+  type EventCatalog,
+  type KnownEventType,
   type NotificationEvent,
   type RealtimeEvent,
   type RenderJobEvent,
@@ -33,9 +36,10 @@ import {
 import { checkPatterns, Interests, sameSelection, selectionCovers, topicMatches } from './interest.js';
 import { decodeTokenTimes, MAX_TIMER_MS, MIN_REFRESH_DELAY_MS, refreshDelay, type TokenTimes } from './jwt.js';
 import { isLoopback, isSecure, resolveBaseUrl, resolveSettings, type Settings } from './options.js';
-import { probeAuth, type ProbeResult } from './probe.js';
+import { probeAuth, probeStream, type ProbeResult } from './probe.js';
+import { canStreamFetch, FetchEventSource } from './sse.js';
 import { RecentIds } from './recent.js';
-import { checkToken, fetchToken, TokenError, withDeadline } from './token.js';
+import { checkToken, fetchTokenAnswer, TokenError, withDeadline, type TokenAnswer } from './token.js';
 import { watchPage } from './wake.js';
 
 export function createRealtimeClient(options: RealtimeClientOptions): RealtimeClient {
@@ -45,16 +49,25 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
 // WebSocket close codes the gateway sends that need more than "reconnect".
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
+const CLOSE_TOKEN_EXPIRED = 4001;
+/** The least time between two attempts when a wake (online, focus, the tab shown) brings one forward. */
+const WAKE_MIN_GAP_MS = 2_000;
 const CLOSE_REVOKED = 4003;
 
 /** One connection attempt. Callbacks from a conn that is neither `client.conn` nor the trial are ignored. */
 interface Conn {
   kind: TransportKind;
+  /** The URL tried, without any token: what an error about this attempt names. */
+  url: string;
+  /** Why it failed, when the transport could see it (an SSE stream over fetch reads the refusal). */
+  failure?: ProbeResult | undefined;
   opened: boolean;
   healthy: boolean;
   /** Anything received since the last ping we sent. */
   heard: boolean;
   lastHeardAt: number;
+  /** Messages received so far: a liveness check compares it before and after its ping. */
+  heardCount: number;
   /**
    * The event types the gateway holds for this connection as far as we know (null: its
    * default, everything): the `types=` it was opened with, then what we asked in band,
@@ -80,10 +93,14 @@ class Client implements RealtimeClient {
   #token: string | null = null;
   /** Sent in a refresh, not yet confirmed. */
   #pendingToken: string | null = null;
-  /** Fetched by an SSE refresh for the reconnect it schedules. */
-  #nextToken: string | null | undefined = undefined;
+  /** The token of `successor`, which becomes `#token` when it takes over. */
+  #successorToken: string | null = null;
 
-  private readonly base: URL;
+  /** The gateway's base URL: from the options, or from the token endpoint's answer (`{"token", "url"}`). */
+  private base: URL | null;
+  /** `transport` from the token endpoint's answer, when it gave one; wins over the option. */
+  private answeredTransport: 'auto' | TransportKind | undefined;
+  private readonly pageUrl: string | undefined;
   private readonly cfg: Settings;
   private readonly WS: WebSocketConstructor | undefined;
   private readonly ES: EventSourceConstructor | undefined;
@@ -91,7 +108,8 @@ class Client implements RealtimeClient {
   private readonly random: () => number;
   private readonly now: () => number;
   private readonly seen: RecentIds;
-  private readonly detachLifecycle: () => void;
+  /** Stops listening to the page; set while the client runs (so a client made during a render and dropped holds nothing). */
+  private detachLifecycle: (() => void) | null = null;
 
   private readonly events = new Set<(e: RealtimeEvent) => void>();
   private readonly resyncs = new Set<() => void>();
@@ -101,16 +119,35 @@ class Client implements RealtimeClient {
   private readonly interests: Interests;
 
   private _state: ConnectionState = 'connecting';
+  /** What keeps the client from being live (fatal or retrying); warnings never stay here. */
+  private _error: RealtimeError | null = null;
+  /** Why the client is in its state, in words (for logs and tooltips). */
+  private why: string | null = null;
+  private retryAt: number | null = null;
+  private _status: ConnectionStatus = { state: 'connecting', reason: null, retryAt: null, error: null, transport: null };
+  private readonly statuses = new Set<(s: ConnectionStatus) => void>();
   private _transport: TransportKind | null = null;
   private lastId: string | null;
 
   private conn: Conn | null = null;
-  /** A WebSocket tried in the background while SSE serves; adopted if it opens. */
+  /**
+   * A connection opened beside the serving one, which it replaces once it opens
+   * (make-before-break): a WebSocket tried again while SSE serves, or an SSE stream with a
+   * fresh token or a wider selection.
+   */
   private trial: Conn | null = null;
   /** Bumped by every attempt, `reconnect()` and `close()`; async work from an older generation is dropped. */
   private gen = 0;
   private disposed = false; // close() was called
   private halted = false; // stopped by the gateway or a config error; reconnect() resumes
+  /** Not started yet (`autoConnect: false`) or `disconnect()`ed: nothing connects until `reconnect()`. */
+  private stopped: boolean;
+  /** Attempts in a row refused as signed out (a 401/403 token endpoint, a gateway 401). */
+  private signedOutAttempts = 0;
+  private lastAttemptAt = -Infinity;
+  private readonly onServer: boolean;
+  /** The gateway refused our selection as too large (400 `types`): connect for everything until reconnect(). */
+  private selectAll = false;
   private attempt = 0; // reconnects since the last healthy connection, drives backoff
   private wsFailures = 0; // WebSocket attempts in a row that failed and could not be explained
   private wsBlocked = 0; // WebSocket attempts in a row that failed while the gateway would admit us
@@ -124,6 +161,7 @@ class Client implements RealtimeClient {
   private healthyTimer: Timer | undefined;
   private refreshTimer: Timer | undefined;
   private livenessTimer: ReturnType<typeof setInterval> | undefined;
+  private checkTimer: Timer | undefined;
   private wsRetryTimer: Timer | undefined;
   private trialTimer: Timer | undefined;
   private selectionTimer: Timer | undefined;
@@ -131,10 +169,13 @@ class Client implements RealtimeClient {
   constructor(opts: RealtimeClientOptions) {
     this.#opts = opts;
     const pageUrl = (globalThis as { location?: { href?: string } }).location?.href;
-    this.base = resolveBaseUrl(opts.url, pageUrl);
+    this.pageUrl = pageUrl;
+    // With a token URL the endpoint may say where the gateway is, so a statically built
+    // page needs no URL of its own (README "React / Next.js"); otherwise it is required.
+    this.base = opts.url === undefined && opts.tokenUrl !== undefined ? null : resolveBaseUrl(opts.url, pageUrl);
     this.cfg = resolveSettings(opts);
     this.fetchImpl = opts.fetchImpl ?? (typeof fetch === 'undefined' ? undefined : fetch.bind(globalThis));
-    this.#getToken = tokenSource(opts, this.fetchImpl);
+    this.#getToken = tokenSource(opts, this.fetchImpl, (answer) => this.configure(answer));
     this.WS = opts.WebSocketImpl ?? (typeof WebSocket === 'undefined' ? undefined : WebSocket);
     this.ES = opts.EventSourceImpl ?? (typeof EventSource === 'undefined' ? undefined : EventSource);
     this.random = opts.random ?? Math.random;
@@ -142,23 +183,47 @@ class Client implements RealtimeClient {
     this.seen = new RecentIds(this.cfg.dedupeWindow);
     this.interests = new Interests(this.cfg.maxSelectedTypes);
     this.lastId = opts.lastEventId ?? null;
+    // Server rendering (no `window`): Node 22 has WebSocket and every Node has fetch, so a
+    // client created at module scope would connect from the server. It never does there
+    // unless transports were injected on purpose (tests, Node tools).
+    this.onServer =
+      typeof window === 'undefined' && !opts.WebSocketImpl && !opts.EventSourceImpl && !opts.fetchImpl;
+    this.stopped = opts.autoConnect === false || this.onServer;
     if (opts.onResync) this.resyncs.add(opts.onResync);
     if (opts.onStateChange) this.states.add(opts.onStateChange);
     if (opts.onError) this.errors.add(opts.onError);
-    this.detachLifecycle =
-      opts.reconnectOnWake === false
-        ? () => {}
-        : watchPage(opts.lifecycle, {
-            now: this.now,
-            resumeAfterHiddenMs: this.cfg.resumeAfterHiddenMs,
-            waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
-            wake: () => this.wake(),
-          });
-    if (opts.autoConnect !== false) void this.connect();
+    if (!this.stopped) this.start();
+  }
+
+  /** Listens to the page and connects. The constructor does neither when not started, so creating a client has no side effects. */
+  private start(): void {
+    if (this.detachLifecycle === null && this.#opts.reconnectOnWake !== false) {
+      this.detachLifecycle = watchPage(this.#opts.lifecycle, {
+        now: this.now,
+        resumeAfterHiddenMs: this.cfg.resumeAfterHiddenMs,
+        waiting: () => this._state === 'reconnecting' || this._state === 'unauthorized',
+        wake: () => this.wake(),
+        check: () => {
+          if (this.conn?.opened) this.checkLiveness(this.conn);
+        },
+      });
+    }
+    void this.connect();
+  }
+
+  private detach(): void {
+    this.detachLifecycle?.();
+    this.detachLifecycle = null;
   }
 
   get state(): ConnectionState {
     return this._state;
+  }
+  get status(): ConnectionStatus {
+    return this._status;
+  }
+  get error(): RealtimeError | null {
+    return this._error;
   }
   get transport(): TransportKind | null {
     return this._transport;
@@ -180,9 +245,10 @@ class Client implements RealtimeClient {
     });
   }
 
-  on<T extends CatalogEventType>(type: T, cb: (event: EventOfType<T>) => void): Unsubscribe {
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe {
+    const checked = KNOWN_EVENT_TYPES.has(type); // an app's own types have no shape to check
     return this.listen(checkPatterns(type), (e) => {
-      if (e.event_type === type && isCatalogEvent(e)) cb(e as EventOfType<T>);
+      if (e.event_type === type && (!checked || isCatalogEvent(e))) cb(e as EventCatalog[T]);
     });
   }
 
@@ -229,18 +295,35 @@ class Client implements RealtimeClient {
     return subscribe(this.errors, cb);
   }
 
+  onStatusChange(cb: (status: ConnectionStatus) => void): Unsubscribe {
+    return subscribe(this.statuses, cb);
+  }
+
   // ---- lifecycle -------------------------------------------------------------------
 
   reconnect(): void {
-    if (this.disposed) return;
+    if (this.disposed || this.onServer) return;
     this.stopAll();
     this.halted = false;
+    this.stopped = false;
+    this.signedOutAttempts = 0;
+    this.selectAll = false;
     this.attempt = 0;
     this.wsFailures = 0;
     this.wsBlocked = 0;
     this.fellBack = false;
+    this.#token = null; // after a new sign-in, say: ask the token source again
     this.setState('connecting');
-    void this.connect();
+    this.start();
+  }
+
+  disconnect(): void {
+    if (this.disposed) return;
+    this.stopAll();
+    this.detach();
+    this.stopped = true;
+    this.why = 'disconnect()';
+    this.setState('disconnected');
   }
 
   close(): void {
@@ -248,7 +331,7 @@ class Client implements RealtimeClient {
     this.disposed = true;
     clearTimeout(this.selectionTimer);
     this.stopAll();
-    this.detachLifecycle();
+    this.detach();
     this.setState('closed');
     this.events.clear();
     this.resyncs.clear();
@@ -262,7 +345,6 @@ class Client implements RealtimeClient {
     clearTimeout(this.retryTimer);
     clearTimeout(this.wsRetryTimer);
     this.retryTimer = this.wsRetryTimer = undefined;
-    this.#nextToken = undefined;
     this.dropTrial();
     this.dropConn();
   }
@@ -274,23 +356,40 @@ class Client implements RealtimeClient {
   }
 
   /** Online again, or back from a long sleep: whatever we hold may be dead; connect now and resume. */
+  /**
+   * Online again, the tab shown or focused while waiting out a backoff (or signed out):
+   * try now rather than at the end of a long wait, but never sooner than
+   * `WAKE_MIN_GAP_MS` after the previous attempt, and without resetting the backoff, so
+   * switching tabs back and forth cannot turn into a burst of attempts.
+   */
   private wake(): void {
-    if (this.disposed || this.halted) return;
-    this.stopAll();
-    this.attempt = 0;
+    if (this.disposed || this.halted || this.stopped) return;
+    const waiting = this.retryTimer !== undefined || this.signedOutAttempts > this.cfg.signedOutRetries;
+    if (!waiting) return; // an attempt is in flight, or a connection serves (liveness checks it)
+    const at = Math.max(this.now(), this.lastAttemptAt + WAKE_MIN_GAP_MS);
+    if (this.retryAt !== null && this.retryAt <= at) return; // already due sooner
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     this.setState('reconnecting');
-    void this.connect();
+    if (at <= this.now()) {
+      void this.connect();
+      return;
+    }
+    this.retryAt = at;
+    this.publish();
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.retryAt = null;
+      void this.connect();
+    }, at - this.now());
   }
 
   /** One attempt: get a token, pick the transport, open it. */
   private async connect(): Promise<void> {
     const gen = ++this.gen;
-    let token: string | null;
-    const prefetched = this.#nextToken;
-    this.#nextToken = undefined;
-    if (prefetched !== undefined) {
-      token = prefetched;
-    } else {
+    this.lastAttemptAt = this.now();
+    let token = this.reusableToken();
+    if (token === null) {
       try {
         token = checkToken(
           await withDeadline(this.#getToken(), this.cfg.connectTimeoutMs, 'getToken()'),
@@ -302,6 +401,15 @@ class Client implements RealtimeClient {
         return;
       }
       if (gen !== this.gen) return; // close()/reconnect() happened while we waited
+    }
+    if (this.base === null) {
+      this.emitError({
+        code: 'invalid_options',
+        message:
+          'realtime-client: `url` is required: give it in the options or have the token endpoint answer {"token": ..., "url": "https://..."}',
+      });
+      this.halt();
+      return;
     }
     if (token !== null && !isSecure(this.base) && !isLoopback(this.base)) {
       this.emitError({
@@ -319,6 +427,7 @@ class Client implements RealtimeClient {
       return;
     }
     this._transport = kind;
+    this.publish();
     this.#token = token;
     let conn: Conn;
     try {
@@ -336,24 +445,56 @@ class Client implements RealtimeClient {
     }, this.cfg.connectTimeoutMs);
   }
 
+  /**
+   * The token of the last attempt, while it is still far from its refresh time: a
+   * reconnect after a drop (a deploy, a network change) need not ask the token source
+   * again. Null for cookie auth, for a token without `exp`, and once the gateway refused
+   * or expired it (those paths clear `#token`).
+   */
+  private reusableToken(): string | null {
+    const token = this.#token;
+    if (token === null) return null;
+    const due = refreshDelay(decodeTokenTimes(token), this.now(), this.cfg.refreshBeforeExpiryMs);
+    if (due === null || due <= MIN_REFRESH_DELAY_MS) return null;
+    try {
+      return checkToken(token, this.tokenInProtocol());
+    } catch {
+      return null; // fetched for another transport (a `/` does not fit Sec-WebSocket-Protocol)
+    }
+  }
+
+  /** What the token endpoint said besides the token: where the gateway is, which transport. */
+  private configure(answer: TokenAnswer): void {
+    if (answer.url !== undefined) this.base = resolveBaseUrl(answer.url, this.pageUrl); // throws: a token_error
+    if (answer.transport === 'auto' || answer.transport === 'websocket' || answer.transport === 'sse') {
+      this.answeredTransport = answer.transport;
+    }
+  }
+
   private tokenFailed(cause: unknown): void {
-    const status = cause instanceof TokenError ? cause.status : undefined;
+    const status = errorStatus(cause);
     this.emitError({
       code: 'token_error',
       message: cause instanceof Error ? cause.message : 'getToken() failed',
       ...(status !== undefined ? { status } : {}),
       cause,
     });
-    this.scheduleReconnect({ state: 'unauthorized' });
+    this.scheduleReconnect({ state: 'unauthorized', signedOut: status === 401 || status === 403 });
   }
 
   private tokenInProtocol(): boolean {
     return (this.#opts.tokenTransport ?? 'protocol') === 'protocol' && this.pickTransport() === 'websocket';
   }
 
+  /** SSE over fetch (token in a header, refusals readable) unless turned off or unsupported. */
+  private sseOverFetch(): boolean {
+    return this.#opts.sseFetch !== false && canStreamFetch(this.fetchImpl);
+  }
+
   private pickTransport(): TransportKind | null {
-    const { WS, ES } = this;
-    switch (this.#opts.transport ?? 'auto') {
+    const WS = this.WS;
+    const ES = this.ES !== undefined || this.sseOverFetch();
+    switch (this.answeredTransport ?? this.#opts.transport ?? 'auto') {
       case 'websocket':
         return WS ? 'websocket' : null;
       case 'sse':
@@ -364,25 +505,40 @@ class Client implements RealtimeClient {
     }
   }
 
-  private endpoint(kind: TransportKind, queryToken: string | null, selection: readonly string[] | null): string {
-    const u = new URL(this.base.href);
+  private endpoint(
+    kind: TransportKind,
+    queryToken: string | null,
+    selection: readonly string[] | null,
+    resume = true,
+  ): string {
+    const u = new URL(this.base!.href);
     const secure = isSecure(u);
     u.protocol = kind === 'websocket' ? (secure ? 'wss:' : 'ws:') : secure ? 'https:' : 'http:';
     u.pathname = u.pathname.replace(/\/+$/, '') + (kind === 'websocket' ? '/ws' : '/sse');
     // URLSearchParams percent-encodes, so any token/id survives the query string.
     if (queryToken !== null) u.searchParams.set('access_token', queryToken);
-    if (this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
-    if (selection !== null) u.searchParams.set('types', selection.join(','));
+    if (resume && this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
+    if (selection !== null && !this.selectAll) u.searchParams.set('types', selection.join(','));
     return u.href;
   }
 
-  private newConn(kind: TransportKind, selection: string[] | null, send: Conn['send'], close: Conn['close']): Conn {
+  private newConn(
+    kind: TransportKind,
+    url: string,
+    selection: string[] | null,
+    send: Conn['send'],
+    close: Conn['close'],
+  ): Conn {
+    const shown = new URL(url);
+    shown.searchParams.delete('access_token');
     return {
       kind,
+      url: shown.href,
       opened: false,
       healthy: false,
       heard: true,
       lastHeardAt: this.now(),
+      heardCount: 0,
       selection,
       pendingSelections: 0,
       selectionFrozen: false,
@@ -399,6 +555,7 @@ class Client implements RealtimeClient {
     const ws = inProtocol ? new this.WS!(url, [WS_PROTOCOL, `bearer.${token}`]) : new this.WS!(url);
     const conn = this.newConn(
       'websocket',
+      url,
       selection,
       (data) => ws.send(data),
       () => {
@@ -432,14 +589,21 @@ class Client implements RealtimeClient {
     return conn;
   }
 
-  private openEventSource(token: string | null): Conn {
+  private openEventSource(token: string | null, resume = true): Conn {
     const selection = this.interests.selection;
-    const url = this.endpoint('sse', token, selection);
+    // Over fetch the token goes in `Authorization`, out of the URL and the console.
+    const viaFetch = this.sseOverFetch();
+    const url = this.endpoint('sse', viaFetch ? null : token, selection, resume);
     // Cookie mode: a cross-origin EventSource only sends cookies with withCredentials.
     // Token mode sends none, so the gateway may answer any origin with `*`.
-    const es = token === null ? new this.ES!(url, { withCredentials: true }) : new this.ES!(url);
+    const es = viaFetch
+      ? new FetchEventSource(url, token, this.fetchImpl!)
+      : token === null
+        ? new this.ES!(url, { withCredentials: true })
+        : new this.ES!(url);
     const conn = this.newConn(
       'sse',
+      url,
       selection,
       () => {},
       () => {
@@ -462,7 +626,10 @@ class Client implements RealtimeClient {
     // browser retry: its retry would reuse the old URL (stale token, stale last_event_id)
     // and skip getToken(). The gateway staggers shutdown closes, and our jitter spreads the
     // rest, so ignoring its `retry:` hint costs little.
-    es.onerror = () => this.onConnClose(conn);
+    es.onerror = () => {
+      if (es instanceof FetchEventSource) conn.failure = es.failure;
+      this.onConnClose(conn);
+    };
     return conn;
   }
 
@@ -478,6 +645,7 @@ class Client implements RealtimeClient {
 
   private handleOpen(conn: Conn): void {
     conn.opened = true;
+    this.signedOutAttempts = 0;
     conn.lastHeardAt = this.now();
     clearTimeout(this.connectTimer);
     if (conn.kind === 'websocket') {
@@ -501,8 +669,9 @@ class Client implements RealtimeClient {
    * A connection can look open long after it died (a laptop slept, the network changed).
    * WebSocket: ping every `pingIntervalMs`; nothing at all heard since the previous ping
    * means dead. SSE: the gateway sends a heartbeat event every few seconds; nothing heard
-   * for `sseHeartbeatTimeoutMs` means dead. Either way, a timer that fires far later than
-   * asked means the machine slept: reconnect at once rather than trust the socket.
+   * for `sseHeartbeatTimeoutMs` means dead. A tick that fires far later than asked proves
+   * nothing by itself: Chrome runs the timers of a hidden tab about once a minute while
+   * its sockets carry on. So a late tick asks (`checkLiveness`) instead of judging.
    */
   private startLiveness(conn: Conn): void {
     const ws = conn.kind === 'websocket';
@@ -512,15 +681,15 @@ class Client implements RealtimeClient {
     this.livenessTimer = setInterval(() => {
       if (this.conn !== conn) return;
       const now = this.now();
-      const slept = now - lastTick > 2 * every + 5_000;
+      const late = now - lastTick > 2 * every + 5_000;
       lastTick = now;
-      if (slept) {
-        this.wake();
+      if (late) {
+        this.checkLiveness(conn);
         return;
       }
       const dead = ws ? !conn.heard : now - conn.lastHeardAt >= this.cfg.sseHeartbeatTimeoutMs;
       if (dead) {
-        this.handleDrop(conn);
+        this.handleDrop(conn, undefined, undefined, ws ? 'no answer to a ping' : 'no heartbeat');
         return;
       }
       if (ws) {
@@ -528,6 +697,28 @@ class Client implements RealtimeClient {
         this.trySend(conn, { type: 'ping' });
       }
     }, every);
+  }
+
+  /**
+   * Is this connection alive? WebSocket: a ping that must be answered (by anything)
+   * within `pongTimeoutMs`. SSE has no channel back: the gateway's next heartbeat must
+   * arrive within half of `sseHeartbeatTimeoutMs`. Used when a timer ran late and when a
+   * tab comes back, instead of reconnecting on suspicion.
+   */
+  private checkLiveness(conn: Conn): void {
+    if (this.checkTimer !== undefined || this.conn !== conn || !conn.opened) return;
+    const ws = conn.kind === 'websocket';
+    const grace = ws ? this.cfg.pongTimeoutMs : this.cfg.sseHeartbeatTimeoutMs / 2;
+    if (grace <= 0) return;
+    const before = conn.heardCount;
+    if (ws) this.trySend(conn, { type: 'ping' });
+    this.debug('liveness check', { transport: conn.kind });
+    this.checkTimer = setTimeout(() => {
+      this.checkTimer = undefined;
+      if (this.conn === conn && conn.heardCount === before) {
+        this.handleDrop(conn, undefined, undefined, 'no answer to a liveness check');
+      }
+    }, grace);
   }
 
   /** Backoff resets only once a connection proved useful (an event, or time open), so accept-then-drop loops still back off. */
@@ -540,6 +731,7 @@ class Client implements RealtimeClient {
 
   private noteHeard(conn: Conn): void {
     conn.heard = true;
+    conn.heardCount++;
     conn.lastHeardAt = this.now();
   }
 
@@ -591,7 +783,10 @@ class Client implements RealtimeClient {
         // SSE: the gateway is about to end the stream (shutdown, token_expired, revoked).
         const reason = typeof msg.reason === 'string' ? msg.reason : undefined;
         if (reason === 'revoked') this.revoke(reason);
-        else this.handleDrop(conn);
+        else {
+          if (reason === 'token_expired') this.#token = null;
+          this.handleDrop(conn);
+        }
         break;
       }
       default: // pong, heartbeat and anything newer: liveness was already noted
@@ -615,8 +810,15 @@ class Client implements RealtimeClient {
   }
 
   /** The connection ended or failed: decide between retrying, asking why, falling back and stopping. */
-  private handleDrop(conn: Conn, closeCode?: number, reason?: string): void {
+  private handleDrop(conn: Conn, closeCode?: number, reason?: string, why?: string): void {
     this.dropConn();
+    this.why =
+      why ??
+      (closeCode !== undefined && closeCode !== 1006
+        ? `closed ${closeCode}${reason ? ` (${reason})` : ''}`
+        : conn.opened
+          ? 'connection lost'
+          : 'attempt failed');
     if (closeCode === CLOSE_REVOKED) {
       this.revoke(reason || 'revoked');
       return;
@@ -632,6 +834,7 @@ class Client implements RealtimeClient {
       this.halt();
       return;
     }
+    if (closeCode === CLOSE_TOKEN_EXPIRED) this.#token = null;
     if (closeCode === CLOSE_TOO_BIG) {
       this.emitError({ code: 'message_too_big', message: 'gateway closed the connection: message too big', closeCode });
     }
@@ -650,17 +853,40 @@ class Client implements RealtimeClient {
     const gen = this.gen;
     // The token of the attempt that failed (connect() set it; cookie auth has none to show).
     const token = this.#token;
-    let result: ProbeResult = { kind: 'unsupported' };
-    if (token !== null && this.fetchImpl && this.#opts.probe !== false) {
-      result = await probeAuth(this.base, token, this.fetchImpl, this.cfg.connectTimeoutMs);
+    let result: ProbeResult | null = conn.failure ?? null;
+    if (result === null && this.fetchImpl && this.#opts.probe !== false) {
+      // Cookie auth has no token to show /auth/check (which answers any origin, without
+      // credentials): ask /sse itself, with the cookie, as the browser would connect.
+      result =
+        token !== null
+          ? await probeAuth(this.base!, token, this.fetchImpl, this.cfg.connectTimeoutMs)
+          : await probeStream(this.endpoint('sse', null, conn.selection, false), null, this.fetchImpl, this.cfg.connectTimeoutMs);
       if (gen !== this.gen || this.disposed) return;
+    }
+    if (result === null) {
+      // Nothing to ask with: say at least what failed.
+      this.emitError({ code: 'connect_failed', message: `could not connect to ${conn.url}`, url: conn.url });
+      result = { kind: 'unsupported' };
     }
     const ws = conn.kind === 'websocket';
     switch (result.kind) {
       case 'refused':
         this.handleRefusal(result);
         return;
+      case 'bad_types':
+        this.refuseSelection(conn);
+        break;
       case 'admitted':
+        // /auth/check does not look at `types=`: a selection over the gateway's limit
+        // fails the handshake just the same. The stream URL with the same types tells.
+        if (conn.selection !== null && token !== null && this.fetchImpl && !this.selectAll) {
+          const again = await probeStream(this.endpoint('sse', null, conn.selection, false), token, this.fetchImpl, this.cfg.connectTimeoutMs);
+          if (gen !== this.gen || this.disposed) return;
+          if (again.kind === 'bad_types') {
+            this.refuseSelection(conn);
+            break;
+          }
+        }
         // The gateway would take this very token, yet the attempt failed: something on the
         // path (a proxy, a firewall) blocks WebSocket; for SSE, most often CORS.
         if (ws) this.countWsBlocked();
@@ -676,10 +902,44 @@ class Client implements RealtimeClient {
         if (ws) this.countWsFailure();
         break;
       case 'unreachable':
-        // The gateway itself is down (a deploy, an outage): no reason to leave WebSocket.
+        // A cookie request from an origin the gateway does not list fails CORS, which
+        // looks like a network error: the gateway answering a request without
+        // credentials tells the two apart.
+        if (token === null && this.fetchImpl && (await this.answers(gen))) {
+          this.emitError({
+            code: 'connect_failed',
+            message: `the gateway at ${conn.url} answers, but not to this page's cookie request: list the page's origin in GATEWAY_ALLOWED_ORIGINS`,
+            url: conn.url,
+          });
+          break;
+        }
+        if (gen !== this.gen) return;
+        // The gateway itself is down (a deploy, an outage), or the host is wrong: no
+        // reason to leave WebSocket, every reason to say so.
+        this.emitError({
+          code: 'unreachable',
+          message: `could not reach the gateway at ${conn.url}: a wrong host, DNS, the gateway down, or a proxy error`,
+          url: conn.url,
+        });
         break;
     }
     this.scheduleReconnect();
+  }
+
+  /** 400 `types` before the upgrade: ask for everything (which any limit allows) from now on. */
+  private refuseSelection(conn: Conn): void {
+    this.selectAll = true;
+    this.emitError({
+      code: 'invalid_types',
+      message: `the gateway refused the selection of ${conn.selection?.length ?? 0} event type patterns (is maxSelectedTypes above its GATEWAY_MAX_INTEREST_PATTERNS?); receiving everything`,
+      reason: 'types',
+    });
+  }
+
+  /** Does the gateway answer HTTP at all (any status) to a request without credentials? */
+  private async answers(gen: number): Promise<boolean> {
+    const r = await probeAuth(this.base!, '-', this.fetchImpl!, this.cfg.connectTimeoutMs);
+    return gen === this.gen && r.kind !== 'unreachable';
   }
 
   private handleRefusal(r: Extract<ProbeResult, { kind: 'refused' }>): void {
@@ -689,8 +949,9 @@ class Client implements RealtimeClient {
         this.revoke(r.reason);
         return;
       }
+      this.#token = null; // the next attempt asks the token source again
       this.emitError({ code: 'unauthorized', message: `gateway refused the token: ${r.reason || 'unauthorized'}`, ...detail });
-      this.scheduleReconnect({ state: 'unauthorized' }); // the next attempt calls getToken() again
+      this.scheduleReconnect({ state: 'unauthorized', signedOut: true }); // the next attempt calls getToken() again
       return;
     }
     this.emitError({
@@ -720,7 +981,7 @@ class Client implements RealtimeClient {
   }
 
   private fallBack(): void {
-    if ((this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || !this.ES) return;
+    if ((this.answeredTransport ?? this.#opts.transport ?? 'auto') !== 'auto' || this.fellBack || (!this.ES && !this.sseOverFetch())) return;
     this.fellBack = true; // the SSE stream, once open, schedules the WebSocket retries
   }
 
@@ -749,7 +1010,31 @@ class Client implements RealtimeClient {
       this.scheduleWsRetry();
       return;
     }
+    this.setTrial(trial, this.#token);
+  }
+
+  /**
+   * Make-before-break for SSE: a stream with a fresh token or a wider selection opens
+   * beside the serving one, which carries on until the new one is open. It needs no
+   * `last_event_id`: the old stream delivers everything until the new one is registered
+   * (dedupe drops the overlap), so a quiet page is never told to `resync` because its
+   * last event left the gateway's history. If it fails, the old stream carries on.
+   */
+  private openSuccessor(kind: TransportKind, token: string | null): void {
+    this.dropTrial();
+    let next: Conn;
+    try {
+      next = kind === 'websocket' ? this.openWebSocket(token) : this.openEventSource(token, false);
+    } catch {
+      return; // the serving stream carries on; its own end reconnects
+    }
+    this.debug('opening a successor beside the serving connection', { transport: kind });
+    this.setTrial(next, token);
+  }
+
+  private setTrial(trial: Conn, token: string | null): void {
     this.trial = trial;
+    this.#successorToken = token;
     this.trialTimer = setTimeout(() => this.trialFailed(), this.cfg.connectTimeoutMs);
   }
 
@@ -761,14 +1046,17 @@ class Client implements RealtimeClient {
     this.gen++; // an attempt in flight (awaiting getToken) must not replace the adopted socket
     this.dropConn();
     this.conn = trial;
-    this.fellBack = false;
-    this._transport = 'websocket';
+    if (trial.kind === 'websocket') this.fellBack = false;
+    this._transport = trial.kind;
+    this.#token = this.#successorToken;
+    this.#successorToken = null;
     this.handleOpen(trial);
   }
 
   private trialFailed(): void {
+    const wsTrial = this.trial?.kind === 'websocket';
     this.dropTrial();
-    if (!this.disposed && !this.halted && this.fellBack) this.scheduleWsRetry();
+    if (wsTrial && !this.disposed && !this.halted && this.fellBack) this.scheduleWsRetry();
   }
 
   private dropTrial(): void {
@@ -779,15 +1067,32 @@ class Client implements RealtimeClient {
     trial?.close();
   }
 
-  private scheduleReconnect(how: { state?: 'reconnecting' | 'unauthorized'; notBeforeMs?: number } = {}): void {
-    if (this.disposed || this.halted) return;
+  private scheduleReconnect(
+    how: { state?: 'reconnecting' | 'unauthorized'; notBeforeMs?: number; signedOut?: boolean } = {},
+  ): void {
+    if (this.disposed || this.halted || this.stopped) return;
     this.setState(how.state ?? 'reconnecting');
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    // Signed out: a timer cannot sign the user in. After a few tries, wait for something
+    // that can have changed it (focus, the tab shown again, online) or for reconnect().
+    this.signedOutAttempts = how.signedOut ? this.signedOutAttempts + 1 : 0;
+    if (this.signedOutAttempts > this.cfg.signedOutRetries) {
+      this.why = 'signed out: waiting for focus, the tab shown, online or reconnect()';
+      this.retryAt = null;
+      this.publish();
+      this.debug(this.why);
+      return;
+    }
     const ceiling = Math.min(this.cfg.backoffMaxMs, this.cfg.backoffInitialMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
     const delay = Math.max(how.notBeforeMs ?? 0, this.random() * ceiling);
-    clearTimeout(this.retryTimer);
+    this.retryAt = this.now() + delay;
+    this.publish();
+    this.debug('reconnecting', { inMs: Math.round(delay), attempt: this.attempt, reason: this.why });
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
+      this.retryAt = null;
       void this.connect();
     }, Math.min(delay, MAX_TIMER_MS));
   }
@@ -798,7 +1103,8 @@ class Client implements RealtimeClient {
     clearTimeout(this.healthyTimer);
     clearTimeout(this.refreshTimer);
     clearInterval(this.livenessTimer);
-    this.connectTimer = this.healthyTimer = this.refreshTimer = this.livenessTimer = undefined;
+    clearTimeout(this.checkTimer);
+    this.connectTimer = this.healthyTimer = this.refreshTimer = this.livenessTimer = this.checkTimer = undefined;
     this.#pendingToken = null;
     const conn = this.conn;
     this.conn = null;
@@ -824,11 +1130,14 @@ class Client implements RealtimeClient {
     if (!conn || this.disposed) return; // the next attempt puts the current selection in its URL
     const wanted = this.interests.selection;
     if (conn.kind === 'sse') {
-      // No channel back: reconnect with the new `types=` and lastEventId, through the
-      // backoff; the replay brings what the old selection filtered out. Only when the
-      // stream lacks something: one that carries more than needed serves until it next
-      // reconnects anyway (listeners filter, and nobody waits for a reconnect).
-      if (!selectionCovers(conn.selection, wanted)) {
+      // No channel back: a stream with the new `types=` opens beside this one, which
+      // serves until it is open (make-before-break). Only when the stream lacks
+      // something: one that carries more than needed serves until it next reconnects
+      // anyway (listeners filter). A stream still opening is simply remade.
+      if (selectionCovers(conn.selection, wanted)) return;
+      if (conn.opened) {
+        if (this.trial === null || !selectionCovers(this.trial.selection, wanted)) this.openSuccessor('sse', this.#token);
+      } else {
         this.dropConn();
         this.scheduleReconnect();
       }
@@ -841,12 +1150,16 @@ class Client implements RealtimeClient {
       // The gateway's default (everything) is replaced by the first subscribe's list.
       this.sendSelection(conn, 'subscribe', target);
     } else {
-      // Unsubscribing first keeps the gateway within its pattern limit; what stays
-      // selected is selected throughout, and what is new was not delivered before anyway.
+      // Make-before-break: what is new is subscribed before what is gone is dropped, so
+      // a pattern replaced by a wider one is never missing in between. Only when the sum
+      // would pass the gateway's limit (maxSelectedTypes stands for it) does the drop go
+      // first; what stays selected is selected throughout either way.
       const drop = current.filter((p) => !target.includes(p));
       const add = target.filter((p) => !current.includes(p));
+      const addFirst = current.length + add.length <= this.cfg.maxSelectedTypes;
+      if (addFirst && add.length > 0) this.sendSelection(conn, 'subscribe', add);
       if (drop.length > 0) this.sendSelection(conn, 'unsubscribe', drop);
-      if (add.length > 0) this.sendSelection(conn, 'subscribe', add);
+      if (!addFirst && add.length > 0) this.sendSelection(conn, 'subscribe', add);
     }
     conn.selection = [...target];
   }
@@ -952,11 +1265,9 @@ class Client implements RealtimeClient {
       return;
     }
     // SSE has no in-band channel (and a WebSocket can't switch to cookie auth in band):
-    // reconnect with the new credentials, resuming from lastEventId. Through the backoff,
-    // so a token that keeps needing refreshes cannot make the stream reopen in a loop.
-    this.dropConn();
-    this.#nextToken = token;
-    this.scheduleReconnect();
+    // a new stream with the new credentials opens beside the old one, which serves until
+    // the new one is open.
+    this.openSuccessor(conn.kind, token);
   }
 
   private handleRefreshed(exp: number): void {
@@ -978,18 +1289,61 @@ class Client implements RealtimeClient {
   }
 
   private setState(state: ConnectionState): void {
-    if (this._state === state) return;
+    // The cause of an error is gone once a connection opens, a new start begins, or the
+    // app disconnected.
+    if (state === 'open' || state === 'connecting' || state === 'disconnected') {
+      this._error = null;
+      if (state !== 'disconnected') this.why = null;
+    }
+    if (state !== 'reconnecting' && state !== 'unauthorized') this.retryAt = null;
+    const changed = this._state !== state;
     this._state = state;
+    this.publish();
+    if (!changed) return;
+    this.debug(`state ${state}`, this.why ? { reason: this.why } : undefined);
     for (const cb of [...this.states]) safeCall(cb, state);
   }
 
-  private emitError(error: RealtimeError): void {
+  /** A new status snapshot (a new object only when something changed, for React's useSyncExternalStore). */
+  private publish(): void {
+    const prev = this._status;
+    const next: ConnectionStatus = {
+      state: this._state,
+      reason: this.why,
+      retryAt: this.retryAt,
+      error: this._error,
+      transport: this._transport,
+    };
+    if ((Object.keys(next) as (keyof ConnectionStatus)[]).every((k) => prev[k] === next[k])) return;
+    this._status = next;
+    for (const cb of [...this.statuses]) safeCall(cb, next);
+  }
+
+  private debug(message: string, detail?: object): void {
+    const sink = this.#opts.debug;
+    if (!sink) return;
+    if (typeof sink === 'function') sink(message, detail);
+    else console.debug(`[realtime] ${message}`, detail ?? '');
+  }
+
+  private emitError(e: Omit<RealtimeError, 'severity'>): void {
+    const error: RealtimeError = { ...e, severity: SEVERITY[e.code] ?? 'retrying' };
+    this.debug(`error ${error.code}: ${error.message}`);
+    if (error.severity !== 'warning') {
+      this._error = error;
+      this.why = error.code;
+      this.publish();
+    }
     for (const cb of [...this.errors]) safeCall(cb, error);
   }
 }
 
 /** getToken, the token URL, or cookie auth; a config with none of them is a mistake. */
-function tokenSource(opts: RealtimeClientOptions, fetchImpl: typeof fetch | undefined): () => Promise<string | null> {
+function tokenSource(
+  opts: RealtimeClientOptions,
+  fetchImpl: typeof fetch | undefined,
+  configure: (answer: TokenAnswer) => void,
+): () => Promise<string | null> {
   const { getToken, tokenUrl, cookieAuth } = opts;
   const given = [getToken !== undefined, tokenUrl !== undefined, cookieAuth === true].filter(Boolean).length;
   if (given !== 1) {
@@ -1003,13 +1357,34 @@ function tokenSource(opts: RealtimeClientOptions, fetchImpl: typeof fetch | unde
     if (typeof tokenUrl !== 'string' || tokenUrl === '') {
       throw new TypeError('realtime-client: `tokenUrl` must be a non-empty string');
     }
-    return () => {
-      if (!fetchImpl) return Promise.reject(new TokenError('fetch is not available to read tokenUrl'));
-      return fetchToken(tokenUrl, fetchImpl);
+    return async () => {
+      if (!fetchImpl) throw new TokenError('fetch is not available to read tokenUrl');
+      const answer = await fetchTokenAnswer(tokenUrl, fetchImpl);
+      configure(answer);
+      return answer.token;
     };
   }
   return () => Promise.resolve(null);
 }
+
+/** The HTTP status a token source failed with: a `TokenError`'s, or any error's numeric `status`. */
+function errorStatus(cause: unknown): number | undefined {
+  const status = isRecord(cause) || cause instanceof Error ? (cause as { status?: unknown }).status : undefined;
+  return typeof status === 'number' ? status : undefined;
+}
+
+/** How bad each error is: fatal ones stop the client, retrying ones pass, warnings leave it live. */
+const SEVERITY: Partial<Record<RealtimeErrorCode, ErrorSeverity>> = {
+  revoked: 'fatal',
+  identity_mismatch: 'fatal',
+  insecure_url: 'fatal',
+  no_transport: 'fatal',
+  invalid_options: 'fatal',
+  refresh_failed: 'warning',
+  server_error: 'warning',
+  invalid_types: 'warning',
+  invalid_event: 'warning',
+};
 
 function subscribe<T>(set: Set<T>, cb: T): Unsubscribe {
   set.add(cb);

@@ -107,6 +107,37 @@ export type CatalogEventType = CatalogEvent['event_type'];
 export type EventOfType<T extends CatalogEventType> = Extract<CatalogEvent, { event_type: T }>;
 
 /**
+ * The event types `on(type)` and `useEvent(type)` know, each with the event it delivers.
+ * Apps add their own by declaration merging; their `data` is not checked at run time
+ * (only the catalog's own types are):
+ *
+ * ```ts
+ * declare module '@flatrender/realtime-client' {
+ *   interface EventCatalog {
+ *     'comment.added.v1': Envelope<'comment.added.v1', { comment_id: string; text: string }>;
+ *   }
+ * }
+ * ```
+ */
+export interface EventCatalog {
+  'render.job.queued.v1': RenderJobQueued;
+  'render.job.started.v1': RenderJobStarted;
+  'render.job.progress.v1': RenderJobProgress;
+  'render.job.completed.v1': RenderJobCompleted;
+  'render.job.failed.v1': RenderJobFailed;
+  'render.job.cancelled.v1': RenderJobCancelled;
+  'notification.created.v1': NotificationCreated;
+  'notification.delivered.v1': NotificationDelivered;
+  'notification.failed.v1': NotificationFailed;
+}
+
+/** A type `on()` accepts: the catalog's and the app's own. */
+export type KnownEventType = keyof EventCatalog & string;
+
+/** What a listener for `T` receives: an exact type of the catalog, or any event for a pattern. */
+export type EventFor<T extends string> = T extends KnownEventType ? EventCatalog[T] : RealtimeEvent;
+
+/**
  * An event whose type this version of the package does not know.
  *
  * Kept out of `CatalogEvent` on purpose: a member with `event_type: string` would make

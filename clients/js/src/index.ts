@@ -2,6 +2,8 @@ export { createRealtimeClient } from './client.js';
 export {
   WS_PROTOCOL,
   type ConnectionState,
+  type ConnectionStatus,
+  type ErrorSeverity,
   type EventSourceConstructor,
   type EventSourceLike,
   type PageLifecycle,

@@ -16,9 +16,12 @@ export interface Settings {
   pingIntervalMs: number;
   /** 0 = off. */
   sseHeartbeatTimeoutMs: number;
+  pongTimeoutMs: number;
   wsRetryIntervalMs: number;
   resumeAfterHiddenMs: number;
   fallbackAfter: number;
+  /** Timed retries after a signed-out refusal before waiting for focus or `reconnect()`. */
+  signedOutRetries: number;
   dedupeWindow: number;
   /** 0 = on the next tick. */
   selectionDebounceMs: number;
@@ -33,9 +36,13 @@ export interface NumericOptions {
   refreshBeforeExpiryMs?: number;
   pingIntervalMs?: number;
   sseHeartbeatTimeoutMs?: number;
+  /** How long a liveness check waits for an answer to its ping (default 10 000). */
+  pongTimeoutMs?: number;
   wsRetryIntervalMs?: number;
   resumeAfterHiddenMs?: number;
   fallbackAfter?: number;
+  /** Timed retries after a 401/403 (signed out) before the client waits for focus, visibility, online or `reconnect()` (default 2). */
+  signedOutRetries?: number;
   dedupeWindow?: number;
   /** How long the client gathers selection changes before telling the gateway (default 50). */
   selectionDebounceMs?: number;
@@ -60,9 +67,11 @@ export function resolveSettings(o: NumericOptions): Settings {
     refreshBeforeExpiryMs: nonNegative('refreshBeforeExpiryMs', o.refreshBeforeExpiryMs, 60_000),
     pingIntervalMs: nonNegative('pingIntervalMs', o.pingIntervalMs, DEFAULT_PING_INTERVAL_MS),
     sseHeartbeatTimeoutMs: nonNegative('sseHeartbeatTimeoutMs', o.sseHeartbeatTimeoutMs, DEFAULT_SSE_HEARTBEAT_TIMEOUT_MS),
+    pongTimeoutMs: positive('pongTimeoutMs', o.pongTimeoutMs, 10_000),
     wsRetryIntervalMs: positive('wsRetryIntervalMs', o.wsRetryIntervalMs, DEFAULT_WS_RETRY_INTERVAL_MS),
     resumeAfterHiddenMs: nonNegative('resumeAfterHiddenMs', o.resumeAfterHiddenMs, 60_000),
     fallbackAfter: count('fallbackAfter', o.fallbackAfter, 2),
+    signedOutRetries: nonNegative('signedOutRetries', o.signedOutRetries, 2),
     dedupeWindow: count('dedupeWindow', o.dedupeWindow, 1_000),
     selectionDebounceMs: nonNegative('selectionDebounceMs', o.selectionDebounceMs, DEFAULT_SELECTION_DEBOUNCE_MS),
     maxSelectedTypes: count('maxSelectedTypes', o.maxSelectedTypes, DEFAULT_MAX_SELECTED_TYPES),

@@ -11,6 +11,8 @@ export type ProbeResult =
   | { kind: 'admitted' }
   /** The gateway refused, and said why. */
   | { kind: 'refused'; status: number; error: string; reason: string; retryAfterMs: number | undefined }
+  /** 400 `types`: the gateway refuses the selection (more patterns than its GATEWAY_MAX_INTEREST_PATTERNS). */
+  | { kind: 'bad_types' }
   /** The gateway answers HTTP but has no probe (404, 405: an older gateway). */
   | { kind: 'unsupported' }
   /** Nothing useful came back (network error, timeout, a proxy's 502): the gateway is likely down. */
@@ -38,22 +40,60 @@ export async function probeAuth(
       signal: abort.signal,
     });
     if (res.status === 204 || res.status === 200) return { kind: 'admitted' };
-    if (res.status === 404 || res.status === 405) return { kind: 'unsupported' };
-    if (!REFUSALS.has(res.status)) return { kind: 'unreachable' };
-    const body: unknown = await res.json().catch(() => undefined);
-    const record = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
-    return {
-      kind: 'refused',
-      status: res.status,
-      error: typeof record.error === 'string' ? record.error : '',
-      reason: typeof record.reason === 'string' ? record.reason : '',
-      retryAfterMs: retryAfterMs(res.headers.get('retry-after')),
-    };
+    return await readRefusal(res);
   } catch {
     return { kind: 'unreachable' };
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * What `GET /sse` (the stream URL, with its `types=`) answers this token, or the cookie
+ * when `token` is null: the stream itself is the probe when `/auth/check` cannot tell
+ * (a cookie, which it does not read cross-origin; a selection, which it does not check).
+ * An admitted stream is closed as soon as its headers arrive.
+ */
+export async function probeStream(
+  url: string,
+  token: string | null,
+  fetchImpl: typeof fetch,
+  timeoutMs: number,
+): Promise<ProbeResult> {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  try {
+    const res = await fetchImpl(url, {
+      headers: token === null ? {} : { authorization: `Bearer ${token}` },
+      credentials: token === null ? 'include' : 'omit',
+      cache: 'no-store',
+      signal: abort.signal,
+    });
+    if (res.ok) return { kind: 'admitted' };
+    return await readRefusal(res);
+  } catch {
+    return { kind: 'unreachable' };
+  } finally {
+    clearTimeout(timer);
+    abort.abort();
+  }
+}
+
+/** What a non-2xx answer of the gateway (`/auth/check`, `/sse`) says about an attempt. */
+export async function readRefusal(res: Response): Promise<ProbeResult> {
+  if (res.status === 404 || res.status === 405) return { kind: 'unsupported' };
+  if (!REFUSALS.has(res.status) && res.status !== 400) return { kind: 'unreachable' };
+  const body: unknown = await res.json().catch(() => undefined);
+  const record = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
+  const reason = typeof record.reason === 'string' ? record.reason : '';
+  if (res.status === 400) return reason === 'types' ? { kind: 'bad_types' } : { kind: 'unsupported' };
+  return {
+    kind: 'refused',
+    status: res.status,
+    error: typeof record.error === 'string' ? record.error : '',
+    reason,
+    retryAfterMs: retryAfterMs(res.headers.get('retry-after')),
+  };
 }
 
 /** `Retry-After` in seconds (the gateway's form); dates and junk are ignored. */

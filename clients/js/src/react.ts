@@ -9,158 +9,162 @@ import {
   useCallback,
   useContext,
   useEffect,
+  useMemo,
   useRef,
   useState,
   useSyncExternalStore,
   type ReactElement,
   type ReactNode,
 } from 'react';
-import type { ConnectionState, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
+import type { ConnectionState, ConnectionStatus, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
 import { createRealtimeClient } from './client.js';
-import type { NotificationCreated, RenderJobEvent } from './events.js';
+import { isCatalogEvent, KNOWN_EVENT_TYPES, type EventFor, type NotificationCreated, type RenderJobEvent } from './events.js';
 import { safeHttpUrl } from './url.js';
 
 // undefined = no provider at all (a bug); null = provider still creating its client (or it could not).
 const RealtimeContext = createContext<RealtimeClient | null | undefined>(undefined);
 
-interface Status {
-  /** The latest error, cleared when a connection opens. */
-  error: RealtimeError | null;
-  /** The provider could not create a client (bad options): nothing will ever connect. */
-  failed: boolean;
-}
-const NO_ERROR: Status = { error: null, failed: false };
-const StatusContext = createContext<Status>(NO_ERROR);
-const clearError = (prev: Status): Status => (prev.error === null ? prev : NO_ERROR);
+/** The provider could not create a client (bad options): nothing will ever connect. */
+const FailureContext = createContext<RealtimeError | null>(null);
 
 export interface RealtimeProviderProps {
   /** A client you own: you create it and you close it. */
   client?: RealtimeClient | null;
   /**
-   * Or options: the provider creates the client after mount (never during server
-   * rendering) and closes it on unmount. Options without functions (`url` with
-   * `tokenUrl` or `cookieAuth`) are serializable, so a server layout can render the
-   * provider directly and read the URL from the server's environment at request time.
-   * A new client is made only when `url`, `tokenUrl`, `cookieAuth`, `transport` or
-   * `tokenTransport` change; `getToken` and the callbacks are always called in their
-   * latest version, so inline functions are fine. Invalid options do not throw during
-   * rendering: `useRealtimeError()` reports them (code `invalid_options`).
+   * Or options: the provider creates the client in the first render in the browser (so
+   * `useRealtimeClient()` is never null there; never during server rendering) and starts
+   * it once the hooks mounted with it have selected their types. Options without
+   * functions (`tokenUrl`, `url`, `cookieAuth`...) are serializable, so a server layout
+   * can render the provider directly. A change to any option that is data (everything
+   * but functions) makes a new client; functions (`getToken`, the callbacks) are always
+   * called in their latest version, so inline functions are fine. Invalid options do not
+   * throw during rendering: `useRealtimeError()` reports them (code `invalid_options`).
    */
   options?: RealtimeClientOptions;
+  /**
+   * false: the provider's client connects nothing (state `disconnected`), e.g. while the
+   * user is signed out; hooks stay mounted and resume when it turns true. Default true.
+   */
+  enabled?: boolean;
   children?: ReactNode;
 }
 
-export function RealtimeProvider({ client, options, children }: RealtimeProviderProps): ReactElement {
+interface Made {
+  client: RealtimeClient | null;
+  failure: RealtimeError | null;
+}
+
+/** The options that make a client: every data option (functions are read through a ref). */
+function optionsKey(options: RealtimeClientOptions | undefined): string {
+  if (options === undefined) return '';
+  return JSON.stringify(options, (_, v: unknown) => (typeof v === 'function' ? `fn` : v));
+}
+
+export function RealtimeProvider({ client, options, enabled = true, children }: RealtimeProviderProps): ReactElement {
   const latest = useRef(options);
   useEffect(() => {
     latest.current = options;
   });
   const owns = client === undefined && options !== undefined;
-  const [owned, setOwned] = useState<RealtimeClient | null>(null);
-  const [status, setStatus] = useState<Status>(NO_ERROR);
-  const { url, tokenUrl, cookieAuth, transport, tokenTransport } = options ?? {};
-  const hasGetToken = options?.getToken !== undefined;
+  const key = owns ? optionsKey(options) : '';
 
-  useEffect(() => {
-    if (!owns) return;
+  // Made during render (the constructor has no side effects: nothing connects or listens
+  // until the effect below starts it), so hooks have the client from their first render.
+  // Not on the server: nothing there may connect, and a relative `url` cannot resolve.
+  const made = useMemo<Made>(() => {
+    if (!owns || typeof window === 'undefined') return { client: null, failure: null };
     const opts = () => latest.current!;
-    // Created in an effect (not useState) so React StrictMode's mount/unmount/mount closes
-    // the first client cleanly instead of leaking or reusing a closed one.
-    setStatus(NO_ERROR);
-    let c: RealtimeClient;
     try {
-      c = createRealtimeClient({
-        ...opts(),
-        autoConnect: false,
-        getToken: hasGetToken ? () => opts().getToken!() : undefined,
-        onResync: () => opts().onResync?.(),
-        // Wired at creation, not in a later effect: the first error can come before React
-        // has rendered with the new client.
-        onStateChange: (s) => {
-          if (s === 'open') setStatus(clearError);
-          opts().onStateChange?.(s);
-        },
-        onError: (e) => {
-          setStatus({ error: e, failed: false });
-          opts().onError?.(e);
-        },
-      });
+      return {
+        client: createRealtimeClient({
+          ...opts(),
+          autoConnect: false,
+          getToken: opts().getToken !== undefined ? () => opts().getToken!() : undefined,
+          debug: typeof opts().debug === 'function' ? (m, d) => (opts().debug as (m: string, d?: object) => void)(m, d) : opts().debug,
+          onResync: () => opts().onResync?.(),
+          onStateChange: (s) => opts().onStateChange?.(s),
+          onError: (e) => opts().onError?.(e),
+        }),
+        failure: null,
+      };
     } catch (cause) {
-      const error: RealtimeError = {
+      const failure: RealtimeError = {
         code: 'invalid_options',
+        severity: 'fatal',
         message: cause instanceof Error ? cause.message : String(cause),
         cause,
       };
-      setStatus({ error, failed: true });
-      opts().onError?.(error);
-      return;
+      return { client: null, failure };
     }
-    setOwned(c);
-    return () => {
-      c.close();
-      setOwned(null);
-    };
-  }, [owns, url, tokenUrl, cookieAuth, transport, tokenTransport, hasGetToken]);
+    // `key` stands for the options' data; functions are read through `latest`.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [owns, key]);
+
+  useEffect(() => {
+    if (made.failure) latest.current?.onError?.(made.failure);
+  }, [made]);
 
   // Started only once the hooks mounted with the provider have selected their types (their
-  // effects run before this one, in the render that hands them the client): the first
-  // connection then carries them, instead of racing the first render and, over SSE,
-  // opening a stream of everything that no later selection replaces.
+  // effects run before this one): the first connection then carries them, instead of,
+  // over SSE, a stream of everything that no later selection replaces. Disconnected (not
+  // closed) on cleanup, so StrictMode's unmount and mount again reuse the same client; a
+  // disconnected client holds no timer, socket or listener.
+  const owned = made.client;
   useEffect(() => {
-    owned?.reconnect();
-  }, [owned]);
-
-  // A client the app owns: follow its errors from the moment it is handed over.
-  useEffect(() => {
-    if (!client) return;
-    setStatus(NO_ERROR);
-    const offError = client.onError((error) => setStatus({ error, failed: false }));
-    const offState = client.onStateChange((s) => {
-      if (s === 'open') setStatus(clearError);
-    });
-    return () => {
-      offError();
-      offState();
-    };
-  }, [client]);
+    if (!owned) return;
+    if (enabled) owned.reconnect();
+    else owned.disconnect();
+    return () => owned.disconnect();
+  }, [owned, enabled]);
 
   const value = client !== undefined ? client : owned;
 
   return createElement(
     RealtimeContext.Provider,
     { value },
-    createElement(StatusContext.Provider, { value: status }, children),
+    createElement(FailureContext.Provider, { value: owns ? made.failure : null }, children),
   );
 }
 
-/** The provider's client; null while the provider is still creating it. Throws outside a provider. */
+/** The provider's client; null only during server rendering (or with invalid options). Throws outside a provider. */
 export function useRealtimeClient(): RealtimeClient | null {
   const client = useContext(RealtimeContext);
   if (client === undefined) throw new Error('realtime-client: hook used outside <RealtimeProvider>');
   return client;
 }
 
+const NOT_YET: ConnectionStatus = { state: 'connecting', reason: null, retryAt: null, error: null, transport: null };
+
 /**
- * The latest error the client reported (token endpoint refused, gateway refused, revoked,
- * bad options...), or null; cleared when a connection opens. Show it: a signed-out user or
- * a missing URL should be visible, not a badge stuck on "reconnecting".
+ * State, reason, next retry, current error and transport in one snapshot. `connecting`
+ * until the provider has a client (and during server rendering); `closed` with
+ * `invalid_options` if it could not make one.
+ */
+export function useConnectionStatus(): ConnectionStatus {
+  const client = useRealtimeClient();
+  const failure = useContext(FailureContext);
+  const subscribe = useCallback((notify: () => void) => (client ? client.onStatusChange(notify) : () => {}), [client]);
+  const status = useSyncExternalStore(
+    subscribe,
+    () => client?.status ?? NOT_YET,
+    () => NOT_YET,
+  );
+  return failure ? { ...NOT_YET, state: 'closed', reason: failure.code, error: failure } : status;
+}
+
+/**
+ * What keeps the page from being live, or null: a signed-out user, a refusal, an
+ * unreachable gateway, bad options. `fatal` errors stay until `reconnect()`; `retrying`
+ * ones clear once a connection opens. Warnings (a bad event, a refused refresh) never
+ * show here: they reach `onError`, and the page stays live.
  */
 export function useRealtimeError(): RealtimeError | null {
-  useRealtimeClient(); // same "outside a provider" check as every hook
-  return useContext(StatusContext).error;
+  return useConnectionStatus().error;
 }
 
 /** Connection state; 'connecting' until the provider has a client (and during SSR), 'closed' if it could not make one. */
 export function useConnectionState(): ConnectionState {
-  const client = useRealtimeClient();
-  const { failed } = useContext(StatusContext);
-  const subscribe = useCallback((notify: () => void) => (client ? client.onStateChange(notify) : () => {}), [client]);
-  const state = useSyncExternalStore(
-    subscribe,
-    () => client?.state ?? 'connecting',
-    () => 'connecting' as const,
-  );
-  return failed ? 'closed' : state;
+  return useConnectionStatus().state;
 }
 
 /**
@@ -185,6 +189,32 @@ export function useEventTypes(types: string | readonly string[]): void {
   useEffect(() => {
     if (!client || key === '') return;
     return client.select(key.split(','));
+  }, [client, key]);
+}
+
+/**
+ * Calls `handler` with every event of these types (exact types, typed from
+ * `EventCatalog`, or topic patterns: `*` one word, `#` zero or more) while the component
+ * is mounted, and selects them. The latest `handler` is called, so an inline function is
+ * fine. Catalog events without their declared fields are skipped (and reported as
+ * `invalid_event`). A bad pattern throws.
+ */
+export function useEvent<T extends string>(types: T | readonly T[], handler: (event: EventFor<T>) => void): void {
+  const client = useRealtimeClient();
+  const latest = useRef(handler);
+  useEffect(() => {
+    latest.current = handler;
+  });
+  const key = typeof types === 'string' ? types : types.join(',');
+  useEffect(() => {
+    if (!client || key === '') return;
+    return client.onEvent(
+      (e) => {
+        if (KNOWN_EVENT_TYPES.has(e.event_type) && !isCatalogEvent(e)) return;
+        latest.current(e as EventFor<T>);
+      },
+      { types: key.split(',') },
+    );
   }, [client, key]);
 }
 

@@ -50,6 +50,21 @@ export function checkToken(value: unknown, inProtocol: boolean): string | null {
  * error body is ever used as a token.
  */
 export async function fetchToken(url: string, fetchImpl: typeof fetch = fetch): Promise<string | null> {
+  return (await fetchTokenAnswer(url, fetchImpl)).token;
+}
+
+/**
+ * What a token endpoint answered: the token, and in a JSON answer, optionally, where the
+ * gateway is (`url`) and which transport to use: runtime configuration for a page that
+ * was built statically.
+ */
+export interface TokenAnswer {
+  token: string | null;
+  url?: string;
+  transport?: string;
+}
+
+export async function fetchTokenAnswer(url: string, fetchImpl: typeof fetch): Promise<TokenAnswer> {
   let res: Response;
   try {
     res = await fetchImpl(url, {
@@ -67,11 +82,16 @@ export async function fetchToken(url: string, fetchImpl: typeof fetch = fetch): 
     const body: unknown = await res.json().catch(() => undefined);
     const record = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
     const token = record.token ?? record.access_token;
-    if (token === null) return null;
-    if (typeof token !== 'string') throw new TokenError('token endpoint answered JSON without a "token" string', res.status);
-    return token;
+    if (token !== null && typeof token !== 'string') {
+      throw new TokenError('token endpoint answered JSON without a "token" string', res.status);
+    }
+    return {
+      token,
+      ...(typeof record.url === 'string' ? { url: record.url } : {}),
+      ...(typeof record.transport === 'string' ? { transport: record.transport } : {}),
+    };
   }
-  return (await res.text()).trim();
+  return { token: (await res.text()).trim() };
 }
 
 /** Rejects with a `TokenError` when `promise` has not settled within `ms`. */

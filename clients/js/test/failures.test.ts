@@ -233,7 +233,8 @@ describe('knowing why a connection failed (GET /auth/check)', () => {
     expect(errors.map((e) => [e.code, e.status, e.reason])).toEqual(
       Array(3).fill(['unauthorized', 401, 'expired']),
     );
-    expect(getToken).toHaveBeenCalledTimes(4);
+    // Two timed retries; the third refusal waits for focus or reconnect() (see tabs.test.ts).
+    expect(getToken).toHaveBeenCalledTimes(3);
     expect(FakeEventSource.instances).toHaveLength(0);
   });
 
@@ -356,18 +357,17 @@ describe('WebSocket blocked on the path', () => {
     expect(events.map((e) => e.event_id)).toEqual(['s1', 'w2']);
   });
 
-  it('keeps trying WebSocket after a wake reconnected the SSE stream', async () => {
-    const win = new EventTarget();
+  it('keeps trying WebSocket after the SSE stream was remade', async () => {
     const fetch = new FakeFetch(admitted);
-    make({ wsRetryIntervalMs: 60_000, lifecycle: { window: win } }, fetch);
+    make({ wsRetryIntervalMs: 60_000 }, fetch);
     await flush();
     FakeWebSocket.last().fail();
     await advance(500);
     FakeWebSocket.last().fail();
     await advance(1_000);
     FakeEventSource.last().open();
-    win.dispatchEvent(new Event('online')); // reconnects now, still on SSE
-    await flush();
+    FakeEventSource.last().fail(); // reconnects through the backoff, still on SSE
+    await advance(4_000);
     expect(FakeEventSource.instances).toHaveLength(2);
     FakeEventSource.last().open();
     const before = FakeWebSocket.instances.length;
@@ -498,17 +498,18 @@ describe('refresh sensibly', () => {
     expect(getToken).toHaveBeenCalledTimes(1);
   });
 
-  it('review: an SSE refresh reconnects through the backoff', async () => {
+  it('review: an SSE refresh opens one new stream, never a loop, even if it fails', async () => {
     const first = jwt({ iat: now, exp: now + 600 });
     const getToken = vi.fn<() => Promise<string>>().mockResolvedValueOnce(first).mockResolvedValue(jwt({ iat: now + 480, exp: now + 1080 }));
     make({ transport: 'sse', getToken, random: () => 0.9 });
     await flush();
     FakeEventSource.last().open();
     await advance(480_000);
-    expect(FakeEventSource.instances).toHaveLength(1);
-    expect(FakeEventSource.last().closed).toBe(true);
-    await advance(900);
     expect(FakeEventSource.instances).toHaveLength(2);
+    FakeEventSource.last().fail(); // the new stream fails: the old one serves on
+    await advance(60_000);
+    expect(FakeEventSource.instances).toHaveLength(2);
+    expect(FakeEventSource.instances[0]!.closed).toBe(false);
   });
 });
 
@@ -571,7 +572,7 @@ describe('reconnect on wake', () => {
     ws.open();
     ws.receive(envelope('render.job.queued.v1', { job_id: 'j' }, 'o1'));
     ws.serverClose(1006);
-    await advance(1_000);
+    await advance(2_000);
     expect(FakeWebSocket.instances).toHaveLength(1);
     p.win.dispatchEvent(new Event('online'));
     await flush();
@@ -579,34 +580,41 @@ describe('reconnect on wake', () => {
     expect(FakeWebSocket.last().query.get('last_event_id')).toBe('o1');
   });
 
-  it('visible after a long hide: reconnects even if it looks open; after a short one: nothing', async () => {
+  it('visible after a long hide: asks the connection (a ping) and reconnects if it is dead; after a short one: nothing', async () => {
     const p = page();
     const { client } = make({ lifecycle: p.lifecycle, resumeAfterHiddenMs: 60_000 });
     await flush();
-    FakeWebSocket.last().open();
+    const ws = FakeWebSocket.last();
+    ws.open();
     p.setVisible(false);
     await advance(10_000);
     p.setVisible(true);
     await flush();
-    expect(FakeWebSocket.instances).toHaveLength(1);
+    expect(ws.sent).toEqual([]);
 
     p.setVisible(false);
     await advance(60_000);
     p.setVisible(true);
     await flush();
+    expect(ws.sent).toEqual([{ type: 'ping' }]);
+    await advance(10_000); // no answer within pongTimeoutMs
+    expect(ws.closedByClient).toBe(1000);
+    await advance(1_000);
     expect(FakeWebSocket.instances).toHaveLength(2);
-    expect(FakeWebSocket.instances[0]!.closedByClient).toBe(1000);
     FakeWebSocket.last().open();
     expect(client.state).toBe('open');
   });
 
-  it('a timer firing far too late (the machine slept) reconnects at once', async () => {
+  it('a timer firing far too late (the machine slept) pings, and drops a socket that does not answer', async () => {
     let clock = T0;
     make({ pingIntervalMs: 20_000, now: () => clock });
     await flush();
     FakeWebSocket.last().open();
     clock += 3_600_000; // an hour asleep; the interval fires once on wake
     await advance(20_000);
+    expect(FakeWebSocket.instances).toHaveLength(1);
+    await advance(10_000);
+    await advance(1_000);
     expect(FakeWebSocket.instances).toHaveLength(2);
   });
 

@@ -201,5 +201,21 @@ export function jwt(claims: Record<string, unknown>): string {
 
 /** Lets awaited getToken() promises and other microtasks settle. */
 export async function flush(): Promise<void> {
-  for (let i = 0; i < 10; i++) await Promise.resolve();
+  for (let i = 0; i < 30; i++) await Promise.resolve();
+}
+
+/** A `text/event-stream` answer whose body the test writes to, as the gateway would. */
+export function sseStream(): { response: Response; write: (text: string) => void; end: () => void } {
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  const body = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+  });
+  const encoder = new TextEncoder();
+  return {
+    response: new Response(body, { status: 200, headers: { 'content-type': 'text/event-stream' } }),
+    write: (text) => controller.enqueue(encoder.encode(text)),
+    end: () => controller.close(),
+  };
 }

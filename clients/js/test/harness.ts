@@ -48,6 +48,9 @@ export function make(opts: Partial<RealtimeClientOptions> = {}, fetch = new Fake
     random: () => 0.5,
     // Liveness checks have their own tests; here they would drop fakes that never pong.
     pingIntervalMs: 0,
+    // SSE through the FakeEventSource these tests drive; SSE over fetch (the default in
+    // browsers) has its own tests in tabs.test.ts.
+    sseFetch: false,
     sseHeartbeatTimeoutMs: 0,
     onStateChange: (s) => states.push(s),
     onError: (e) => errors.push(e),

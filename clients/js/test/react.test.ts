@@ -156,7 +156,7 @@ describe('RealtimeProvider', () => {
     expect(() => renderHook(() => useRealtimeClient())).toThrow(/outside <RealtimeProvider>/);
   });
 
-  it('with options, owns a client created after mount and closed on unmount (StrictMode-safe)', async () => {
+  it('with options, owns a client from the first render, disconnected on unmount (StrictMode-safe)', async () => {
     FakeWebSocket.reset();
     let seen: RealtimeClient | null = null;
     let tokenVersion = 'v1';
@@ -182,7 +182,7 @@ describe('RealtimeProvider', () => {
     const { rerender, unmount } = render(view(tokenVersion));
     await act(async () => flush());
     expect(seen).not.toBeNull();
-    // StrictMode mounted twice: the first client was closed, one live socket remains.
+    // StrictMode mounted twice: one client, one live socket.
     const live = FakeWebSocket.instances.filter((s) => s.closedByClient === undefined);
     expect(live).toHaveLength(1);
 
@@ -200,7 +200,9 @@ describe('RealtimeProvider', () => {
     expect(FakeWebSocket.last().bearer).toBe('v2');
 
     unmount();
-    expect(owned.state).toBe('closed');
+    // Disconnected, not closed: StrictMode's unmount and mount again reuse the client.
+    // It holds no socket, timer or listener, so nothing outlives the provider.
+    expect(owned.state).toBe('disconnected');
     expect(FakeWebSocket.last().closedByClient).toBe(1000);
   });
 });
@@ -221,6 +223,7 @@ describe('RealtimeProvider over SSE', () => {
             url: 'https://rt.flatrender.example',
             getToken: async () => 'token',
             transport: 'sse',
+            sseFetch: false,
             EventSourceImpl: FakeEventSource,
             fetchImpl: new FakeFetch().fetch,
           },
@@ -312,13 +315,27 @@ describe('errors reach the page', () => {
     const onError = vi.fn();
     const { container } = render(
       createElement(RealtimeProvider, {
-        options: { url: undefined as unknown as string, tokenUrl: '/api/realtime-token', onError },
+        options: { url: undefined as unknown as string, getToken: () => 'tok', onError },
         children: createElement(ShowError),
       }),
     );
     await act(async () => flush());
     expect(container.textContent).toMatch(/^closed: invalid_options realtime-client: `url` is required/);
     expect(onError).toHaveBeenCalledTimes(1);
+  });
+
+  it('with tokenUrl, a url given by neither the options nor the token answer is invalid_options too', async () => {
+    FakeWebSocket.reset();
+    const fetch = new FakeFetch(() => Response.json({ token: 'tok' }));
+    const { container } = render(
+      createElement(RealtimeProvider, {
+        options: { tokenUrl: '/api/realtime-token', WebSocketImpl: FakeWebSocket, fetchImpl: fetch.fetch },
+        children: createElement(ShowError),
+      }),
+    );
+    await act(async () => flush());
+    expect(container.textContent).toMatch(/^closed: invalid_options realtime-client: `url` is required/);
+    expect(FakeWebSocket.instances).toHaveLength(0);
   });
 
   it('an error right at creation (getToken throws at once) still reaches the page', async () => {
@@ -363,9 +380,15 @@ describe('errors reach the page', () => {
     expect(FakeWebSocket.instances).toHaveLength(0);
 
     signedIn = true;
+    // Retries come at once (random() is 0): after a few 401s the client may already be
+    // waiting for focus, as a signed-out page does; the user coming back gives it.
+    window.dispatchEvent(new Event('focus'));
     await act(async () => {
-      await new Promise((r) => setTimeout(r, 0));
-      await flush();
+      // The retry is due at once (random() is 0); give it a few turns of the event loop.
+      for (let i = 0; i < 20 && FakeWebSocket.instances.length === 0; i++) {
+        await new Promise((r) => setTimeout(r, 0));
+        await flush();
+      }
     });
     act(() => FakeWebSocket.last().open());
     expect(container.textContent).toBe('open: - ');

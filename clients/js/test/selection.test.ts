@@ -147,16 +147,33 @@ describe('WebSocket: in band, without reconnecting', () => {
     off();
     await advance(100);
     expect(selections(ws).slice(1)).toEqual([
-      { type: 'unsubscribe', types: ['notification.#', 'render.job.#'] },
       { type: 'subscribe', types: ['#'] },
+      { type: 'unsubscribe', types: ['notification.#', 'render.job.#'] },
     ]);
   });
 
-  it('replacing one need by another drops first (within the gateway limit), then adds', async () => {
+  it('replacing one need by another adds first, then drops; drops first only at the limit', async () => {
     const { client, ws, offs } = await connected(['notification.#']);
     client.select('render.job.#');
     offs[0]!();
     await advance(100);
+    expect(selections(ws)).toEqual([
+      { type: 'subscribe', types: ['render.job.#'] },
+      { type: 'unsubscribe', types: ['notification.#'] },
+    ]);
+  });
+
+  it('at the pattern limit the drop goes first, keeping the gateway within it', async () => {
+    const h = bare({ maxSelectedTypes: 1 });
+    const off = h.client.select('notification.#');
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    await advance(100);
+    h.client.select('render.job.#');
+    off();
+    await advance(100);
+    expect(ws.query.get('types')).toBe('notification.#');
     expect(selections(ws)).toEqual([
       { type: 'unsubscribe', types: ['notification.#'] },
       { type: 'subscribe', types: ['render.job.#'] },
@@ -216,8 +233,8 @@ describe('WebSocket: in band, without reconnecting', () => {
   });
 });
 
-describe('SSE: a resuming reconnect', () => {
-  it('needing a new type reopens the stream with types= and last_event_id, once per burst', async () => {
+describe('SSE: a new stream beside the old', () => {
+  it('needing a new type opens a stream with the new types= beside the serving one, once per burst', async () => {
     const { client, states } = bare({ transport: 'sse' });
     client.select('notification.#');
     await flush();
@@ -228,15 +245,15 @@ describe('SSE: a resuming reconnect', () => {
     client.onJob('j1', () => {});
     client.onJob('j2', () => {});
     await advance(50);
-    expect(es.closed).toBe(true);
-    expect(states.at(-1)).toBe('reconnecting');
-    await advance(1_000); // the backoff (random 0.5 of 1 s)
+    expect(es.closed).toBe(false);
     const next = FakeEventSource.last();
     expect(FakeEventSource.instances).toHaveLength(2);
     expect(next.query.get('types')).toBe('notification.#,render.job.#');
-    expect(next.query.get('last_event_id')).toBe('e7');
+    // The old stream serves until the new one is open: no resume needed.
+    expect(next.query.get('last_event_id')).toBeNull();
     next.open();
-    expect(client.state).toBe('open');
+    expect(es.closed).toBe(true);
+    expect(states).toEqual(['open']);
   });
 
   it('needing less does not reconnect: the stream carries more until it next reconnects', async () => {

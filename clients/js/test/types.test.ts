@@ -20,9 +20,28 @@ export const make = (): RealtimeClient => createRealtimeClient({ url: 'https://r
 export const used = [RealtimeProvider, useRenderProgress, useRealtimeError, safeHttpUrl];
 `;
 
-function diagnostics(moduleResolution: ts.ModuleResolutionKind, module: ts.ModuleKind): string[] {
+// An app adds its own event type to the typed catalog (issue 26 #9).
+const EXTENDED = `
+import { createRealtimeClient, type Envelope } from '@flatrender/realtime-client';
+import { useEvent } from '@flatrender/realtime-client/react';
+declare module '@flatrender/realtime-client' {
+  interface EventCatalog {
+    'comment.added.v1': Envelope<'comment.added.v1', { comment_id: string; text: string }>;
+  }
+}
+const client = createRealtimeClient({ tokenUrl: '/t' });
+client.on('comment.added.v1', (e) => e.data.text.toUpperCase());
+client.on('render.job.progress.v1', (e) => e.data.progress.toFixed());
+export function Comments(): null {
+  useEvent('comment.added.v1', (e) => e.data.comment_id.length);
+  useEvent('render.job.#', (e) => e.event_type.length);
+  return null;
+}
+`;
+
+function diagnostics(moduleResolution: ts.ModuleResolutionKind, module: ts.ModuleKind, source = SOURCE): string[] {
   const file = path.join(app, 'app.ts');
-  writeFileSync(file, SOURCE);
+  writeFileSync(file, source);
   const program = ts.createProgram([file], {
     moduleResolution,
     module,
@@ -52,4 +71,11 @@ describe('types resolve', () => {
     if (!existsSync(link)) symlinkSync(PACKAGE, link, 'dir');
     expect(diagnostics(resolution, module)).toEqual([]);
   }, 60_000); // a full type check of React's types: slow on a busy machine
+
+  it('issue 26 #9: an app extends the typed catalog, and on()/useEvent() type its events', () => {
+    mkdirSync(path.join(app, 'node_modules', '@flatrender'), { recursive: true });
+    const link = path.join(app, 'node_modules', '@flatrender', 'realtime-client');
+    if (!existsSync(link)) symlinkSync(PACKAGE, link, 'dir');
+    expect(diagnostics(ts.ModuleResolutionKind.Bundler, ts.ModuleKind.ESNext, EXTENDED)).toEqual([]);
+  }, 60_000);
 });

@@ -6,8 +6,8 @@ import {
   reduceRenderProgress,
   useConnectionState,
   useNotifications,
+  useConnectionStatus,
   useRealtimeClient,
-  useRealtimeError,
   type RenderProgressState,
 } from '@flatrender/realtime-client/react';
 import { useEffect, useState } from 'react';
@@ -22,14 +22,20 @@ export function ConnectionBadge() {
   );
 }
 
-/** Why nothing is live: a missing URL, a signed-out user, a refusal. Never silent. */
+/**
+ * Why nothing is live: a missing URL, a signed-out user, a refusal, an unreachable
+ * gateway. Never silent, and gone once the page is live again (warnings such as a bad
+ * event never show here: the page stays live).
+ */
 export function ErrorBanner() {
-  const error = useRealtimeError();
+  const { error, retryAt } = useConnectionStatus();
   if (!error) return null;
+  const signedOut = (error.code === 'token_error' || error.code === 'unauthorized') && error.status === 401;
+  const title = signedOut ? 'Signed out' : error.severity === 'fatal' ? 'Live updates unavailable' : 'Reconnecting';
   return (
-    <div className="error" role="alert" data-testid="error" data-code={error.code}>
-      <strong>{error.code === 'token_error' && error.status === 401 ? 'Signed out' : 'Live updates unavailable'}</strong>
-      : {error.message}
+    <div className="error" role="alert" data-testid="error" data-code={error.code} data-severity={error.severity}>
+      <strong>{title}</strong>: {error.message}
+      {retryAt !== null && <span className="muted"> (next try at {new Date(retryAt).toLocaleTimeString()})</span>}
     </div>
   );
 }
