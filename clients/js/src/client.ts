@@ -46,6 +46,9 @@ export function createRealtimeClient(options: RealtimeClientOptions): RealtimeCl
   return new Client(options);
 }
 
+/** A resume position the gateway hands a quiet connection. */
+const POSITION = /^p:[0-9a-f]{16}$/;
+
 // WebSocket close codes the gateway sends that need more than "reconnect".
 const CLOSE_POLICY = 1008;
 const CLOSE_TOO_BIG = 1009;
@@ -619,8 +622,11 @@ class Client implements RealtimeClient {
     // Named events carry control JSON (`{"type":"resync"}`, `{"type":"close",...}`, heartbeats).
     es.addEventListener('resync', onText);
     es.addEventListener('close', onText);
-    es.addEventListener('heartbeat', () => {
-      if (this.conn === conn) this.noteHeard(conn);
+    es.addEventListener('heartbeat', (ev: MessageEvent) => {
+      if (this.conn !== conn) return;
+      this.noteHeard(conn);
+      // A quiet stream's heartbeat carries the gateway's resume position as its `id:`.
+      this.notePosition(ev.lastEventId);
     });
     // We close the EventSource on any error and reconnect ourselves instead of letting the
     // browser retry: its retry would reuse the old URL (stale token, stale last_event_id)
@@ -789,9 +795,21 @@ class Client implements RealtimeClient {
         }
         break;
       }
+      case 'position':
+        this.notePosition(msg.position);
+        break;
       default: // pong, heartbeat and anything newer: liveness was already noted
         break;
     }
+  }
+
+  /**
+   * A resume position from the gateway (`p:` and 16 hex digits): where its tenant's
+   * stream is while nothing this page selects happens, so a quiet page that reconnects
+   * resumes instead of being told to `resync`.
+   */
+  private notePosition(position: unknown): void {
+    if (typeof position === 'string' && POSITION.test(position)) this.lastId = position;
   }
 
   private deliver(event: RealtimeEvent): void {

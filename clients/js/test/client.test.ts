@@ -230,6 +230,21 @@ describe('reconnect', () => {
     expect(client.lastEventId).toBe('e3');
   });
 
+  it('keeps the position a quiet connection is given and resumes from it', async () => {
+    const { client } = make();
+    await flush();
+    const ws = FakeWebSocket.last();
+    ws.open();
+    ws.receive(envelope('notification.created.v1', { notification_id: 'n' }, 'e1'));
+    ws.receive({ type: 'position', position: 'p:00000000000000ff' });
+    expect(client.lastEventId).toBe('p:00000000000000ff');
+    ws.receive({ type: 'position', position: 'not a position' });
+    expect(client.lastEventId).toBe('p:00000000000000ff');
+    ws.serverClose(1001, 'server shutting down');
+    await advance(5_000);
+    expect(FakeWebSocket.last().query.get('last_event_id')).toBe('p:00000000000000ff');
+  });
+
   it('starts from a given lastEventId', async () => {
     make({ lastEventId: 'evt-99' });
     await flush();
@@ -440,6 +455,22 @@ describe('SSE', () => {
     es2.receive(envelope('notification.created.v1', { notification_id: 'n1' }, 's1')); // seam duplicate
     es2.receive(envelope('notification.created.v1', { notification_id: 'n2' }, 's2'));
     expect(events.map((e) => e.event_id)).toEqual(['s1', 's2']);
+  });
+
+  it('a quiet stream keeps the position its heartbeat carries', async () => {
+    const { client } = make({ transport: 'sse' });
+    await flush();
+    const es = FakeEventSource.last();
+    es.open();
+    es.receive(envelope('notification.created.v1', { notification_id: 'n1' }, 's1'));
+    // A heartbeat after an event only repeats that event's id: nothing changes.
+    es.emit('heartbeat', {}, 's1');
+    expect(client.lastEventId).toBe('s1');
+    es.emit('heartbeat', {}, 'p:0123456789abcdef');
+    expect(client.lastEventId).toBe('p:0123456789abcdef');
+    es.fail(0);
+    await advance(500);
+    expect(FakeEventSource.last().query.get('last_event_id')).toBe('p:0123456789abcdef');
   });
 
   it('event: close (token_expired) reconnects with a fresh token', async () => {

@@ -126,10 +126,10 @@ export class FakeEventSource implements EventSourceLike {
     if (this.closed) return;
     this.onmessage?.({ data: JSON.stringify(envelope), lastEventId: envelope.event_id } as MessageEvent);
   }
-  /** A named SSE event (`event: <name>`). */
-  emit(name: string, data: unknown): void {
+  /** A named SSE event (`event: <name>`), with the stream's last event id after it. */
+  emit(name: string, data: unknown, lastEventId = ''): void {
     if (this.closed) return;
-    for (const l of this.listeners.get(name) ?? []) l({ data: JSON.stringify(data) } as MessageEvent);
+    for (const l of this.listeners.get(name) ?? []) l({ data: JSON.stringify(data), lastEventId } as MessageEvent);
   }
   /** Network error or non-200 answer: the browser fires `error`. */
   fail(readyState: 0 | 2 = 2): void {
