@@ -202,33 +202,12 @@ async fn the_seam_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
 
 /// Holds the consumer at the resume seam for one event id: after the history has it,
 /// before the hub fans it out.
-struct SeamGate {
-    held: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_at_the_seam_is_replayed_once_not_also_live() {
     bounded(async {
-        let gate = std::sync::Arc::new(SeamGate {
-            held: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
-        let hook_gate = gate.clone();
+        let gate = SeamGate::new();
         let gw = GatewayBuilder::new("seam-hook")
-            .seam_hook(std::sync::Arc::new(move |e| {
-                let gate = hook_gate.clone();
-                let at_seam = e.id.ends_with("-at-seam");
-                Box::pin(async move {
-                    if at_seam {
-                        // Registered before `held` is signalled, so the release cannot be
-                        // missed.
-                        let released = gate.release.notified();
-                        gate.held.notify_one();
-                        released.await;
-                    }
-                })
-            }))
+            .seam_hook(gate.hook())
             .start()
             .await;
         let publisher = Publisher::connect(&gw.exchange).await;
@@ -341,7 +320,9 @@ async fn history_evicts_by_bytes_and_age() {
         let publisher = Publisher::connect(&gw.exchange).await;
         let mut sync = Client::as_user(&gw, Transport::Ws, "t", "u").await;
         for id in ["old", "newest"] {
-            publisher.publish(PROGRESS, &event(id, "t", Some("u"))).await;
+            publisher
+                .publish(PROGRESS, &event(id, "t", Some("u")))
+                .await;
         }
         assert_eq!(sync.ids_until("newest").await, ["old", "newest"]);
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;

@@ -225,27 +225,9 @@ async fn watch_in_band_sends_the_jobs_state_then_its_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_taken_at_the_seam_is_not_followed_by_its_live_copy() {
     bounded(async {
-        struct Gate {
-            held: tokio::sync::Notify,
-            release: tokio::sync::Notify,
-        }
-        let gate = std::sync::Arc::new(Gate {
-            held: tokio::sync::Notify::new(),
-            release: tokio::sync::Notify::new(),
-        });
-        let hook_gate = gate.clone();
+        let gate = SeamGate::new();
         let gw = GatewayBuilder::new("state-seam")
-            .seam_hook(std::sync::Arc::new(move |e| {
-                let gate = hook_gate.clone();
-                let at_seam = e.id.ends_with("-at-seam");
-                Box::pin(async move {
-                    if at_seam {
-                        let released = gate.release.notified();
-                        gate.held.notify_one();
-                        released.await;
-                    }
-                })
-            }))
+            .seam_hook(gate.hook())
             .start()
             .await;
         let publisher = Publisher::connect(&gw.exchange).await;

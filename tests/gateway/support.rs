@@ -928,6 +928,40 @@ impl SseClient {
     }
 }
 
+/// Holds the consumer at the resume seam: each event whose id ends in `-at-seam` waits,
+/// after it entered the history (and the state) and before the fan-out, until released.
+pub struct SeamGate {
+    pub held: tokio::sync::Notify,
+    pub release: tokio::sync::Notify,
+}
+
+impl SeamGate {
+    pub fn new() -> std::sync::Arc<SeamGate> {
+        std::sync::Arc::new(SeamGate {
+            held: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The consumer hook that stops at the gate.
+    pub fn hook(self: &std::sync::Arc<Self>) -> realtime_gateway::broker::SeamHook {
+        let gate = self.clone();
+        std::sync::Arc::new(move |e| {
+            let gate = gate.clone();
+            let at_seam = e.id.ends_with("-at-seam");
+            Box::pin(async move {
+                if at_seam {
+                    // Registered before `held` is signalled, so the release cannot be
+                    // missed.
+                    let released = gate.release.notified();
+                    gate.held.notify_one();
+                    released.await;
+                }
+            })
+        })
+    }
+}
+
 /// Runs a test body with an overall deadline, so a bug shows as a failure, not a hang.
 pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
     tokio::time::timeout(Duration::from_secs(120), f)
