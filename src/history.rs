@@ -291,7 +291,8 @@ impl History {
         Replay::Events { events, through }
     }
 
-    /// Events and bytes held, for metrics.
+    /// Events and bytes held.
+    #[cfg(test)]
     pub fn size(&self) -> (usize, usize) {
         let h = self.lock();
         (h.entries.len(), h.bytes)

@@ -26,11 +26,6 @@ impl KeyRules {
         KeyRules { conflate, state }
     }
 
-    /// Whether any event can be a state.
-    pub fn has_state(&self) -> bool {
-        !self.state.is_empty()
-    }
-
     /// The keys of an event of `event_type` whose envelope is `json`. A key exists when a
     /// rule names the type and the envelope has a string or number at the rule's pointer.
     /// When both rules read the same pointer, the envelope is searched once.

@@ -20,22 +20,26 @@
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod broker;
+// Private by default: what `main` and the integration tests use is re-exported below or
+// lives in the three public modules, so everything else that goes unused is reported.
+pub(crate) mod auth;
+pub(crate) mod broker;
 pub mod config;
-pub mod dedupe;
-pub mod demo;
-pub mod envelope;
-pub mod history;
-pub mod hub;
-pub mod keys;
-pub mod mapping;
-pub mod revocation;
-pub mod server;
+pub(crate) mod dedupe;
+pub(crate) mod demo;
+pub(crate) mod envelope;
+pub(crate) mod history;
+pub(crate) mod hub;
+pub(crate) mod keys;
+pub(crate) mod mapping;
+pub(crate) mod revocation;
+pub(crate) mod server;
 pub mod shutdown;
-pub mod state;
+pub(crate) mod state;
 pub mod telemetry;
-pub mod transport;
+pub(crate) mod transport;
 
+pub use broker::SeamHook;
 pub use config::Config;
+pub use envelope::Event;
 pub use server::{Hooks, StartError, Stopped, bind, run, run_with};

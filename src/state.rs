@@ -176,6 +176,7 @@ impl StateStore {
     }
 
     /// Keys and bytes held.
+    #[cfg(test)]
     pub fn size(&self) -> (usize, usize) {
         let s = self.lock();
         (s.slots.len(), s.bytes)

@@ -108,6 +108,7 @@ impl EndState {
     }
 
     /// Whether the connection was told to go.
+    #[cfg(test)]
     pub(super) fn is_kicked(&self) -> bool {
         self.kick.is_cancelled()
     }

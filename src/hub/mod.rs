@@ -19,7 +19,7 @@ mod end;
 mod queue;
 
 pub use end::{Disconnect, End};
-pub use queue::{Interest, MAX_PATTERN_BYTES, conflate};
+pub use queue::{Interest, conflate};
 use queue::{Offered, SendQueue};
 
 use axum::extract::ws::Utf8Bytes;
@@ -296,6 +296,7 @@ impl Kick {
     }
 
     /// Whether the hub told the connection to go.
+    #[cfg(test)]
     pub fn is_kicked(&self) -> bool {
         self.0.end().is_kicked()
     }
@@ -303,6 +304,7 @@ impl Kick {
 
 impl Hub {
     /// An empty hub that keeps no state (connections get no snapshots).
+    #[cfg(test)]
     pub fn new(limits: HubLimits) -> Arc<Hub> {
         Hub::with_state(limits, None)
     }

@@ -89,11 +89,13 @@ impl Lifetime {
     }
 
     /// Whether shutdown has begun for this connection.
+    #[cfg(test)]
     pub fn draining(&self) -> bool {
         self.draining
     }
 
     /// The moment the connection ends unless something else ends it first.
+    #[cfg(test)]
     pub fn deadline(&self) -> Instant {
         self.deadline.deadline()
     }

@@ -147,7 +147,7 @@ impl GatewayBuilder {
 
     /// Runs `hook` in the consumer after each event entered the history and before the
     /// hub fans it out (the resume seam).
-    pub fn seam_hook(mut self, hook: realtime_gateway::broker::SeamHook) -> Self {
+    pub fn seam_hook(mut self, hook: realtime_gateway::SeamHook) -> Self {
         self.hooks.seam = Some(hook);
         self
     }
@@ -944,7 +944,7 @@ impl SeamGate {
     }
 
     /// The consumer hook that stops at the gate.
-    pub fn hook(self: &std::sync::Arc<Self>) -> realtime_gateway::broker::SeamHook {
+    pub fn hook(self: &std::sync::Arc<Self>) -> realtime_gateway::SeamHook {
         let gate = self.clone();
         std::sync::Arc::new(move |e| {
             let gate = gate.clone();
