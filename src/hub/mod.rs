@@ -815,8 +815,16 @@ pub(crate) mod testing {
 
     /// What is waiting for `s`, by id (`resync` for a resync).
     pub(crate) fn ids(s: &mut Subscription) -> Vec<String> {
-        std::iter::from_fn(|| s.try_recv())
-            .map(|o| match o {
+        labels(std::iter::from_fn(|| s.try_recv()))
+    }
+
+    /// Items by label: an event by its id, `resync`, `snapshot`.
+    pub(crate) fn labels(
+        items: impl IntoIterator<Item = impl std::borrow::Borrow<Outgoing>>,
+    ) -> Vec<String> {
+        items
+            .into_iter()
+            .map(|o| match o.borrow() {
                 Outgoing::Event(e) => e.id.to_string(),
                 Outgoing::Resync => "resync".into(),
                 Outgoing::Snapshot(_) => "snapshot".into(),

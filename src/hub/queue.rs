@@ -422,19 +422,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::hub::testing::labels;
 
     fn event(id: &str, ty: &str, key: Option<&str>) -> Outgoing {
         Outgoing::Event(Arc::new(crate::envelope::testing::keyed(id, ty, key)))
     }
 
     fn ids(q: &SendQueue) -> Vec<String> {
-        std::iter::from_fn(|| q.try_pop())
-            .map(|(o, _)| match o {
-                Outgoing::Event(e) => e.id.to_string(),
-                Outgoing::Resync => "resync".into(),
-                Outgoing::Snapshot(_) => "snapshot".into(),
-            })
-            .collect()
+        labels(std::iter::from_fn(|| q.try_pop()).map(|(o, _)| o))
     }
 
     const P: &str = "render.job.progress.v1";
@@ -539,15 +534,7 @@ mod tests {
             event("p4", P, Some("j2")),
         ];
         let (kept, dropped) = conflate(replay);
-        let kept: Vec<String> = kept
-            .iter()
-            .map(|o| match o {
-                Outgoing::Event(e) => e.id.to_string(),
-                Outgoing::Resync => "resync".into(),
-                Outgoing::Snapshot(_) => "snapshot".into(),
-            })
-            .collect();
-        assert_eq!(kept, ["p3", "done1", "p4"]);
+        assert_eq!(labels(&kept), ["p3", "done1", "p4"]);
         assert_eq!(dropped, 2);
     }
 

@@ -646,15 +646,7 @@ mod tests {
         )
         .unwrap()
         .replay;
-        let ids: Vec<_> = replayed
-            .iter()
-            .map(|o| match o {
-                Outgoing::Event(e) => e.id.to_string(),
-                Outgoing::Resync => "resync".into(),
-                Outgoing::Snapshot(_) => "snapshot".into(),
-            })
-            .collect();
-        assert_eq!(ids, ["2", "3"]);
+        assert_eq!(crate::hub::testing::labels(&replayed), ["2", "3"]);
         let unknown = register(
             &ctx,
             identity("u"),
