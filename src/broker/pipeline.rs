@@ -309,7 +309,7 @@ mod tests {
     use crate::config::{HistoryLimits, KeyRule, Mapping, Pointer, Route};
     use crate::history::Replay;
     use crate::hub::testing::ids as received;
-    use crate::hub::{HubLimits, Outgoing, Subscription, Transport};
+    use crate::hub::{Outgoing, Subscription, Transport};
 
     const PROGRESS: &str = "render.job.progress.v1";
     /// Not conflated: every one reaches the client.
@@ -350,12 +350,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
             })),
-            hub: Hub::new(HubLimits {
-                max_connections: 10,
-                max_per_user: 10,
-                queue_len: 100,
-                queue_bytes: 1 << 20,
-            }),
+            hub: crate::hub::testing::small_hub(100),
             metrics: Arc::default(),
             seam_hook: None,
         }

@@ -818,6 +818,17 @@ pub(crate) mod testing {
         labels(std::iter::from_fn(|| s.try_recv()))
     }
 
+    /// A hub for tests: 10 connections, 10 per user, `queue_len` events of 1 MiB in all
+    /// per connection.
+    pub(crate) fn small_hub(queue_len: usize) -> std::sync::Arc<super::Hub> {
+        super::Hub::new(super::HubLimits {
+            max_connections: 10,
+            max_per_user: 10,
+            queue_len,
+            queue_bytes: 1 << 20,
+        })
+    }
+
     /// Items by label: an event by its id, `resync`, `snapshot`.
     pub(crate) fn labels(
         items: impl IntoIterator<Item = impl std::borrow::Borrow<Outgoing>>,

@@ -180,7 +180,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::hub::{Hub, HubLimits, Subscription, Transport};
+    use crate::hub::{Hub, Subscription, Transport};
 
     const SLOW_CLIENT: End = End::Gateway(Disconnect::SlowClient);
     const REVOKED: End = End::Gateway(Disconnect::Revoked);
@@ -189,12 +189,7 @@ mod tests {
 
     /// A registered connection of (t, u) and the hub, to kick it by revoking u.
     fn subscribed() -> (Arc<Hub>, Subscription) {
-        let hub = Hub::new(HubLimits {
-            max_connections: 10,
-            max_per_user: 10,
-            queue_len: 8,
-            queue_bytes: 1 << 20,
-        });
+        let hub = crate::hub::testing::small_hub(8);
         let sub = hub.subscribe("t", "u", Transport::Ws, None).unwrap();
         (hub, sub)
     }

@@ -383,7 +383,6 @@ mod tests {
     //! The stream of one SSE connection driven by a real hub, with paused time.
 
     use super::*;
-    use crate::hub::HubLimits;
 
     struct Setup {
         hub: Arc<Hub>,
@@ -392,12 +391,7 @@ mod tests {
     }
 
     fn open_stream(lifetime: Duration, queue_len: usize) -> Setup {
-        let hub = Hub::new(HubLimits {
-            max_connections: 10,
-            max_per_user: 10,
-            queue_len,
-            queue_bytes: 1 << 20,
-        });
+        let hub = crate::hub::testing::small_hub(queue_len);
         let subscription = hub.subscribe("t", "u", Transport::Sse, None).unwrap();
         let shutdown = CancellationToken::new();
         let keepalive = Duration::from_secs(15);

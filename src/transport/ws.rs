@@ -596,7 +596,7 @@ mod tests {
     use crate::telemetry::Label;
     use tokio_util::sync::CancellationToken;
 
-    use crate::hub::{Hub, HubLimits};
+    use crate::hub::Hub;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -684,12 +684,7 @@ mod tests {
 
     /// A connection of (t, u) whose token lasts `lifetime`, served on a task.
     fn connect(lifetime: Duration, queue_len: usize) -> Setup {
-        let hub = Hub::new(HubLimits {
-            max_connections: 10,
-            max_per_user: 10,
-            queue_len,
-            queue_bytes: 1 << 20,
-        });
+        let hub = crate::hub::testing::small_hub(queue_len);
         let subscription = hub.subscribe("t", "u", Transport::Ws, None).unwrap();
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(TransportMetrics::default());
