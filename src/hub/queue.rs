@@ -277,6 +277,27 @@ impl SendQueue {
         }
     }
 
+    /// Appends `item` (`bytes` long), releases the lock and wakes the connection; returns
+    /// the items and bytes queued.
+    fn push(
+        &self,
+        mut q: std::sync::MutexGuard<'_, Inner>,
+        item: &Outgoing,
+        seq: u64,
+        bytes: usize,
+    ) -> (usize, usize) {
+        q.items.push_back(Queued {
+            item: item.clone(),
+            seq,
+        });
+        q.bytes += bytes;
+        let sizes = (q.items.len(), q.bytes);
+        // The lock is released before the wake, so the woken task never waits for it.
+        drop(q);
+        self.wake.wake();
+        sizes
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -301,14 +322,8 @@ impl SendQueue {
                 {
                     q.bytes -= old.item.bytes();
                     if q.bytes + bytes <= self.max_bytes {
-                        q.items.push_back(Queued {
-                            item: item.clone(),
-                            seq,
-                        });
-                        q.bytes += bytes;
-                        let sizes = (q.items.len(), q.bytes);
-                        drop_and_wake(q, &self.wake);
-                        return Offered::Conflated(sizes.0, sizes.1);
+                        let (items, bytes) = self.push(q, item, seq, bytes);
+                        return Offered::Conflated(items, bytes);
                     }
                     // A newer event too large for the room the older one left.
                     q.bytes += old.item.bytes();
@@ -320,14 +335,8 @@ impl SendQueue {
         if q.items.len() >= self.max_len || q.bytes + bytes > self.max_bytes {
             return Offered::Full;
         }
-        q.items.push_back(Queued {
-            item: item.clone(),
-            seq,
-        });
-        q.bytes += bytes;
-        let sizes = (q.items.len(), q.bytes);
-        drop_and_wake(q, &self.wake);
-        Offered::Queued(sizes.0, sizes.1)
+        let (items, bytes) = self.push(q, item, seq, bytes);
+        Offered::Queued(items, bytes)
     }
 
     /// Whether nothing is waiting.
@@ -382,11 +391,6 @@ impl SendQueue {
         q.items.clear();
         q.bytes = 0;
     }
-}
-
-fn drop_and_wake(guard: std::sync::MutexGuard<'_, Inner>, wake: &AtomicWaker) {
-    drop(guard);
-    wake.wake();
 }
 
 /// Conflates a replay: of the events sharing a conflation key, only the last is kept, in
