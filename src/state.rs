@@ -312,4 +312,33 @@ pub(crate) mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(ids(&store.snapshot("t", "u", |_, _| true)), ["b"]);
     }
+
+    /// What the state costs, printed (no assertion: timings belong to benchmarks):
+    /// `cargo test --release --lib state::tests::cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn cost() {
+        let store = StateStore::new(StateLimits {
+            max_keys_per_user: 100_000,
+            max_keys_per_tenant: 1_000_000,
+            max_bytes: 1 << 30,
+            ..LIMITS
+        });
+        let jobs: Vec<Arc<Event>> = (0..100)
+            .map(|j| Arc::new(event_of(&format!("e{j}"), &format!("job-{j}"), Some("u"))))
+            .collect();
+        let updates = 100_000;
+        let started = std::time::Instant::now();
+        for i in 0..updates {
+            store.update(i + 1, &jobs[(i % 100) as usize]);
+        }
+        let update = started.elapsed() / updates as u32;
+        let snapshots = 10_000;
+        let started = std::time::Instant::now();
+        for _ in 0..snapshots {
+            std::hint::black_box(store.snapshot("t", "u", |_, _| true));
+        }
+        let snapshot = started.elapsed() / snapshots;
+        eprintln!("update per event: {update:?}; snapshot of a user's 100 jobs: {snapshot:?}");
+    }
 }
