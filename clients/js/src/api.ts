@@ -3,6 +3,24 @@
  * drives, and the `RealtimeClient` interface. The behaviour lives in `client.ts`.
  */
 import type { EventCatalog, KnownEventType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
+
+/** How an event reached a listener: live, or as part of a snapshot of the latest state. */
+export interface EventInfo {
+  /**
+   * True for an event of a snapshot: the latest state of its key (a render job) when the
+   * page asked for it, after a `resync`, or when a watched job was mounted. It may repeat
+   * an event delivered before; fold it like any other (the reducers are idempotent).
+   */
+  snapshot: boolean;
+}
+
+/** The latest state of every key a connection selects, oldest update first. */
+export interface Snapshot {
+  events: RealtimeEvent[];
+  /** The gateway left out the oldest states: more than its send queue holds. */
+  truncated: boolean;
+}
+
 import type { NumericOptions } from './options.js';
 
 export type ConnectionState =
@@ -225,16 +243,21 @@ export interface RealtimeClient {
    * types, and only those are selected. Check with `isCatalogEvent`/`isEventType` before
    * reading `data`. A bad pattern throws a `TypeError`.
    */
-  onEvent(cb: (event: RealtimeEvent) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
+  onEvent(cb: (event: RealtimeEvent, info: EventInfo) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
   /**
    * Events of one type, typed from `EventCatalog` (which apps can extend). Catalog types
    * are delivered only when `data` has the type's fields. Selects that type.
    */
-  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe;
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T], info: EventInfo) => void): Unsubscribe;
   /** Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`. */
-  onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
+  onJob(jobId: string, cb: (event: RenderJobEvent, info: EventInfo) => void): Unsubscribe;
   /** Valid `notification.*` events. Selects `notification.#`. */
-  onNotification(cb: (event: NotificationEvent) => void): Unsubscribe;
+  onNotification(cb: (event: NotificationEvent, info: EventInfo) => void): Unsubscribe;
+  /**
+   * Every snapshot, after its events reached the event listeners (marked `snapshot`):
+   * for an app that keeps its own map of jobs and wants to know the state is complete.
+   */
+  onSnapshot(cb: (snapshot: Snapshot) => void): Unsubscribe;
   /**
    * Keeps these event types selected until the returned function is called, without a
    * listener (reference-counted: a type stays selected while anything still needs it).

@@ -13,11 +13,13 @@ import {
   type ConnectionState,
   type ConnectionStatus,
   type ErrorSeverity,
+  type EventInfo,
   type EventSourceConstructor,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeError,
   type RealtimeErrorCode,
+  type Snapshot,
   type TransportKind,
   type Unsubscribe,
   type WebSocketConstructor,
@@ -114,8 +116,9 @@ class Client implements RealtimeClient {
   /** Stops listening to the page; set while the client runs (so a client made during a render and dropped holds nothing). */
   private detachLifecycle: (() => void) | null = null;
 
-  private readonly events = new Set<(e: RealtimeEvent) => void>();
+  private readonly events = new Set<(e: RealtimeEvent, info: EventInfo) => void>();
   private readonly resyncs = new Set<() => void>();
+  private readonly snapshots = new Set<(s: Snapshot) => void>();
   private readonly states = new Set<(s: ConnectionState) => void>();
   private readonly errors = new Set<(e: RealtimeError) => void>();
   /** What listeners, hooks and `select()` need; its union is what the gateway is asked for. */
@@ -240,31 +243,38 @@ class Client implements RealtimeClient {
 
   // ---- subscriptions ----------------------------------------------------------------
 
-  onEvent(cb: (event: RealtimeEvent) => void, options: { types?: string | readonly string[] } = {}): Unsubscribe {
+  onEvent(
+    cb: (event: RealtimeEvent, info: EventInfo) => void,
+    options: { types?: string | readonly string[] } = {},
+  ): Unsubscribe {
     if (options.types === undefined) return this.listen(['#'], cb);
     const patterns = checkPatterns(options.types);
-    return this.listen(patterns, (e) => {
-      if (patterns.some((p) => topicMatches(p, e.event_type))) cb(e);
+    return this.listen(patterns, (e, info) => {
+      if (patterns.some((p) => topicMatches(p, e.event_type))) cb(e, info);
     });
   }
 
-  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe {
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T], info: EventInfo) => void): Unsubscribe {
     const checked = KNOWN_EVENT_TYPES.has(type); // an app's own types have no shape to check
-    return this.listen(checkPatterns(type), (e) => {
-      if (e.event_type === type && (!checked || isCatalogEvent(e))) cb(e as EventCatalog[T]);
+    return this.listen(checkPatterns(type), (e, info) => {
+      if (e.event_type === type && (!checked || isCatalogEvent(e))) cb(e as EventCatalog[T], info);
     });
   }
 
-  onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe {
-    return this.listen(['render.job.#'], (e) => {
-      if (isRenderJobEvent(e) && e.data.job_id === jobId) cb(e);
+  onJob(jobId: string, cb: (event: RenderJobEvent, info: EventInfo) => void): Unsubscribe {
+    return this.listen(['render.job.#'], (e, info) => {
+      if (isRenderJobEvent(e) && e.data.job_id === jobId) cb(e, info);
     });
   }
 
-  onNotification(cb: (event: NotificationEvent) => void): Unsubscribe {
-    return this.listen(['notification.#'], (e) => {
-      if (isNotificationEvent(e)) cb(e);
+  onNotification(cb: (event: NotificationEvent, info: EventInfo) => void): Unsubscribe {
+    return this.listen(['notification.#'], (e, info) => {
+      if (isNotificationEvent(e)) cb(e, info);
     });
+  }
+
+  onSnapshot(cb: (snapshot: Snapshot) => void): Unsubscribe {
+    return subscribe(this.snapshots, cb);
   }
 
   select(types: string | readonly string[]): Unsubscribe {
@@ -277,7 +287,7 @@ class Client implements RealtimeClient {
   }
 
   /** A listener that keeps `patterns` selected while it is registered. */
-  private listen(patterns: readonly string[], cb: (event: RealtimeEvent) => void): Unsubscribe {
+  private listen(patterns: readonly string[], cb: (event: RealtimeEvent, info: EventInfo) => void): Unsubscribe {
     const release = this.select(patterns);
     const off = subscribe(this.events, cb);
     return () => {
@@ -338,6 +348,7 @@ class Client implements RealtimeClient {
     this.setState('closed');
     this.events.clear();
     this.resyncs.clear();
+    this.snapshots.clear();
     this.states.clear();
     this.errors.clear();
   }
@@ -621,6 +632,7 @@ class Client implements RealtimeClient {
     es.onmessage = onText;
     // Named events carry control JSON (`{"type":"resync"}`, `{"type":"close",...}`, heartbeats).
     es.addEventListener('resync', onText);
+    es.addEventListener('snapshot', onText);
     es.addEventListener('close', onText);
     es.addEventListener('heartbeat', (ev: MessageEvent) => {
       if (this.conn !== conn) return;
@@ -751,9 +763,9 @@ class Client implements RealtimeClient {
     }
     if (!isRecord(msg)) return;
     if ('event_id' in msg) {
-      if (typeof msg.event_id === 'string' && msg.event_id !== '' && typeof msg.event_type === 'string') {
+      if (isEnvelope(msg)) {
         this.markHealthy(conn);
-        this.deliver(msg as unknown as RealtimeEvent);
+        this.deliver(msg, LIVE);
       }
       return;
     }
@@ -761,7 +773,7 @@ class Client implements RealtimeClient {
     // or `error`, and drops must still meet a growing backoff.
     switch (msg.type) {
       case 'resync':
-        for (const cb of [...this.resyncs]) safeCall(cb, undefined);
+        for (const cb of [...this.resyncs]) safeCall(cb);
         break;
       case 'refreshed':
         if (typeof msg.exp === 'number') this.handleRefreshed(msg.exp);
@@ -798,6 +810,9 @@ class Client implements RealtimeClient {
       case 'position':
         this.notePosition(msg.position);
         break;
+      case 'snapshot':
+        if (Array.isArray(msg.events)) this.deliverSnapshot(msg.events.filter(isEnvelope), msg.truncated === true);
+        break;
       default: // pong, heartbeat and anything newer: liveness was already noted
         break;
     }
@@ -812,10 +827,25 @@ class Client implements RealtimeClient {
     if (typeof position === 'string' && POSITION.test(position)) this.lastId = position;
   }
 
-  private deliver(event: RealtimeEvent): void {
-    if (!this.seen.add(event.event_id)) return; // replay seam or redelivery
-    this.lastId = event.event_id;
-    if (KNOWN_EVENT_TYPES.has(event.event_type) && !isCatalogEvent(event)) {
+  /**
+   * A snapshot's events go to the same listeners, marked. Each is delivered even when
+   * seen before (after a resync it is the state to show), and remembered so the live
+   * stream never repeats it. The resume position stays: a snapshot is no place in the stream.
+   */
+  private deliverSnapshot(events: RealtimeEvent[], truncated: boolean): void {
+    for (const event of events) {
+      if (this.disposed) return;
+      this.deliver(event, SNAPSHOT);
+    }
+    const snapshot: Snapshot = { events, truncated };
+    for (const cb of [...this.snapshots]) safeCall(cb, snapshot);
+  }
+
+  private deliver(event: RealtimeEvent, info: EventInfo): void {
+    const fresh = this.seen.add(event.event_id);
+    if (!fresh && !info.snapshot) return; // replay seam or redelivery
+    if (!info.snapshot) this.lastId = event.event_id;
+    if (fresh && KNOWN_EVENT_TYPES.has(event.event_type) && !isCatalogEvent(event)) {
       this.emitError({
         code: 'invalid_event',
         message: `${event.event_type} ${event.event_id} lacks the data fields its type declares; typed listeners skip it`,
@@ -823,7 +853,7 @@ class Client implements RealtimeClient {
     }
     for (const cb of [...this.events]) {
       if (this.disposed) return; // a listener called close()
-      safeCall(cb, event);
+      safeCall(cb, event, info);
     }
   }
 
@@ -1412,13 +1442,21 @@ function subscribe<T>(set: Set<T>, cb: T): Unsubscribe {
 }
 
 /** A throwing listener must not break delivery to the others or the connection. */
-function safeCall<A>(cb: (arg: A) => void, arg: A): void {
+function safeCall<A extends unknown[]>(cb: (...args: A) => void, ...args: A): void {
   try {
-    cb(arg);
+    cb(...args);
   } catch (err) {
     if (typeof reportError === 'function') reportError(err);
     else console.error(err);
   }
+}
+
+const LIVE: EventInfo = Object.freeze({ snapshot: false });
+const SNAPSHOT: EventInfo = Object.freeze({ snapshot: true });
+
+/** What the client takes for an event: an envelope with a non-empty id and a type. */
+function isEnvelope(v: unknown): v is RealtimeEvent {
+  return isRecord(v) && typeof v.event_id === 'string' && v.event_id !== '' && typeof v.event_type === 'string';
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -16,7 +16,7 @@ import {
   type ReactElement,
   type ReactNode,
 } from 'react';
-import type { ConnectionState, ConnectionStatus, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
+import type { ConnectionState, ConnectionStatus, EventInfo, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
 import { createRealtimeClient } from './client.js';
 import { isCatalogEvent, KNOWN_EVENT_TYPES, type EventFor, type NotificationCreated, type RenderJobEvent } from './events.js';
 import { safeHttpUrl } from './url.js';
@@ -195,11 +195,15 @@ export function useEventTypes(types: string | readonly string[]): void {
 /**
  * Calls `handler` with every event of these types (exact types, typed from
  * `EventCatalog`, or topic patterns: `*` one word, `#` zero or more) while the component
- * is mounted, and selects them. The latest `handler` is called, so an inline function is
+ * is mounted, and selects them; `info.snapshot` marks the events of a snapshot. The
+ * latest `handler` is called, so an inline function is
  * fine. Catalog events without their declared fields are skipped (and reported as
  * `invalid_event`). A bad pattern throws.
  */
-export function useEvent<T extends string>(types: T | readonly T[], handler: (event: EventFor<T>) => void): void {
+export function useEvent<T extends string>(
+  types: T | readonly T[],
+  handler: (event: EventFor<T>, info: EventInfo) => void,
+): void {
   const client = useRealtimeClient();
   const latest = useRef(handler);
   useEffect(() => {
@@ -209,9 +213,9 @@ export function useEvent<T extends string>(types: T | readonly T[], handler: (ev
   useEffect(() => {
     if (!client || key === '') return;
     return client.onEvent(
-      (e) => {
+      (e, info) => {
         if (KNOWN_EVENT_TYPES.has(e.event_type) && !isCatalogEvent(e)) return;
-        latest.current(e as EventFor<T>);
+        latest.current(e as EventFor<T>, info);
       },
       { types: key.split(',') },
     );

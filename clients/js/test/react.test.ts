@@ -56,6 +56,20 @@ describe('useRenderProgress', () => {
     expect(result.current).toMatchObject({ status: 'completed', progress: 100, outputUrl: 'https://cdn/j1.mp4' });
   });
 
+  it('shows the state a snapshot carries, also after a resync', () => {
+    const { result } = renderHook(() => useRenderProgress('j1'), { wrapper });
+    act(() => {
+      ws.open();
+      ws.receive({ type: 'snapshot', events: [envelope('render.job.progress.v1', { job_id: 'j1', progress: 60 })], truncated: false });
+    });
+    expect(result.current).toMatchObject({ status: 'progress', progress: 60 });
+    act(() => {
+      ws.receive({ type: 'resync' });
+      ws.receive({ type: 'snapshot', events: [envelope('render.job.completed.v1', { job_id: 'j1' })], truncated: false });
+    });
+    expect(result.current).toMatchObject({ status: 'completed', progress: 100, resyncCount: 1 });
+  });
+
   it('resets when jobId changes and counts resyncs', () => {
     const { result, rerender } = renderHook(({ id }) => useRenderProgress(id), {
       wrapper,
