@@ -51,6 +51,8 @@ export type RealtimeErrorCode =
   | 'server_error'
   /** The gateway refused an in-band selection of event types (`invalid_types`): that connection receives everything instead. */
   | 'invalid_types'
+  /** The gateway refused to watch more state keys (`invalid_keys`): every key is selected until `reconnect()`. */
+  | 'invalid_keys'
   /** No token: getToken() threw, timed out or returned junk, or the token URL answered non-2xx (`status`). Retried with backoff. */
   | 'token_error'
   /** The gateway refused the token (401, `reason` says why). Retried with backoff and a fresh token. */
@@ -238,6 +240,13 @@ export interface RealtimeClient {
    */
   readonly selection: readonly string[] | null;
   /**
+   * The state keys (render job ids) the client watches: the gateway then sends the state
+   * of these jobs only. Null for every key: nothing watched, something needs every job
+   * (a listener whose types match render job events without naming a job), or more keys
+   * than `maxSelectedTypes`. See "Live state" in the README.
+   */
+  readonly keys: readonly string[] | null;
+  /**
    * Every event, known catalog types or not (and so selects everything while registered).
    * With `types` (topic patterns: `*` one word, `#` zero or more), only events of those
    * types, and only those are selected. Check with `isCatalogEvent`/`isEventType` before
@@ -249,7 +258,10 @@ export interface RealtimeClient {
    * are delivered only when `data` has the type's fields. Selects that type.
    */
   on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T], info: EventInfo) => void): Unsubscribe;
-  /** Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`. */
+  /**
+   * Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`
+   * and watches `jobId`, with a snapshot: its current state comes first.
+   */
   onJob(jobId: string, cb: (event: RenderJobEvent, info: EventInfo) => void): Unsubscribe;
   /** Valid `notification.*` events. Selects `notification.#`. */
   onNotification(cb: (event: NotificationEvent, info: EventInfo) => void): Unsubscribe;
@@ -264,6 +276,13 @@ export interface RealtimeClient {
    * A bad pattern throws a `TypeError`.
    */
   select(types: string | readonly string[]): Unsubscribe;
+  /**
+   * Watches these state keys (render job ids) until the returned function is called,
+   * reference-counted; the gateway sends their current state first (a snapshot). A key
+   * the gateway would refuse (other than 1 to 255 bytes of letters, digits, `_ - . : @`)
+   * throws a `TypeError`.
+   */
+  watch(keys: string | readonly string[]): Unsubscribe;
   /** The gateway says events may have been lost: refetch state over REST. */
   onResync(cb: () => void): Unsubscribe;
   onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;

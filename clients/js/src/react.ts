@@ -242,6 +242,14 @@ export interface RenderProgressOptions {
   allowedOrigins?: readonly string[];
 }
 
+export interface UseRenderProgressOptions extends RenderProgressOptions {
+  /**
+   * The job's state as the server rendered it (e.g. from the platform's REST API, folded
+   * with `reduceRenderProgress`), shown until the gateway's snapshot or an event says more.
+   */
+  initial?: RenderProgressState;
+}
+
 export interface RenderProgress extends RenderProgressState {
   /** Increments on each resync: refetch the job over REST when it changes. */
   resyncCount: number;
@@ -290,16 +298,23 @@ export function reduceRenderProgress(
 }
 
 /**
- * Live progress of one render job; starts from 'unknown' and resets when `jobId` changes.
- * Selects `render.job.#` while mounted.
+ * Live progress of one render job. Watches the job while mounted (selects `render.job.#`
+ * and `keys=<jobId>` with a snapshot), so it shows the job's current state as soon as the
+ * gateway's snapshot arrives, then every change. Starts from `initial` (default
+ * 'unknown') and starts again from it when `jobId` changes.
  */
-export function useRenderProgress(jobId: string | null | undefined, options: RenderProgressOptions = {}): RenderProgress {
+export function useRenderProgress(jobId: string | null | undefined, options: UseRenderProgressOptions = {}): RenderProgress {
   const client = useRealtimeClient();
   const resyncCount = useResyncCount();
-  // Keyed by job so a jobId change shows INITIAL at once instead of the old job's state.
+  const initial = options.initial ?? INITIAL_RENDER_PROGRESS;
+  const initialRef = useRef(initial);
+  useEffect(() => {
+    initialRef.current = initial;
+  });
+  // Keyed by job so a jobId change shows `initial` at once instead of the old job's state.
   const [slot, setSlot] = useState<{ jobId: string | null | undefined; state: RenderProgressState }>({
     jobId,
-    state: INITIAL_RENDER_PROGRESS,
+    state: initial,
   });
   const origins = options.allowedOrigins;
   const originsKey = origins?.join(' ');
@@ -309,13 +324,13 @@ export function useRenderProgress(jobId: string | null | undefined, options: Ren
     return client.onJob(jobId, (event) =>
       setSlot((prev) => ({
         jobId,
-        state: reduceRenderProgress(prev.jobId === jobId ? prev.state : INITIAL_RENDER_PROGRESS, event, opts),
+        state: reduceRenderProgress(prev.jobId === jobId ? prev.state : initialRef.current, event, opts),
       })),
     );
     // originsKey stands for `origins`: a new array with the same origins must not resubscribe.
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, jobId, originsKey]);
-  const state = slot.jobId === jobId ? slot.state : INITIAL_RENDER_PROGRESS;
+  const state = slot.jobId === jobId ? slot.state : initial;
   return { ...state, resyncCount };
 }
 

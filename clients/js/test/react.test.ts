@@ -70,6 +70,33 @@ describe('useRenderProgress', () => {
     expect(result.current).toMatchObject({ status: 'completed', progress: 100, resyncCount: 1 });
   });
 
+  it('watches its job with a snapshot and shows the state it carries on mount', async () => {
+    act(() => ws.open());
+    const { result } = renderHook(() => useRenderProgress('j9'), { wrapper });
+    await act(async () => {
+      await new Promise((r) => setTimeout(r, 80)); // the selection debounce
+    });
+    expect(ws.sent).toContainEqual({ type: 'watch', keys: ['j9'], snapshot: true });
+    act(() => ws.receive({ type: 'snapshot', events: [envelope('render.job.started.v1', { job_id: 'j9' })], truncated: false }));
+    expect(result.current.status).toBe('started');
+  });
+
+  it('starts from `initial`, the server-rendered state, until the gateway says more', () => {
+    const initial = { status: 'progress' as const, progress: 30 };
+    const { result, rerender } = renderHook(({ id }) => useRenderProgress(id, { initial }), {
+      wrapper,
+      initialProps: { id: 'j1' },
+    });
+    expect(result.current).toEqual({ ...initial, resyncCount: 0 });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('render.job.progress.v1', { job_id: 'j1', progress: 35, frame: 35 }));
+    });
+    expect(result.current).toMatchObject({ status: 'progress', progress: 35, frame: 35 });
+    rerender({ id: 'j2' });
+    expect(result.current).toMatchObject(initial);
+  });
+
   it('resets when jobId changes and counts resyncs', () => {
     const { result, rerender } = renderHook(({ id }) => useRenderProgress(id), {
       wrapper,
