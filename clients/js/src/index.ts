@@ -24,3 +24,4 @@ export { decodeTokenTimes, refreshDelay, type TokenTimes } from './jwt.js';
 export { fetchToken, TokenError } from './token.js';
 export { topicMatches } from './interest.js';
 export { safeHttpUrl } from './url.js';
+export * from './state.js';

@@ -132,6 +132,26 @@ describe('useNotifications', () => {
     expect(result.current.unread).toBe(0);
     expect(result.current.items).toHaveLength(2);
   });
+
+  it('two bells share one list per client, and a bell mounted again finds it kept', () => {
+    const both = () => ({ a: useNotifications(), b: useNotifications({ max: 1 }) });
+    const first = renderHook(both, { wrapper });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n1' }));
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n2' }));
+    });
+    expect(first.result.current.a.items.map((n) => n.data.notification_id)).toEqual(['n2', 'n1']);
+    expect(first.result.current.b.items.map((n) => n.data.notification_id)).toEqual(['n2']);
+    act(() => first.result.current.b.markAllRead());
+    expect(first.result.current.a.unread).toBe(0);
+    act(() => ws.receive(envelope('notification.created.v1', { notification_id: 'n3' })));
+    expect(first.result.current.a.unread).toBe(1);
+    first.unmount(); // navigation: the bell goes, and comes back on the next page
+    const again = renderHook(() => useNotifications(), { wrapper });
+    expect(again.result.current.items.map((n) => n.data.notification_id)).toEqual(['n3', 'n2', 'n1']);
+    expect(again.result.current.unread).toBe(1);
+  });
 });
 
 describe('selected event types follow mounted hooks', () => {
