@@ -592,7 +592,7 @@ class Client implements RealtimeClient {
     if (queryToken !== null) u.searchParams.set('access_token', queryToken);
     if (resume && this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
     if (selection !== null && !this.selectAll) u.searchParams.set('types', selection.join(','));
-    if (keys !== null && !this.selectAll) u.searchParams.set('keys', keys.join(','));
+    if (keys !== null) u.searchParams.set('keys', keys.join(','));
     if (snapshot) u.searchParams.set('snapshot', '1');
     return u.href;
   }
@@ -724,7 +724,8 @@ class Client implements RealtimeClient {
    * and when something registered since the last one starts empty.
    */
   private keysForUrl(): { keys: string[] | null; snapshot: boolean } {
-    const keys = this.watched.selection;
+    // After a 400 for the selection, the connection asks for everything: every key too.
+    const keys = this.selectAll ? null : this.watched.selection;
     const owed = this.watched.takeFresh();
     return { keys, snapshot: owed || keys !== null };
   }

@@ -4,7 +4,7 @@
  * beside the serving one over SSE, so a job page receives its job only, its state first.
  */
 import { describe, expect, it } from 'vitest';
-import { FakeEventSource, FakeWebSocket, flush } from './fakes.js';
+import { admitted, FakeEventSource, FakeFetch, FakeWebSocket, flush, refusal } from './fakes.js';
 import { advance, make } from './harness.js';
 
 const bare = (opts = {}) => make(opts, undefined, { listen: false });
@@ -56,6 +56,24 @@ describe('keys= on connect', () => {
     expect(() => client.watch(['ok', ''])).toThrow(TypeError);
     client.onJob('job 1', () => {});
     expect(client.keys).toBeNull();
+  });
+});
+
+describe('a refusal of keys= before the upgrade', () => {
+  it('400 keys asks for everything, every key included, until reconnect()', async () => {
+    const fetch = new FakeFetch((): Response => admitted());
+    fetch.answer(admitted(), refusal(400, 'bad_request', 'keys'));
+    const { client, errors } = make({}, fetch, { listen: false });
+    client.onJob('j1', () => {});
+    await flush();
+    expect(FakeWebSocket.last().query.get('keys')).toBe('j1');
+    FakeWebSocket.last().fail();
+    await flush();
+    expect(errors.map((e) => e.code)).toEqual(['invalid_types']);
+    await advance(1_000);
+    expect(FakeWebSocket.instances).toHaveLength(2);
+    expect(FakeWebSocket.last().query.has('keys')).toBe(false);
+    expect(FakeWebSocket.last().query.has('types')).toBe(false);
   });
 });
 
