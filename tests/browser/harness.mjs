@@ -1,6 +1,6 @@
 // Shared pieces of the browser tests: real gateway processes, a loopback load balancer that
 // fails over between them (and can be paused), the demo example as publisher and token
-// minter, and headless Chromium driven by playwright-core. Everything is loopback-only and
+// minter, a publisher of single events (amqplib), and headless Chromium driven by playwright-core. Everything is loopback-only and
 // every wait has a deadline.
 
 import { spawn, execFile } from 'node:child_process';
@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
+import amqp from 'amqplib';
 import { chromium } from 'playwright-core';
 
 const execFileP = promisify(execFile);
@@ -193,6 +194,44 @@ export async function publishSequence({ exchange, tenant, user }) {
     .split('\n')
     .filter((l) => l.startsWith('published '))
     .map((l) => JSON.parse(l.split(' ')[2]));
+}
+
+/** A catalog envelope as FlatRender's producers publish it. */
+export function catalogEvent(eventType, { tenant, user }, data) {
+  return {
+    event_id: `evt-${Math.random().toString(16).slice(2)}${Date.now().toString(16)}`,
+    event_type: eventType,
+    event_time: new Date().toISOString(),
+    tenant_id: tenant,
+    user_id: user,
+    trace_id: 'trace-browser-test',
+    correlation_id: 'corr-browser-test',
+    producer: 'browser-test',
+    data,
+  };
+}
+
+/**
+ * Publishes `events` (envelopes) to `exchange` in order, each routed by its type with the
+ * catalog's headers, as the demo does; resolves once the broker confirmed them all.
+ */
+export async function publishEvents(exchange, events) {
+  const conn = await amqp.connect(AMQP_URL);
+  try {
+    const ch = await conn.createConfirmChannel();
+    await ch.assertExchange(exchange, 'topic', { durable: true });
+    for (const e of events) {
+      ch.publish(exchange, e.event_type, Buffer.from(JSON.stringify(e)), {
+        contentType: 'application/json',
+        contentEncoding: 'utf-8',
+        headers: { 'x-event-type': e.event_type, 'x-tenant-id': e.tenant_id },
+      });
+    }
+    await ch.waitForConfirms();
+  } finally {
+    await conn.close();
+  }
+  return events.map((e) => e.event_id);
 }
 
 /** Headless Chromium as this machine runs it: no sandbox (root), no background traffic. */

@@ -3,6 +3,24 @@
  * drives, and the `RealtimeClient` interface. The behaviour lives in `client.ts`.
  */
 import type { EventCatalog, KnownEventType, NotificationEvent, RealtimeEvent, RenderJobEvent } from './events.js';
+
+/** How an event reached a listener: live, or as part of a snapshot of the latest state. */
+export interface EventInfo {
+  /**
+   * True for an event of a snapshot: the latest state of its key (a render job) when the
+   * page asked for it, after a `resync`, or when a watched job was mounted. It may repeat
+   * an event delivered before; fold it like any other (the reducers are idempotent).
+   */
+  snapshot: boolean;
+}
+
+/** The latest state of every key a connection selects, oldest update first. */
+export interface Snapshot {
+  events: RealtimeEvent[];
+  /** The gateway left out the oldest states: more than its send queue holds. */
+  truncated: boolean;
+}
+
 import type { NumericOptions } from './options.js';
 
 export type ConnectionState =
@@ -33,6 +51,8 @@ export type RealtimeErrorCode =
   | 'server_error'
   /** The gateway refused an in-band selection of event types (`invalid_types`): that connection receives everything instead. */
   | 'invalid_types'
+  /** The gateway refused to watch more state keys (`invalid_keys`): every key is selected until `reconnect()`. */
+  | 'invalid_keys'
   /** No token: getToken() threw, timed out or returned junk, or the token URL answered non-2xx (`status`). Retried with backoff. */
   | 'token_error'
   /** The gateway refused the token (401, `reason` says why). Retried with backoff and a fresh token. */
@@ -220,27 +240,49 @@ export interface RealtimeClient {
    */
   readonly selection: readonly string[] | null;
   /**
+   * The state keys (render job ids) the client watches: the gateway then sends the state
+   * of these jobs only. Null for every key: nothing watched, something needs every job
+   * (a listener whose types match render job events without naming a job), or more keys
+   * than `maxSelectedTypes`. See "Live state" in the README.
+   */
+  readonly keys: readonly string[] | null;
+  /**
    * Every event, known catalog types or not (and so selects everything while registered).
    * With `types` (topic patterns: `*` one word, `#` zero or more), only events of those
    * types, and only those are selected. Check with `isCatalogEvent`/`isEventType` before
    * reading `data`. A bad pattern throws a `TypeError`.
    */
-  onEvent(cb: (event: RealtimeEvent) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
+  onEvent(cb: (event: RealtimeEvent, info: EventInfo) => void, options?: { types?: string | readonly string[] }): Unsubscribe;
   /**
    * Events of one type, typed from `EventCatalog` (which apps can extend). Catalog types
    * are delivered only when `data` has the type's fields. Selects that type.
    */
-  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe;
-  /** Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`. */
-  onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe;
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T], info: EventInfo) => void): Unsubscribe;
+  /**
+   * Valid `render.job.*` events whose `data.job_id` is `jobId`. Selects `render.job.#`
+   * and watches `jobId`, with a snapshot: its current state comes first.
+   */
+  onJob(jobId: string, cb: (event: RenderJobEvent, info: EventInfo) => void): Unsubscribe;
   /** Valid `notification.*` events. Selects `notification.#`. */
-  onNotification(cb: (event: NotificationEvent) => void): Unsubscribe;
+  onNotification(cb: (event: NotificationEvent, info: EventInfo) => void): Unsubscribe;
+  /**
+   * Every snapshot, after its events reached the event listeners (marked `snapshot`):
+   * for an app that keeps its own map of jobs and wants to know the state is complete.
+   */
+  onSnapshot(cb: (snapshot: Snapshot) => void): Unsubscribe;
   /**
    * Keeps these event types selected until the returned function is called, without a
    * listener (reference-counted: a type stays selected while anything still needs it).
    * A bad pattern throws a `TypeError`.
    */
   select(types: string | readonly string[]): Unsubscribe;
+  /**
+   * Watches these state keys (render job ids) until the returned function is called,
+   * reference-counted; the gateway sends their current state first (a snapshot). A key
+   * the gateway would refuse (other than 1 to 255 bytes of letters, digits, `_ - . : @`)
+   * throws a `TypeError`.
+   */
+  watch(keys: string | readonly string[]): Unsubscribe;
   /** The gateway says events may have been lost: refetch state over REST. */
   onResync(cb: () => void): Unsubscribe;
   onStateChange(cb: (state: ConnectionState) => void): Unsubscribe;

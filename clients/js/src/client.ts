@@ -13,11 +13,13 @@ import {
   type ConnectionState,
   type ConnectionStatus,
   type ErrorSeverity,
+  type EventInfo,
   type EventSourceConstructor,
   type RealtimeClient,
   type RealtimeClientOptions,
   type RealtimeError,
   type RealtimeErrorCode,
+  type Snapshot,
   type TransportKind,
   type Unsubscribe,
   type WebSocketConstructor,
@@ -33,7 +35,16 @@ import {
   type RealtimeEvent,
   type RenderJobEvent,
 } from './events.js';
-import { checkPatterns, Interests, sameSelection, selectionCovers, topicMatches } from './interest.js';
+import {
+  checkKey,
+  checkPatterns,
+  Interests,
+  Keys,
+  needsEveryKey,
+  sameSelection,
+  selectionCovers,
+  topicMatches,
+} from './interest.js';
 import { decodeTokenTimes, MAX_TIMER_MS, MIN_REFRESH_DELAY_MS, refreshDelay, type TokenTimes } from './jwt.js';
 import { isLoopback, isSecure, resolveBaseUrl, resolveSettings, type Settings } from './options.js';
 import { probeAuth, probeStream, type ProbeResult } from './probe.js';
@@ -77,6 +88,8 @@ interface Conn {
    * then what it answered.
    */
   selection: string[] | null;
+  /** The state keys the gateway holds for this connection as far as we know (null: every key), kept like `selection`. */
+  keys: string[] | null;
   /** In-band selection messages not answered yet. */
   pendingSelections: number;
   /** The gateway refused or does not know in-band selection: this connection stays as it is. */
@@ -87,6 +100,11 @@ interface Conn {
 }
 
 type Timer = ReturnType<typeof setTimeout>;
+
+/** An in-band change of a WebSocket's selection; the gateway answers each with `subscribed` (or an error). */
+type SelectionMessage =
+  | { type: 'subscribe' | 'unsubscribe'; types: readonly string[]; snapshot?: boolean }
+  | { type: 'watch' | 'unwatch'; keys: readonly string[]; snapshot?: boolean };
 
 class Client implements RealtimeClient {
   // Private (#) so neither the token nor getToken shows in React DevTools or a console
@@ -114,12 +132,17 @@ class Client implements RealtimeClient {
   /** Stops listening to the page; set while the client runs (so a client made during a render and dropped holds nothing). */
   private detachLifecycle: (() => void) | null = null;
 
-  private readonly events = new Set<(e: RealtimeEvent) => void>();
+  private readonly events = new Set<(e: RealtimeEvent, info: EventInfo) => void>();
   private readonly resyncs = new Set<() => void>();
+  private readonly snapshots = new Set<(s: Snapshot) => void>();
   private readonly states = new Set<(s: ConnectionState) => void>();
   private readonly errors = new Set<(e: RealtimeError) => void>();
   /** What listeners, hooks and `select()` need; its union is what the gateway is asked for. */
   private readonly interests: Interests;
+  /** The state keys (job ids) listeners and `watch()` need; the gateway sends only their state. */
+  private readonly watched: Keys;
+  /** The gateway refused a `watch` (`invalid_keys`): every key is selected until reconnect(). */
+  private releaseKeyRefusal: (() => void) | null = null;
 
   private _state: ConnectionState = 'connecting';
   /** What keeps the client from being live (fatal or retrying); warnings never stay here. */
@@ -185,6 +208,7 @@ class Client implements RealtimeClient {
     this.now = opts.now ?? Date.now;
     this.seen = new RecentIds(this.cfg.dedupeWindow);
     this.interests = new Interests(this.cfg.maxSelectedTypes);
+    this.watched = new Keys(this.cfg.maxSelectedTypes);
     this.lastId = opts.lastEventId ?? null;
     // Server rendering (no `window`): Node 22 has WebSocket and every Node has fetch, so a
     // client created at module scope would connect from the server. It never does there
@@ -237,48 +261,88 @@ class Client implements RealtimeClient {
   get selection(): readonly string[] | null {
     return this.interests.selection;
   }
+  get keys(): readonly string[] | null {
+    return this.watched.selection;
+  }
 
   // ---- subscriptions ----------------------------------------------------------------
 
-  onEvent(cb: (event: RealtimeEvent) => void, options: { types?: string | readonly string[] } = {}): Unsubscribe {
+  onEvent(
+    cb: (event: RealtimeEvent, info: EventInfo) => void,
+    options: { types?: string | readonly string[] } = {},
+  ): Unsubscribe {
     if (options.types === undefined) return this.listen(['#'], cb);
     const patterns = checkPatterns(options.types);
-    return this.listen(patterns, (e) => {
-      if (patterns.some((p) => topicMatches(p, e.event_type))) cb(e);
+    return this.listen(patterns, (e, info) => {
+      if (patterns.some((p) => topicMatches(p, e.event_type))) cb(e, info);
     });
   }
 
-  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T]) => void): Unsubscribe {
+  on<T extends KnownEventType>(type: T, cb: (event: EventCatalog[T], info: EventInfo) => void): Unsubscribe {
     const checked = KNOWN_EVENT_TYPES.has(type); // an app's own types have no shape to check
-    return this.listen(checkPatterns(type), (e) => {
-      if (e.event_type === type && (!checked || isCatalogEvent(e))) cb(e as EventCatalog[T]);
+    return this.listen(checkPatterns(type), (e, info) => {
+      if (e.event_type === type && (!checked || isCatalogEvent(e))) cb(e as EventCatalog[T], info);
     });
   }
 
-  onJob(jobId: string, cb: (event: RenderJobEvent) => void): Unsubscribe {
-    return this.listen(['render.job.#'], (e) => {
-      if (isRenderJobEvent(e) && e.data.job_id === jobId) cb(e);
+  onJob(jobId: string, cb: (event: RenderJobEvent, info: EventInfo) => void): Unsubscribe {
+    // An id the gateway would refuse as a key cannot be watched: such a job needs every key.
+    let keys: string[] | null = null;
+    try {
+      keys = [checkKey(jobId)];
+    } catch {
+      // keys stays null
+    }
+    return this.listen(
+      ['render.job.#'],
+      (e, info) => {
+        if (isRenderJobEvent(e) && e.data.job_id === jobId) cb(e, info);
+      },
+      keys,
+    );
+  }
+
+  onNotification(cb: (event: NotificationEvent, info: EventInfo) => void): Unsubscribe {
+    return this.listen(['notification.#'], (e, info) => {
+      if (isNotificationEvent(e)) cb(e, info);
     });
   }
 
-  onNotification(cb: (event: NotificationEvent) => void): Unsubscribe {
-    return this.listen(['notification.#'], (e) => {
-      if (isNotificationEvent(e)) cb(e);
-    });
+  onSnapshot(cb: (snapshot: Snapshot) => void): Unsubscribe {
+    return subscribe(this.snapshots, cb);
   }
 
   select(types: string | readonly string[]): Unsubscribe {
-    const release = this.interests.add(checkPatterns(types));
+    const patterns = checkPatterns(types);
+    return this.register(patterns, needsEveryKey(patterns) ? null : []);
+  }
+
+  watch(keys: string | readonly string[]): Unsubscribe {
+    return this.register([], (typeof keys === 'string' ? [keys] : [...keys]).map(checkKey));
+  }
+
+  /** Keeps `patterns` selected and `keys` watched (null: every key) until the returned function is called. */
+  private register(patterns: readonly string[], keys: readonly string[] | null): Unsubscribe {
+    const releaseTypes = this.interests.add(patterns);
+    const releaseKeys = this.watched.add(keys);
     this.selectionChanged();
     return () => {
-      release();
+      releaseTypes();
+      releaseKeys();
       this.selectionChanged();
     };
   }
 
-  /** A listener that keeps `patterns` selected while it is registered. */
-  private listen(patterns: readonly string[], cb: (event: RealtimeEvent) => void): Unsubscribe {
-    const release = this.select(patterns);
+  /**
+   * A listener that keeps `patterns` selected while it is registered, and `keys` watched
+   * (by default none, or every key when the patterns can match a render job's state).
+   */
+  private listen(
+    patterns: readonly string[],
+    cb: (event: RealtimeEvent, info: EventInfo) => void,
+    keys: readonly string[] | null = needsEveryKey(patterns) ? null : [],
+  ): Unsubscribe {
+    const release = this.register(patterns, keys);
     const off = subscribe(this.events, cb);
     return () => {
       off();
@@ -311,6 +375,8 @@ class Client implements RealtimeClient {
     this.stopped = false;
     this.signedOutAttempts = 0;
     this.selectAll = false;
+    this.releaseKeyRefusal?.();
+    this.releaseKeyRefusal = null;
     this.attempt = 0;
     this.wsFailures = 0;
     this.wsBlocked = 0;
@@ -338,6 +404,7 @@ class Client implements RealtimeClient {
     this.setState('closed');
     this.events.clear();
     this.resyncs.clear();
+    this.snapshots.clear();
     this.states.clear();
     this.errors.clear();
   }
@@ -508,11 +575,14 @@ class Client implements RealtimeClient {
     }
   }
 
+  /** The URL of a stream; `snapshot` asks for the state of what it selects first. */
   private endpoint(
     kind: TransportKind,
     queryToken: string | null,
     selection: readonly string[] | null,
     resume = true,
+    keys: readonly string[] | null = null,
+    snapshot = false,
   ): string {
     const u = new URL(this.base!.href);
     const secure = isSecure(u);
@@ -522,6 +592,8 @@ class Client implements RealtimeClient {
     if (queryToken !== null) u.searchParams.set('access_token', queryToken);
     if (resume && this.lastId !== null) u.searchParams.set('last_event_id', this.lastId);
     if (selection !== null && !this.selectAll) u.searchParams.set('types', selection.join(','));
+    if (keys !== null) u.searchParams.set('keys', keys.join(','));
+    if (snapshot) u.searchParams.set('snapshot', '1');
     return u.href;
   }
 
@@ -529,6 +601,7 @@ class Client implements RealtimeClient {
     kind: TransportKind,
     url: string,
     selection: string[] | null,
+    keys: string[] | null,
     send: Conn['send'],
     close: Conn['close'],
   ): Conn {
@@ -543,6 +616,7 @@ class Client implements RealtimeClient {
       lastHeardAt: this.now(),
       heardCount: 0,
       selection,
+      keys,
       pendingSelections: 0,
       selectionFrozen: false,
       send,
@@ -553,13 +627,15 @@ class Client implements RealtimeClient {
   private openWebSocket(token: string | null): Conn {
     const inProtocol = token !== null && (this.#opts.tokenTransport ?? 'protocol') === 'protocol';
     const selection = this.interests.selection;
-    const url = this.endpoint('websocket', inProtocol ? null : token, selection);
+    const { keys, snapshot } = this.keysForUrl();
+    const url = this.endpoint('websocket', inProtocol ? null : token, selection, true, keys, snapshot);
     // Cookie auth offers no subprotocol, so it works with gateways of any version.
     const ws = inProtocol ? new this.WS!(url, [WS_PROTOCOL, `bearer.${token}`]) : new this.WS!(url);
     const conn = this.newConn(
       'websocket',
       url,
       selection,
+      keys,
       (data) => ws.send(data),
       () => {
         ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
@@ -594,9 +670,10 @@ class Client implements RealtimeClient {
 
   private openEventSource(token: string | null, resume = true): Conn {
     const selection = this.interests.selection;
+    const { keys, snapshot } = this.keysForUrl();
     // Over fetch the token goes in `Authorization`, out of the URL and the console.
     const viaFetch = this.sseOverFetch();
-    const url = this.endpoint('sse', viaFetch ? null : token, selection, resume);
+    const url = this.endpoint('sse', viaFetch ? null : token, selection, resume, keys, snapshot);
     // Cookie mode: a cross-origin EventSource only sends cookies with withCredentials.
     // Token mode sends none, so the gateway may answer any origin with `*`.
     const es = viaFetch
@@ -608,6 +685,7 @@ class Client implements RealtimeClient {
       'sse',
       url,
       selection,
+      keys,
       () => {},
       () => {
         es.onopen = es.onmessage = es.onerror = null;
@@ -621,6 +699,7 @@ class Client implements RealtimeClient {
     es.onmessage = onText;
     // Named events carry control JSON (`{"type":"resync"}`, `{"type":"close",...}`, heartbeats).
     es.addEventListener('resync', onText);
+    es.addEventListener('snapshot', onText);
     es.addEventListener('close', onText);
     es.addEventListener('heartbeat', (ev: MessageEvent) => {
       if (this.conn !== conn) return;
@@ -637,6 +716,18 @@ class Client implements RealtimeClient {
       this.onConnClose(conn);
     };
     return conn;
+  }
+
+  /**
+   * The keys a new connection selects, and whether it asks for a snapshot: always while
+   * keys are watched (a resume that is served gets none: its replay brings what changed),
+   * and when something registered since the last one starts empty.
+   */
+  private keysForUrl(): { keys: string[] | null; snapshot: boolean } {
+    // After a 400 for the selection, the connection asks for everything: every key too.
+    const keys = this.selectAll ? null : this.watched.selection;
+    const owed = this.watched.takeFresh();
+    return { keys, snapshot: owed || keys !== null };
   }
 
   private onConnOpen(conn: Conn): void {
@@ -751,9 +842,9 @@ class Client implements RealtimeClient {
     }
     if (!isRecord(msg)) return;
     if ('event_id' in msg) {
-      if (typeof msg.event_id === 'string' && msg.event_id !== '' && typeof msg.event_type === 'string') {
+      if (isEnvelope(msg)) {
         this.markHealthy(conn);
-        this.deliver(msg as unknown as RealtimeEvent);
+        this.deliver(msg, LIVE);
       }
       return;
     }
@@ -761,15 +852,13 @@ class Client implements RealtimeClient {
     // or `error`, and drops must still meet a growing backoff.
     switch (msg.type) {
       case 'resync':
-        for (const cb of [...this.resyncs]) safeCall(cb, undefined);
+        for (const cb of [...this.resyncs]) safeCall(cb);
         break;
       case 'refreshed':
         if (typeof msg.exp === 'number') this.handleRefreshed(msg.exp);
         break;
       case 'subscribed':
-        if (Array.isArray(msg.types) && msg.types.every((t) => typeof t === 'string')) {
-          this.handleSubscribed(conn, msg.types as string[]);
-        }
+        if (isStrings(msg.types)) this.handleSubscribed(conn, msg.types, isStrings(msg.keys) ? msg.keys : null);
         break;
       case 'error': {
         const reason = typeof msg.reason === 'string' ? msg.reason : 'unknown';
@@ -798,6 +887,9 @@ class Client implements RealtimeClient {
       case 'position':
         this.notePosition(msg.position);
         break;
+      case 'snapshot':
+        if (Array.isArray(msg.events)) this.deliverSnapshot(msg.events.filter(isEnvelope), msg.truncated === true);
+        break;
       default: // pong, heartbeat and anything newer: liveness was already noted
         break;
     }
@@ -812,10 +904,25 @@ class Client implements RealtimeClient {
     if (typeof position === 'string' && POSITION.test(position)) this.lastId = position;
   }
 
-  private deliver(event: RealtimeEvent): void {
-    if (!this.seen.add(event.event_id)) return; // replay seam or redelivery
-    this.lastId = event.event_id;
-    if (KNOWN_EVENT_TYPES.has(event.event_type) && !isCatalogEvent(event)) {
+  /**
+   * A snapshot's events go to the same listeners, marked. Each is delivered even when
+   * seen before (after a resync it is the state to show), and remembered so the live
+   * stream never repeats it. The resume position stays: a snapshot is no place in the stream.
+   */
+  private deliverSnapshot(events: RealtimeEvent[], truncated: boolean): void {
+    for (const event of events) {
+      if (this.disposed) return;
+      this.deliver(event, SNAPSHOT);
+    }
+    const snapshot: Snapshot = { events, truncated };
+    for (const cb of [...this.snapshots]) safeCall(cb, snapshot);
+  }
+
+  private deliver(event: RealtimeEvent, info: EventInfo): void {
+    const fresh = this.seen.add(event.event_id);
+    if (!fresh && !info.snapshot) return; // replay seam or redelivery
+    if (!info.snapshot) this.lastId = event.event_id;
+    if (fresh && KNOWN_EVENT_TYPES.has(event.event_type) && !isCatalogEvent(event)) {
       this.emitError({
         code: 'invalid_event',
         message: `${event.event_type} ${event.event_id} lacks the data fields its type declares; typed listeners skip it`,
@@ -823,7 +930,7 @@ class Client implements RealtimeClient {
     }
     for (const cb of [...this.events]) {
       if (this.disposed) return; // a listener called close()
-      safeCall(cb, event);
+      safeCall(cb, event, info);
     }
   }
 
@@ -878,7 +985,7 @@ class Client implements RealtimeClient {
       result =
         token !== null
           ? await probeAuth(this.base!, token, this.fetchImpl, this.cfg.connectTimeoutMs)
-          : await probeStream(this.endpoint('sse', null, conn.selection, false), null, this.fetchImpl, this.cfg.connectTimeoutMs);
+          : await probeStream(this.endpoint('sse', null, conn.selection, false, conn.keys), null, this.fetchImpl, this.cfg.connectTimeoutMs);
       if (gen !== this.gen || this.disposed) return;
     }
     if (result === null) {
@@ -897,8 +1004,8 @@ class Client implements RealtimeClient {
       case 'admitted':
         // /auth/check does not look at `types=`: a selection over the gateway's limit
         // fails the handshake just the same. The stream URL with the same types tells.
-        if (conn.selection !== null && token !== null && this.fetchImpl && !this.selectAll) {
-          const again = await probeStream(this.endpoint('sse', null, conn.selection, false), token, this.fetchImpl, this.cfg.connectTimeoutMs);
+        if ((conn.selection !== null || conn.keys !== null) && token !== null && this.fetchImpl && !this.selectAll) {
+          const again = await probeStream(this.endpoint('sse', null, conn.selection, false, conn.keys), token, this.fetchImpl, this.cfg.connectTimeoutMs);
           if (gen !== this.gen || this.disposed) return;
           if (again.kind === 'bad_types') {
             this.refuseSelection(conn);
@@ -1146,27 +1253,55 @@ class Client implements RealtimeClient {
     this.selectionTimer = undefined;
     const conn = this.conn;
     if (!conn || this.disposed) return; // the next attempt puts the current selection in its URL
-    const wanted = this.interests.selection;
     if (conn.kind === 'sse') {
-      // No channel back: a stream with the new `types=` opens beside this one, which
-      // serves until it is open (make-before-break). Only when the stream lacks
-      // something: one that carries more than needed serves until it next reconnects
-      // anyway (listeners filter). A stream still opening is simply remade.
-      if (selectionCovers(conn.selection, wanted)) return;
-      if (conn.opened) {
-        if (this.trial === null || !selectionCovers(this.trial.selection, wanted)) this.openSuccessor('sse', this.#token);
-      } else {
-        this.dropConn();
-        this.scheduleReconnect();
-      }
+      this.syncStream(conn);
       return;
     }
-    if (!conn.opened || conn.selectionFrozen || sameSelection(conn.selection, wanted)) return;
+    if (!conn.opened || conn.selectionFrozen) return;
+    if (this.watched.needsAll && conn.keys !== null) {
+      // No message selects every key again: a socket without `keys=` replaces this one
+      // once it is open (make-before-break), resuming from the last event.
+      if (this.trial === null) this.openSuccessor('websocket', this.#token);
+      return;
+    }
+    this.syncTypes(conn, this.interests.selection);
+    this.syncKeys(conn, this.watched.selection, this.watched.takeFresh());
+  }
+
+  /**
+   * SSE has no channel back: a stream with the new `types=` and `keys=` opens beside
+   * this one, which serves until it is open (make-before-break). Only when the stream
+   * lacks something, or a newly mounted job needs its state: one that carries more than
+   * needed serves until it next reconnects anyway (listeners filter). A stream still
+   * opening is simply remade.
+   */
+  private syncStream(conn: Conn): void {
+    const owed = this.watched.owesSnapshot;
+    const covers = (c: Conn) =>
+      selectionCovers(c.selection, this.interests.selection) && this.keysCover(c.keys, this.watched.selection);
+    if (covers(conn) && !owed) return;
+    if (conn.opened) {
+      if (this.trial === null || !covers(this.trial) || owed) this.openSuccessor('sse', this.#token);
+    } else {
+      this.dropConn();
+      this.scheduleReconnect();
+    }
+  }
+
+  /** Whether a connection holding `have` (null: every key) receives the state of every key needed. */
+  private keysCover(have: readonly string[] | null, wanted: readonly string[] | null): boolean {
+    if (have === null) return true;
+    if (this.watched.needsAll) return false;
+    return wanted === null || wanted.every((k) => have.includes(k));
+  }
+
+  private syncTypes(conn: Conn, wanted: string[] | null): void {
+    if (sameSelection(conn.selection, wanted)) return;
     const current = conn.selection;
     const target = wanted ?? ['#'];
     if (current === null) {
       // The gateway's default (everything) is replaced by the first subscribe's list.
-      this.sendSelection(conn, 'subscribe', target);
+      this.sendSelection(conn, { type: 'subscribe', types: target });
     } else {
       // Make-before-break: what is new is subscribed before what is gone is dropped, so
       // a pattern replaced by a wider one is never missing in between. Only when the sum
@@ -1175,23 +1310,55 @@ class Client implements RealtimeClient {
       const drop = current.filter((p) => !target.includes(p));
       const add = target.filter((p) => !current.includes(p));
       const addFirst = current.length + add.length <= this.cfg.maxSelectedTypes;
-      if (addFirst && add.length > 0) this.sendSelection(conn, 'subscribe', add);
-      if (drop.length > 0) this.sendSelection(conn, 'unsubscribe', drop);
-      if (!addFirst && add.length > 0) this.sendSelection(conn, 'subscribe', add);
+      if (addFirst && add.length > 0) this.sendSelection(conn, { type: 'subscribe', types: add });
+      if (drop.length > 0) this.sendSelection(conn, { type: 'unsubscribe', types: drop });
+      if (!addFirst && add.length > 0) this.sendSelection(conn, { type: 'subscribe', types: add });
     }
     conn.selection = [...target];
   }
 
-  private sendSelection(conn: Conn, type: 'subscribe' | 'unsubscribe', types: readonly string[]): void {
+  /**
+   * `watch` and `unwatch`, make-before-break as for types. `owed`: something registered
+   * since the last snapshot starts empty, so the `watch` asks for one (the gateway sends
+   * the state of the whole new selection next); with every key selected, a `subscribe`
+   * of the types already held asks for it instead.
+   */
+  private syncKeys(conn: Conn, wanted: string[] | null, owed: boolean): void {
+    const current = conn.keys;
+    if (wanted === null) {
+      // Nothing watched (the keys held serve nobody and cost nothing), or every key held.
+      if (owed && current === null) {
+        this.sendSelection(conn, { type: 'subscribe', types: conn.selection ?? ['#'], snapshot: true });
+      }
+      return;
+    }
+    const add = wanted.filter((k) => !current?.includes(k));
+    const drop = current?.filter((k) => !wanted.includes(k)) ?? [];
+    const watch = () => {
+      if (add.length > 0 || owed) {
+        this.sendSelection(conn, { type: 'watch', keys: add.length > 0 ? add : wanted, snapshot: owed });
+      }
+    };
+    const addFirst = (current?.length ?? 0) + add.length <= this.cfg.maxSelectedTypes;
+    if (addFirst) watch();
+    if (drop.length > 0) this.sendSelection(conn, { type: 'unwatch', keys: drop });
+    if (!addFirst) watch();
+    conn.keys = [...wanted];
+  }
+
+  private sendSelection(conn: Conn, msg: SelectionMessage): void {
     conn.pendingSelections++;
-    this.trySend(conn, { type, types });
+    this.trySend(conn, msg);
   }
 
   /** `{"type":"subscribed"}`: once every request is answered, the gateway's word is what it holds. */
-  private handleSubscribed(conn: Conn, types: string[]): void {
+  private handleSubscribed(conn: Conn, types: string[], keys: string[] | null): void {
     if (conn.pendingSelections === 0) return;
     conn.pendingSelections--;
-    if (conn.pendingSelections === 0) conn.selection = types;
+    if (conn.pendingSelections === 0) {
+      conn.selection = types;
+      conn.keys = keys;
+    }
   }
 
   /** An error answering a selection request; false when the error is about something else. */
@@ -1202,6 +1369,18 @@ class Client implements RealtimeClient {
       conn.pendingSelections = 0;
       conn.selectionFrozen = true;
       conn.selection = null;
+      return true;
+    }
+    if (reason === 'invalid_keys') {
+      conn.pendingSelections--;
+      this.emitError({
+        code: 'invalid_keys',
+        message: 'the gateway refused to watch more state keys (is maxSelectedTypes above its GATEWAY_MAX_INTEREST_PATTERNS?); selecting every key',
+        reason,
+      });
+      // Receiving every job's state is harmless, missing the watched one is not.
+      this.releaseKeyRefusal ??= this.watched.add(null);
+      this.selectionChanged();
       return true;
     }
     if (reason !== 'invalid_types') return false;
@@ -1215,8 +1394,8 @@ class Client implements RealtimeClient {
     // rest of this connection. An unsubscribe is never refused, and `#` alone fits any limit.
     if (!conn.selectionFrozen) {
       conn.selectionFrozen = true;
-      if (conn.selection !== null) this.sendSelection(conn, 'unsubscribe', conn.selection);
-      this.sendSelection(conn, 'subscribe', ['#']);
+      if (conn.selection !== null) this.sendSelection(conn, { type: 'unsubscribe', types: conn.selection });
+      this.sendSelection(conn, { type: 'subscribe', types: ['#'] });
       conn.selection = ['#'];
     }
     return true;
@@ -1401,6 +1580,7 @@ const SEVERITY: Partial<Record<RealtimeErrorCode, ErrorSeverity>> = {
   refresh_failed: 'warning',
   server_error: 'warning',
   invalid_types: 'warning',
+  invalid_keys: 'warning',
   invalid_event: 'warning',
 };
 
@@ -1412,13 +1592,25 @@ function subscribe<T>(set: Set<T>, cb: T): Unsubscribe {
 }
 
 /** A throwing listener must not break delivery to the others or the connection. */
-function safeCall<A>(cb: (arg: A) => void, arg: A): void {
+function safeCall<A extends unknown[]>(cb: (...args: A) => void, ...args: A): void {
   try {
-    cb(arg);
+    cb(...args);
   } catch (err) {
     if (typeof reportError === 'function') reportError(err);
     else console.error(err);
   }
+}
+
+const LIVE: EventInfo = Object.freeze({ snapshot: false });
+const SNAPSHOT: EventInfo = Object.freeze({ snapshot: true });
+
+/** What the client takes for an event: an envelope with a non-empty id and a type. */
+function isEnvelope(v: unknown): v is RealtimeEvent {
+  return isRecord(v) && typeof v.event_id === 'string' && v.event_id !== '' && typeof v.event_type === 'string';
+}
+
+function isStrings(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((t) => typeof t === 'string');
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -4,6 +4,7 @@ export {
   type ConnectionState,
   type ConnectionStatus,
   type ErrorSeverity,
+  type EventInfo,
   type EventSourceConstructor,
   type EventSourceLike,
   type PageLifecycle,
@@ -11,6 +12,7 @@ export {
   type RealtimeClientOptions,
   type RealtimeError,
   type RealtimeErrorCode,
+  type Snapshot,
   type TokenResult,
   type TransportKind,
   type Unsubscribe,
@@ -22,3 +24,4 @@ export { decodeTokenTimes, refreshDelay, type TokenTimes } from './jwt.js';
 export { fetchToken, TokenError } from './token.js';
 export { topicMatches } from './interest.js';
 export { safeHttpUrl } from './url.js';
+export * from './state.js';

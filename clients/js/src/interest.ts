@@ -110,3 +110,86 @@ export class Interests {
     return kept.length > this.max ? null : kept;
   }
 }
+
+/** The gateway's longest state key. */
+export const MAX_KEY_BYTES = 255;
+
+/** Throws a `TypeError` for a state key the gateway would refuse (a 400 `keys` before the upgrade). */
+export function checkKey(k: unknown): string {
+  if (typeof k !== 'string' || !/^[A-Za-z0-9_.:@-]+$/.test(k) || new TextEncoder().encode(k).length > MAX_KEY_BYTES) {
+    throw new TypeError(
+      `realtime-client: a state key is 1 to ${MAX_KEY_BYTES} bytes of letters, digits and _ - . : @, got ${JSON.stringify(k)}`,
+    );
+  }
+  return k;
+}
+
+/** The catalog's render job types: the events the gateway keeps as state by default (`GATEWAY_STATE`). */
+const STATE_TYPES = ['queued', 'started', 'progress', 'completed', 'failed', 'cancelled'].map((t) => `render.job.${t}.v1`);
+
+/**
+ * Whether a registration of `patterns` can receive the state of keys it did not name (a
+ * list of every job, say): while it is registered, the client selects no keys, because
+ * with keys selected the gateway sends the state of those keys only.
+ */
+export function needsEveryKey(patterns: readonly string[]): boolean {
+  return patterns.some((p) => STATE_TYPES.some((t) => topicMatches(p, t)));
+}
+
+/**
+ * Watched state keys (render job ids), reference-counted like `Interests`. `selection`
+ * is null (every key: no `keys=`) when nothing is watched, when some registration needs
+ * every key, or when the keys would exceed `max`; `needsAll` tells the last two apart
+ * from the first, in which a connection may keep whatever keys it holds.
+ */
+export class Keys {
+  private readonly counts = new Map<string, number>();
+  private everyKey = 0;
+  /** Keys registered since the gateway was last asked for a snapshot: their hooks start empty. */
+  private fresh = false;
+
+  constructor(private readonly max: number) {}
+
+  /** Registers `keys` (already checked; null: every key) and returns the function that releases them once. */
+  add(keys: readonly string[] | null): () => void {
+    if (keys === null) this.everyKey++;
+    else {
+      for (const k of keys) this.counts.set(k, (this.counts.get(k) ?? 0) + 1);
+      if (keys.length > 0) this.fresh = true;
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (keys === null) this.everyKey--;
+      else {
+        for (const k of keys) {
+          const n = (this.counts.get(k) ?? 1) - 1;
+          if (n <= 0) this.counts.delete(k);
+          else this.counts.set(k, n);
+        }
+      }
+    };
+  }
+
+  get needsAll(): boolean {
+    return this.everyKey > 0 || this.counts.size > this.max;
+  }
+
+  get selection(): string[] | null {
+    if (this.counts.size === 0 || this.needsAll) return null;
+    return [...this.counts.keys()].sort();
+  }
+
+  /** Whether a snapshot is owed to keys registered since the last call. */
+  takeFresh(): boolean {
+    const fresh = this.fresh;
+    this.fresh = false;
+    return fresh;
+  }
+
+  /** Whether a snapshot is owed, without settling it. */
+  get owesSnapshot(): boolean {
+    return this.fresh;
+  }
+}

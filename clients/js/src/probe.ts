@@ -11,7 +11,7 @@ export type ProbeResult =
   | { kind: 'admitted' }
   /** The gateway refused, and said why. */
   | { kind: 'refused'; status: number; error: string; reason: string; retryAfterMs: number | undefined }
-  /** 400 `types`: the gateway refuses the selection (more patterns than its GATEWAY_MAX_INTEREST_PATTERNS). */
+  /** 400 `types` or `keys`: the gateway refuses the selection (more than its GATEWAY_MAX_INTEREST_PATTERNS). */
   | { kind: 'bad_types' }
   /** The gateway answers HTTP but has no probe (404, 405: an older gateway). */
   | { kind: 'unsupported' }
@@ -86,7 +86,7 @@ export async function readRefusal(res: Response): Promise<ProbeResult> {
   const body: unknown = await res.json().catch(() => undefined);
   const record = typeof body === 'object' && body !== null ? (body as Record<string, unknown>) : {};
   const reason = typeof record.reason === 'string' ? record.reason : '';
-  if (res.status === 400) return reason === 'types' ? { kind: 'bad_types' } : { kind: 'unsupported' };
+  if (res.status === 400) return reason === 'types' || reason === 'keys' ? { kind: 'bad_types' } : { kind: 'unsupported' };
   return {
     kind: 'refused',
     status: res.status,

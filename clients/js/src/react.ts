@@ -16,10 +16,33 @@ import {
   type ReactElement,
   type ReactNode,
 } from 'react';
-import type { ConnectionState, ConnectionStatus, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
+import type { ConnectionState, ConnectionStatus, EventInfo, RealtimeClient, RealtimeClientOptions, RealtimeError } from './api.js';
 import { createRealtimeClient } from './client.js';
-import { isCatalogEvent, KNOWN_EVENT_TYPES, type EventFor, type NotificationCreated, type RenderJobEvent } from './events.js';
-import { safeHttpUrl } from './url.js';
+import { isCatalogEvent, KNOWN_EVENT_TYPES, type EventFor, type NotificationCreated } from './events.js';
+import {
+  DEFAULT_MAX_NOTIFICATIONS,
+  INITIAL_NOTIFICATIONS,
+  INITIAL_RENDER_PROGRESS,
+  markNotificationsRead,
+  reduceNotifications,
+  reduceRenderProgress,
+  type NotificationsState,
+  type RenderProgressOptions,
+  type RenderProgressState,
+} from './state.js';
+
+// The reducers live in the core entry (usable in server components); here too for the hooks' users.
+export {
+  INITIAL_NOTIFICATIONS,
+  INITIAL_RENDER_PROGRESS,
+  markNotificationsRead,
+  reduceNotifications,
+  reduceRenderProgress,
+  type NotificationsState,
+  type RenderProgressOptions,
+  type RenderProgressState,
+  type RenderStatus,
+} from './state.js';
 
 // undefined = no provider at all (a bug); null = provider still creating its client (or it could not).
 const RealtimeContext = createContext<RealtimeClient | null | undefined>(undefined);
@@ -195,11 +218,15 @@ export function useEventTypes(types: string | readonly string[]): void {
 /**
  * Calls `handler` with every event of these types (exact types, typed from
  * `EventCatalog`, or topic patterns: `*` one word, `#` zero or more) while the component
- * is mounted, and selects them. The latest `handler` is called, so an inline function is
+ * is mounted, and selects them; `info.snapshot` marks the events of a snapshot. The
+ * latest `handler` is called, so an inline function is
  * fine. Catalog events without their declared fields are skipped (and reported as
  * `invalid_event`). A bad pattern throws.
  */
-export function useEvent<T extends string>(types: T | readonly T[], handler: (event: EventFor<T>) => void): void {
+export function useEvent<T extends string>(
+  types: T | readonly T[],
+  handler: (event: EventFor<T>, info: EventInfo) => void,
+): void {
   const client = useRealtimeClient();
   const latest = useRef(handler);
   useEffect(() => {
@@ -209,9 +236,9 @@ export function useEvent<T extends string>(types: T | readonly T[], handler: (ev
   useEffect(() => {
     if (!client || key === '') return;
     return client.onEvent(
-      (e) => {
+      (e, info) => {
         if (KNOWN_EVENT_TYPES.has(e.event_type) && !isCatalogEvent(e)) return;
-        latest.current(e as EventFor<T>);
+        latest.current(e as EventFor<T>, info);
       },
       { types: key.split(',') },
     );
@@ -220,22 +247,12 @@ export function useEvent<T extends string>(types: T | readonly T[], handler: (ev
 
 // ---- render progress ---------------------------------------------------------------
 
-export type RenderStatus = 'unknown' | 'queued' | 'started' | 'progress' | 'completed' | 'failed' | 'cancelled';
-
-export interface RenderProgressState {
-  status: RenderStatus;
-  /** 0–100. */
-  progress: number;
-  frame?: number;
-  totalFrames?: number;
-  /** `output_url` when it is an http(s) URL (of an allowed origin, if you gave a list); safe for `href`. */
-  outputUrl?: string;
-  error?: string;
-}
-
-export interface RenderProgressOptions {
-  /** Only `output_url`s on these origins become `outputUrl`, e.g. `['https://cdn.flatrender.example']`. */
-  allowedOrigins?: readonly string[];
+export interface UseRenderProgressOptions extends RenderProgressOptions {
+  /**
+   * The job's state as the server rendered it (e.g. from the platform's REST API, folded
+   * with `reduceRenderProgress`), shown until the gateway's snapshot or an event says more.
+   */
+  initial?: RenderProgressState;
 }
 
 export interface RenderProgress extends RenderProgressState {
@@ -243,59 +260,24 @@ export interface RenderProgress extends RenderProgressState {
   resyncCount: number;
 }
 
-export const INITIAL_RENDER_PROGRESS: RenderProgressState = { status: 'unknown', progress: 0 };
-
 /**
- * Applies one render.job.* event. Events arrive in order, so the latest one wins (a
- * re-queued job goes back to 'queued'). Exported so apps can fold REST state and events
- * the same way.
+ * Live progress of one render job. Watches the job while mounted (selects `render.job.#`
+ * and `keys=<jobId>` with a snapshot), so it shows the job's current state as soon as the
+ * gateway's snapshot arrives, then every change. Starts from `initial` (default
+ * 'unknown') and starts again from it when `jobId` changes.
  */
-export function reduceRenderProgress(
-  prev: RenderProgressState,
-  event: RenderJobEvent,
-  options: RenderProgressOptions = {},
-): RenderProgressState {
-  switch (event.event_type) {
-    case 'render.job.queued.v1':
-      return { status: 'queued', progress: 0 };
-    case 'render.job.started.v1':
-      return { ...prev, status: 'started' };
-    case 'render.job.progress.v1': {
-      const { progress, frame, total_frames } = event.data;
-      return {
-        ...prev,
-        status: 'progress',
-        progress: typeof progress === 'number' && Number.isFinite(progress) ? Math.min(100, Math.max(0, progress)) : prev.progress,
-        ...(typeof frame === 'number' ? { frame } : {}),
-        ...(typeof total_frames === 'number' ? { totalFrames: total_frames } : {}),
-      };
-    }
-    case 'render.job.completed.v1': {
-      // A producer's `javascript:` or foreign URL must never become a link.
-      const outputUrl = safeHttpUrl(event.data.output_url, options.allowedOrigins);
-      const { outputUrl: _dropped, ...rest } = prev;
-      return { ...rest, status: 'completed', progress: 100, ...(outputUrl !== undefined ? { outputUrl } : {}) };
-    }
-    case 'render.job.failed.v1': {
-      const error = event.data.error ?? event.data.reason;
-      return { ...prev, status: 'failed', ...(typeof error === 'string' ? { error } : {}) };
-    }
-    case 'render.job.cancelled.v1':
-      return { ...prev, status: 'cancelled' };
-  }
-}
-
-/**
- * Live progress of one render job; starts from 'unknown' and resets when `jobId` changes.
- * Selects `render.job.#` while mounted.
- */
-export function useRenderProgress(jobId: string | null | undefined, options: RenderProgressOptions = {}): RenderProgress {
+export function useRenderProgress(jobId: string | null | undefined, options: UseRenderProgressOptions = {}): RenderProgress {
   const client = useRealtimeClient();
   const resyncCount = useResyncCount();
-  // Keyed by job so a jobId change shows INITIAL at once instead of the old job's state.
+  const initial = options.initial ?? INITIAL_RENDER_PROGRESS;
+  const initialRef = useRef(initial);
+  useEffect(() => {
+    initialRef.current = initial;
+  });
+  // Keyed by job so a jobId change shows `initial` at once instead of the old job's state.
   const [slot, setSlot] = useState<{ jobId: string | null | undefined; state: RenderProgressState }>({
     jobId,
-    state: INITIAL_RENDER_PROGRESS,
+    state: initial,
   });
   const origins = options.allowedOrigins;
   const originsKey = origins?.join(' ');
@@ -305,42 +287,91 @@ export function useRenderProgress(jobId: string | null | undefined, options: Ren
     return client.onJob(jobId, (event) =>
       setSlot((prev) => ({
         jobId,
-        state: reduceRenderProgress(prev.jobId === jobId ? prev.state : INITIAL_RENDER_PROGRESS, event, opts),
+        state: reduceRenderProgress(prev.jobId === jobId ? prev.state : initialRef.current, event, opts),
       })),
     );
     // originsKey stands for `origins`: a new array with the same origins must not resubscribe.
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, jobId, originsKey]);
-  const state = slot.jobId === jobId ? slot.state : INITIAL_RENDER_PROGRESS;
+  const state = slot.jobId === jobId ? slot.state : initial;
   return { ...state, resyncCount };
 }
 
 // ---- notifications -------------------------------------------------------------------
 
 export interface Notifications {
-  /** notification.created.v1 events received since mount, newest first. */
+  /** notification.created.v1 events received by this client's bells, newest first. */
   items: NotificationCreated[];
-  /** How many arrived since mount or the last markAllRead(). */
+  /** How many arrived since the last markAllRead(), in any bell of this client. */
   unread: number;
   markAllRead: () => void;
   /** Increments on each resync: refetch the notification list when it changes. */
   resyncCount: number;
 }
 
-/** The bell: `notification.created.v1` since mount. Selects `notification.#` while mounted. */
+/**
+ * One list per client: every bell of a page shows the same items and unread count, and
+ * a bell that unmounts on navigation and mounts again finds them kept. It listens while
+ * any bell is mounted.
+ */
+class NotificationStore {
+  state: NotificationsState = INITIAL_NOTIFICATIONS;
+  /** The largest `max` any bell asked for: what the list keeps. */
+  keep = DEFAULT_MAX_NOTIFICATIONS;
+  private readonly notify = new Set<() => void>();
+  private off: (() => void) | null = null;
+
+  constructor(private readonly client: RealtimeClient) {}
+
+  subscribe = (cb: () => void): (() => void) => {
+    this.notify.add(cb);
+    // All of notification.# is selected while a bell is mounted; it lists the new ones.
+    this.off ??= this.client.onNotification((event) => this.set(reduceNotifications(this.state, event, { max: this.keep })));
+    return () => {
+      this.notify.delete(cb);
+      if (this.notify.size === 0) {
+        this.off?.();
+        this.off = null;
+      }
+    };
+  };
+
+  markAllRead = (): void => this.set(markNotificationsRead(this.state));
+
+  private set(next: NotificationsState): void {
+    if (next === this.state) return;
+    this.state = next;
+    for (const cb of [...this.notify]) cb();
+  }
+}
+
+const notificationStores = new WeakMap<RealtimeClient, NotificationStore>();
+
+function notificationStore(client: RealtimeClient): NotificationStore {
+  let store = notificationStores.get(client);
+  if (!store) notificationStores.set(client, (store = new NotificationStore(client)));
+  return store;
+}
+
+const NO_NOTIFICATIONS = (): NotificationsState => INITIAL_NOTIFICATIONS;
+const NO_SUBSCRIPTION = () => () => {};
+
+/**
+ * The bell: `notification.created.v1` events, newest first, from one list per client
+ * that every bell shares and navigation keeps. Selects `notification.#` while mounted.
+ */
 export function useNotifications(options: { max?: number } = {}): Notifications {
-  const max = options.max ?? 50;
+  const max = options.max ?? DEFAULT_MAX_NOTIFICATIONS;
   const client = useRealtimeClient();
   const resyncCount = useResyncCount();
-  const [state, setState] = useState<{ items: NotificationCreated[]; unread: number }>({ items: [], unread: 0 });
-  useEffect(() => {
-    if (!client) return;
-    // All of notification.# is selected while the bell is mounted; it lists the new ones.
-    return client.onNotification((event) => {
-      if (event.event_type !== 'notification.created.v1') return;
-      setState((prev) => ({ items: [event, ...prev.items].slice(0, max), unread: prev.unread + 1 }));
-    });
-  }, [client, max]);
-  const markAllRead = useCallback(() => setState((prev) => (prev.unread === 0 ? prev : { ...prev, unread: 0 })), []);
-  return { items: state.items, unread: state.unread, markAllRead, resyncCount };
+  const store = client ? notificationStore(client) : null;
+  if (store && max > store.keep) store.keep = max;
+  const state = useSyncExternalStore(
+    store?.subscribe ?? NO_SUBSCRIPTION,
+    store ? () => store.state : NO_NOTIFICATIONS,
+    NO_NOTIFICATIONS,
+  );
+  const items = useMemo(() => state.items.slice(0, max), [state.items, max]);
+  const markAllRead = useCallback(() => store?.markAllRead(), [store]);
+  return { items, unread: state.unread, markAllRead, resyncCount };
 }

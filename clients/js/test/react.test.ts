@@ -56,6 +56,47 @@ describe('useRenderProgress', () => {
     expect(result.current).toMatchObject({ status: 'completed', progress: 100, outputUrl: 'https://cdn/j1.mp4' });
   });
 
+  it('shows the state a snapshot carries, also after a resync', () => {
+    const { result } = renderHook(() => useRenderProgress('j1'), { wrapper });
+    act(() => {
+      ws.open();
+      ws.receive({ type: 'snapshot', events: [envelope('render.job.progress.v1', { job_id: 'j1', progress: 60 })], truncated: false });
+    });
+    expect(result.current).toMatchObject({ status: 'progress', progress: 60 });
+    act(() => {
+      ws.receive({ type: 'resync' });
+      ws.receive({ type: 'snapshot', events: [envelope('render.job.completed.v1', { job_id: 'j1' })], truncated: false });
+    });
+    expect(result.current).toMatchObject({ status: 'completed', progress: 100, resyncCount: 1 });
+  });
+
+  it('watches its job with a snapshot and shows the state it carries on mount', async () => {
+    act(() => ws.open());
+    const { result } = renderHook(() => useRenderProgress('j9'), { wrapper });
+    await act(async () => {
+      await new Promise((r) => setTimeout(r, 80)); // the selection debounce
+    });
+    expect(ws.sent).toContainEqual({ type: 'watch', keys: ['j9'], snapshot: true });
+    act(() => ws.receive({ type: 'snapshot', events: [envelope('render.job.started.v1', { job_id: 'j9' })], truncated: false }));
+    expect(result.current.status).toBe('started');
+  });
+
+  it('starts from `initial`, the server-rendered state, until the gateway says more', () => {
+    const initial = { status: 'progress' as const, progress: 30 };
+    const { result, rerender } = renderHook(({ id }) => useRenderProgress(id, { initial }), {
+      wrapper,
+      initialProps: { id: 'j1' },
+    });
+    expect(result.current).toEqual({ ...initial, resyncCount: 0 });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('render.job.progress.v1', { job_id: 'j1', progress: 35, frame: 35 }));
+    });
+    expect(result.current).toMatchObject({ status: 'progress', progress: 35, frame: 35 });
+    rerender({ id: 'j2' });
+    expect(result.current).toMatchObject(initial);
+  });
+
   it('resets when jobId changes and counts resyncs', () => {
     const { result, rerender } = renderHook(({ id }) => useRenderProgress(id), {
       wrapper,
@@ -90,6 +131,26 @@ describe('useNotifications', () => {
     act(() => result.current.markAllRead());
     expect(result.current.unread).toBe(0);
     expect(result.current.items).toHaveLength(2);
+  });
+
+  it('two bells share one list per client, and a bell mounted again finds it kept', () => {
+    const both = () => ({ a: useNotifications(), b: useNotifications({ max: 1 }) });
+    const first = renderHook(both, { wrapper });
+    act(() => {
+      ws.open();
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n1' }));
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n2' }));
+    });
+    expect(first.result.current.a.items.map((n) => n.data.notification_id)).toEqual(['n2', 'n1']);
+    expect(first.result.current.b.items.map((n) => n.data.notification_id)).toEqual(['n2']);
+    act(() => first.result.current.b.markAllRead());
+    expect(first.result.current.a.unread).toBe(0);
+    act(() => ws.receive(envelope('notification.created.v1', { notification_id: 'n3' })));
+    expect(first.result.current.a.unread).toBe(1);
+    first.unmount(); // navigation: the bell goes, and comes back on the next page
+    const again = renderHook(() => useNotifications(), { wrapper });
+    expect(again.result.current.items.map((n) => n.data.notification_id)).toEqual(['n3', 'n2', 'n1']);
+    expect(again.result.current.unread).toBe(1);
   });
 });
 

@@ -8,6 +8,7 @@ import {
   useNotifications,
   useConnectionStatus,
   useRealtimeClient,
+  useRenderProgress,
   type RenderProgressState,
 } from '@flatrender/realtime-client/react';
 import { useEffect, useState } from 'react';
@@ -76,6 +77,33 @@ export function LatestJob({ allowedOrigins }: { allowedOrigins: string[] }) {
       <div className="muted">
         {Math.round(state.progress)} %{' '}
         {/* outputUrl passed the reducer's check: http(s) on the CDN only. */}
+        {state.status === 'completed' && state.outputUrl && <a href={state.outputUrl}>Download</a>}
+        {state.status === 'failed' && state.error}
+      </div>
+    </section>
+  );
+}
+
+/**
+ * A page that knows its job: `useRenderProgress` watches it, and the gateway's snapshot
+ * brings its current state before any new event. `data-shown` lists the states painted
+ * so far (what the end-to-end tests read to see that no earlier state was shown first).
+ */
+export function JobProgress({ jobId, allowedOrigins }: { jobId: string; allowedOrigins: string[] }) {
+  const state = useRenderProgress(jobId, { allowedOrigins });
+  const [shown, setShown] = useState<string[]>([]);
+  const label = `${state.status}:${Math.round(state.progress)}`;
+  useEffect(() => setShown((prev) => (prev[prev.length - 1] === label ? prev : [...prev, label])), [label]);
+  return (
+    <section className="card" data-testid="job" data-status={state.status} data-job={jobId} data-shown={shown.join(' ')}>
+      <h2>Render job <span className="muted">{jobId}</span></h2>
+      <div className="muted">
+        status: <span data-testid="job-status">{state.status}</span>
+        {state.frame !== undefined && state.totalFrames !== undefined && ` (frame ${state.frame} of ${state.totalFrames})`}
+      </div>
+      <progress data-testid="progress" value={state.progress} max={100} />
+      <div className="muted">
+        {Math.round(state.progress)} %{' '}
         {state.status === 'completed' && state.outputUrl && <a href={state.outputUrl}>Download</a>}
         {state.status === 'failed' && state.error}
       </div>
