@@ -5,9 +5,11 @@
 //! must not let a pattern buy time there: it never backtracks, and a [`Pattern`] is read once
 //! when it is given, so a pattern longer than the event type is refused without reading it.
 
-/// Most words a key is split into on the stack; longer keys (never a routing key, which is
-/// at most 255 bytes) take an allocation instead.
-const STACK_WORDS: usize = 128;
+/// Most words a key is split into on the stack; longer keys take an allocation instead.
+/// The catalog's types have four words, and the array is filled for every connection with
+/// a selection on every delivery, so it is kept small (256 bytes) rather than sized for
+/// the longest routing key (128 words).
+const STACK_WORDS: usize = 16;
 
 /// A topic pattern read once: its text, where its words end, and what rules keys out
 /// without looking at them.
