@@ -355,8 +355,9 @@ fn wire(
     tasks: &TaskTracker,
 ) -> (Context, Ops) {
     // No rules, no state: connections then get no snapshots either.
-    let state =
-        (!config.state.rules.is_empty()).then(|| Arc::new(StateStore::new(config.state.limits)));
+    let state = config
+        .keeps_state()
+        .then(|| Arc::new(StateStore::new(config.state.limits)));
     let hub = Hub::with_state(
         HubLimits {
             max_connections: config.max_connections,

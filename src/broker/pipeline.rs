@@ -66,6 +66,14 @@ pub(crate) struct Pipeline {
     seam_hook: Option<SeamHook>,
 }
 
+/// A message read: its envelope, validated, and the route it came through (whose rules
+/// give its keys).
+pub(crate) struct Read {
+    envelope: Envelope,
+    /// Place of the route in the routes.
+    route: usize,
+}
+
 /// A gap fill in progress: the fleet's stream read from shortly before the newest event
 /// held. Events up to that one are already held; those after it are what the lost queue
 /// would have brought.
@@ -77,7 +85,7 @@ pub(crate) struct Gap {
     /// The stream showed `last`, so it covers the gap.
     found: bool,
     /// Events read after `last`, in order, not yet made events (see [`Pipeline::keep`]).
-    missed: Vec<Envelope>,
+    missed: Vec<Read>,
 }
 
 impl Gap {
@@ -105,7 +113,11 @@ impl Pipeline {
             max_event_bytes: consumer.max_event_bytes,
             routes: consumer.routes.clone(),
             revocation_keys: consumer.revocation_keys.clone(),
-            keys: KeyRules::new(consumer.conflate.clone(), consumer.state_rules.clone()),
+            keys: KeyRules::new(
+                consumer.conflate.clone(),
+                consumer.state_rules.clone(),
+                &consumer.routes,
+            ),
             state: consumer.state.clone(),
             recent: RecentIds::new(consumer.dedupe_window),
             history: consumer.history.clone(),
@@ -118,21 +130,21 @@ impl Pipeline {
     /// A message of this instance's queue: into the history, then to its clients.
     pub(super) async fn live(&mut self, delivery: Delivery) {
         let redelivered = delivery.redelivered;
-        if let Some(event) = self.read(delivery)
-            && self.first_seen(&event, redelivered)
+        if let Some(read) = self.read(delivery)
+            && self.first_seen(&read.envelope, redelivered)
         {
-            self.deliver(event).await;
+            self.deliver(read).await;
         }
     }
 
     /// A message of the fleet's stream on a fresh start: into the history only.
     pub(super) fn backfill(&mut self, delivery: Delivery) {
         let redelivered = delivery.redelivered;
-        if let Some(event) = self.read(delivery)
-            && self.first_seen(&event, redelivered)
+        if let Some(read) = self.read(delivery)
+            && self.first_seen(&read.envelope, redelivered)
         {
             self.metrics.backfilled.inc();
-            self.keep(event);
+            self.keep(read);
         }
     }
 
@@ -156,12 +168,13 @@ impl Pipeline {
     /// A message of the fleet's stream, read for `gap`: kept aside if it came after the
     /// newest event held. The duplicate memory is not touched (see "Duplicates").
     pub(super) fn read_gap(&self, gap: &mut Gap, delivery: Delivery) {
-        let Some(event) = self.read(delivery) else {
+        let Some(read) = self.read(delivery) else {
             return;
         };
         if gap.found {
-            gap.missed.push(event);
+            gap.missed.push(read);
         } else {
+            let event = &read.envelope;
             gap.found = **event.tenant() == *gap.last.tenant && *event.id() == gap.last.id;
         }
     }
@@ -169,10 +182,10 @@ impl Pipeline {
     /// A gap shown to be covered: its events, less those already seen, into the history
     /// and to clients, in order.
     pub(super) async fn fill_gap(&mut self, gap: Gap) {
-        for event in gap.missed {
-            if self.first_seen(&event, false) {
+        for read in gap.missed {
+            if self.first_seen(&read.envelope, false) {
                 self.metrics.backfilled.inc();
-                self.deliver(event).await;
+                self.deliver(read).await;
             }
         }
     }
@@ -195,7 +208,7 @@ impl Pipeline {
 
     /// Reads one message into a validated envelope, or counts why not. Revocation events
     /// are not counted: they are the revocation feed's.
-    fn read(&self, delivery: Delivery) -> Option<Envelope> {
+    fn read(&self, delivery: Delivery) -> Option<Read> {
         let key = delivery.routing_key.as_str();
         if self.revocation_keys.iter().any(|b| b.matches(key)) {
             return None;
@@ -221,13 +234,16 @@ impl Pipeline {
             header: &header,
         };
         let parsed = match self.routes.select(delivery.exchange.as_str(), key) {
-            Selected::Route(route) => {
+            Selected::Route(index, route) => {
                 Envelope::read(delivery.data, self.max_event_bytes, &route.mapping, &meta).and_then(
                     |envelope| {
                         if route.excludes(envelope.event_type()) {
                             Err(DropReason::ExcludedType)
                         } else {
-                            Ok(envelope)
+                            Ok(Read {
+                                envelope,
+                                route: index,
+                            })
                         }
                     },
                 )
@@ -265,8 +281,11 @@ impl Pipeline {
     /// Makes the event, complete (with its key), and keeps it in the history: the one
     /// place every event kept passes, whichever way it came. The key is worked out only
     /// here, after the checks that may drop the message.
-    fn keep(&self, envelope: Envelope) -> (Arc<Event>, u64) {
-        let keys = self.keys.keys(envelope.event_type(), envelope.json());
+    fn keep(&self, read: Read) -> (Arc<Event>, u64) {
+        let Read { envelope, route } = read;
+        let keys = self
+            .keys
+            .keys(route, envelope.event_type(), envelope.json());
         let event = Arc::new(envelope.into_event(keys));
         let kept = self.history.append(event.clone());
         self.metrics.history_events.set(kept.events as i64);
@@ -285,8 +304,8 @@ impl Pipeline {
 
     /// Into the history before the hub: a client registering meanwhile then finds the
     /// event in its replay or gets it live (or both, and skips one).
-    async fn deliver(&self, envelope: Envelope) {
-        let (event, seq) = self.keep(envelope);
+    async fn deliver(&self, read: Read) {
+        let (event, seq) = self.keep(read);
         if let Some(hook) = &self.seam_hook {
             hook(&event).await;
         }
@@ -306,7 +325,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{HistoryLimits, KeyRule, Mapping, Pointer, Route};
+    use crate::config::{HistoryLimits, KeyRule, Mapping, Pointer, Route, StateRule};
     use crate::history::Replay;
     use crate::hub::testing::ids as received;
     use crate::hub::{Outgoing, Subscription, Transport};
@@ -327,14 +346,15 @@ mod tests {
             binding: binding("#"),
             mapping: Mapping::default(),
             exclude_types: vec!["excluded.#".into()],
+            state: None,
+        };
+        let routes = Routes {
+            list: vec![route],
+            overlaps: Vec::new(),
+            default_route: true,
         };
         Pipeline {
             max_event_bytes: 4096,
-            routes: Routes {
-                list: vec![route],
-                overlaps: Vec::new(),
-                default_route: true,
-            },
             revocation_keys: vec![binding("revoke.#")],
             keys: KeyRules::new(
                 vec![KeyRule {
@@ -342,7 +362,9 @@ mod tests {
                     key: Pointer::parse("/data/job_id").unwrap(),
                 }],
                 Vec::new(),
+                &routes,
             ),
+            routes,
             state: Some(Arc::new(StateStore::new(crate::state::tests::LIMITS))),
             recent: RecentIds::new(100),
             history: Arc::new(History::new(HistoryLimits {
@@ -459,5 +481,50 @@ mod tests {
         p.live(message("e5", NOTE)).await;
         assert_eq!(received(&mut c), ["e5"]);
         assert_eq!(p.metrics.duplicates.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_route_keeps_the_state_its_rules_name() {
+        let mut p = pipeline();
+        let rule = |types: &str, key: &str| StateRule {
+            types: crate::config::Pattern::new(types).unwrap(),
+            key: Pointer::parse(key).unwrap(),
+        };
+        let route = |name: &str, key: &str, state| Route {
+            name: name.into(),
+            binding: Binding {
+                exchange: "x".into(),
+                key: key.into(),
+            },
+            mapping: Mapping::default(),
+            exclude_types: Vec::new(),
+            state,
+        };
+        p.routes = Routes {
+            list: vec![
+                route("jobs", "render.#", None),
+                route(
+                    "orders",
+                    "order.#",
+                    Some(vec![rule("order.#", "/data/job_id")]),
+                ),
+                route("quiet", "quiet.#", Some(Vec::new())),
+            ],
+            overlaps: Vec::new(),
+            default_route: false,
+        };
+        let default = vec![rule("render.job.#", "/data/job_id")];
+        p.keys = KeyRules::new(Vec::new(), default, &p.routes);
+        let held = |p: &Pipeline| p.state.as_ref().unwrap().size().0;
+        p.live(message("e1", "render.job.started.v1")).await;
+        assert_eq!(held(&p), 1, "GATEWAY_STATE's rule");
+        // The same job id under another rule is another key.
+        p.live(message("e2", "order.paid.v1")).await;
+        assert_eq!(held(&p), 2, "the route's own rule");
+        p.live(message("e3", "quiet.render.job.done")).await;
+        p.live(message("e4", "render.other.v1")).await;
+        assert_eq!(held(&p), 2, "no rule of their routes names them");
+        p.live(message("e5", "order.shipped.v1")).await;
+        assert_eq!(held(&p), 2, "the order's state moved on");
     }
 }

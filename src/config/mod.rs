@@ -159,6 +159,16 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// Whether any event can be the latest state of a key: a rule in `GATEWAY_STATE` that a
+    /// route uses, or in a route of its own. Without one no state is kept, and connections
+    /// get no snapshots either.
+    pub fn keeps_state(&self) -> bool {
+        self.routes.list.iter().any(|r| match &r.state {
+            Some(rules) => !rules.is_empty(),
+            None => !self.state.rules.is_empty(),
+        })
+    }
+
     /// Parses flags (without the program name) and the environment, flags winning.
     pub fn parse<I, S>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, ConfigError>
     where

@@ -1,6 +1,6 @@
 //! Routes: which exchange and binding key bring which events, and how each route's events
 //! are read (their own JSON pointers, whether an event without a user is tenant-wide,
-//! event types left out). Without `[[route]]` tables in the configuration file, the
+//! event types left out, which events are the latest state of what). Without `[[route]]` tables in the configuration file, the
 //! bindings and mapping settings are the default route, as before routes existed.
 //!
 //! Safety rule: an event matched by two routes that read it differently goes to nobody
@@ -11,6 +11,7 @@ use std::fmt;
 use super::amqp::Binding;
 use super::mapping::{Mapping, Pointer};
 use super::settings::Key;
+use super::state::{MAX_RULES, NOT_A_RULE, StateRule};
 use super::topic::{patterns_overlap, topic_matches};
 use super::validate::Validator;
 
@@ -26,6 +27,11 @@ pub struct Route {
     pub mapping: Mapping,
     /// Event types (topic patterns over the type's dotted words) never delivered.
     pub exclude_types: Vec<String>,
+    /// Which of this route's events are the latest state of a key, when the route says
+    /// (`state = [...]` in its table; an empty list: none); `None`: `GATEWAY_STATE`'s rules.
+    /// A route's events keep their keys where the route's envelopes do, so the default
+    /// pointer (`/data/job_id`) need not fit every route.
+    pub state: Option<Vec<StateRule>>,
 }
 
 impl Route {
@@ -38,6 +44,8 @@ impl Route {
 
     /// Whether the two routes would treat every event alike.
     fn agrees(&self, other: &Route) -> bool {
+        // Not the state rules: they do not change who receives an event, so two routes
+        // that differ only there deliver it; the first in the file gives its state.
         self.mapping == other.mapping && self.exclude_types == other.exclude_types
     }
 }
@@ -70,12 +78,23 @@ impl fmt::Display for Route {
         if !self.exclude_types.is_empty() {
             write!(f, " | excluded types {}", self.exclude_types.join(","))?;
         }
+        match &self.state {
+            None => {}
+            Some(rules) if rules.is_empty() => write!(f, " | state: none")?,
+            Some(rules) => {
+                let rules: Vec<String> = rules
+                    .iter()
+                    .map(|r| format!("{}={}", r.types.as_str(), r.key))
+                    .collect();
+                write!(f, " | state {}", rules.join(","))?;
+            }
+        }
         Ok(())
     }
 }
 
 /// Every route of this gateway.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Routes {
     /// The routes, in file order (or one per binding for the default route).
     pub list: Vec<Route>,
@@ -92,8 +111,8 @@ pub struct Routes {
 /// The route a message takes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Selected<'a> {
-    /// Exactly one reading applies.
-    Route(&'a Route),
+    /// Exactly one reading applies: the route and its place in [`Routes::list`].
+    Route(usize, &'a Route),
     /// No route matches its exchange and key.
     None,
     /// Routes that disagree match it.
@@ -102,20 +121,24 @@ pub enum Selected<'a> {
 
 impl Routes {
     /// The route for a message published to `exchange` with `routing_key`. Routes that
-    /// match and agree are one reading, so the first is as good as any.
+    /// match and agree are one reading for delivery; the first one's state rules apply.
     pub fn select(&self, exchange: &str, routing_key: &str) -> Selected<'_> {
         if self.default_route {
-            return self.list.first().map_or(Selected::None, Selected::Route);
+            return self
+                .list
+                .first()
+                .map_or(Selected::None, |r| Selected::Route(0, r));
         }
         let mut matching = self
             .list
             .iter()
-            .filter(|r| r.binding.exchange == exchange && r.binding.matches(routing_key));
-        let Some(first) = matching.next() else {
+            .enumerate()
+            .filter(|(_, r)| r.binding.exchange == exchange && r.binding.matches(routing_key));
+        let Some((index, first)) = matching.next() else {
             return Selected::None;
         };
-        if matching.all(|r| r.agrees(first)) {
-            Selected::Route(first)
+        if matching.all(|(_, r)| r.agrees(first)) {
+            Selected::Route(index, first)
         } else {
             Selected::Conflict
         }
@@ -164,6 +187,7 @@ const ROUTE_KEYS: &[&str] = &[
     "trace-id",
     "tenant-wide",
     "exclude-types",
+    "state",
 ];
 
 impl Validator<'_> {
@@ -184,6 +208,7 @@ impl Validator<'_> {
                     binding: b.clone(),
                     mapping: mapping.clone(),
                     exclude_types: Vec::new(),
+                    state: None,
                 })
                 .collect();
             return Routes {
@@ -264,12 +289,14 @@ impl Validator<'_> {
             ..defaults.clone()
         };
         let exclude_types = r.exclude_types();
+        let state = r.state();
         self.problems.append(&mut r.problems);
         Route {
             name: r.name,
             binding: Binding { exchange, key },
             mapping,
             exclude_types,
+            state,
         }
     }
 }
@@ -343,6 +370,33 @@ impl RouteReader<'_> {
         })
     }
 
+    /// `state`: a list of `event.type.pattern=/json/pointer` rules, as in `GATEWAY_STATE`;
+    /// `[]` keeps no state of this route's events.
+    fn state(&mut self) -> Option<Vec<StateRule>> {
+        let value = self.table.get("state")?;
+        let Some(items) = value.as_array().filter(|items| items.len() <= MAX_RULES) else {
+            self.problem(format_args!(
+                "`state` must be a list of at most {MAX_RULES} rules (`\"event.type.pattern=/json/pointer\"`)"
+            ));
+            return None;
+        };
+        let mut rules = Vec::new();
+        for item in items {
+            let Some(text) = item.as_str() else {
+                self.problem(format_args!(
+                    "`state`: every rule must be a string, not {}",
+                    item.type_str()
+                ));
+                continue;
+            };
+            match StateRule::parse(text) {
+                Some(rule) => rules.push(rule),
+                None => self.problem(format_args!("`state`: `{text}` {NOT_A_RULE}")),
+            }
+        }
+        Some(rules)
+    }
+
     fn pointer(&mut self, key: &str, default: &Pointer) -> Pointer {
         match self.string(key) {
             Some(s) => self.pointers(key, &[s]).remove(0),
@@ -401,6 +455,7 @@ mod tests {
                 ..Mapping::default()
             },
             exclude_types: Vec::new(),
+            state: None,
         }
     }
 
@@ -418,11 +473,11 @@ mod tests {
         assert_eq!(Routes::find_overlaps(&routes.list).len(), 2);
         assert_eq!(
             routes.select("x", "ticket.closed"),
-            Selected::Route(&routes.list[0])
+            Selected::Route(0, &routes.list[0])
         );
         assert_eq!(
             routes.select("x", "post.created"),
-            Selected::Route(&routes.list[1])
+            Selected::Route(1, &routes.list[1])
         );
         assert_eq!(routes.select("x", "ticket.created"), Selected::Conflict);
         assert_eq!(routes.select("y", "ticket.closed"), Selected::None);

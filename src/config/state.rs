@@ -13,13 +13,36 @@ const MAX_KEYS: usize = 10_000_000;
 /// Bytes of state held: 16 GiB, more than an instance's memory.
 const MAX_STATE_BYTES: usize = 1 << 34;
 
+/// Most rules in `GATEWAY_STATE`, and in each route's `state`: a rule's place is kept in a
+/// `u16` with every event that has a state key.
+pub(super) const MAX_RULES: usize = 1_000;
+
+/// What a state rule that does not parse is told.
+pub(super) const NOT_A_RULE: &str = "is not `event.type.pattern=/json/pointer`";
+
 /// Events whose type matches `types` are the state of the key at `key`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateRule {
     /// Event types, as a topic pattern (`render.job.*`).
     pub types: Pattern,
     /// Where the key is (the job id).
     pub key: Pointer,
+}
+
+impl StateRule {
+    /// One rule as written, `event.type.pattern=/json/pointer` (the same in `GATEWAY_STATE`
+    /// and in a route's `state` list); `None` when it is not one.
+    pub(super) fn parse(entry: &str) -> Option<StateRule> {
+        let (types, key) = entry.split_once('=')?;
+        let types = types.trim();
+        if types.is_empty() || types.contains(char::is_whitespace) {
+            return None;
+        }
+        Some(StateRule {
+            types: Pattern::new(types)?,
+            key: Pointer::parse(key.trim()).ok()?,
+        })
+    }
 }
 
 /// Bounds of the state each instance keeps.
@@ -48,23 +71,12 @@ impl Validator<'_> {
     pub(super) fn state(&mut self) -> StateConfig {
         let mut rules = Vec::new();
         for entry in self.list(Key::State) {
-            let parsed = entry.split_once('=').map(|(t, p)| {
-                let t = t.trim();
-                let valid = !t.is_empty() && !t.contains(char::is_whitespace);
-                (
-                    valid.then(|| Pattern::new(t)).flatten(),
-                    Pointer::parse(p.trim()),
-                )
-            });
-            match parsed {
-                Some((Some(types), Ok(key))) => rules.push(StateRule { types, key }),
-                _ => self.problem(
-                    Key::State,
-                    format_args!("`{entry}` is not `event.type.pattern=/json/pointer`"),
-                ),
+            match StateRule::parse(&entry) {
+                Some(rule) => rules.push(rule),
+                None => self.problem(Key::State, format_args!("`{entry}` {NOT_A_RULE}")),
             }
         }
-        if rules.len() > usize::from(u16::MAX) {
+        if rules.len() > MAX_RULES {
             self.problem(Key::State, "too many rules");
         }
         let limits = StateLimits {

@@ -685,3 +685,93 @@ fn state_rules_by_type_pattern_and_their_limits() {
         assert!(err.contains("GATEWAY_STATE"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn a_route_can_name_its_own_state_rules() {
+    let path = config_file(
+        "route-state.toml",
+        r#"
+[[route]]
+name = "jobs"
+binding = "render.job.#"
+
+[[route]]
+name = "exports"
+binding = "export.#"
+state = ["export.*.v1=/payload/exportId", "export.failed=/payload/id"]
+
+[[route]]
+name = "audit"
+binding = "audit.#"
+state = []
+"#,
+    );
+    let c = config(&[], &[SECRET, ("GATEWAY_CONFIG", &path)]);
+    let [jobs, exports, audit] = &c.routes.list[..] else {
+        panic!("{:?}", c.routes.list)
+    };
+    assert_eq!(jobs.state, None, "GATEWAY_STATE's rules");
+    let rules = exports.state.as_ref().unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].key.to_string(), "/payload/exportId");
+    assert_eq!(audit.state, Some(Vec::new()));
+    assert!(
+        exports
+            .to_string()
+            .contains("state export.*.v1=/payload/exportId,")
+    );
+    assert!(audit.to_string().ends_with("| state: none"));
+    assert!(c.keeps_state());
+
+    // Every route without state: none is kept, whatever GATEWAY_STATE says.
+    let path = config_file(
+        "route-no-state.toml",
+        "[[route]]\nbinding = \"render.job.#\"\nstate = []\n",
+    );
+    assert!(!config(&[], &[SECRET, ("GATEWAY_CONFIG", &path)]).keeps_state());
+    // A route's own rules keep state with GATEWAY_STATE off.
+    let path = config_file(
+        "route-only-state.toml",
+        "[[route]]\nbinding = \"x.#\"\nstate = [\"x.#=/id\"]\n",
+    );
+    let c = config(
+        &[],
+        &[SECRET, ("GATEWAY_CONFIG", &path), ("GATEWAY_STATE", "off")],
+    );
+    assert!(c.keeps_state());
+
+    let path = config_file(
+        "route-bad-state.toml",
+        "[[route]]\nname = \"r\"\nbinding = \"x.#\"\nstate = [\"x.#\", 3]\n\n[[route]]\nname = \"s\"\nbinding = \"y.#\"\nstate = \"y.#=/id\"\n",
+    );
+    let err = parse(&[], &[SECRET, ("GATEWAY_CONFIG", &path)])
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "route `r`: `state`: `x.#` is not `event.type.pattern=/json/pointer`",
+        "route `r`: `state`: every rule must be a string, not integer",
+        "route `s`: `state` must be a list",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+#[test]
+fn routes_that_differ_only_in_state_rules_agree() {
+    let path = config_file(
+        "route-state-overlap.toml",
+        "[[route]]\nname = \"a\"\nbinding = \"render.#\"\n\n[[route]]\nname = \"b\"\nbinding = \"render.job.*\"\nstate = []\n",
+    );
+    let c = config(&[], &[SECRET, ("GATEWAY_CONFIG", &path)]);
+    assert!(c.routes.overlaps.is_empty(), "{:?}", c.routes.overlaps);
+    let Selected::Route(first, _) = c
+        .routes
+        .select("flatrender.events", "render.job.started.v1")
+    else {
+        panic!("delivered");
+    };
+    assert_eq!(
+        first, 0,
+        "the first route in the file gives the state rules"
+    );
+}

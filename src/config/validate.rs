@@ -170,6 +170,20 @@ impl<'a> Validator<'a> {
         let tables = self.route_tables.take();
         let routes = self.routes(tables.as_deref(), &amqp.bindings, &amqp.exchange, &mapping);
         amqp.bindings = routes.bindings();
+        let state = self.state();
+        let route_rules: usize = routes
+            .list
+            .iter()
+            .filter_map(|r| r.state.as_ref())
+            .map(Vec::len)
+            .sum();
+        if state.rules.len() + route_rules > usize::from(u16::MAX) {
+            self.problems.push(format!(
+                "{} state rules in GATEWAY_STATE and the routes together; at most {} are supported",
+                state.rules.len() + route_rules,
+                u16::MAX
+            ));
+        }
 
         Config {
             listen,
@@ -202,7 +216,7 @@ impl<'a> Validator<'a> {
             routes,
             revocation: self.revocation(),
             delivery: self.delivery(),
-            state: self.state(),
+            state,
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
             worker_threads: self.worker_threads(),
             log_format,

@@ -375,3 +375,58 @@ async fn a_quiet_page_learns_a_position_and_resumes_from_it_after_the_history_fo
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_keeps_the_state_its_own_rules_name() {
+    bounded(async {
+        // Render jobs keep no state here; exports keep theirs by `/data/export_id`, a key
+        // the default rule does not know.
+        let routes = r#"
+[[route]]
+name = "jobs"
+binding = "render.job.#"
+state = []
+
+[[route]]
+name = "exports"
+binding = "export.#"
+state = ["export.*.v1=/data/export_id"]
+"#;
+        let gw = GatewayBuilder::new("state-route")
+            .config_text(routes)
+            .start()
+            .await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        let export = |id: &str, export_id: &str| {
+            let mut e = envelope(id, "export.done.v1", Some("t"), Some("u"));
+            e["data"] = json!({"export_id": export_id});
+            e
+        };
+        publish_all(
+            &gw,
+            &publisher,
+            &[
+                job("r-queued", QUEUED, "job-r", 0),
+                export("x1-first", "x1"),
+                export("x2", "x2"),
+                export("x1-again", "x1"),
+                job("r-done", COMPLETED, "job-r", 100),
+            ],
+        )
+        .await;
+        for t in BOTH {
+            let (_, all) = with_snapshot(&gw, t, "snapshot=1").await;
+            assert_eq!(
+                all,
+                ["x2", "x1-again"],
+                "{t:?}: the exports only, latest each"
+            );
+            let (_, one) = with_snapshot(&gw, t, "snapshot=1&keys=x1").await;
+            assert_eq!(one, ["x1-again"], "{t:?}");
+        }
+        assert_eq!(gw.metric("gateway_state_keys").await, 2.0);
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
