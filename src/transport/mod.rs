@@ -381,16 +381,23 @@ fn register(
     }
     // Registered first, history read second: an event arriving in between is in both,
     // and the live copy is skipped.
-    // A snapshot when asked for on a fresh connection, and after every resync (the page
-    // then needs no REST call to recover); a resume that is served needs none.
+    // A snapshot when asked for, and after every resync (the page then needs no REST call
+    // to recover). A served resume that asks for one gets it after its replay (a page that
+    // mounted a job while offline has nothing of it yet): the snapshot is the newest
+    // state, so nothing replayed after it could take a job back.
+    let asked = snapshot && subscription.has_state();
     let replay = match last_event_id {
-        None if snapshot && subscription.has_state() => vec![subscription.snapshot()],
+        None if asked => vec![subscription.snapshot()],
         None => Vec::new(),
         Some(id) => match ctx.history.since(&identity.tenant, &identity.user, &id) {
             Replay::Events { events, through } => {
                 ctx.metrics.resumes.inc(Resume::Replayed);
                 subscription.skip_through(through);
-                replay_for(&subscription, events)
+                let mut replay = replay_for(&subscription, events);
+                if asked {
+                    replay.push(subscription.snapshot());
+                }
+                replay
             }
             Replay::Resync => {
                 ctx.metrics.resumes.inc(Resume::Resync);

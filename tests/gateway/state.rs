@@ -430,3 +430,66 @@ state = ["export.*.v1=/data/export_id"]
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_resume_that_asks_for_a_snapshot_gets_it_after_its_replay() {
+    bounded(async {
+        let gw = GatewayBuilder::new("state-resume").start().await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        for t in BOTH {
+            let id = |name: &str| format!("{name}-{t:?}");
+            let (m, o) = (id("job-m"), id("job-o"));
+            // The page held the bell's last notification when its tab slept; meanwhile
+            // the job it now shows moved on, and so did another job.
+            publish_all(
+                &gw,
+                &publisher,
+                &[
+                    job(&id("m-queued"), QUEUED, &m, 0),
+                    envelope(&id("n1"), NOTE, Some("t"), Some("u")),
+                    job(&id("m-40"), PROGRESS, &m, 40),
+                    job(&id("o-10"), PROGRESS, &o, 10),
+                ],
+            )
+            .await;
+            let query = format!("snapshot=1&keys={m}");
+            let auth = Auth::Bearer(token("t", "u"));
+            let mut page = match t {
+                Transport::Ws => Client::Ws(
+                    WsClient::connect(
+                        &gw,
+                        &format!("/ws?{query}&last_event_id={}", id("n1")),
+                        auth,
+                    )
+                    .await
+                    .unwrap(),
+                ),
+                Transport::Sse => Client::Sse(
+                    SseClient::connect_with(
+                        &gw,
+                        &format!("/sse?{query}"),
+                        auth,
+                        &[("last-event-id", &id("n1"))],
+                    )
+                    .await
+                    .unwrap(),
+                ),
+            };
+            // The replay first (its job only), then the state of what it selects.
+            let replayed = page.next_any().await;
+            assert_eq!(replayed["event_id"].as_str(), Some(&*id("m-40")), "{t:?}");
+            assert_eq!(next_snapshot(&mut page).await, [id("m-40")], "{t:?}");
+            // Then live, without a duplicate.
+            let (live, other) = (id("m-60"), id("o-20"));
+            for e in [job(&other, PROGRESS, &o, 20), job(&live, PROGRESS, &m, 60)] {
+                publisher
+                    .publish(e["event_type"].as_str().unwrap(), &e)
+                    .await;
+            }
+            assert_eq!(page.ids_until(&live).await, [live.clone()], "{t:?}");
+        }
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}

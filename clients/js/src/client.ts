@@ -720,8 +720,9 @@ class Client implements RealtimeClient {
 
   /**
    * The keys a new connection selects, and whether it asks for a snapshot: always while
-   * keys are watched (a resume that is served gets none: its replay brings what changed),
-   * and when something registered since the last one starts empty.
+   * keys are watched (on a served resume it follows the replay, so a job mounted while the
+   * connection was down gets its state too), and when something registered since the last
+   * one starts empty.
    */
   private keysForUrl(): { keys: string[] | null; snapshot: boolean } {
     // After a 400 for the selection, the connection asks for everything: every key too.
