@@ -316,6 +316,8 @@ export interface Notifications {
  */
 class NotificationStore {
   state: NotificationsState = INITIAL_NOTIFICATIONS;
+  /** Whether anything reached the list yet (a notification, a read mark, an `initial`). */
+  private touched = false;
   /** The largest `max` any bell asked for: what the list keeps. */
   keep = DEFAULT_MAX_NOTIFICATIONS;
   private readonly notify = new Set<() => void>();
@@ -338,10 +340,27 @@ class NotificationStore {
 
   markAllRead = (): void => this.set(markNotificationsRead(this.state));
 
+  /**
+   * Starts the list from a server-rendered one, once: only while nothing reached it, so a
+   * bell mounted later (on navigation) never takes the page back to what the server saw.
+   * Other bells are told after the render (see `useNotifications`).
+   */
+  seed(initial: NotificationsState): void {
+    if (this.touched) return;
+    this.touched = true;
+    this.state = { items: initial.items.slice(0, this.keep), unread: initial.unread };
+  }
+
+  /** Tells every bell that the list changed outside an event (a seed). */
+  announce(): void {
+    for (const cb of [...this.notify]) cb();
+  }
+
   private set(next: NotificationsState): void {
+    this.touched = true;
     if (next === this.state) return;
     this.state = next;
-    for (const cb of [...this.notify]) cb();
+    this.announce();
   }
 }
 
@@ -353,23 +372,45 @@ function notificationStore(client: RealtimeClient): NotificationStore {
   return store;
 }
 
-const NO_NOTIFICATIONS = (): NotificationsState => INITIAL_NOTIFICATIONS;
 const NO_SUBSCRIPTION = () => () => {};
+
+export interface NotificationsOptions {
+  /** Most items this bell shows (the shared list keeps the largest any bell asks for). */
+  max?: number;
+  /**
+   * The list as the server rendered it (from the platform's REST API, say): the first
+   * paint shows it, and live notifications go on top of it (one already listed is not
+   * added twice). It seeds the client's list once, while nothing else reached it; a bell
+   * mounted later finds the live list instead.
+   */
+  initial?: NotificationsState;
+}
 
 /**
  * The bell: `notification.created.v1` events, newest first, from one list per client
  * that every bell shares and navigation keeps. Selects `notification.#` while mounted.
  */
-export function useNotifications(options: { max?: number } = {}): Notifications {
+export function useNotifications(options: NotificationsOptions = {}): Notifications {
   const max = options.max ?? DEFAULT_MAX_NOTIFICATIONS;
   const client = useRealtimeClient();
   const resyncCount = useResyncCount();
   const store = client ? notificationStore(client) : null;
   if (store && max > store.keep) store.keep = max;
+  // Seeded during the render, so the first paint (and hydration) shows `initial`; the
+  // other bells already mounted hear of it after the commit.
+  const seeding = options.initial !== undefined;
+  if (seeding) store?.seed(options.initial!);
+  useEffect(() => {
+    // Harmless when the seed was another bell's: a bell whose list did not change does
+    // not render again.
+    if (seeding) store?.announce();
+  }, [seeding, store]);
+  const initial = options.initial ?? INITIAL_NOTIFICATIONS;
+  const server = useCallback(() => initial, [initial]);
   const state = useSyncExternalStore(
     store?.subscribe ?? NO_SUBSCRIPTION,
-    store ? () => store.state : NO_NOTIFICATIONS,
-    NO_NOTIFICATIONS,
+    store ? () => store.state : server,
+    server,
   );
   const items = useMemo(() => state.items.slice(0, max), [state.items, max]);
   const markAllRead = useCallback(() => store?.markAllRead(), [store]);

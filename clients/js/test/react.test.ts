@@ -14,6 +14,7 @@ import {
   useRealtimeError,
   useRenderProgress,
 } from '../src/react.js';
+import type { NotificationCreated } from '../src/events.js';
 import { envelope, FakeEventSource, FakeFetch, FakeWebSocket, flush } from './fakes.js';
 
 let client: RealtimeClient;
@@ -151,6 +152,29 @@ describe('useNotifications', () => {
     const again = renderHook(() => useNotifications(), { wrapper });
     expect(again.result.current.items.map((n) => n.data.notification_id)).toEqual(['n3', 'n2', 'n1']);
     expect(again.result.current.unread).toBe(1);
+  });
+
+  it('starts from a server-rendered list once, and live notifications go on top of it', () => {
+    const listed = (id: string) => envelope('notification.created.v1', { notification_id: id }) as NotificationCreated;
+    const initial = { items: [listed('s2'), listed('s1')], unread: 1 };
+    const ids = (n: { items: NotificationCreated[] }) => n.items.map((i) => i.data.notification_id);
+    const other = renderHook(() => useNotifications(), { wrapper });
+    expect(other.result.current.items).toEqual([]);
+    const bell = renderHook(() => useNotifications({ initial }), { wrapper });
+    // The first paint shows it, and a bell already mounted hears of it.
+    expect(ids(bell.result.current)).toEqual(['s2', 's1']);
+    expect(ids(other.result.current)).toEqual(['s2', 's1']);
+    act(() => {
+      ws.open();
+      ws.receive(envelope('notification.created.v1', { notification_id: 's2' })); // listed already
+      ws.receive(envelope('notification.created.v1', { notification_id: 'n3' }));
+    });
+    expect(ids(bell.result.current)).toEqual(['n3', 's2', 's1']);
+    expect(bell.result.current.unread).toBe(2);
+    // A page rendered later by the server does not take the live list back.
+    bell.unmount();
+    const later = renderHook(() => useNotifications({ initial: { items: [listed('s1')], unread: 0 } }), { wrapper });
+    expect(ids(later.result.current)).toEqual(['n3', 's2', 's1']);
   });
 });
 
