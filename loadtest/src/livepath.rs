@@ -63,7 +63,14 @@ FLAGS:
   --client C           the consumer's AMQP client: lapin (the gateway's), amqprs
                        (tokio-native), or bare: the ingest floor, no library and
                        no thread but the one reading its socket; same prefetch
-                       and acks                                               [lapin]
+                       and acks; or stream: the stream read over the stream
+                       protocol (port 5552, plugin rabbitmq_stream), on its
+                       socket's thread like bare, min(--prefetch, 10) chunks of
+                       credit; --source stream only                           [lapin]
+  --readers N          consumers, each a process of its own: with a queue each
+                       reads a queue of its own (one per gateway instance), with
+                       the stream each reads the one stream; CPU per event is the
+                       readers' mean, receipts and latency the worst reader's    [1]
   --prefetch N         basic.qos of the consumer (the gateway's default)        [512]
   --history-age SECS   the stream's x-max-age, and the age the disk use is
                        extrapolated to (GATEWAY_HISTORY_MAX_AGE_SECS)            [300]
@@ -92,6 +99,10 @@ const QUEUE_MAX_LENGTH: i64 = 100_000;
 const QUEUE_MAX_BYTES: i64 = 64 * 1024 * 1024;
 /// The gateway's `GATEWAY_HISTORY_STREAM_MAX_BYTES` default (src/broker/streams.rs).
 const STREAM_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Chunks in flight for `--client stream` (the official clients' default is 10).
+const STREAM_CREDIT: u16 = 10;
+/// Most consumers of one run (`--readers`): one process each.
+const MAX_READERS: usize = 16;
 /// Users the targeted envelopes cycle through.
 const USERS: &str = "1000";
 
@@ -140,6 +151,9 @@ pub enum Client {
     /// No client library: the ingest floor (`bare.rs`), frames read from the socket on
     /// the consuming thread itself.
     Bare,
+    /// The stream protocol (port 5552, `stream_reader.rs`), on the consuming thread
+    /// itself like `Bare`: the stream only.
+    Stream,
 }
 
 impl Client {
@@ -148,7 +162,10 @@ impl Client {
             "lapin" => Ok(Client::Lapin),
             "amqprs" => Ok(Client::Amqprs),
             "bare" => Ok(Client::Bare),
-            _ => Err(format!("--client: `{s}` is not lapin, amqprs or bare")),
+            "stream" => Ok(Client::Stream),
+            _ => Err(format!(
+                "--client: `{s}` is not lapin, amqprs, bare or stream"
+            )),
         }
     }
 
@@ -157,6 +174,7 @@ impl Client {
             Client::Lapin => "lapin",
             Client::Amqprs => "amqprs",
             Client::Bare => "bare",
+            Client::Stream => "stream",
         }
     }
 }
@@ -181,6 +199,9 @@ pub struct Args {
     /// Consumer only: what to consume and how many events to expect.
     queue: Option<String>,
     expect: u64,
+    /// Consumers, each in a process of its own: with a queue, each reads a queue of its
+    /// own (as each gateway instance does); with the stream, each reads the one stream.
+    readers: usize,
 }
 
 fn defaults() -> Args {
@@ -201,6 +222,7 @@ fn defaults() -> Args {
         label: None,
         queue: None,
         expect: 0,
+        readers: 1,
     }
 }
 
@@ -255,6 +277,7 @@ pub fn parse(args: &[String]) -> Result<Option<Args>, String> {
             "--label" => a.label = Some(v),
             "--queue" => a.queue = Some(v),
             "--expect" => a.expect = num(flag, &v)?,
+            "--readers" => a.readers = num(flag, &v)?,
             _ => return Err(format!("unknown flag {flag} (see loadgen livepath --help)")),
         }
     }
@@ -272,6 +295,12 @@ pub fn parse(args: &[String]) -> Result<Option<Args>, String> {
     }
     if a.history_age == 0 {
         return Err("--history-age must be at least 1 s".into());
+    }
+    if !(1..=MAX_READERS).contains(&a.readers) {
+        return Err(format!("--readers must be 1 to {MAX_READERS}"));
+    }
+    if a.client == Client::Stream && a.source != Some(Source::Stream) {
+        return Err("--client stream reads the stream: it needs --source stream".into());
     }
     if a.consume && (a.queue.is_none() || a.expect == 0) {
         return Err("consume needs --queue and --expect".into());
@@ -323,6 +352,9 @@ pub fn main(args: &[String]) -> u8 {
         // The ingest floor: no runtime, so no thread but this one touches the socket.
         return consume_bare(&a);
     }
+    if a.consume && a.client == Client::Stream {
+        return consume_stream(&a);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -351,26 +383,31 @@ fn log(msg: impl AsRef<str>) {
 /// What one run declares, all named after the run so runs never meet.
 struct Names {
     exchange: String,
-    queue: String,
+    /// One live queue per reader, as each gateway instance has its own.
+    queues: Vec<String>,
     stream: String,
 }
 
 impl Names {
-    fn new(run: &str) -> Names {
+    fn new(run: &str, readers: usize) -> Names {
         let base = format!("loadtest.livepath.{run}");
+        let queues = match readers {
+            1 => vec![format!("{base}.queue")],
+            n => (0..n).map(|i| format!("{base}.queue.{i}")).collect(),
+        };
         Names {
-            queue: format!("{base}.queue"),
+            queues,
             stream: format!("{base}.stream"),
             exchange: base,
         }
     }
 
-    /// The queue the consumer reads.
-    fn consumed(&self, s: Source) -> &str {
+    /// The queue reader `i` consumes.
+    fn consumed(&self, s: Source, i: usize) -> &str {
         if s == Source::Stream {
             &self.stream
         } else {
-            &self.queue
+            &self.queues[i]
         }
     }
 }
@@ -388,7 +425,7 @@ async fn connect(url: &str) -> Result<Connection, String> {
 async fn drive(a: Args) -> u8 {
     let source = a.source.unwrap_or(Source::Queue);
     let run = crate::run_id();
-    let names = Names::new(&run);
+    let names = Names::new(&run, a.readers);
     let po = match publisher_opts(&a, &names.exchange) {
         Ok(o) => o,
         Err(e) => {
@@ -440,7 +477,7 @@ async fn drive(a: Args) -> u8 {
 async fn cleanup(channel: &Channel, source: Source, names: &Names) {
     let mut queues = Vec::new();
     if source.has_queue() {
-        queues.push(&names.queue);
+        queues.extend(&names.queues);
     }
     if source.has_stream() {
         queues.push(&names.stream);
@@ -506,16 +543,18 @@ async fn declare(channel: &Channel, source: Source, names: &Names, age: u64) -> 
     crate::publish::declare_exchange(channel, &names.exchange).await?;
     let mut queues = Vec::new();
     if source.has_queue() {
-        // Not durable, not exclusive: as the gateway declares it.
-        channel
-            .queue_declare(
-                names.queue.as_str().into(),
-                QueueDeclareOptions::default(),
-                queue_arguments(),
-            )
-            .await
-            .map_err(|e| err(&names.queue, e))?;
-        queues.push(&names.queue);
+        for q in &names.queues {
+            // Not durable, not exclusive: as the gateway declares it.
+            channel
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions::default(),
+                    queue_arguments(),
+                )
+                .await
+                .map_err(|e| err(q, e))?;
+            queues.push(q);
+        }
     }
     if source.has_stream() {
         channel
@@ -789,14 +828,18 @@ async fn measure(
     declare(channel, source, names, a.history_age).await?;
     let publisher = Publisher::connect(po).await?;
     let expect = po.planned_events();
-    let mut consumer =
-        ConsumerProc::spawn(a, source, names.consumed(source), &po.amqp_url, expect)?;
-    let ready = consumer.line(Duration::from_secs(15), "ready").await;
-    if ready.as_deref() != Ok("ready") {
-        publisher.close().await;
-        return Err(ready
-            .err()
-            .unwrap_or_else(|| "the consumer did not start".into()));
+    let mut consumers = Vec::new();
+    for i in 0..a.readers {
+        let mut consumer =
+            ConsumerProc::spawn(a, source, names.consumed(source, i), &po.amqp_url, expect)?;
+        let ready = consumer.line(Duration::from_secs(15), "ready").await;
+        if ready.as_deref() != Ok("ready") {
+            publisher.close().await;
+            return Err(ready
+                .err()
+                .unwrap_or_else(|| "the consumer did not start".into()));
+        }
+        consumers.push(consumer);
     }
     let kind_name = if a.kind == Kind::Unrouted {
         "unrouted"
@@ -804,21 +847,25 @@ async fn measure(
         "targeted"
     };
     log(format!(
-        "run {run}: {} via {} ({}), {expect} {kind_name} events at {}/s",
+        "run {run}: {} via {} ({}, {} reader(s)), {expect} {kind_name} events at {}/s",
         source.as_str(),
-        names.consumed(source),
+        names.consumed(source, 0),
         a.client.as_str(),
+        a.readers,
         a.rate
     ));
     let cpu0 = broker.and_then(|p| crate::gateway::cpu_secs(p, tck));
     let rss0 = broker.and_then(crate::gateway::rss_kib);
     let rep: PublishReport = publisher.run(po, run, a.kind, abort.clone()).await;
     publisher.close().await;
-    // End of input: the consumer waits --tail for what is still missing, then reports.
-    drop(consumer.stdin.take());
-    let result = consumer
-        .line(a.tail + Duration::from_secs(20), "result")
-        .await;
+    // End of input: each consumer waits --tail for what is still missing, then reports.
+    for c in &mut consumers {
+        drop(c.stdin.take());
+    }
+    let mut results = Vec::new();
+    for c in &mut consumers {
+        results.push(c.line(a.tail + Duration::from_secs(20), "result").await);
+    }
     let cpu1 = broker.and_then(|p| crate::gateway::cpu_secs(p, tck));
     let rss1 = broker.and_then(crate::gateway::rss_kib);
     let stream_dir = if source.has_stream() {
@@ -827,11 +874,18 @@ async fn measure(
         None
     };
     let disk = stream_dir.as_deref().map(du);
-    if !consumer.exited(Duration::from_secs(10)).await {
-        log("the consumer did not exit within 10 s: killed");
+    for c in &mut consumers {
+        if !c.exited(Duration::from_secs(10)).await {
+            log("a consumer did not exit within 10 s: killed");
+        }
     }
-    let got: Value = serde_json::from_str(&result?)
-        .map_err(|e| format!("the consumer's report is not JSON: {e}"))?;
+    let mut each = Vec::new();
+    for r in results {
+        let v: Value = serde_json::from_str(&r?)
+            .map_err(|e| format!("the consumer's report is not JSON: {e}"))?;
+        each.push(v);
+    }
+    let got = combine(&each);
     Ok(report(
         a,
         source,
@@ -845,6 +899,39 @@ async fn measure(
             disk,
         },
     ))
+}
+
+/// The readers' reports as one: the worst reader's receipts and latency (every reader
+/// must get every event), the mean CPU, and each reader's report beside.
+pub fn combine(each: &[Value]) -> Value {
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let n = each.len().max(1) as f64;
+    let sum = |k: &str| each.iter().map(|v| num(v, k)).sum::<f64>();
+    let least = |k: &str| each.iter().map(|v| num(v, k)).fold(f64::MAX, f64::min);
+    let worst_latency = each
+        .iter()
+        .max_by(|a, b| {
+            let p99 = |v: &Value| v["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+            p99(a).total_cmp(&p99(b))
+        })
+        .map(|v| v["latency_ms"].clone())
+        .unwrap_or(Value::Null);
+    let error = each
+        .iter()
+        .find_map(|v| v.get("error").filter(|e| !e.is_null()).cloned());
+    json!({
+        "received": least("received"),
+        "distinct": least("distinct"),
+        "duplicates": sum("duplicates"),
+        "foreign": sum("foreign"),
+        "cpu_secs": sum("cpu_secs") / n,
+        "cpu_secs_max": each.iter().map(|v| num(v, "cpu_secs")).fold(0.0, f64::max),
+        "rss_kib": sum("rss_kib") / n,
+        "threads": each.first().and_then(|v| v.get("threads")).cloned(),
+        "latency_ms": worst_latency,
+        "error": error,
+        "readers": each,
+    })
 }
 
 struct Broker {
@@ -887,6 +974,7 @@ fn report(
         "ok": ok,
         "source": source.as_str(),
         "client": a.client.as_str(),
+        "readers": a.readers,
         "events": if a.kind == Kind::Unrouted { "unrouted" } else { "targeted" },
         "rate": a.rate,
         "duration_s": a.duration,
@@ -928,12 +1016,13 @@ fn report(
     let f = |v: Option<f64>| v.map_or("n/a".to_owned(), |x| format!("{x:.2}"));
     let l = |k: &str| lat.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let mut text = format!(
-        "{} ({}), {} events at {}/s: published {}/{} in {:.2} s ({:.0}/s)\n  \
+        "{} ({}, {} reader(s)), {} events at {}/s: published {}/{} in {:.2} s ({:.0}/s)\n  \
          received {distinct} once, {duplicates} duplicated, {lost} lost\n  \
          latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n  \
          CPU per event: consumer {} us, broker {} us; broker RSS {} -> {} MiB\n",
         source.as_str(),
         a.client.as_str(),
+        a.readers,
         json["events"].as_str().unwrap_or(""),
         a.rate,
         rep.published,
@@ -1008,7 +1097,7 @@ pub fn median_range(mut v: Vec<f64>, decimals: usize) -> String {
 }
 
 /// (events, rate, source, client): what one row of the table compares.
-type RowKey = (String, f64, String, String);
+type RowKey = (String, f64, String, String, u64);
 
 /// The markdown table: one row per (events, rate, source, client), each figure the median [range] of that row's runs.
 pub fn table(reports: &[Value]) -> String {
@@ -1019,6 +1108,7 @@ pub fn table(reports: &[Value]) -> String {
             r["rate"].as_f64().unwrap_or(0.0),
             s("source"),
             s("client"),
+            r["readers"].as_u64().unwrap_or(1),
         )
     };
     let mut rows: Vec<(RowKey, Vec<&Value>)> = Vec::new();
@@ -1040,12 +1130,18 @@ pub fn table(reports: &[Value]) -> String {
         a.1.total_cmp(&b.1)
             .then(rank(&a.2).cmp(&rank(&b.2)))
             .then(a.3.cmp(&b.3))
+            .then(a.4.cmp(&b.4))
     });
     let mut out = String::from(
         "| events/s | live path (client) | runs | p50 ms | p99 ms | max ms | consumer CPU µs/event | broker CPU µs/event | broker RSS MiB, before → after | stream on disk B/event | at the history age, MB | published/s | lost, duplicated |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for ((events, rate, source, client), runs) in rows {
+    for ((events, rate, source, client, readers), runs) in rows {
+        // With several readers, each reads every event: the broker's cost is the fleet's.
+        let source = match readers {
+            1 => source,
+            n => format!("{source} × {n}"),
+        };
         let pick = |f: &dyn Fn(&Value) -> Option<f64>| {
             runs.iter().filter_map(|r| f(r)).collect::<Vec<f64>>()
         };
@@ -1406,7 +1502,9 @@ async fn consume_with(a: &Args) -> Result<(), String> {
     let (conn, acker, mut deliveries) = match a.client {
         Client::Lapin => open_lapin(a, source, queue).await?,
         Client::Amqprs => open_amqprs(a, source, queue).await?,
-        Client::Bare => return Err("the bare client runs without a runtime".into()),
+        Client::Bare | Client::Stream => {
+            return Err("the bare and stream clients run without a runtime".into());
+        }
     };
     let mut eof = stdin_closed();
     let mut eof_seen = false;
@@ -1516,6 +1614,55 @@ fn consume_bare_with(a: &Args) -> Result<(), String> {
     result
 }
 
+/// `--client stream`: the stream read over the stream protocol on this thread, with
+/// `--prefetch` as the chunk credit, and the same tally and report as the others.
+fn consume_stream(a: &Args) -> u8 {
+    match consume_stream_with(a) {
+        Ok(()) => 0,
+        Err(e) => {
+            log(format!("consumer: {e}"));
+            crate::EXIT_ENV
+        }
+    }
+}
+
+fn consume_stream_with(a: &Args) -> Result<(), String> {
+    let stream = a.queue.as_deref().unwrap_or_default();
+    let url = AmqpUrl::parse(a.amqp_url.as_deref().unwrap_or_default())?;
+    let mut addr = url.socket_addr()?;
+    addr.set_port(crate::stream_reader::PORT);
+    let mut reader = crate::stream_reader::Reader::connect(&crate::stream_reader::Login {
+        addr,
+        user: &url.user,
+        password: &url.password,
+        vhost: &url.vhost,
+    })?;
+    // Chunks, not messages: a few in flight keep the broker's reads ahead of this one.
+    reader.subscribe(stream, a.prefetch.min(STREAM_CREDIT))?;
+    let mut eof = stdin_closed();
+    let mut end = None;
+    let tck = crate::gateway::clk_tck();
+    let mut tally = Tally::new(a.expect);
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let cpu0 = own_cpu(tck);
+    let result = reader.consume(
+        |body| {
+            tally.record(body, crate::publish::now_us());
+            tally.complete()
+        },
+        || {
+            if end.is_none() && eof.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
+                end = Some(Instant::now() + a.tail);
+            }
+            end
+        },
+    );
+    let cpu = own_cpu(tck) - cpu0;
+    print_result(&mut tally, cpu, result.as_ref().err().map(String::as_str));
+    result
+}
+
 fn threads() -> Option<u64> {
     std::fs::read_dir("/proc/self/task")
         .ok()
@@ -1577,6 +1724,49 @@ mod tests {
             "the consumer needs its queue"
         );
         assert!(parse(&args("--help")).unwrap().is_none());
+    }
+
+    #[test]
+    fn readers_and_the_stream_protocol_client() {
+        let a = parse(&args("--source stream --client stream --readers 4"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.client, a.readers), (Client::Stream, 4));
+        assert_eq!(parse(&args("--source queue")).unwrap().unwrap().readers, 1);
+        for bad in [
+            "--source queue --client stream",
+            "--source queue+stream --client stream",
+            "--source queue --readers 0",
+            "--source queue --readers 17",
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad}");
+        }
+        let names = Names::new("r", 3);
+        assert_eq!(
+            names.consumed(Source::Queue, 2),
+            "loadtest.livepath.r.queue.2"
+        );
+        assert_eq!(
+            names.consumed(Source::Stream, 2),
+            "loadtest.livepath.r.stream"
+        );
+        assert_eq!(Names::new("r", 1).queues, ["loadtest.livepath.r.queue"]);
+    }
+
+    #[test]
+    fn readers_combine_into_the_worst_receipts_and_the_mean_cpu() {
+        let reader = |distinct: u64, cpu: f64, p99: f64| {
+            json!({"received": distinct, "distinct": distinct, "duplicates": 0, "foreign": 0,
+                   "cpu_secs": cpu, "rss_kib": 100, "threads": 1,
+                   "latency_ms": {"p50": 1.0, "p99": p99}, "error": null})
+        };
+        let got = combine(&[reader(100, 1.0, 5.0), reader(98, 3.0, 9.0)]);
+        assert_eq!(got["distinct"], 98.0, "an event one reader missed is lost");
+        assert_eq!(got["cpu_secs"], 2.0);
+        assert_eq!(got["cpu_secs_max"], 3.0);
+        assert_eq!(got["latency_ms"]["p99"], 9.0);
+        assert!(got["error"].is_null());
+        assert_eq!(got["readers"].as_array().unwrap().len(), 2);
     }
 
     #[test]

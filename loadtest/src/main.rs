@@ -20,6 +20,7 @@ mod report;
 mod scenario;
 mod slow;
 mod stats;
+mod stream_reader;
 mod summarize;
 
 use std::process::ExitCode;
