@@ -157,7 +157,7 @@ enum Payload {
     Other,
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
@@ -236,7 +236,7 @@ async fn tcp(spec: &ConnSpec, shared: &Shared) -> Result<TcpStream, String> {
 }
 
 /// `reason` from the gateway's `{"error":..,"reason":..}` refusal body.
-fn refusal_reason(body: &[u8]) -> String {
+pub fn refusal_reason(body: &[u8]) -> String {
     find(body, br#""reason":""#)
         .map(|i| {
             let r = &body[i + 10..];
@@ -246,7 +246,7 @@ fn refusal_reason(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn ws_config() -> WebSocketConfig {
+pub fn ws_config() -> WebSocketConfig {
     // tungstenite's defaults are 128 KiB buffers per connection: far too much for 16k
     // clients on one machine. Events are small, and each read zeroes a whole chunk of
     // this size first: 2 KiB holds a few events and keeps that cheap.
@@ -257,7 +257,7 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(1 << 20))
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 async fn ws_connect(spec: &ConnSpec, shared: &Shared) -> Result<Ws, String> {
     let stream = tcp(spec, shared).await?;
@@ -279,15 +279,15 @@ async fn ws_connect(spec: &ConnSpec, shared: &Shared) -> Result<Ws, String> {
 }
 
 /// An SSE response body being read: the socket, undecoded bytes, and decoded lines.
-struct Sse {
-    stream: TcpStream,
+pub struct Sse {
+    pub stream: TcpStream,
     chunked: bool,
     /// Bytes read but not yet de-chunked.
     raw: Vec<u8>,
     /// De-chunked bytes not yet split into lines.
     text: Vec<u8>,
     /// The terminating chunk or EOF was seen.
-    eof: bool,
+    pub eof: bool,
 }
 
 impl Sse {
@@ -322,7 +322,7 @@ impl Sse {
     }
 
     /// Reads more; false at EOF.
-    async fn fill(&mut self) -> Result<bool, String> {
+    pub async fn fill(&mut self) -> Result<bool, String> {
         let mut buf = [0u8; 8192];
         let n = self
             .stream
@@ -339,7 +339,7 @@ impl Sse {
     }
 
     /// Next complete line (without its terminator), if one is buffered.
-    fn line(&mut self) -> Option<Vec<u8>> {
+    pub fn line(&mut self) -> Option<Vec<u8>> {
         let pos = self.text.iter().position(|b| *b == b'\n')?;
         let mut line: Vec<u8> = self.text.drain(..=pos).collect();
         line.pop();
@@ -351,10 +351,20 @@ impl Sse {
 }
 
 async fn sse_connect(spec: &ConnSpec, shared: &Shared) -> Result<Sse, String> {
-    let mut stream = tcp(spec, shared).await?;
+    let stream = tcp(spec, shared).await?;
+    sse_open(stream, &shared.host, "/sse", &spec.token).await
+}
+
+/// Asks for the SSE stream at `path` on a connected socket and reads until it flows
+/// (its `: connected` comment).
+pub async fn sse_open(
+    mut stream: TcpStream,
+    host: &str,
+    path: &str,
+    token: &str,
+) -> Result<Sse, String> {
     let req = format!(
-        "GET /sse HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-        shared.host, spec.token
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
     );
     stream
         .write_all(req.as_bytes())

@@ -19,6 +19,7 @@ mod publish;
 mod report;
 mod scenario;
 mod slow;
+mod statebench;
 mod stats;
 mod stream_reader;
 mod summarize;
@@ -45,6 +46,9 @@ fn main() -> ExitCode {
     }
     if args.first().is_some_and(|a| a == "livepath") {
         return ExitCode::from(livepath::main(&args[1..]));
+    }
+    if args.first().is_some_and(|a| a == "state") {
+        return ExitCode::from(statebench::main(&args[1..]));
     }
     let o = match opts::parse(args.iter().cloned()) {
         Ok(Parsed::Run(o)) => *o,

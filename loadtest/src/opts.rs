@@ -22,6 +22,9 @@ USAGE:
   loadgen livepath --source queue|stream ...
                                the live path on the broker alone: a live queue or the
                                stream, latency and CPU (see loadgen livepath --help)
+  loadgen state memory|snapshot|summarize ...
+                               what the gateway's live state costs: RSS per key, connect
+                               and watch to snapshot (see loadgen state --help)
   loadgen free-port            print a free TCP port on 127.0.0.1 (for scripts)
   loadgen wait-ready --gateway URL [--wait-timeout SECS]
                                wait until the gateway's /readyz answers 200 (for scripts)
