@@ -6,6 +6,7 @@
 //! (tenant, user) and by tenant (for tenant-wide events) make resuming one user cost
 //! what that user missed, not what the whole history holds.
 
+use std::collections::hash_map;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -35,6 +36,9 @@ pub enum Replay {
 struct Entry {
     event: Arc<Event>,
     at: Instant,
+    /// The event's resume position, held here so that finding one reads the entries in
+    /// a row instead of every event behind its pointer.
+    position: Position,
 }
 
 /// What [`History::append`] did.
@@ -61,9 +65,6 @@ struct Inner {
     by_tenant: HashMap<Arc<str>, VecDeque<u64>, RandomState>,
     /// Events up to this sequence number may have gaps after them (broker queue lost).
     gap_after: Option<u64>,
-    /// By resume position (see [`Position`]): a quiet page resumes from its tenant's
-    /// stream without having received the event.
-    by_position: HashMap<Position, u64, RandomState>,
     /// Each tenant's newest event, kept after it leaves the history: a page whose
     /// position is its tenant's newest event missed nothing, however long ago that was.
     /// At most [`MAX_TENANTS_REMEMBERED`] tenants.
@@ -132,21 +133,30 @@ impl History {
     /// never locks twice per event.
     pub fn append(&self, event: Arc<Event>) -> Appended {
         let mut h = self.lock();
+        let now = Instant::now();
         let seq = h.first_seq + h.entries.len() as u64;
         // The keys share the event's strings: no allocation per event beyond the maps'.
         let id = event.id.clone();
         let tenant = event.tenant.clone();
         h.by_id.insert((tenant.clone(), id), seq);
-        h.by_position.insert(event.position(), seq);
-        if h.newest.len() >= MAX_TENANTS_REMEMBERED && !h.newest.contains_key(&tenant) {
-            forget_quietest(&mut h.newest);
-        }
+        // Positions are not indexed: a page quiet for long names its tenant's newest event
+        // (`newest`), and one that names an older event is rare enough to find by a scan
+        // (`Inner::position_of`); an index cost a map insert and remove per event.
+        let position = event.position();
         let newest = Newest {
-            position: event.position(),
+            position,
             seq,
             user: event.user.clone(),
         };
-        h.newest.insert(tenant.clone(), newest);
+        match h.newest.get_mut(&tenant) {
+            Some(held) => *held = newest,
+            None => {
+                if h.newest.len() >= MAX_TENANTS_REMEMBERED {
+                    forget_quietest(&mut h.newest);
+                }
+                h.newest.insert(tenant.clone(), newest);
+            }
+        }
         match &event.user {
             Some(user) => h
                 .by_user
@@ -158,9 +168,10 @@ impl History {
         h.bytes += event.len();
         h.entries.push_back(Entry {
             event,
-            at: Instant::now(),
+            at: now,
+            position,
         });
-        self.evict(&mut h, Instant::now());
+        self.evict(&mut h, now);
         Appended {
             seq,
             events: h.entries.len(),
@@ -200,20 +211,22 @@ impl History {
             h.first_seq += 1;
             h.bytes -= old.event.len();
             let key = (old.event.tenant.clone(), old.event.id.clone());
-            if h.by_position.get(&old.event.position()) == Some(&seq) {
-                h.by_position.remove(&old.event.position());
-            }
-            if h.by_id.get(&key) == Some(&seq) {
-                h.by_id.remove(&key);
+            // One lookup in the usual case; the id's entry is another event's only when
+            // the id came again after the duplicate memory forgot it.
+            if let Some(held) = h.by_id.remove(&key)
+                && held != seq
+            {
+                h.by_id.insert(key, held);
             }
             let e = &old.event;
             match &e.user {
                 Some(user) => {
-                    let key = (e.tenant.clone(), user.clone());
-                    if let Some(q) = h.by_user.get_mut(&key) {
-                        q.pop_front();
-                        if q.is_empty() {
-                            h.by_user.remove(&key);
+                    if let hash_map::Entry::Occupied(mut q) =
+                        h.by_user.entry((e.tenant.clone(), user.clone()))
+                    {
+                        q.get_mut().pop_front();
+                        if q.get().is_empty() {
+                            q.remove();
                         }
                     }
                 }
@@ -304,12 +317,19 @@ impl Inner {
     /// hashes), or the tenant's newest event even after it left the history (nothing of
     /// the tenant came since, so a resume from there replays nothing).
     fn position_of(&self, tenant: &str, p: Position) -> Option<u64> {
-        if let Some(&seq) = self.by_position.get(&p) {
-            let held = &self.entries[(seq - self.first_seq) as usize].event;
-            return (&*held.tenant == tenant).then_some(seq);
+        // The tenant's newest event first: what a quiet page holds, found without a scan.
+        if let Some(newest) = self.newest.get(tenant)
+            && newest.position == p
+        {
+            return Some(newest.seq);
         }
-        let newest = self.newest.get(tenant)?;
-        (newest.position == p).then_some(newest.seq)
+        // Newest first: a page resumes from a recent event. Positions are hashes, so the
+        // tenant is checked too.
+        let at = self
+            .entries
+            .iter()
+            .rposition(|e| e.position == p && &*e.event.tenant == tenant)?;
+        Some(self.first_seq + at as u64)
     }
 
     /// Where event `id` of `tenant` is when the history no longer holds it: only if it
