@@ -685,3 +685,14 @@ fn state_rules_by_type_pattern_and_their_limits() {
         assert!(err.contains("GATEWAY_STATE"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn shard_is_k_of_s_or_unset() {
+    assert_eq!(config(&[], &[SECRET]).shard, None);
+    let c = config(&[], &[SECRET, ("GATEWAY_SHARD", "1/2")]);
+    assert_eq!(c.shard, Some(super::Shard { index: 1, count: 2 }));
+    for bad in ["2/2", "1", "0/0"] {
+        let err = parse(&["--shard", bad], &[SECRET]).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_SHARD"), "{err}");
+    }
+}
