@@ -52,10 +52,19 @@ async fn each_shard_admits_its_tenants_and_names_the_shard_of_others() {
                 body,
                 json!({"error": "wrong_shard", "reason": "shard", "shard": 1 - k, "shards": 2})
             );
+            // `/auth/check`, which the browser client asks when a handshake fails, says the same.
+            let check = gw
+                .http
+                .get(gw.url("/auth/check"))
+                .bearer_auth(token(other, "u"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(check.status(), 421);
             assert_eq!(
                 gw.metric("gateway_connections_refused_total{reason=\"wrong_shard\"}")
                     .await,
-                3.0
+                4.0
             );
         }
         for gw in gateways {
