@@ -30,6 +30,8 @@ pub struct ConnSpec {
     pub user: usize,
     pub token: Arc<str>,
     pub source: Option<Ipv4Addr>,
+    /// Index into `Shared::gateways`: which instance of the fleet this connection uses.
+    pub instance: usize,
     /// Events this connection will probably receive, to size its buffers.
     pub capacity_hint: usize,
     /// When it has all it waits for (slow mode: its jobs' completions).
@@ -47,8 +49,8 @@ pub struct Done {
 /// Shared by every connection task.
 pub struct Shared {
     pub run: String,
-    pub gateway: SocketAddr,
-    pub host: String,
+    /// The gateways (address, Host header); a connection goes to `ConnSpec::instance`.
+    pub gateways: Vec<(SocketAddr, String)>,
     pub connect_timeout: Duration,
     /// Events of this run received by all connections (duplicates included).
     pub delivered: AtomicU64,
@@ -211,7 +213,8 @@ fn classify(body: &[u8], run: &[u8]) -> Payload {
 }
 
 async fn tcp(spec: &ConnSpec, shared: &Shared) -> Result<TcpStream, String> {
-    let socket = match shared.gateway {
+    let gateway = shared.gateways[spec.instance].0;
+    let socket = match gateway {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
@@ -222,13 +225,13 @@ async fn tcp(spec: &ConnSpec, shared: &Shared) -> Result<TcpStream, String> {
             .set_recv_buffer_size(bytes)
             .map_err(|e| format!("SO_RCVBUF: {e}"))?;
     }
-    if let (Some(src), SocketAddr::V4(_)) = (spec.source, shared.gateway) {
+    if let (Some(src), SocketAddr::V4(_)) = (spec.source, gateway) {
         socket
             .bind(SocketAddr::new(IpAddr::V4(src), 0))
             .map_err(|e| format!("bind {src}: {e}"))?;
     }
     let stream = socket
-        .connect(shared.gateway)
+        .connect(gateway)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
@@ -261,7 +264,10 @@ pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 async fn ws_connect(spec: &ConnSpec, shared: &Shared) -> Result<Ws, String> {
     let stream = tcp(spec, shared).await?;
-    let url = format!("ws://{}/ws?access_token={}", shared.host, spec.token);
+    let url = format!(
+        "ws://{}/ws?access_token={}",
+        shared.gateways[spec.instance].1, spec.token
+    );
     match tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => Err(format!(
@@ -352,7 +358,7 @@ impl Sse {
 
 async fn sse_connect(spec: &ConnSpec, shared: &Shared) -> Result<Sse, String> {
     let stream = tcp(spec, shared).await?;
-    sse_open(stream, &shared.host, "/sse", &spec.token).await
+    sse_open(stream, &shared.gateways[spec.instance].1, "/sse", &spec.token).await
 }
 
 /// Asks for the SSE stream at `path` on a connected socket and reads until it flows

@@ -97,6 +97,7 @@ fn spec(o: &Opts, i: usize, kind: Option<Kind>, token: Arc<str>) -> ConnSpec {
         user,
         token,
         source: Some(Ipv4Addr::new(127, 0, 0, 1 + (i % o.source_ips) as u8)),
+        instance: i % o.instances.len().max(1),
         capacity_hint: (capacity_hint as usize).min(1 << 20),
         // Slow mode: the completions of its user's jobs come last.
         done: (kind == Some(Kind::Slow)).then(|| Done {
@@ -117,8 +118,12 @@ pub async fn connect_all(
     let tokens = tokens(o)?;
     let shared = Arc::new(Shared {
         run: run.to_owned(),
-        gateway: o.gateway,
-        host: o.gateway_host.clone(),
+        // Options built by hand (not parsed) have no list: the one gateway then.
+        gateways: if o.instances.is_empty() {
+            vec![(o.gateway, o.gateway_host.clone())]
+        } else {
+            o.instances.clone()
+        },
         connect_timeout: o.connect_timeout,
         delivered: Default::default(),
         pace: o.read_rate.filter(|_| o.mode == Mode::Slow),

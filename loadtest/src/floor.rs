@@ -76,6 +76,7 @@ pub async fn drive(mut o: Opts, args: &[String]) -> u8 {
     };
     o.gateway = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     o.gateway_host = format!("127.0.0.1:{port}");
+    o.instances = vec![(o.gateway, o.gateway_host.clone())];
     o.gateway_pid = Some(child.0.id());
     if crate::wait_ready(&o, Duration::from_secs(10)).await != 0 {
         return EXIT_ENV;

@@ -135,8 +135,6 @@ fn owns_socket(pid: u32, inodes: &[u64]) -> bool {
     })
 }
 
-/// The gateway's pid: the process whose executable is named `realtime-gateway`; when there
-/// are several, the one listening on `port`.
 /// Every process id under /proc.
 pub fn pids() -> Result<Vec<u32>, String> {
     let dir = std::fs::read_dir("/proc").map_err(|e| format!("cannot read /proc: {e}"))?;
@@ -146,14 +144,26 @@ pub fn pids() -> Result<Vec<u32>, String> {
         .collect())
 }
 
+/// The gateway's pid: the process whose executable is named `realtime-gateway`; when there
+/// are several (a fleet benchmark), the one listening on `port`.
 pub fn find_pid(port: u16) -> Result<u32, String> {
+    find_named("realtime-gateway", port).map_err(|e| format!("{e}; pass --gateway-pid"))
+}
+
+/// RabbitMQ's pid: the Erlang VM (`beam.smp`); when there are several (the tests' private
+/// nodes), the one listening on `port`, the AMQP port the run publishes to.
+pub fn find_broker_pid(port: u16) -> Result<u32, String> {
+    find_named("beam.smp", port)
+}
+
+fn find_named(name: &str, port: u16) -> Result<u32, String> {
     let mut found = Vec::new();
     for pid in pids()? {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
         let named = exe.is_ok_and(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.trim_end_matches(" (deleted)") == "realtime-gateway")
+                .is_some_and(|n| n.trim_end_matches(" (deleted)") == name)
         });
         if named {
             found.push(pid);
@@ -165,12 +175,8 @@ pub fn find_pid(port: u16) -> Result<u32, String> {
     }
     match found.as_slice() {
         [pid] => Ok(*pid),
-        [] => Err(format!(
-            "no realtime-gateway process listening on port {port} found; pass --gateway-pid"
-        )),
-        _ => Err(format!(
-            "several realtime-gateway processes ({found:?}); pass --gateway-pid"
-        )),
+        [] => Err(format!("no {name} process listening on port {port} found")),
+        _ => Err(format!("several {name} processes ({found:?})")),
     }
 }
 

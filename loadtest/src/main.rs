@@ -164,6 +164,7 @@ fn abort_on_signal() -> watch::Receiver<bool> {
 }
 
 /// Process readings and their pid, when the gateway process can be found.
+#[derive(Clone)]
 pub struct Proc {
     pub pid: Option<u32>,
     tck: f64,
@@ -185,6 +186,17 @@ impl Proc {
             pid,
             tck: gateway::clk_tck(),
         }
+    }
+
+    fn of(pid: Option<u32>) -> Proc {
+        Proc {
+            pid,
+            tck: gateway::clk_tck(),
+        }
+    }
+
+    fn cpu_secs(&self) -> Option<f64> {
+        self.pid.and_then(|p| gateway::cpu_secs(p, self.tck))
     }
 
     fn sample(&self) -> Option<gateway::ProcSample> {

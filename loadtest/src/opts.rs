@@ -80,12 +80,16 @@ SLOW MODE (--duration is J x (T + 1) / R, --users defaults to one per 16 connect
                              the kernel buffers stays small next to the send queue [8192]
 
 ENDPOINTS (loopback only: anything outside 127.0.0.0/8 is refused):
-  --gateway URL              http://127.0.0.1:PORT               [http://127.0.0.1:8080]
+  --gateway URL[,URL...]     http://127.0.0.1:PORT               [http://127.0.0.1:8080]
+                             several: one gateway fleet; connection i goes to the
+                             (i mod n)-th, and each one's CPU is reported (`instances`)
   --amqp-url URL             [$GATEWAY_AMQP_URL or amqp://guest:guest@127.0.0.1:5672/%2f]
   --exchange NAME            topic exchange      [$GATEWAY_AMQP_EXCHANGE or loadtest.events]
   --secret S                 HS256 secret        [$GATEWAY_JWT_SECRET or the loadtest one]
   --gateway-pid PID          gateway process for RSS/CPU readings (default: the process
                              named realtime-gateway listening on the gateway's port)
+  --broker-pid PID           RabbitMQ's process for its CPU per event (default: the
+                             beam.smp listening on the AMQP URL's port)
 
 PUBLISH MODE:
   --plan-out FILE            write {run, users:[{user,tenant,token,expected}], ...} first
@@ -194,10 +198,17 @@ pub struct Opts {
     pub gateway: SocketAddr,
     /// `host:port` as given, for the Host header.
     pub gateway_host: String,
+    /// Every gateway of the fleet under test (address, Host header), the first being
+    /// `gateway`: a fleet benchmark spreads the connections over several instances that
+    /// each consume the same events.
+    pub instances: Vec<(SocketAddr, String)>,
     pub amqp_url: String,
     pub exchange: String,
     pub secret: String,
     pub gateway_pid: Option<u32>,
+    /// RabbitMQ's process, for its CPU per event (default: the `beam.smp` listening on the
+    /// AMQP URL's port).
+    pub broker_pid: Option<u32>,
     pub plan_out: Option<String>,
     pub wait_connections: Option<u64>,
     pub wait_timeout: Duration,
@@ -360,11 +371,13 @@ fn defaults() -> Opts {
         recv_buffer: 8192,
         gateway: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
         gateway_host: "127.0.0.1:8080".into(),
+        instances: Vec::new(),
         amqp_url: env("GATEWAY_AMQP_URL")
             .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
         exchange: env("GATEWAY_AMQP_EXCHANGE").unwrap_or_else(|| "loadtest.events".into()),
         secret: env("GATEWAY_JWT_SECRET").unwrap_or_else(|| DEFAULT_SECRET.into()),
         gateway_pid: None,
+        broker_pid: None,
         plan_out: None,
         wait_connections: None,
         wait_timeout: Duration::from_secs(120),
@@ -420,12 +433,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         return Ok(Parsed::Run(Box::new(o)));
     }
     let mut problems = Vec::new();
-    match parse_gateway(&given.gateway_url) {
-        Ok((addr, host)) => {
-            o.gateway = addr;
-            o.gateway_host = host;
+    for url in given.gateway_url.split(',') {
+        match parse_gateway(url) {
+            Ok(instance) => o.instances.push(instance),
+            Err(e) => problems.push(e),
         }
-        Err(e) => problems.push(e),
+    }
+    if let Some((addr, host)) = o.instances.first() {
+        o.gateway = *addr;
+        o.gateway_host = host.clone();
     }
     if o.mode != Mode::WaitReady {
         if o.mode != Mode::Idle
@@ -510,6 +526,7 @@ fn set_flag(o: &mut Opts, given: &mut Given, flag: &str, v: String) -> Result<()
         "--exchange" => o.exchange = v,
         "--secret" => o.secret = v,
         "--gateway-pid" => o.gateway_pid = Some(num(flag, &v)?),
+        "--broker-pid" => o.broker_pid = Some(num(flag, &v)?),
         "--plan-out" => o.plan_out = Some(v),
         "--wait-connections" => o.wait_connections = Some(num(flag, &v)?),
         "--wait-timeout" => o.wait_timeout = secs(flag, &v)?,

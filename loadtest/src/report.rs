@@ -261,6 +261,24 @@ impl<'a> Report<'a> {
                 s.push_str(&format!("             {k} +{v}\n"));
             }
         }
+        if self.i.phase.instance_cpu.len() > 1 {
+            let per_event: Vec<String> = self
+                .instance_us_per_event()
+                .iter()
+                .map(|c| c.map_or("?".into(), |c| format!("{c:.2}")))
+                .collect();
+            s.push_str(&format!(
+                "instances    {} gateways, CPU µs per event each: {}\n",
+                per_event.len(),
+                per_event.join(", ")
+            ));
+        }
+        if let Some(c) = self.i.phase.broker_cpu {
+            s.push_str(&format!(
+                "broker CPU   {c:.2} s during publish+tail = {:.2} µs per event\n",
+                per(Some(c), self.published()).unwrap_or(0.0)
+            ));
+        }
         if let Some((clients, rest)) = self.i.phase.loadgen_cpu {
             s.push_str(&format!(
                 "loadgen CPU  clients {clients:.2} s during publish+tail = {:.2} µs per delivery received; publisher {rest:.2} s = {:.2} µs per event\n",
@@ -329,6 +347,11 @@ impl<'a> Report<'a> {
                 "sse": gateway::sum(m, "gateway_connections{transport=\"sse\"}"),
             })),
             "gateway_metrics_delta": self.f.metric_deltas,
+            "instances": self.json_instances(),
+            "broker_process": {
+                "cpu_secs_publish_window": i.phase.broker_cpu.map(round3),
+                "cpu_us_per_event": per(i.phase.broker_cpu, self.published()).map(round3),
+            },
             "loadgen_rss_kib": i.loadgen_rss,
             "loadgen_process": {
                 "client_cpu_secs_publish_window": i.phase.loadgen_cpu.map(|c| round3(c.0)),
@@ -355,6 +378,42 @@ impl<'a> Report<'a> {
             "latency_ms_ws": self.lat.ws.json_ms(),
             "latency_ms_sse": self.lat.sse.json_ms(),
         })
+    }
+
+    fn published(&self) -> u64 {
+        self.i.phase.report.as_ref().map_or(0, |r| r.published)
+    }
+
+    /// Each gateway instance's CPU per event published, in `--gateway` order.
+    fn instance_us_per_event(&self) -> Vec<Option<f64>> {
+        let n = self.published();
+        self.i
+            .phase
+            .instance_cpu
+            .iter()
+            .map(|c| per(*c, n))
+            .collect()
+    }
+
+    fn json_instances(&self) -> Value {
+        let o = self.i.o;
+        let per_event = self.instance_us_per_event();
+        Value::Array(
+            self.i
+                .phase
+                .instance_cpu
+                .iter()
+                .zip(per_event)
+                .enumerate()
+                .map(|(n, (cpu, per_event))| {
+                    json!({
+                        "gateway": o.instances.get(n).map(|g| g.0.to_string()),
+                        "cpu_secs_publish_window": cpu.map(round3),
+                        "cpu_us_per_event": per_event.map(round3),
+                    })
+                })
+                .collect(),
+        )
     }
 
     fn json_gateway(&self) -> Value {

@@ -86,6 +86,11 @@ fn failed_publish(why: String) -> PublishReport {
 /// What a run needs before it connects anything.
 pub struct Setup {
     pub proc_: Proc,
+    /// Every instance of the gateway fleet, the first being `proc_`'s (one when a single
+    /// gateway is under test).
+    pub instances: Vec<Proc>,
+    /// RabbitMQ's process: its CPU over the publish window is the broker's cost per event.
+    pub broker: Proc,
     pub fd_limit: u64,
     pub gw_files: Option<u64>,
     pub source: Option<Source>,
@@ -100,6 +105,10 @@ pub struct Phase {
     /// The loadgen's own CPU over the same window, seconds: (client threads, publisher
     /// and the rest).
     pub loadgen_cpu: Option<(f64, f64)>,
+    /// CPU seconds of each gateway instance over the same window (`None`: not found).
+    pub instance_cpu: Vec<Option<f64>>,
+    /// CPU seconds of the broker (`beam.smp`) over the same window.
+    pub broker_cpu: Option<f64>,
     pub tail_secs: f64,
 }
 
@@ -123,11 +132,36 @@ pub async fn prepare(o: &Opts, kind: Option<Kind>) -> Result<Setup, u8> {
             total.div_ceil(o.users)
         ));
     }
-    if let Err(e) = gateway::ready(o.gateway, &o.gateway_host).await {
-        log(e);
-        return Err(EXIT_ENV);
+    for (addr, host) in &o.instances {
+        if let Err(e) = gateway::ready(*addr, host).await {
+            log(format!("{addr}: {e}"));
+            return Err(EXIT_ENV);
+        }
     }
     let proc_ = Proc::find(o);
+    let mut instances = vec![proc_.clone()];
+    for (addr, _) in o.instances.iter().skip(1) {
+        instances.push(Proc::of(match gateway::find_pid(addr.port()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log(format!("{e}; this instance's CPU is not reported"));
+                None
+            }
+        }));
+    }
+    let broker = Proc::of(match (o.broker_pid, &kind, o.floor) {
+        (Some(p), _, _) => Some(p),
+        // The floor has no broker; idle runs publish nothing.
+        (None, None, _) | (None, _, Some(_)) => None,
+        (None, Some(_), None) => crate::amqp::AmqpUrl::parse(&o.amqp_url)
+            .and_then(|u| gateway::find_broker_pid(u.port))
+            .map_err(|e| {
+                log(format!(
+                    "{e}; the broker's CPU is not reported (--broker-pid)"
+                ))
+            })
+            .ok(),
+    });
     let gw_files = proc_.pid.and_then(gateway::max_open_files);
     if let Some(limit) = gw_files
         && total as u64 + 128 > limit
@@ -151,6 +185,8 @@ pub async fn prepare(o: &Opts, kind: Option<Kind>) -> Result<Setup, u8> {
     };
     Ok(Setup {
         proc_,
+        instances,
+        broker,
         fd_limit,
         gw_files,
         source,
@@ -192,7 +228,7 @@ pub async fn load(o: Opts) -> u8 {
     let m1 = metrics(&o).await;
     let phase = match (kind, &setup.source) {
         (Some(kind), Some(source)) => {
-            publish_phase(&o, &run, kind, source, &fleet, &setup.proc_, &abort).await
+            publish_phase(&o, &run, kind, source, &fleet, &setup, &abort).await
         }
         _ => {
             hold(&o, &fleet, &mut abort).await;
@@ -258,13 +294,16 @@ async fn publish_phase(
     kind: Kind,
     source: &Source,
     fleet: &Fleet,
-    proc_: &Proc,
+    setup: &Setup,
     abort: &watch::Receiver<bool>,
 ) -> Phase {
     if fleet.connected == 0 || *abort.borrow() {
         return Phase::default();
     }
-    let c0 = proc_.sample();
+    let fleet_cpu = || -> Vec<Option<f64>> { setup.instances.iter().map(Proc::cpu_secs).collect() };
+    let b0 = setup.broker.cpu_secs();
+    let i0 = fleet_cpu();
+    let c0 = setup.proc_.sample();
     let s0 = crate::self_cpu_secs();
     log(format!(
         "publishing {} {} events at {}/s for {:.1} s",
@@ -276,14 +315,22 @@ async fn publish_phase(
     let rep = source.run(o, run, kind, abort.clone()).await;
     let expected_total = fleet.expected_total(o, kind, rep.published);
     let tail_secs = wait_for_deliveries(o, fleet, expected_total, abort).await;
-    let c1 = proc_.sample();
+    let c1 = setup.proc_.sample();
     let s1 = crate::self_cpu_secs();
+    let i1 = fleet_cpu();
+    let b1 = setup.broker.cpu_secs();
     // A moment for late duplicates to show up.
     tokio::time::sleep(Duration::from_millis(200)).await;
     Phase {
         report: Some(rep),
         window: c0.zip(c1),
         loadgen_cpu: s0.zip(s1).map(|(a, b)| (b.0 - a.0, b.1 - a.1)),
+        instance_cpu: i0
+            .into_iter()
+            .zip(i1)
+            .map(|(a, b)| a.zip(b).map(|(a, b)| b - a))
+            .collect(),
+        broker_cpu: b0.zip(b1).map(|(a, b)| b - a),
         tail_secs,
     }
 }

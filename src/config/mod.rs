@@ -21,6 +21,7 @@ mod mapping;
 mod revocation;
 mod routes;
 mod settings;
+mod shard;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -41,6 +42,7 @@ pub use mapping::{Mapping, Pointer};
 pub use revocation::RevocationConfig;
 pub use routes::{Route, Routes, Selected};
 pub use settings::{Key, SETTINGS, Setting};
+pub use shard::{Shard, shard_of};
 pub use state::{StateConfig, StateLimits, StateRule};
 pub use topic::{Pattern, patterns_overlap, topic_matches, with_words};
 
@@ -123,6 +125,9 @@ pub struct Config {
     pub routes: Routes,
     /// Which events revoke users and tenants, and how long revocations are kept.
     pub revocation: RevocationConfig,
+    /// This instance's shard (`None`: unsharded, every tenant is served): clients of
+    /// another shard's tenants are refused with where to go, never served silently.
+    pub shard: Option<Shard>,
     /// Directory of the demo page, served under `/demo/` when set.
     pub demo_dir: Option<PathBuf>,
     /// Runtime worker threads.

@@ -75,6 +75,7 @@ settings! {
     HistoryMaxEvents, "history-max-events", "GATEWAY_HISTORY_MAX_EVENTS", Some("10000"), "recent events kept for resuming clients";
     HistoryMaxBytes, "history-max-bytes", "GATEWAY_HISTORY_MAX_BYTES", Some("16777216"), "bytes of recent events kept for resuming clients";
     HistoryMaxAgeSecs, "history-max-age-secs", "GATEWAY_HISTORY_MAX_AGE_SECS", Some("300"), "oldest event kept for resuming clients";
+    Shard, "shard", "GATEWAY_SHARD", None, "this instance's shard of a fleet sharded by tenant, as k/S: clients of other shards' tenants are refused (421 wrong_shard); unset: every tenant";
     HistoryStream, "history-stream", "GATEWAY_HISTORY_STREAM", Some("realtime-gateway.history"), "RabbitMQ stream the fleet's history is backfilled from (declared if absent; `off` or empty: none, clients resync after breaks)";
     HistoryStreamMaxBytes, "history-stream-max-bytes", "GATEWAY_HISTORY_STREAM_MAX_BYTES", Some("1073741824"), "most bytes the history stream keeps (x-max-length-bytes)";
     DedupeWindow, "dedupe-window", "GATEWAY_DEDUPE_WINDOW", Some("16384"), "recent event_ids remembered to drop redelivered duplicates";

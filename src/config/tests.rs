@@ -775,3 +775,14 @@ fn routes_that_differ_only_in_state_rules_agree() {
         "the first route in the file gives the state rules"
     );
 }
+
+#[test]
+fn shard_is_k_of_s_or_unset() {
+    assert_eq!(config(&[], &[SECRET]).shard, None);
+    let c = config(&[], &[SECRET, ("GATEWAY_SHARD", "1/2")]);
+    assert_eq!(c.shard, Some(super::Shard { index: 1, count: 2 }));
+    for bad in ["2/2", "1", "0/0"] {
+        let err = parse(&["--shard", bad], &[SECRET]).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_SHARD"), "{err}");
+    }
+}

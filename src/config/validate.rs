@@ -215,12 +215,24 @@ impl<'a> Validator<'a> {
             mapping,
             routes,
             revocation: self.revocation(),
+            shard: self.shard(),
             delivery: self.delivery(),
             state,
             demo_dir: self.optional(Key::DemoDir).map(PathBuf::from),
             worker_threads: self.worker_threads(),
             log_format,
             log,
+        }
+    }
+
+    fn shard(&mut self) -> Option<super::Shard> {
+        let raw = self.optional(Key::Shard)?;
+        match super::Shard::parse(&raw) {
+            Ok(shard) => Some(shard),
+            Err(e) => {
+                self.problem(Key::Shard, e);
+                None
+            }
         }
     }
 

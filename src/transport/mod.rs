@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthFailure, Identity, TokenSource, Verifier, find_token};
-use crate::config::Config;
+use crate::config::{Config, Shard, shard_of};
 use crate::envelope::Event;
 use crate::history::{History, Replay};
 use crate::hub::{Hub, Interest, LimitReached, Outgoing, Subscription, Transport, conflate};
@@ -69,6 +69,8 @@ crate::label_set! {
         Origin = "origin",
         /// The instance is shutting down: 503, so the client tries another.
         Draining = "draining",
+        /// The token's tenant belongs to another shard (`GATEWAY_SHARD`): 421, naming it.
+        WrongShard = "wrong_shard",
     }
 }
 
@@ -182,10 +184,26 @@ pub enum NotAdmitted {
     BadTypes,
     /// 400: a `keys=` selection that is not a list of valid keys.
     BadKeys,
+    /// 421: the tenant's shard, which this instance (of another shard) does not serve.
+    WrongShard(Shard),
 }
 
 impl IntoResponse for NotAdmitted {
     fn into_response(self) -> Response {
+        if let NotAdmitted::WrongShard(shard) = self {
+            // Where to go, so a client (or whatever routes it) can follow; no Retry-After:
+            // retrying here never helps.
+            let body = format!(
+                r#"{{"error":"wrong_shard","reason":"shard","shard":{},"shards":{}}}"#,
+                shard.index, shard.count
+            );
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response();
+        }
         let (status, error, reason) = match self {
             NotAdmitted::Unauthorized(r) => (StatusCode::UNAUTHORIZED, "unauthorized", r.as_str()),
             NotAdmitted::Refused(r @ Refusal::Origin) => {
@@ -209,6 +227,9 @@ impl IntoResponse for NotAdmitted {
             ),
             NotAdmitted::BadTypes => (StatusCode::BAD_REQUEST, "bad_request", "types"),
             NotAdmitted::BadKeys => (StatusCode::BAD_REQUEST, "bad_request", "keys"),
+            NotAdmitted::WrongShard(_) | NotAdmitted::Refused(Refusal::WrongShard) => {
+                (StatusCode::MISDIRECTED_REQUEST, "wrong_shard", "shard")
+            }
         };
         let body = format!(r#"{{"error":"{error}","reason":"{reason}"}}"#);
         let mut resp = (status, [("content-type", "application/json")], body).into_response();
@@ -344,6 +365,17 @@ pub async fn authenticate(
     if ctx.draining.load(Ordering::Acquire) {
         ctx.metrics.refused.inc(Refusal::Draining);
         return Err(NotAdmitted::Refused(Refusal::Draining));
+    }
+    if let Some(own) = ctx.config.shard
+        && !own.owns(&identity.tenant)
+    {
+        let theirs = Shard {
+            index: shard_of(&identity.tenant, own.count),
+            count: own.count,
+        };
+        ctx.metrics.refused.inc(Refusal::WrongShard);
+        tracing::info!(transport = transport.as_str(), shard = %own, tenant_shard = %theirs, "refused: tenant of another shard");
+        return Err(NotAdmitted::WrongShard(theirs));
     }
     Ok(identity)
 }

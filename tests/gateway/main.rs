@@ -17,5 +17,6 @@ mod resume;
 mod revocation;
 mod security;
 mod shapes;
+mod shards;
 mod state;
 mod support;
