@@ -21,6 +21,7 @@ mod scenario;
 mod slow;
 mod stats;
 mod summarize;
+mod wire;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -44,6 +45,13 @@ fn main() -> ExitCode {
     }
     if args.first().is_some_and(|a| a == "livepath") {
         return ExitCode::from(livepath::main(&args[1..]));
+    }
+    if args.first().is_some_and(|a| a == "wire") {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            print!("{}", wire::HELP);
+            return ExitCode::SUCCESS;
+        }
+        return ExitCode::from(wire::main(&args[1..]));
     }
     let o = match opts::parse(args.iter().cloned()) {
         Ok(Parsed::Run(o)) => *o,

@@ -728,6 +728,15 @@ mod tests {
         assert_eq!(out.len(), 16384 + 8);
     }
 
+    #[test]
+    fn an_idle_negotiated_connection_keeps_no_compressor_or_inflater() {
+        // What a connection with the extension holds between messages: the reader's
+        // state, no deflate tables (see Performance, bytes on the wire).
+        let size = std::mem::size_of::<Reader>();
+        assert!(size <= 160, "{size} bytes");
+        assert_eq!(std::mem::size_of::<Inflating<()>>(), 8);
+    }
+
     #[tokio::test]
     async fn bad_deflate_data_and_misplaced_frames_fail_the_read() {
         let wire = client_frame(true, true, OP_TEXT, &[0xff; 40]);
