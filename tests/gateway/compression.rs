@@ -161,6 +161,37 @@ async fn a_negotiated_connection_gets_compressed_events_and_a_plain_one_plain_fr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_server_window_is_echoed_and_longer_events_go_plain() {
+    bounded(async {
+        let gw = GatewayBuilder::new("deflate-window")
+            .arg("ws-deflate", "true")
+            .start()
+            .await;
+        let publisher = Publisher::connect(&gw.exchange).await;
+        // A bad first offer is declined; the second, with a 256-byte window, is taken.
+        let offers = "permessage-deflate; mystery, permessage-deflate; server_max_window_bits=8";
+        let (mut ws, head) = open(&gw, "u", Some(offers)).await;
+        assert!(
+            head.contains(
+                "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover; server_max_window_bits=8\r\n"
+            ),
+            "{head}"
+        );
+        let mut event = progress("w1", "u");
+        event["data"]["output_url"] = "https://cdn.flatrender.example/renders/".repeat(6).into();
+        assert!(event.to_string().len() > 256);
+        publisher.publish("render.job.progress.v1", &event).await;
+        let (first, payload) = read_frame(&mut ws).await;
+        assert_eq!(first, FIN_TEXT, "longer than the window: plain");
+        assert_eq!(serde_json::from_slice::<Value>(&payload).unwrap(), event);
+        publisher.cleanup().await;
+        gw.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_option_off_an_offer_is_ignored() {
     bounded(async {
         let gw = GatewayBuilder::new("nodeflate").start().await;
