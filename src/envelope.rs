@@ -3,12 +3,14 @@
 //! [`Envelope`] (the fields, validated), then the [`Event`] with its key, complete and
 //! never changed after.
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use crate::config::Mapping;
 use crate::mapping::{Found, Meta, ReadError};
-use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
+use flate2::{Compress, Compression, FlushCompress};
+use tungstenite::Utf8Bytes;
 
 crate::label_set! {
     /// Why a message from the broker is dropped instead of delivered; the names are the
@@ -133,6 +135,51 @@ pub struct Event {
     json: Utf8Bytes,
     /// The SSE frame, built on first use so WS-only traffic never pays for it.
     sse: OnceLock<Bytes>,
+    /// The WebSocket frame's payload compressed for `permessage-deflate` (`None`: not
+    /// smaller), built on first use so only an instance with such clients pays for it.
+    deflated: OnceLock<Option<Bytes>>,
+}
+
+thread_local! {
+    /// One raw-deflate compressor per thread, reset between messages: its tables take some
+    /// hundreds of KiB, too much to allocate for every event.
+    static COMPRESSOR: RefCell<Compress> =
+        RefCell::new(Compress::new(Compression::new(DEFLATE_LEVEL), false));
+}
+
+/// The compression level of WebSocket frames (zlib's scale, 1 to 9); see Performance,
+/// bytes on the wire, for what each costs on the studio's events.
+const DEFLATE_LEVEL: u32 = 6;
+
+/// The tail every compressed message ends with after a sync flush, which
+/// `permessage-deflate` removes (RFC 7692 7.2.1).
+const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// `payload` compressed as one `permessage-deflate` message with no context from other
+/// messages: raw deflate, sync-flushed, without its tail. `None` when that is not shorter.
+pub fn deflate(payload: &[u8]) -> Option<Bytes> {
+    COMPRESSOR.with_borrow_mut(|c| {
+        c.reset();
+        let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+        loop {
+            let done = c.total_in() as usize;
+            c.compress_vec(&payload[done..], &mut out, FlushCompress::Sync)
+                .ok()?;
+            // All taken and room left: the flush is complete.
+            if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
+                break;
+            }
+            if out.len() > payload.len() + DEFLATE_TAIL.len() {
+                return None;
+            }
+            out.reserve(out.capacity());
+        }
+        if !out.ends_with(&DEFLATE_TAIL) {
+            return None;
+        }
+        out.truncate(out.len() - DEFLATE_TAIL.len());
+        (out.len() < payload.len()).then(|| Bytes::from(out))
+    })
 }
 
 /// Longest event type accepted, as long as an AMQP routing key may be. Every client's
@@ -229,6 +276,7 @@ impl Envelope {
             position: Position::default(),
             json: one_line(body),
             sse: OnceLock::new(),
+            deflated: OnceLock::new(),
         }))
     }
 
@@ -309,6 +357,15 @@ impl Event {
     /// The WebSocket text frame: the published envelope, byte for byte but on one line.
     pub fn ws_frame(&self) -> Utf8Bytes {
         self.json.clone()
+    }
+
+    /// The WebSocket frame's payload compressed alone (no context from other messages),
+    /// so the one compression is shared by every connection that negotiated
+    /// `permessage-deflate`; `None` when compressing does not make it smaller.
+    pub fn ws_deflated(&self) -> Option<Bytes> {
+        self.deflated
+            .get_or_init(|| deflate(self.json.as_bytes()))
+            .clone()
     }
 
     /// The SSE frame: `id:` and one `data:` line.

@@ -358,7 +358,13 @@ impl Sse {
 
 async fn sse_connect(spec: &ConnSpec, shared: &Shared) -> Result<Sse, String> {
     let stream = tcp(spec, shared).await?;
-    sse_open(stream, &shared.gateways[spec.instance].1, "/sse", &spec.token).await
+    sse_open(
+        stream,
+        &shared.gateways[spec.instance].1,
+        "/sse",
+        &spec.token,
+    )
+    .await
 }
 
 /// Asks for the SSE stream at `path` on a connected socket and reads until it flows

@@ -23,6 +23,7 @@ mod statebench;
 mod stats;
 mod stream_reader;
 mod summarize;
+mod wire;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -49,6 +50,13 @@ fn main() -> ExitCode {
     }
     if args.first().is_some_and(|a| a == "state") {
         return ExitCode::from(statebench::main(&args[1..]));
+    }
+    if args.first().is_some_and(|a| a == "wire") {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            print!("{}", wire::HELP);
+            return ExitCode::SUCCESS;
+        }
+        return ExitCode::from(wire::main(&args[1..]));
     }
     let o = match opts::parse(args.iter().cloned()) {
         Ok(Parsed::Run(o)) => *o,

@@ -88,6 +88,9 @@ pub struct Config {
     pub ws_max_message_bytes: usize,
     /// WebSocket read buffer.
     pub ws_read_buffer_bytes: usize,
+    /// Whether a WebSocket client's `permessage-deflate` offer is accepted: compressed
+    /// event frames for clients that ask, at the cost of CPU per event.
+    pub ws_deflate: bool,
     /// WebSocket ping interval.
     pub ws_ping_interval: Duration,
     /// Silence after which a WebSocket is closed.

@@ -84,6 +84,8 @@ settings! {
     // tungstenite's 128 KiB default would dominate memory at scale; the few larger
     // frames grow the buffer as needed.
     WsReadBufferBytes, "ws-read-buffer-bytes", "GATEWAY_WS_READ_BUFFER_BYTES", Some("512"), "read buffer per WebSocket (longer messages are read in several steps)";
+    // Off by default: it trades CPU per event (one compression, shared) for bytes on the wire.
+    WsDeflate, "ws-deflate", "GATEWAY_WS_DEFLATE", Some("false"), "accept permessage-deflate (RFC 7692) from WebSocket clients that offer it";
     WsPingIntervalSecs, "ws-ping-interval-secs", "GATEWAY_WS_PING_INTERVAL_SECS", Some("25"), "WebSocket ping interval";
     IdleTimeoutSecs, "idle-timeout-secs", "GATEWAY_IDLE_TIMEOUT_SECS", Some("60"), "a WebSocket silent this long (no pong, no message) is closed";
     // As long as the idle timeout by default: that is what bounded writes before they had

@@ -147,6 +147,18 @@ impl<'a> Validator<'a> {
     }
 
     /// Whole seconds within one day.
+    /// A true/false setting; `false` when a problem was recorded.
+    pub(super) fn switch(&mut self, key: Key) -> bool {
+        match self.string(key).as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                self.problem(key, format_args!("`{other}` is not true or false"));
+                false
+            }
+        }
+    }
+
     pub(super) fn secs(&mut self, key: Key) -> Duration {
         Duration::from_secs(self.count::<u64>(key, MAX_SECS))
     }
@@ -204,6 +216,7 @@ impl<'a> Validator<'a> {
             ws_max_message_bytes: self.count::<usize>(Key::WsMaxMessageBytes, MAX_WS_MESSAGE_BYTES),
             ws_read_buffer_bytes: self
                 .count::<usize>(Key::WsReadBufferBytes, MAX_WS_READ_BUFFER_BYTES),
+            ws_deflate: self.switch(Key::WsDeflate),
             ws_ping_interval: self.secs(Key::WsPingIntervalSecs),
             idle_timeout: self.secs(Key::IdleTimeoutSecs),
             write_timeout: self.secs(Key::WriteTimeoutSecs),

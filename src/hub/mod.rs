@@ -22,7 +22,7 @@ pub use end::{Disconnect, End};
 pub use queue::{Interest, conflate};
 use queue::{Offered, SendQueue};
 
-use axum::extract::ws::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 use crate::envelope::{Event, Position};
 use crate::revocation::Revoked;

@@ -1,6 +1,7 @@
 //! Transports: what `/ws` and `/sse` share, the admission of a request (token, origin,
 //! limits) before any upgrade or stream starts, and the refusals it can answer with.
 
+pub mod deflate;
 pub mod lifetime;
 pub mod pending;
 pub mod raw;

@@ -9,19 +9,31 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::Message;
+use tungstenite::Utf8Bytes;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::auth::{AuthFailure, Identity, Verifier, WS_PROTOCOL};
 use crate::hub::{Disconnect, End, Interest, Outgoing, Subscription, Transport};
 use crate::revocation::Revocations;
 use crate::telemetry::untrusted;
+use crate::transport::deflate::{self, Deflate, InflatedTooBig, Inflating};
 use crate::transport::lifetime::{Lifetime, WriteError};
 use crate::transport::{Context, NotAdmitted, TransportMetrics, admit, last_event_id_param};
 
@@ -62,16 +74,60 @@ const MAX_BATCH: usize = 64;
 /// Time allowed for the close handshake before the socket is just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A WebSocket upgrade request, checked like any (RFC 6455 4.2.1) before the token is:
+/// what the gateway needs to answer it. The gateway takes the upgrade itself rather than
+/// through axum's, to put [`Inflating`] under tungstenite and to send compressed frames.
+pub struct Handshake {
+    /// `Sec-WebSocket-Key`, for `Sec-WebSocket-Accept`.
+    key: HeaderValue,
+    /// hyper's handle on the connection, ready once the 101 is sent.
+    on_upgrade: OnUpgrade,
+    /// Whether the client offered the gateway's subprotocol (then it is selected).
+    protocol: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = NotAdmitted;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotAdmitted> {
+        let h = &parts.headers;
+        let is_upgrade = parts.method == Method::GET
+            && has_token(h, &CONNECTION, "upgrade")
+            && has_token(h, &UPGRADE, "websocket")
+            && h.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+        let key = h.get(SEC_WEBSOCKET_KEY).cloned();
+        let protocol = has_token(h, &SEC_WEBSOCKET_PROTOCOL, WS_PROTOCOL);
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>();
+        match (is_upgrade, key, on_upgrade) {
+            (true, Some(key), Some(on_upgrade)) => Ok(Handshake {
+                key,
+                on_upgrade,
+                protocol,
+            }),
+            _ => Err(NotAdmitted::NotWebSocket),
+        }
+    }
+}
+
+/// Whether a comma-separated header (any of its lines) lists `token`, in any case.
+fn has_token(headers: &HeaderMap, name: &axum::http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// `GET /ws`.
 pub async fn handler(
     State(ctx): State<Context>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Handshake, NotAdmitted>,
 ) -> Response {
     let query = query.as_deref();
     // Only a real upgrade is registered; checked after the token by `admit`.
-    let upgrade = upgrade.map_err(|_| NotAdmitted::NotWebSocket);
     let last_event_id = last_event_id_param(query);
     let (admitted, upgrade) =
         match admit(&ctx, &headers, query, Transport::Ws, last_event_id, upgrade).await {
@@ -79,6 +135,11 @@ pub async fn handler(
             Err(r) => return r.into_response(),
         };
     let cfg = &ctx.config;
+    // With the option off, an offer is ignored: the answer names no extension.
+    let deflate = cfg
+        .ws_deflate
+        .then(|| deflate::negotiate(&headers))
+        .flatten();
     let lifetime = Lifetime::new(
         admitted.identity.remaining(cfg.jwt.leeway),
         admitted.subscription.kick(),
@@ -98,9 +159,9 @@ pub async fn handler(
         idle_timeout: cfg.idle_timeout,
         leeway: cfg.jwt.leeway,
         max_interest_patterns: cfg.delivery.max_interest_patterns,
+        deflate,
     };
-    let tracker = ctx.tracker.clone();
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(cfg.ws_read_buffer_bytes)
         // Frames go out as they are written; batching is done by feeding several and
         // flushing once, which keeps no idle write buffer per connection.
@@ -110,15 +171,51 @@ pub async fn handler(
         // coalesced and our next write fails, ending the connection as a slow client; without
         // it, a ping flood from a client that never reads grows this buffer without bound.
         .max_write_buffer_size(max_write_buffer_bytes(cfg.max_event_bytes))
-        .max_message_size(cfg.ws_max_message_bytes)
-        .max_frame_size(cfg.ws_max_message_bytes)
-        // Selected when offered (with the token as `bearer.<token>` beside it); a client
-        // that offers no protocol gets none, as before.
-        .protocols([WS_PROTOCOL])
-        .on_upgrade(move |socket| {
-            let (sink, stream) = socket.split();
-            tracker.track_future(serve(sink, stream, connection))
-        })
+        .max_message_size(Some(cfg.ws_max_message_bytes))
+        .max_frame_size(Some(cfg.ws_max_message_bytes));
+    let max_message_bytes = cfg.ws_max_message_bytes;
+    let tracker = ctx.tracker.clone();
+    let Handshake {
+        key,
+        on_upgrade,
+        protocol,
+    } = upgrade;
+    tokio::spawn(async move {
+        // The client went away before the 101 reached it: dropping the connection records
+        // that, as for any end.
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = Inflating::new(TokioIo::new(upgraded), deflate.is_some(), max_message_bytes);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        let (sink, stream) = socket.split();
+        tracker.track_future(serve(sink, stream, connection)).await;
+    });
+    switching_protocols(&key, protocol, deflate)
+}
+
+/// The 101 answer: the accept key; the gateway's subprotocol when offered (with the token
+/// as `bearer.<token>` beside it), none otherwise; `permessage-deflate` when negotiated.
+fn switching_protocols(key: &HeaderValue, protocol: bool, deflate: Option<Deflate>) -> Response {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if protocol {
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(WS_PROTOCOL),
+        );
+    }
+    if let Some(answer) = deflate.and_then(|d| HeaderValue::from_str(&d.response()).ok()) {
+        h.insert(SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
+    response
 }
 
 /// Room for control frames (pongs, replies, close) next to one event in the write buffer.
@@ -155,6 +252,8 @@ pub struct WsConnection {
     pub leeway: Duration,
     /// Most event-type patterns the client may select.
     pub max_interest_patterns: usize,
+    /// `permessage-deflate` when the client negotiated it: events go out compressed.
+    pub deflate: Option<Deflate>,
 }
 
 /// How the connection loop stopped. Why it stopped is recorded in the subscription first;
@@ -255,9 +354,10 @@ where
     S::Error: StdError + 'static,
 {
     let replay = std::mem::take(&mut conn.replay);
+    let deflate = conn.deflate;
     let write = async {
         for item in replay {
-            sink.feed(frame(item)).await?;
+            sink.feed(frame(item, deflate)).await?;
         }
         sink.flush().await
     };
@@ -335,12 +435,13 @@ where
     S: Sink<Message> + Unpin,
     S::Error: StdError + 'static,
 {
+    let deflate = conn.deflate;
     let sub = &mut conn.subscription;
     let write = async {
-        sink.feed(frame(first)).await?;
+        sink.feed(frame(first, deflate)).await?;
         for _ in 1..MAX_BATCH {
             match sub.try_recv() {
-                Some(item) => sink.feed(frame(item)).await?,
+                Some(item) => sink.feed(frame(item, deflate)).await?,
                 None => break,
             }
         }
@@ -376,7 +477,8 @@ where
         Some(Ok(Message::Text(text))) => Box::pin(on_text(sink, conn, text)).await,
         // Pings are answered by tungstenite; pongs only prove liveness.
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-        Some(Ok(Message::Binary(_))) => {
+        // tungstenite never reads a raw frame; a binary message is not a control message.
+        Some(Ok(Message::Binary(_) | Message::Frame(_))) => {
             conn.metrics.client_messages_ignored.inc();
             Ok(())
         }
@@ -412,7 +514,7 @@ where
             let (code, reason) = close_frame(why);
             span.in_scope(|| tracing::debug!(code, reason, "closing websocket"));
             let frame = Message::Close(Some(CloseFrame {
-                code,
+                code: code.into(),
                 reason: Utf8Bytes::from_static(reason),
             }));
             // Send our close, then give the client a moment to answer it.
@@ -438,12 +540,16 @@ where
     }
 }
 
-/// The text frame for one queued item; events are shared, never re-encoded.
-fn frame(item: Outgoing) -> Message {
-    match item {
-        Outgoing::Event(e) => Message::Text(e.ws_frame()),
-        Outgoing::Resync => Message::Text(Utf8Bytes::from_static(RESYNC)),
-        Outgoing::Snapshot(json) => Message::Text(json),
+/// The text frame for one queued item; events are shared, never re-encoded (nor
+/// compressed again: with `permessage-deflate` their one compressed payload is shared).
+fn frame(item: Outgoing, deflate: Option<Deflate>) -> Message {
+    match (item, deflate) {
+        (Outgoing::Event(e), Some(d)) => d.event_frame(&e),
+        (Outgoing::Event(e), None) => Message::Text(e.ws_frame()),
+        (Outgoing::Resync, _) => Message::Text(Utf8Bytes::from_static(RESYNC)),
+        // A snapshot is this connection's own: compressed for it alone.
+        (Outgoing::Snapshot(json), Some(d)) => d.text_frame(json),
+        (Outgoing::Snapshot(json), None) => Message::Text(json),
     }
 }
 
@@ -557,9 +663,14 @@ async fn verify_refresh(conn: &WsConnection, token: &str) -> Result<Identity, Au
     Ok(id)
 }
 
-/// Whether a read error is tungstenite refusing a message or frame over the size limit.
+/// Whether a read error is tungstenite refusing a message or frame over the size limit,
+/// or a compressed message that inflates beyond it.
 fn is_too_big(e: &(dyn StdError + 'static)) -> bool {
-    tungstenite_error(e).is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+    tungstenite_error(e).is_some_and(|t| match t {
+        tungstenite::Error::Capacity(_) => true,
+        tungstenite::Error::Io(io) => io.get_ref().is_some_and(|e| e.is::<InflatedTooBig>()),
+        _ => false,
+    })
 }
 
 /// Whether a write error is tungstenite's write buffer limit.
@@ -620,7 +731,7 @@ mod tests {
         fn close_code(&self) -> Option<u16> {
             let sent = self.sent.lock().unwrap();
             sent.iter().find_map(|m| match m {
-                Message::Close(Some(f)) => Some(f.code),
+                Message::Close(Some(f)) => Some(u16::from(f.code)),
                 _ => None,
             })
         }
@@ -716,6 +827,7 @@ mod tests {
             idle_timeout: Duration::from_secs(600),
             leeway: Duration::ZERO,
             max_interest_patterns: 8,
+            deflate: None,
         };
         let client = Client::default();
         let (to_gateway, rx) = mpsc::unbounded_channel();

@@ -8,6 +8,7 @@
 
 mod auth;
 mod brokers;
+mod compression;
 mod connection;
 mod continuity;
 mod delivery;
