@@ -16,7 +16,10 @@
 #
 # Knobs: RUNS (3); DURATION (10) s of events per run; SOURCES ("queue stream
 # queue+stream"); SCENARIOS ("targeted5000 unrouted20000"); CLIENTS ("lapin"; the
-# consumer's AMQP client); OUT (loadtest/target/livepath/<time>); LOADGEN_ARGS (extra
+# consumer's client: lapin, amqprs, bare, or stream for the stream protocol, which reads
+# the stream only and needs the rabbitmq_stream plugin, enabled here when asked for);
+# READERS ("1"; consumers per run: with a queue one queue each, as N instances, with the
+# stream N readers of it); OUT (loadtest/target/livepath/<time>); LOADGEN_ARGS (extra
 # flags, e.g. `--prefetch 256`); LOCK (the benchmark lock file).
 set -euo pipefail
 
@@ -28,6 +31,7 @@ DURATION="${DURATION:-10}"
 SOURCES="${SOURCES:-queue stream queue+stream}"
 SCENARIOS="${SCENARIOS:-targeted5000 unrouted20000}"
 CLIENTS="${CLIENTS:-lapin}"
+READERS="${READERS:-1}"
 LOCK="${LOCK:-/tmp/realtime-gateway-bench.lock}"
 OUT="${OUT:-$lt/target/livepath/$(date +%Y%m%d-%H%M%S)}"
 read -r -a extra <<<"${LOADGEN_ARGS:-}"
@@ -37,6 +41,14 @@ say() { echo "livepath: $*" >&2; }
 if [ -x "$root/scripts/ensure-rabbitmq.sh" ]; then
   timeout 600 "$root/scripts/ensure-rabbitmq.sh"
 fi
+
+case " $CLIENTS " in
+  *" stream "*)
+    # The stream protocol's port; enabling an enabled plugin is a no-op.
+    rabbitmq-plugins enable rabbitmq_stream >/dev/null 2>&1 \
+      || say "could not enable rabbitmq_stream (the stream client's runs will fail)"
+    ;;
+esac
 
 say "building the loadgen (release)"
 timeout 1800 cargo build --release --locked --quiet --manifest-path "$lt/Cargo.toml"
@@ -51,20 +63,25 @@ for run in $(seq 1 "$RUNS"); do
       unrouted20000) args=(--events unrouted --rate 20000) ;;
       *) say "unknown scenario $scenario"; exit 2 ;;
     esac
+    for readers in $READERS; do
     for client in $CLIENTS; do
       for source in $SOURCES; do
-        name="$scenario-${source/+/-}-$client-$run"
-        say "run $run/$RUNS: $scenario, $source ($client)"
+        # The stream protocol reads the stream only.
+        [ "$client" != stream ] || [ "$source" = stream ] || continue
+        name="$scenario-${source/+/-}-$client-r$readers-$run"
+        say "run $run/$RUNS: $scenario, $source ($client, $readers reader(s))"
         # Bounded: the run itself stops after DURATION + its tail; the lock wait is not.
         if ! flock "$LOCK" timeout $((DURATION + 120)) "$loadgen" livepath \
-          --source "$source" --client "$client" --duration "$DURATION" "${args[@]}" \
-          --label "$scenario/$source/$client/$run" --json-out "$OUT/$name.json" \
+          --source "$source" --client "$client" --readers "$readers" \
+          --duration "$DURATION" "${args[@]}" \
+          --label "$scenario/$source/$client/$readers/$run" --json-out "$OUT/$name.json" \
           "${extra[@]}" >/dev/null 2>"$OUT/$name.log"; then
           failed=1
           say "run $name failed or lost events (see $OUT/$name.log)"
         fi
         tail -n 6 "$OUT/$name.log" >&2
       done
+    done
     done
   done
 done
