@@ -486,7 +486,7 @@ async fn a_served_resume_that_asks_for_a_snapshot_gets_it_after_its_replay() {
                     .publish(e["event_type"].as_str().unwrap(), &e)
                     .await;
             }
-            assert_eq!(page.ids_until(&live).await, [live.clone()], "{t:?}");
+            assert_eq!(page.ids_until(&live).await, [live.as_str()], "{t:?}");
         }
         publisher.cleanup().await;
         gw.shutdown().await;
