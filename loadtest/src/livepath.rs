@@ -1587,6 +1587,25 @@ fn consume_bare_with(a: &Args) -> Result<(), String> {
         exclusive: source != Source::Stream,
         stream_next: source == Source::Stream,
     })?;
+    let result = on_this_thread(a, |done, end| {
+        crate::bare::consume(&mut consumer, a.prefetch, done, end)
+    });
+    let _ = consumer.close();
+    result
+}
+
+/// What a consumer does with each body: true once every event arrived.
+type Done<'a> = &'a mut dyn FnMut(&[u8]) -> bool;
+/// When a consumer stops, once known.
+type End<'a> = &'a mut dyn FnMut() -> Option<Instant>;
+
+/// A consumer that reads its socket on this thread (`bare`, `stream`): says it is ready,
+/// hands `consume` what to do with each body and when to stop (`--tail` after the driver
+/// closed stdin), and reports the tally with this process's CPU over the consume.
+fn on_this_thread(
+    a: &Args,
+    consume: impl FnOnce(Done<'_>, End<'_>) -> Result<(), String>,
+) -> Result<(), String> {
     let mut eof = stdin_closed();
     let mut end = None;
     let tck = crate::gateway::clk_tck();
@@ -1594,14 +1613,12 @@ fn consume_bare_with(a: &Args) -> Result<(), String> {
     println!("ready");
     let _ = std::io::stdout().flush();
     let cpu0 = own_cpu(tck);
-    let result = crate::bare::consume(
-        &mut consumer,
-        a.prefetch,
-        |body| {
+    let result = consume(
+        &mut |body| {
             tally.record(body, crate::publish::now_us());
             tally.complete()
         },
-        || {
+        &mut || {
             if end.is_none() && eof.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
                 end = Some(Instant::now() + a.tail);
             }
@@ -1610,7 +1627,6 @@ fn consume_bare_with(a: &Args) -> Result<(), String> {
     );
     let cpu = own_cpu(tck) - cpu0;
     print_result(&mut tally, cpu, result.as_ref().err().map(String::as_str));
-    let _ = consumer.close();
     result
 }
 
@@ -1639,28 +1655,7 @@ fn consume_stream_with(a: &Args) -> Result<(), String> {
     })?;
     // Chunks, not messages: a few in flight keep the broker's reads ahead of this one.
     reader.subscribe(stream, a.prefetch.min(STREAM_CREDIT))?;
-    let mut eof = stdin_closed();
-    let mut end = None;
-    let tck = crate::gateway::clk_tck();
-    let mut tally = Tally::new(a.expect);
-    println!("ready");
-    let _ = std::io::stdout().flush();
-    let cpu0 = own_cpu(tck);
-    let result = reader.consume(
-        |body| {
-            tally.record(body, crate::publish::now_us());
-            tally.complete()
-        },
-        || {
-            if end.is_none() && eof.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
-                end = Some(Instant::now() + a.tail);
-            }
-            end
-        },
-    );
-    let cpu = own_cpu(tck) - cpu0;
-    print_result(&mut tally, cpu, result.as_ref().err().map(String::as_str));
-    result
+    on_this_thread(a, |done, end| reader.consume(done, end))
 }
 
 fn threads() -> Option<u64> {
